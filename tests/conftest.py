@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random models (milliseconds per forward) and the real embedded SmolLM2."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, **overrides):
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common.update(overrides)
+    torch.manual_seed(seed)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(sliding_window=6, **common))
+    else:
+        raise ValueError(kind)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The embedded SmolLM2 materialised once per session (or reused from resources/ if the demo made it)."""
+    from drllm.models import MANIFEST, ModelSpec, materialize
+
+    prepared = REPO / "resources" / "models" / "smollm2-135m-instruct"
+    if (prepared / MANIFEST).is_file():
+        return prepared
+    out = tmp_path_factory.mktemp("smollm2")
+    materialize(ModelSpec(name="smollm2-135m-instruct", source="embedded"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    from drllm.models import load_model
+
+    model, tokenizer, manifest = load_model(smollm2_dir, device="cpu", dtype="float32")
+    return model, tokenizer

@@ -1,0 +1,72 @@
+"""Write one benchmark split as a uniform examples Parquet file (see drllm.benchmarks).
+
+    python workflow/scripts/prepare_data.py --benchmark dart --split train --levels 1,2 --limit 400 \
+        --out results/data/dart/train.parquet
+    python workflow/scripts/prepare_data.py --benchmark arc_easy --split train \
+        --hub-json '{"path": "allenai/ai2_arc", "name": "ARC-Easy", "split": "train"}' --out arc_easy.parquet
+
+Prints one summary line on success; on a data or argument problem prints the reason on stderr and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from drllm.artifacts import ArtifactError
+from drllm.benchmarks import BENCHMARKS, load_benchmark, summarize, write_examples
+
+
+def parse_hub(text: str | None) -> dict | None:
+    """'' or None -> None; otherwise a JSON object (the `hub:` config)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        hub = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"--hub-json is not valid JSON: {exc}") from exc
+    if hub is None or hub == {}:
+        return None
+    if not isinstance(hub, dict):
+        raise ArtifactError(f"--hub-json must be a JSON object, got {type(hub).__name__}")
+    return hub
+
+
+def parse_levels(text: str | None) -> list[int] | None:
+    """'1,2,5' -> [1, 2, 5]; '' or None -> None."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ArtifactError(f"--levels must be a comma list of integers 1-5, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--benchmark", required=True, help=f"one of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--split", required=True, help="split name (offline splits depend on the benchmark)")
+    parser.add_argument("--hub-json", default="", help="hub config as a JSON object; empty = offline data")
+    parser.add_argument("--levels", default="", help="dart only: comma list of levels, e.g. 1,2,3")
+    parser.add_argument("--limit", type=int, default=None, help="keep the first N examples")
+    parser.add_argument("--out", required=True, help="output .parquet path (written atomically)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        examples = load_benchmark(args.benchmark, args.split, hub=parse_hub(args.hub_json),
+                                  levels=parse_levels(args.levels), limit=args.limit)
+        if not examples:
+            raise ArtifactError(f"{args.benchmark}/{args.split}: no examples selected (levels/limit too strict?)")
+        write_examples(args.out, examples)
+    except ArtifactError as exc:
+        print(f"prepare_data: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"prepare_data: wrote {summarize(examples)} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
