@@ -9,17 +9,19 @@ rule prepare_model:
         weights=f"{MODEL_DIR}/model.safetensors",
     params:
         model=json.dumps(config["model"], sort_keys=True),
+        python=PYTHON,
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
         f"logs/prepare_model/{MODEL}.log",
     benchmark:
         f"benchmarks/prepare_model/{MODEL}.tsv"
-    threads: config.get("resources", {}).get("prepare_model", {}).get("threads", 2)
+    threads: rule_threads("prepare_model", 2)
     resources:
         **rule_resources("prepare_model"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{PYTHON} {input.script} --model-json {params.model:q} --out-dir {MODEL_DIR} > {log} 2>&1"
+        "{params.python} {input.script} --model-json {params.model:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule prepare_data:
@@ -29,15 +31,16 @@ rule prepare_data:
         "resources/data/{benchmark}/{split}.parquet",
     params:
         hub=lambda wc: json.dumps(config["data"][wc.benchmark].get("hub") or {}, sort_keys=True),
+        python=PYTHON,
     log:
         "logs/prepare_data/{benchmark}-{split}.log",
     benchmark:
         "benchmarks/prepare_data/{benchmark}-{split}.tsv"
-    threads: config.get("resources", {}).get("prepare_data", {}).get("threads", 1)
+    threads: rule_threads("prepare_data")
     resources:
         **rule_resources("prepare_data"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{PYTHON} {input.script} --benchmark {wildcards.benchmark} --split {wildcards.split} "
+        "{params.python} {input.script} --benchmark {wildcards.benchmark} --split {wildcards.split} "
         "--hub-json {params.hub:q} --out {output} > {log} 2>&1"

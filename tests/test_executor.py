@@ -189,3 +189,16 @@ def test_invalid_paths_and_models_fail_clearly():
         PathExecutor(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50)))
     with pytest.raises(UnsupportedModelError):
         PathExecutor(nn.Linear(2, 2))
+
+
+def test_choice_scoring_resumes_from_a_shared_prefix():
+    from drllm.executor import ChoiceBatch
+
+    executor = PathExecutor(tiny_model("llama"))
+    batch = ChoiceBatch.build([([1, 5, 6, 7], [8, 9]), ([1, 5, 6, 7], [10]), ([1, 5, 6, 7], [11, 12, 13])])
+    _, parent = executor.score(batch, (0, 1, 2, 3), keep_hidden=True)
+    full, _ = executor.score(batch, (0, 1, 3, 3))
+    resumed, _ = executor.score(batch, (0, 1, 3, 3), resume=parent, resume_step=2)
+    assert [r.logprob for r in full] == [r.logprob for r in resumed]
+    with pytest.raises(ValueError, match="request 1: empty continuation"):
+        ChoiceBatch.build([([1], [2]), ([1], [])])

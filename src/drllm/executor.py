@@ -307,49 +307,76 @@ class PathExecutor:
         return Generation(new, num_new, passes * len(path), path, state)
 
     @torch.no_grad()
+    def score(self, batch: "ChoiceBatch", path: LayerPath | Sequence[int] | None = None, *,
+              keep_hidden: bool = False, resume: RunState | None = None,
+              resume_step: int = 0) -> tuple[list[LogLikelihood], RunState]:
+        """Log-likelihood of each continuation in `batch` along `path`, in one forward pass.
+
+        With keep_hidden the returned state lets a later path that shares a prefix resume (search reuse).
+        """
+        state = self.prefill(batch.input_ids, batch.attention_mask, path, logits="none", keep_hidden=keep_hidden,
+                             resume=resume, resume_step=resume_step)
+        final = state.last_hidden[batch.rows, batch.cols]
+        logprobs = torch.log_softmax(self.logits_from_hidden(final).float(), dim=-1)
+        targets = batch.targets.to(self.device)
+        picked = logprobs.gather(-1, targets[:, None])[:, 0]
+        greedy = logprobs.argmax(-1) == targets
+        results, offset = [], 0
+        for count in batch.counts:
+            results.append(LogLikelihood(float(picked[offset:offset + count].sum()),
+                                         bool(greedy[offset:offset + count].all()), count))
+            offset += count
+        return results, state
+
+    @torch.no_grad()
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                       path: LayerPath | Sequence[int] | None = None, *, batch_size: int = 16) -> list[LogLikelihood]:
-        """Sum of log p(continuation | context) per (context ids, continuation ids), batched and right-padded.
-
-        Like lm-eval, the model reads context + continuation minus its last token; only the continuation's
-        positions go through the LM head.
-        """
-        path = self.as_path(path)
-        for index, (context, continuation) in enumerate(requests):
-            if len(continuation) == 0:
-                raise ValueError(f"request {index}: empty continuation")
-            if len(context) == 0:
-                raise ValueError(f"request {index}: empty context (prepend a BOS token)")
+        """Sum of log p(continuation | context) per (context ids, continuation ids), batched and right-padded."""
         order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
         results: list[LogLikelihood | None] = [None] * len(requests)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            sequences = [list(requests[i][0]) + list(requests[i][1]) for i in chunk]
-            width = max(len(seq) for seq in sequences) - 1
-            input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, seq in enumerate(sequences):
-                input_ids[row, :len(seq) - 1] = torch.tensor(seq[:-1])
-                attention_mask[row, :len(seq) - 1] = 1
-            final = self.prefill(input_ids, attention_mask, path, logits="none").last_hidden
-            rows, cols, targets = [], [], []
-            for row, i in enumerate(chunk):
-                context, continuation = requests[i]
-                first = len(context) - 1
-                rows += [row] * len(continuation)
-                cols += list(range(first, first + len(continuation)))
-                targets += list(continuation)
-            logprobs = torch.log_softmax(self.logits_from_hidden(final[rows, cols]).float(), dim=-1)
-            targets_t = torch.tensor(targets, device=self.device)
-            picked = logprobs.gather(-1, targets_t[:, None])[:, 0]
-            greedy = logprobs.argmax(-1) == targets_t
-            offset = 0
-            for i in chunk:
-                count = len(requests[i][1])
-                results[i] = LogLikelihood(float(picked[offset:offset + count].sum()),
-                                           bool(greedy[offset:offset + count].all()), count)
-                offset += count
+            scored, _ = self.score(ChoiceBatch.build([requests[i] for i in chunk], first_index=start), path)
+            for i, result in zip(chunk, scored):
+                results[i] = result
         return results  # type: ignore[return-value]
+
+
+@dataclass
+class ChoiceBatch:
+    """Right-padded (context + continuation) rows for scoring continuations in one forward pass.
+
+    Like lm-eval, the model reads context + continuation minus its last token; only the continuation's
+    positions (rows, cols) go through the LM head.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    targets: torch.Tensor
+    counts: list[int]
+
+    @classmethod
+    def build(cls, requests: Sequence[tuple[Sequence[int], Sequence[int]]], first_index: int = 0) -> "ChoiceBatch":
+        for index, (context, continuation) in enumerate(requests, start=first_index):
+            if len(continuation) == 0:
+                raise ValueError(f"request {index}: empty continuation")
+            if len(context) == 0:
+                raise ValueError(f"request {index}: empty context (prepend a BOS token)")
+        sequences = [list(context) + list(continuation) for context, continuation in requests]
+        width = max(len(seq) for seq in sequences) - 1
+        input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        rows, cols, targets = [], [], []
+        for row, (seq, (context, continuation)) in enumerate(zip(sequences, requests)):
+            input_ids[row, :len(seq) - 1] = torch.tensor(seq[:-1])
+            attention_mask[row, :len(seq) - 1] = 1
+            rows += [row] * len(continuation)
+            cols += range(len(context) - 1, len(context) - 1 + len(continuation))
+            targets += list(continuation)
+        return cls(input_ids, attention_mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets),
+                   [len(continuation) for _, continuation in requests])
 
 
 def _cache_for(path: LayerPath, layer_types: list[str], cache_kwargs: list[dict]) -> DynamicCache:
