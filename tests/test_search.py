@@ -1,0 +1,326 @@
+"""The length-aware MCTS over layer paths, with scripted rewards (no model)."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+from drllm.paths import LayerPath, PathError
+from drllm.search import (Action, MCTSConfig, Node, Tree, early_stop_reached, legal_actions, run_search,
+                          select_child, select_label, ucb_score, widening_limit)
+
+L = 8
+NO_STOP = dict(early_stop=False)
+
+
+def P(text: str, num_layers: int = L) -> LayerPath:
+    return LayerPath.parse(text, num_layers)
+
+
+def children_of(text: str, num_layers: int, **config) -> list[str]:
+    path = P(text, num_layers)
+    return [str(action.apply(path)) for action in legal_actions(path, MCTSConfig(**config))]
+
+
+class Counting:
+    """A scripted reward that records every call."""
+
+    def __init__(self, reward):
+        self.reward = reward
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, path: LayerPath) -> float:
+        self.calls.append(path.layers)
+        return self.reward(path)
+
+
+def hashed_reward(path: LayerPath) -> float:
+    """A fixed pseudo-random binary reward per path (about 30% correct)."""
+    return float(sum((i + 1) * (layer + 3) for i, layer in enumerate(path)) % 10 < 3)
+
+
+# ---------------------------------------------------------------------------------------------------- actions
+def test_legal_actions_on_hand_worked_examples():
+    # L=3 default: skip 1 at 3 positions, skip 2 at 2 positions, repeat at 3 positions = 8 distinct children
+    assert children_of("0-1-2", 3) == ["1-2", "2", "0-2", "0", "0-1", "0-0-1-2", "0-1-1-2", "0-1-2-2"]
+    actions = legal_actions(P("0-1-2", 3), MCTSConfig())
+    assert actions[0] == Action("skip", 0, 1) and actions[1] == Action("skip", 0, 2)
+    assert actions[-1] == Action("repeat", 2, 1)
+    assert len(legal_actions(LayerPath.default(L), MCTSConfig())) == 3 * L - 1
+    # dedupe by child: skipping either copy of 0 gives 0-1 once; 0 cannot be repeated a third time
+    assert children_of("0-0-1", 2) == ["0-1", "1", "0", "0-0", "0-0-1-1"]
+    # never empty; a single layer can only be repeated, and then nothing is left to do but skip a copy
+    assert children_of("0", 1) == ["0-0"]
+    assert children_of("0-0", 1) == ["0"]
+    assert children_of("0-1-1", 2, max_skip=1, max_repeat=0) == ["1-1", "0-1"]
+    assert children_of("0-1-2", 3, max_skip=0, max_repeat=0) == []
+    assert len(children_of("0-1-2-3", 4, max_skip=3)) == 4 + 3 + 2 + 4
+
+
+def test_actions_apply_and_reject():
+    path = P("0-1-2-3", 4)
+    assert str(Action("skip", 1, 2).apply(path)) == "0-3"
+    assert str(Action("repeat", 3).apply(path)) == "0-1-2-3-3"
+    with pytest.raises(PathError, match="past the end"):
+        Action("skip", 3, 2).apply(path)
+    with pytest.raises(PathError, match="empty"):
+        Action("skip", 0, 1).apply(P("2", 4))
+    with pytest.raises(PathError, match="runs 3 times"):
+        Action("repeat", 0).apply(P("1-1", 4))
+
+
+def test_generated_paths_respect_the_constraints():
+    result = run_search(hashed_reward, 5, MCTSConfig(simulations=300, length_penalty=0.0, **NO_STOP), seed=1)
+    paths = [p for p, _ in result.evaluated] + [node.path for node in result.tree.nodes]
+    assert len(result.evaluated) > 100 and max(len(p) for p in paths) > 5   # repeats were explored
+    for path in paths:
+        assert 1 <= len(path) <= 2 * 5
+        assert max(path.counts()) <= 2
+        assert list(path) == sorted(path)
+    for node in result.tree.nodes[1:]:  # every node is its parent's path edited by its action
+        assert node.action.apply(result.tree.nodes[node.parent].path) == node.path
+
+
+# --------------------------------------------------------------------------------------------- tree shape
+def test_branching_mode_builds_a_real_tree_with_depth():
+    result = run_search(lambda p: 0.0, L, MCTSConfig(simulations=50, **NO_STOP), seed=0)
+    assert result.max_fanout > 1
+    assert sum(len(node.children) >= 2 for node in result.tree.nodes) >= 2
+    assert result.max_depth > 1
+    assert result.num_nodes == 51 and result.simulations == 50
+    # widening: the root holds at most floor(sqrt(visits before the last expansion)) children
+    assert len(result.tree.root.children) <= math.floor(math.sqrt(result.tree.root.visits))
+
+
+def test_without_widening_the_root_expands_every_action_first():
+    result = run_search(lambda p: 0.0, L, MCTSConfig(simulations=3 * L - 1, widening=None, **NO_STOP), seed=0)
+    assert len(result.tree.root.children) == 3 * L - 1 and result.max_depth == 1
+    assert MCTSConfig(widening="none").widening is None
+
+
+def test_chain_mode_has_fanout_exactly_one():
+    result = run_search(hashed_reward, L, MCTSConfig(simulations=40, mode="chain", **NO_STOP), seed=0)
+    assert result.max_fanout == 1
+    assert all(len(node.children) <= 1 for node in result.tree.nodes)
+    assert result.num_nodes == 41 and result.max_depth == 40          # one long chain
+    assert [n.depth for n in result.tree.nodes] == list(range(41))
+    # UCB and lambda have no effect on the chain
+    other = run_search(hashed_reward, L, MCTSConfig(simulations=40, mode="chain", exploration=0.0,
+                                                     length_penalty=10.0, **NO_STOP), seed=0)
+    assert other.evaluated == result.evaluated
+
+
+def test_terminal_root_is_revisited_without_new_evaluations():
+    calls = Counting(lambda p: 1.0)
+    result = run_search(calls, 1, MCTSConfig(simulations=5, max_repeat=0, **NO_STOP), seed=0)
+    assert calls.calls == [(0,)] and result.num_nodes == 1
+    assert result.tree.root.visits == 6 and result.tree.root.value_sum == 6.0
+
+
+def test_backpropagation_adds_raw_rewards_to_all_ancestors():
+    result = run_search(hashed_reward, L, MCTSConfig(simulations=60, length_penalty=5.0, **NO_STOP), seed=3)
+    nodes = result.tree.nodes
+    assert nodes[0].visits == 61
+    for node in nodes:  # no terminal nodes here: visits = own + children, values carry no length term
+        assert node.visits == 1 + sum(nodes[c].visits for c in node.children)
+        own = hashed_reward(node.path)
+        assert node.value_sum == pytest.approx(own + sum(nodes[c].value_sum for c in node.children))
+
+
+# -------------------------------------------------------------------------------------------- selection
+def test_ucb_score_formula():
+    config = MCTSConfig(exploration=1.8, length_penalty=3.0)
+    child = Node(path=P("0-1-2-3"), parent=0, action=None, visits=4, value_sum=3.0)
+    expected = 3 / 4 + 1.8 * math.sqrt(math.log(10) / 4) - 3.0 * 4 / L
+    assert ucb_score(child, 10, config, L) == pytest.approx(expected)
+    assert ucb_score(Node(path=P("0"), parent=0, action=None), 10, config, L) == math.inf
+
+
+def two_children_tree(first: str, second: str) -> Tree:
+    tree = Tree(L)
+    tree.add(LayerPath.default(L), None, None)
+    for text in (first, second):
+        tree.nodes[tree.add(P(text), 0, None)].visits = 2
+        tree.nodes[-1].value_sum = 1.0
+    tree.nodes[0].visits = 5
+    return tree
+
+
+def test_select_child_length_penalty_and_tie_break():
+    rng = np.random.default_rng(0)
+    tree = two_children_tree("0-1-2-3-4-5-6", "0-1-2-3")
+    greedy = dict(random_child_prob=0.0)
+    assert select_child(tree, 0, MCTSConfig(length_penalty=0.0, **greedy), rng) == 1   # tie -> lowest index
+    assert select_child(tree, 0, MCTSConfig(length_penalty=3.0, **greedy), rng) == 2   # shorter wins
+    tree.nodes[2].visits = 0
+    assert select_child(tree, 0, MCTSConfig(length_penalty=0.0, **greedy), rng) == 2   # unvisited = +inf
+    # random_child_prob = 1: uniformly random children, both get picked
+    picks = {select_child(tree, 0, MCTSConfig(random_child_prob=1.0), rng) for _ in range(50)}
+    assert picks == {1, 2}
+
+
+def test_exploration_changes_the_search():
+    config = dict(simulations=50, random_child_prob=0.0, length_penalty=0.0, **NO_STOP)
+    greedy = run_search(hashed_reward, L, MCTSConfig(exploration=0.0, **config), seed=0)
+    explore = run_search(hashed_reward, L, MCTSConfig(exploration=5.0, **config), seed=0)
+    assert [p for p, _ in greedy.evaluated] != [p for p, _ in explore.evaluated]
+    # a greedy search concentrates its visits: the root's most visited child gets more of them
+    assert (max(greedy.tree.nodes[c].visits for c in greedy.tree.root.children)
+            > max(explore.tree.nodes[c].visits for c in explore.tree.root.children))
+
+
+def test_length_penalty_steers_towards_shorter_paths():
+    def mean_length(penalty: float) -> float:
+        lengths = []
+        for seed in range(4):
+            result = run_search(lambda p: 0.5, L, MCTSConfig(simulations=50, length_penalty=penalty,
+                                                             random_child_prob=0.0, **NO_STOP), seed=seed)
+            lengths += [len(p) for p, _ in result.evaluated]
+        return statistics.mean(lengths)
+
+    short, long = mean_length(10.0), mean_length(0.0)
+    assert short < long - 0.5
+
+
+def test_widening_limit():
+    config = MCTSConfig()
+    assert [widening_limit(n, config) for n in (0, 1, 3, 4, 8, 9, 49)] == [1, 1, 1, 2, 2, 3, 7]
+    assert widening_limit(5, MCTSConfig(widening=None)) == math.inf
+    assert widening_limit(4, MCTSConfig(widening=1.0, widening_k=0.5)) == 2
+
+
+# --------------------------------------------------------------------------------------------- early stop
+def test_early_stop_wrong_to_correct():
+    reward = lambda p: float(3 not in p)  # noqa: E731 - default wrong; any path without layer 3 fixes it
+    result = run_search(reward, L, MCTSConfig(simulations=50), seed=0)
+    assert not result.default_correct and result.stopped_early and result.wrong_to_correct
+    assert result.simulations < 50
+    rewards = [r for _, r in result.evaluated]
+    assert rewards[-1] == 1.0 and not any(rewards[:-1])       # stopped at the first correct path
+    assert result.best_path == result.evaluated[-1][0]
+    assert result.layers_saved == L - len(result.best_path)
+
+
+def test_early_stop_needs_min_saving_when_default_is_right():
+    for min_saving in (2, 3):
+        result = run_search(lambda p: 1.0, L, MCTSConfig(simulations=50, min_saving=min_saving), seed=0)
+        assert result.default_correct and result.stopped_early and not result.wrong_to_correct
+        paths = [p for p, _ in result.evaluated]
+        assert len(paths[-1]) <= L - min_saving
+        assert all(len(p) > L - min_saving for p in paths[:-1])  # shorter-by-one paths did not stop it
+        assert result.layers_saved >= min_saving
+
+
+def test_no_early_stop_when_disabled():
+    result = run_search(lambda p: 1.0, L, MCTSConfig(simulations=30, early_stop=False), seed=0)
+    assert result.simulations == 30 and not result.stopped_early
+    assert result.evaluations > 5
+    assert not early_stop_reached(True, P("0"), 1.0, MCTSConfig(early_stop=False))
+    assert not early_stop_reached(False, P("0"), 0.5, MCTSConfig())       # 0.5 is not correct
+    assert early_stop_reached(False, P("0-1-2-3-4-5-6-7-7"), 0.51, MCTSConfig())
+
+
+def test_no_correct_path_gives_no_label():
+    result = run_search(lambda p: 0.0, L, MCTSConfig(simulations=10), seed=0)
+    assert result.best_path is None and not result.wrong_to_correct and result.layers_saved == 0
+    assert result.simulations == 10 and not result.stopped_early
+
+
+# ----------------------------------------------------------------------------------- memo and determinism
+def test_memoisation_evaluates_each_path_once():
+    calls = Counting(hashed_reward)
+    result = run_search(calls, 4, MCTSConfig(simulations=200, **NO_STOP), seed=0)
+    tree_paths = [node.path.layers for node in result.tree.nodes]
+    assert len(tree_paths) > len(set(tree_paths))                 # some path was reached twice
+    assert len(calls.calls) == len(set(calls.calls)) == result.evaluations == len(result.evaluated)
+    assert set(calls.calls) == set(tree_paths)
+    assert calls.calls[0] == (0, 1, 2, 3) and result.evaluated[0][0] == LayerPath.default(4)
+    assert [p.layers for p, _ in result.evaluated] == calls.calls   # evaluation order
+
+
+def test_same_seed_same_result_different_seed_different():
+    def run(seed):
+        result = run_search(hashed_reward, L, MCTSConfig(simulations=50, **NO_STOP), seed=seed)
+        return result.evaluated, result.tree.to_records(), result.best_path
+
+    assert run(7) == run(7)
+    assert run(7)[0] != run(8)[0]
+
+
+def test_label_tie_break():
+    def ev(*items):
+        return [(P(text, 4), reward) for text, reward in items]
+
+    # shortest correct wins even when evaluated last; 0.5 is not correct
+    assert str(select_label(ev(("0-1-2-3", 1.0), ("0-1", 0.5), ("0-1-3", 1.0)))) == "0-1-3"
+    # equal length: fewer unique layers
+    assert str(select_label(ev(("0-1-2", 1.0), ("0-0-1", 1.0)))) == "0-0-1"
+    # equal length and unique layers: the earliest evaluated
+    assert str(select_label(ev(("0-1-2-3", 0.0), ("0-2-3", 1.0), ("0-1-3", 1.0)))) == "0-2-3"
+    assert select_label(ev(("0-1-2-3", 0.0), ("0-1", 0.2))) is None
+    # a correct path longer than the default is a valid label (W->C through a repeat)
+    assert str(select_label(ev(("0-1-2-3", 0.0), ("0-1-1-2-3", 1.0)))) == "0-1-1-2-3"
+
+
+def test_run_search_label_matches_rule():
+    result = run_search(hashed_reward, L, MCTSConfig(simulations=80, **NO_STOP), seed=2)
+    correct = [(i, p) for i, (p, r) in enumerate(result.evaluated) if r > 0.5]
+    assert correct
+    best = min(correct, key=lambda item: (len(item[1]), item[1].unique_layers, item[0]))[1]
+    assert result.best_path == best
+
+
+def test_bad_rewards_are_rejected():
+    with pytest.raises(ValueError, match=r"rewards must lie in \[0, 1\]"):
+        run_search(lambda p: 2.0, L, MCTSConfig(), seed=0)
+    with pytest.raises(ValueError, match="not a number"):
+        run_search(lambda p: "yes", L, MCTSConfig(), seed=0)
+
+
+# ------------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("overrides, field", [
+    ({"simulations": 0}, "simulations"),
+    ({"simulations": 2.5}, "simulations"),
+    ({"random_child_prob": 1.5}, "random_child_prob"),
+    ({"exploration": -1}, "exploration"),
+    ({"length_penalty": float("nan")}, "length_penalty"),
+    ({"mode": "tree"}, "mode"),
+    ({"min_saving": 0}, "min_saving"),
+    ({"max_skip": -1}, "max_skip"),
+    ({"widening": 2.0}, "widening"),
+    ({"widening_k": 0}, "widening_k"),
+    ({"early_stop": "yes"}, "early_stop"),
+])
+def test_invalid_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        MCTSConfig(**overrides).validate()
+    with pytest.raises(ValueError, match=field):
+        MCTSConfig.from_dict(overrides)
+    with pytest.raises(ValueError, match=field):
+        run_search(lambda p: 1.0, 4, MCTSConfig(**overrides), seed=0)
+
+
+def test_from_dict_rejects_unknown_keys_and_reads_the_config_file():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['simulatons'\]"):
+        MCTSConfig.from_dict({"simulatons": 10})
+    block = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["search"]["mcts"]
+    config = MCTSConfig.from_dict(block)
+    assert config.simulations == block["simulations"] and config.mode == block["mode"]
+    assert MCTSConfig.from_dict(None) == MCTSConfig()
+    assert MCTSConfig.from_dict({"widening": "none"}).widening is None
+    assert MCTSConfig.from_dict(config.to_dict()) == config
+
+
+def test_evaluation_budget_caps_real_evaluations():
+    from drllm.search import MCTSConfig, run_search
+
+    calls = []
+    config = MCTSConfig(simulations=500, early_stop=False, max_evaluations=12)
+    result = run_search(lambda p: calls.append(p) or 0.0, 8, config, seed=0)
+    assert result.evaluations == 12 == len(calls)
+    with pytest.raises(ValueError, match="max_evaluations"):
+        MCTSConfig(max_evaluations=0).validate()
