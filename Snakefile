@@ -14,9 +14,11 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/assets.smk"
+include: "rules/search.smk"
 
 
 rule all:
     input:
         f"{MODEL_DIR}/drllm_model.json",
         DATA_FILES,
+        f"results/search/{MODEL}/summary.parquet",

@@ -30,7 +30,7 @@ rule prepare_data:
     output:
         "resources/data/{benchmark}/{split}.parquet",
     params:
-        hub=lambda wc: json.dumps(config["data"][wc.benchmark].get("hub") or {}, sort_keys=True),
+        hub=lambda wc: json.dumps(config["data"].get(wc.benchmark, {}).get("hub") or {}, sort_keys=True),
         python=PYTHON,
     log:
         "logs/prepare_data/{benchmark}-{split}.log",

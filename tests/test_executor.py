@@ -202,3 +202,14 @@ def test_choice_scoring_resumes_from_a_shared_prefix():
     assert [r.logprob for r in full] == [r.logprob for r in resumed]
     with pytest.raises(ValueError, match="request 1: empty continuation"):
         ChoiceBatch.build([([1], [2]), ([1], [])])
+
+
+def test_generation_leaves_its_prefill_state_resumable():
+    executor = PathExecutor(tiny_model("llama"))
+    ids, mask = batch(seed=8)
+    parent = executor.generate(ids, mask, (0, 1, 2, 3), max_new_tokens=6, keep_hidden=True, eos_token_id=[]).prefill
+    assert parent.cache.layers[0].keys.shape[-2] == ids.shape[1] and parent.attention_mask.shape == mask.shape
+    child = (0, 1, 1, 2, 3)
+    fresh = executor.generate(ids, mask, child, max_new_tokens=6, eos_token_id=[])
+    resumed = executor.generate(ids, mask, child, max_new_tokens=6, eos_token_id=[], resume=parent, resume_step=2)
+    assert torch.equal(fresh.tokens, resumed.tokens)

@@ -83,7 +83,16 @@ def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
 def write_parquet(path: str | os.PathLike, table: pa.Table | list[dict], schema: pa.Schema, name: str) -> None:
     """Validate against `schema` and write atomically."""
     if not isinstance(table, pa.Table):
-        table = pa.Table.from_pylist(list(table), schema=schema)
+        rows = list(table)
+        for index, row in enumerate(rows):  # from_pylist would silently fill a missing key with null
+            if set(row) != set(schema.names):
+                missing = sorted(set(schema.names) - set(row))
+                extra = sorted(set(row) - set(schema.names))
+                raise ArtifactError(f"{name}: row {index} has missing column(s) {missing}, unexpected {extra}")
+        try:
+            table = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+            raise ArtifactError(f"{name}: rows do not match the schema: {exc}") from exc
     table = conform(table, schema, name)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

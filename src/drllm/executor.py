@@ -11,6 +11,7 @@ follow the attention mask either way, as in `generate()`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -246,8 +247,7 @@ class PathExecutor:
         if cache is not None:
             if resume.cache is None:
                 raise ValueError("cannot resume with a cache: the earlier run kept none (use_cache=True)")
-            for slot in range(step):  # shallow copies: the tensors are shared, later updates rebind per copy
-                cache.layers[slot] = copy.copy(resume.cache.layers[slot])
+            cache.layers[:step] = _copy_cache(resume.cache).layers[:step]
         return resume.hidden[step]
 
     @torch.no_grad()
@@ -286,6 +286,8 @@ class PathExecutor:
                              logits="last", resume=resume, resume_step=resume_step)
         batch = state.input_ids.shape[0]
         logits = state.logits[:, -1]
+        # decode on a copy so the returned prefill state stays resumable (its cache holds the prompt only)
+        decoding = dataclasses.replace(state, cache=_copy_cache(state.cache))
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         passes = torch.ones(batch, dtype=torch.long, device=self.device)  # the prefill
         tokens = []
@@ -297,7 +299,7 @@ class PathExecutor:
             if index == max_new_tokens - 1 or bool(finished.all()):
                 break
             passes += (~finished).long()
-            logits = self.decode_step(state, next_tokens)
+            logits = self.decode_step(decoding, next_tokens)
         new = torch.stack(tokens, dim=1) if tokens else state.input_ids.new_zeros((batch, 0))
         is_real = torch.ones_like(new, dtype=torch.bool)
         if len(eos):  # a row's tokens after its first EOS are padding
@@ -384,3 +386,10 @@ def _cache_for(path: LayerPath, layer_types: list[str], cache_kwargs: list[dict]
     cache.layers = [DYNAMIC_LAYER_TYPE_MAPPING[layer_types[layer]](**cache_kwargs[layer]) for layer in path]
     cache.layer_class_to_replicate = None
     return cache
+
+
+def _copy_cache(cache: DynamicCache) -> DynamicCache:
+    """A cache sharing the tensors but not the slot objects: updates rebind tensors per copy (torch.cat)."""
+    twin = copy.copy(cache)
+    twin.layers = [copy.copy(layer) for layer in cache.layers]
+    return twin

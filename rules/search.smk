@@ -1,0 +1,103 @@
+# Prompts + search stages: a seeded prompt set per task, MCTS shards per task, the Table 2 summary.
+
+SEARCH = config["search"]
+SEARCH_TASKS = SEARCH["tasks"]
+SEARCH_SHARDS = [
+    f"results/search/{MODEL}/{task}/shard-{shard}.parquet"
+    for task in SEARCH_TASKS
+    for shard in range(SEARCH["shards"])
+]
+
+
+wildcard_constraints:
+    task="[A-Za-z0-9_]+",
+    shard=r"\d+",
+
+
+rule select_prompts:
+    input:
+        records=lambda wc: "resources/data/{benchmark}/{split}.parquet".format(**SEARCH_TASKS[wc.task]),
+        script=f"{workflow.basedir}/workflow/scripts/select_prompts.py",
+    output:
+        "results/prompts/{task}.parquet",
+    params:
+        python=PYTHON,
+        format=lambda wc: SEARCH_TASKS[wc.task]["format"],
+        samples=lambda wc: SEARCH_TASKS[wc.task]["samples"],
+        levels=lambda wc: ",".join(str(x) for x in SEARCH_TASKS[wc.task].get("levels", [])),
+        seed=SEARCH["seed"],
+    log:
+        "logs/select_prompts/{task}.log",
+    benchmark:
+        "benchmarks/select_prompts/{task}.tsv"
+    threads: rule_threads("select_prompts")
+    resources:
+        **rule_resources("select_prompts"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --records {input.records} --task {wildcards.task} "
+        "--format {params.format} --samples {params.samples} --levels '{params.levels}' --seed {params.seed} "
+        "--out {output} > {log} 2>&1"
+
+
+rule search_shard:
+    input:
+        manifest=f"{MODEL_DIR}/drllm_model.json",
+        prompts="results/prompts/{task}.parquet",
+        script=f"{workflow.basedir}/workflow/scripts/search.py",
+    output:
+        f"results/search/{MODEL}/{{task}}/shard-{{shard}}.parquet",
+    params:
+        python=PYTHON,
+        model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+        settings=json.dumps(
+            {key: SEARCH[key] for key in ("mcts", "seed", "chat_template", "prefix_cache", "formats") if key in SEARCH},
+            sort_keys=True,
+        ),
+        num_shards=SEARCH["shards"],
+        backend=SEARCH["backend"],
+        workers=SEARCH["workers"],
+        ray_address=SEARCH.get("ray_address") or "",
+        device=config["runtime"]["device"],
+        dtype=config["runtime"]["dtype"],
+        gpus=config.get("resources", {}).get("search", {}).get("gpus", 0),
+    log:
+        f"logs/search/{MODEL}/{{task}}-{{shard}}.log",
+    benchmark:
+        f"benchmarks/search/{MODEL}/{{task}}-{{shard}}.tsv"
+    threads: rule_threads("search", 2)
+    resources:
+        **rule_resources("search"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "--shard {wildcards.shard} --num-shards {params.num_shards} --settings-json {params.settings:q} "
+        "--backend {params.backend} --workers {params.workers} --cpus {threads} --gpus {params.gpus} "
+        "--ray-address '{params.ray_address}' --device {params.device} --dtype {params.dtype} "
+        "--out {output} > {log} 2>&1"
+
+
+rule search_summary:
+    input:
+        manifest=f"{MODEL_DIR}/drllm_model.json",
+        shards=SEARCH_SHARDS,
+        script=f"{workflow.basedir}/workflow/scripts/search_summary.py",
+    output:
+        table=f"results/search/{MODEL}/summary.parquet",
+        markdown=report(f"results/search/{MODEL}/summary.md", category="Search"),
+    params:
+        python=PYTHON,
+    log:
+        f"logs/search_summary/{MODEL}.log",
+    benchmark:
+        f"benchmarks/search_summary/{MODEL}.tsv"
+    threads: rule_threads("search_summary")
+    resources:
+        **rule_resources("search_summary"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --manifest {input.manifest} --shards {input.shards} "
+        "--out {output.table} > {log} 2>&1"

@@ -1,0 +1,206 @@
+"""Search artifacts: the prompt sets, the per-shard results, their checkpoints and the Table 2 summary.
+
+Schemas live here and nowhere else; writers and readers both go through them.
+
+A shard job appends each finished prompt to `<shard>.progress.jsonl` (flushed line by line), so a job that dies
+resumes without redoing finished prompts; the Parquet shard is written atomically once the shard is complete and
+the checkpoint is then removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from drllm.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.benchmarks import EXAMPLE_SCHEMA
+
+PROMPT_SCHEMA = pa.schema(
+    [pa.field("task", pa.string(), nullable=False), pa.field("format", pa.string(), nullable=False),
+     pa.field("prompt_index", pa.int64(), nullable=False)] + list(EXAMPLE_SCHEMA))
+
+EVALUATED = pa.struct([pa.field("path", pa.string()), pa.field("reward", pa.float32())])
+SHARD_SCHEMA = pa.schema([
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("prompt_index", pa.int64(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("benchmark", pa.string(), nullable=False),
+    pa.field("subset", pa.string()),
+    pa.field("level", pa.int64()),
+    pa.field("prompt_hash", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("num_layers", pa.int64(), nullable=False),
+    pa.field("default_correct", pa.bool_(), nullable=False),
+    pa.field("kept", pa.bool_(), nullable=False),               # a correct path exists: a training sample
+    pa.field("best_path", pa.list_(pa.int16())),                # layer ids of the label path (null if not kept)
+    pa.field("labels", pa.list_(pa.int8())),                    # per-layer counts 0/1/2 (null if not kept)
+    pa.field("best_length", pa.int64()),
+    pa.field("layers_saved", pa.int64()),                       # num_layers - best_length
+    pa.field("wrong_to_correct", pa.bool_(), nullable=False),
+    pa.field("prediction_default", pa.string()),
+    pa.field("prediction_best", pa.string()),
+    pa.field("simulations", pa.int64(), nullable=False),
+    pa.field("evaluations", pa.int64(), nullable=False),       # paths actually evaluated (forward passes)
+    pa.field("layer_applications", pa.int64(), nullable=False),  # blocks computed, prefix reuse included
+    pa.field("layer_applications_full", pa.int64(), nullable=False),  # the same without prefix reuse
+    pa.field("evaluated", pa.list_(EVALUATED)),                 # every evaluated path with its reward
+    pa.field("max_fanout", pa.int64(), nullable=False),
+    pa.field("max_depth", pa.int64(), nullable=False),
+    pa.field("wall_seconds", pa.float64(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("search_config", pa.string(), nullable=False),     # JSON of the search settings
+])
+TIMING_COLUMNS = ("wall_seconds",)
+
+SUMMARY_SCHEMA = pa.schema([
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("prompts", pa.int64(), nullable=False),
+    pa.field("kept_samples", pa.int64(), nullable=False),
+    pa.field("default_correct", pa.int64(), nullable=False),
+    pa.field("visited_paths", pa.int64(), nullable=False),
+    pa.field("forward_passes", pa.int64(), nullable=False),
+    pa.field("layer_applications", pa.int64(), nullable=False),
+    pa.field("wrong_to_correct_share", pa.float64(), nullable=False),
+    pa.field("mean_layers_saved", pa.float64(), nullable=False),
+    pa.field("skip_share", pa.float64(), nullable=False),
+    pa.field("execute_share", pa.float64(), nullable=False),
+    pa.field("repeat_share", pa.float64(), nullable=False),
+])
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_prompts(path, rows: list[dict]) -> None:
+    write_parquet(path, rows, PROMPT_SCHEMA, "prompt set")
+
+
+def read_prompts(path) -> list[dict]:
+    return read_parquet(path, PROMPT_SCHEMA, "prompt set").to_pylist()
+
+
+def write_shard(path, rows: list[dict]) -> None:
+    write_parquet(path, sorted(rows, key=lambda r: r["prompt_index"]), SHARD_SCHEMA, "search shard")
+
+
+def read_shard(path, model: str | None = None, num_layers: int | None = None) -> list[dict]:
+    """Read a shard; with `model`/`num_layers`, reject shards written for another model."""
+    rows = read_parquet(path, SHARD_SCHEMA, "search shard").to_pylist()
+    for row in rows:
+        if model is not None and row["model"] != model:
+            raise ArtifactError(f"search shard {path} is from model {row['model']!r}, expected {model!r}")
+        if num_layers is not None and row["num_layers"] != num_layers:
+            raise ArtifactError(f"search shard {path} has {row['num_layers']} layers, expected {num_layers}")
+    return rows
+
+
+class Checkpoint:
+    """Append-only record of finished prompts for one shard; the first line fingerprints the job."""
+
+    def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any]):
+        self.path = Path(path)
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True)
+        self.rows: dict[str, dict] = {}
+        self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        self._handle = open(self.path, "a")
+        if fresh:
+            self._write_line({"fingerprint": self.fingerprint})
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if header.get("fingerprint") != self.fingerprint:  # another model/config/prompt set: start over
+            self.path.unlink()
+            return
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: that prompt is redone
+                continue
+            self.rows[row["prompt_id"]] = row
+
+    def _write_line(self, obj: dict) -> None:
+        self._handle.write(json.dumps(obj) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def add(self, row: dict) -> None:
+        self.rows[row["prompt_id"]] = row
+        self._write_line(row)
+
+    def close(self, remove: bool = False) -> None:
+        self._handle.close()
+        if remove and self.path.exists():
+            self.path.unlink()
+
+
+def summarize(rows: Iterable[dict]) -> list[dict]:
+    """The paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, layers saved)."""
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    summary = []
+    for task in sorted(by_task):
+        task_rows = by_task[task]
+        kept = [r for r in task_rows if r["kept"]]
+        labels = [count for r in kept for count in r["labels"]]
+        total = max(1, len(labels))
+        summary.append({
+            "task": task,
+            "prompts": len(task_rows),
+            "kept_samples": len(kept),
+            "default_correct": sum(r["default_correct"] for r in task_rows),
+            "visited_paths": sum(len(r["evaluated"]) for r in task_rows),
+            "forward_passes": sum(r["evaluations"] for r in task_rows),
+            "layer_applications": sum(r["layer_applications"] for r in task_rows),
+            "wrong_to_correct_share": (sum(r["wrong_to_correct"] for r in kept) / len(kept)) if kept else 0.0,
+            "mean_layers_saved": (sum(r["layers_saved"] for r in kept) / len(kept)) if kept else 0.0,
+            "skip_share": labels.count(0) / total,
+            "execute_share": labels.count(1) / total,
+            "repeat_share": labels.count(2) / total,
+        })
+    return summary
+
+
+def write_summary(path, summary: list[dict]) -> None:
+    write_parquet(path, summary, SUMMARY_SCHEMA, "search summary")
+
+
+def format_summary(summary: list[dict]) -> str:
+    header = "| task | prompts | kept | default correct | visited paths | forward passes | W->C share | mean layers saved | skip/exec/repeat % |"
+    lines = [header, "|" + "---|" * 9]
+    for s in summary:
+        lines.append(f"| {s['task']} | {s['prompts']} | {s['kept_samples']} | {s['default_correct']} | "
+                     f"{s['visited_paths']} | {s['forward_passes']} | {s['wrong_to_correct_share']:.2f} | "
+                     f"{s['mean_layers_saved']:.2f} | {100 * s['skip_share']:.1f}/{100 * s['execute_share']:.1f}/"
+                     f"{100 * s['repeat_share']:.1f} |")
+    return "\n".join(lines)
+
+
+def select_prompts(records: list[dict], task: str, answer_format: str, samples: int, seed: int,
+                   levels: list[int] | None = None) -> list[dict]:
+    """A seeded sample of `samples` records (all if fewer), optionally only some levels, in a stable order."""
+    import numpy as np
+
+    if samples < 1:
+        raise ArtifactError(f"search task {task!r}: samples must be >= 1, got {samples}")
+    if levels:
+        records = [r for r in records if r["level"] in set(levels)]
+    if not records:
+        raise ArtifactError(f"search task {task!r}: no records left to sample (levels {levels})")
+    task_seed = int(hashlib.sha256(f"{seed}:{task}".encode()).hexdigest()[:15], 16)
+    order = np.random.default_rng(task_seed).permutation(len(records))[:samples]
+    return [{**records[i], "task": task, "format": answer_format, "prompt_index": index}
+            for index, i in enumerate(sorted(order))]

@@ -1,0 +1,201 @@
+"""Search workers: one model replica each, searching prompts one at a time; serial and Ray backends.
+
+Results never depend on the backend or the number of workers: each prompt's search is seeded from
+(config seed, task, prompt id) and a worker holds no state between prompts.
+
+Ray: the driver reads the safetensors weights once as numpy arrays and puts them in the object store; every
+actor maps them zero-copy into its model (frozen weights are never written), so N workers hold one copy of the
+weights. `ray_address` joins an existing cluster (e.g. one started inside a SLURM allocation); otherwise a local
+Ray starts with exactly the job's CPUs and GPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from drllm.benchmarks import EXAMPLE_SCHEMA, Example
+from drllm.executor import PathExecutor
+from drllm.rewards import PathRewarder
+from drllm.search import MCTSConfig, run_search
+from drllm.shards import prompt_hash
+from drllm.tasks import get_format
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a worker needs besides the model; JSON-serialisable for the shard's `search_config`."""
+
+    model: str
+    num_layers: int
+    mcts: dict[str, Any]
+    seed: int = 0
+    chat_template: bool = True
+    prefix_cache: int = 8           # run states kept per prompt for prefix reuse; 0 disables reuse
+    formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-format options
+
+    def mcts_config(self) -> MCTSConfig:
+        config = MCTSConfig.from_dict(self.mcts)
+        config.validate()
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def prompt_seed(seed: int, task: str, prompt_id: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{task}:{prompt_id}".encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+def example_from_row(row: dict) -> Example:
+    return Example(**{name: row[name] for name in EXAMPLE_SCHEMA.names})
+
+
+def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: SearchSettings) -> dict:
+    """Run the MCTS on one prompt row; returns one shard row (see drllm.shards.SHARD_SCHEMA)."""
+    started = time.perf_counter()
+    answer_format = get_format(row["format"], **settings.formats.get(row["format"], {}))
+    encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=settings.chat_template)
+    rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
+                            reuse_prefix=settings.prefix_cache > 0)
+    seed = prompt_seed(settings.seed, row["task"], row["id"])
+    result = run_search(rewarder, executor.num_layers, settings.mcts_config(), seed)
+    default = tuple(range(executor.num_layers))
+    best = result.best_path
+    return {
+        "prompt_id": row["id"], "prompt_index": row["prompt_index"], "task": row["task"],
+        "benchmark": row["benchmark"], "subset": row["subset"], "level": row["level"],
+        "prompt_hash": prompt_hash(encoded.prompt_text),
+        "model": settings.model, "num_layers": executor.num_layers,
+        "default_correct": result.default_correct, "kept": best is not None,
+        "best_path": list(best) if best is not None else None,
+        "labels": best.counts() if best is not None else None,
+        "best_length": len(best) if best is not None else None,
+        "layers_saved": executor.num_layers - len(best) if best is not None else None,
+        "wrong_to_correct": result.wrong_to_correct,
+        "prediction_default": rewarder.outcomes[default].prediction,
+        "prediction_best": rewarder.outcomes[tuple(best)].prediction if best is not None else None,
+        "simulations": result.simulations, "evaluations": rewarder.stats.evaluations,
+        "layer_applications": rewarder.stats.layer_applications,
+        "layer_applications_full": rewarder.stats.layer_applications_full,
+        "evaluated": [{"path": str(path), "reward": reward} for path, reward in result.evaluated],
+        "max_fanout": result.max_fanout, "max_depth": result.max_depth,
+        "wall_seconds": time.perf_counter() - started, "seed": seed,
+        "search_config": settings.to_json(),
+    }
+
+
+class SearchWorker:
+    """Holds one model replica; `run(row)` searches one prompt."""
+
+    def __init__(self, model_dir: str, settings: SearchSettings, device: str = "cpu", dtype: str = "auto",
+                 threads: int = 0, shared_weights: dict | None = None):
+        from drllm.models import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        if shared_weights is None:
+            model, tokenizer, _ = load_model(model_dir, device=device, dtype=dtype)
+        else:
+            model, tokenizer = _model_from_shared(model_dir, shared_weights, device, dtype)
+        self.executor = PathExecutor(model)
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    def run(self, row: dict) -> dict:
+        return search_prompt(self.executor, self.tokenizer, row, self.settings)
+
+    def memory(self) -> dict:
+        """Resident and unique (not shared) memory of this process, in MiB."""
+        import psutil
+
+        info = psutil.Process().memory_full_info()
+        return {"rss_mib": info.rss / 2**20, "uss_mib": info.uss / 2**20}
+
+
+def shared_weight_arrays(model_dir: str) -> dict:
+    """The model's weights as numpy arrays, to be put once in Ray's object store."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def _model_from_shared(model_dir: str, arrays: dict, device: str, dtype: str):
+    """Build the model without initialising weights, then point its parameters at the shared arrays."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
+
+    from drllm.models import resolve_device, resolve_dtype
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with warnings.catch_warnings():  # the arrays are read-only views of the object store; weights stay frozen
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    if config.get_text_config().tie_word_embeddings:  # safetensors stores one of two tied tensors
+        for target, source in (getattr(model, "_tied_weights_keys", None) or {}).items():
+            if source not in tensors and target in tensors:
+                tensors[source] = tensors[target]
+            elif target not in tensors and source in tensors:
+                tensors[target] = tensors[source]
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if missing or unexpected:
+        raise RuntimeError(f"shared weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    torch_device = resolve_device(device)
+    model.to(device=torch_device, dtype=resolve_dtype(dtype, torch_device)).eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def run_serial(rows: list[dict], model_dir: str, settings: SearchSettings, device: str, dtype: str,
+               threads: int = 0) -> Iterator[dict]:
+    worker = SearchWorker(model_dir, settings, device=device, dtype=dtype, threads=threads)
+    for row in rows:
+        yield worker.run(row)
+
+
+def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: str, dtype: str, workers: int,
+            cpus: int, gpus: int = 0, address: str | None = None, memory_report: list | None = None) -> Iterator[dict]:
+    """Search `rows` on `workers` Ray actors; yields results as they finish (order varies, content does not)."""
+    import ray
+
+    if not rows:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:  # a short temp dir: AF_UNIX socket paths are limited to 107 bytes
+            ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+                     _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    try:
+        weights = ray.put(shared_weight_arrays(model_dir))
+        threads = max(1, cpus // workers)
+        actor_class = ray.remote(num_cpus=threads, num_gpus=(gpus / workers) if gpus else 0)(SearchWorker)
+        actors = [actor_class.remote(model_dir, settings, device, dtype, threads, weights) for _ in range(workers)]
+        pending, queue = {}, list(rows)
+        for actor in actors:
+            if queue:
+                pending[actor.run.remote(queue.pop(0))] = actor
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(done[0])
+            if queue:
+                pending[actor.run.remote(queue.pop(0))] = actor
+            yield ray.get(done[0])
+        if memory_report is not None:
+            memory_report.extend(ray.get([actor.memory.remote() for actor in actors]))
+    finally:
+        if started_here:
+            ray.shutdown()

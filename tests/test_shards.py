@@ -1,0 +1,81 @@
+"""Search artifacts: prompt selection, shard schema, checkpoints, the Table 2 summary."""
+from __future__ import annotations
+
+import pytest
+
+from drllm.artifacts import ArtifactError
+from drllm.shards import Checkpoint, read_shard, select_prompts, summarize, write_shard
+
+
+def records(n=20):
+    return [{"id": f"q{i}", "level": 1 + i % 5, "question": f"question {i}"} for i in range(n)]
+
+
+def shard_row(index, task="arc_easy", model="m", layers=4, kept=True, labels=(1, 0, 1, 1), w2c=False):
+    best = [layer for layer, count in enumerate(labels) for _ in range(count)] if kept else None
+    return {
+        "prompt_id": f"q{index}", "prompt_index": index, "task": task, "benchmark": "arc_easy", "subset": None,
+        "level": None, "prompt_hash": "abc", "model": model, "num_layers": layers, "default_correct": not w2c,
+        "kept": kept, "best_path": best, "labels": list(labels) if kept else None,
+        "best_length": len(best) if kept else None, "layers_saved": layers - len(best) if kept else None,
+        "wrong_to_correct": w2c, "prediction_default": "A", "prediction_best": "A" if kept else None,
+        "simulations": 5, "evaluations": 4, "layer_applications": 10, "layer_applications_full": 16,
+        "evaluated": [{"path": "0-1-2-3", "reward": 1.0}, {"path": "0-2-3", "reward": 1.0}],
+        "max_fanout": 2, "max_depth": 1, "wall_seconds": 0.5, "seed": 7, "search_config": "{}",
+    }
+
+
+def test_select_prompts_is_seeded_and_filters_levels():
+    first = select_prompts(records(), "dart_2", "boxed", 3, seed=0, levels=[2])
+    assert [r["level"] for r in first] == [2, 2, 2] and [r["prompt_index"] for r in first] == [0, 1, 2]
+    assert first == select_prompts(records(), "dart_2", "boxed", 3, seed=0, levels=[2])
+    assert first != select_prompts(records(), "dart_2", "boxed", 3, seed=1, levels=[2])
+    assert len(select_prompts(records(), "t", "cloze", 999, seed=0)) == 20
+    with pytest.raises(ArtifactError, match="samples must be >= 1"):
+        select_prompts(records(), "t", "cloze", 0, seed=0)
+    with pytest.raises(ArtifactError, match="no records left"):
+        select_prompts(records(), "t", "cloze", 2, seed=0, levels=[9])
+
+
+def test_shard_round_trip_and_foreign_shards(tmp_path):
+    path = tmp_path / "shard-0.parquet"
+    write_shard(path, [shard_row(1), shard_row(0)])
+    rows = read_shard(path, model="m", num_layers=4)
+    assert [r["prompt_index"] for r in rows] == [0, 1] and rows[0]["labels"] == [1, 0, 1, 1]
+    with pytest.raises(ArtifactError, match="is from model 'm', expected 'other'"):
+        read_shard(path, model="other")
+    with pytest.raises(ArtifactError, match="has 4 layers, expected 30"):
+        read_shard(path, num_layers=30)
+    bad = shard_row(2)
+    del bad["labels"]
+    with pytest.raises(ArtifactError, match="missing column"):
+        write_shard(tmp_path / "bad.parquet", [bad])
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_checkpoint_resumes_and_discards_a_torn_line_or_another_job(tmp_path):
+    path = tmp_path / "shard.progress.jsonl"
+    checkpoint = Checkpoint(path, {"job": 1})
+    checkpoint.add({"prompt_id": "a", "x": 1})
+    checkpoint.add({"prompt_id": "b", "x": 2})
+    checkpoint.close()
+    with open(path, "a") as handle:
+        handle.write('{"prompt_id": "c", "x"')  # killed mid-write
+    again = Checkpoint(path, {"job": 1})
+    assert sorted(again.rows) == ["a", "b"]
+    again.close()
+    other = Checkpoint(path, {"job": 2})
+    assert other.rows == {}
+    other.close(remove=True)
+    assert not path.exists()
+
+
+def test_summary_matches_hand_count():
+    rows = [shard_row(0, labels=(1, 0, 1, 1)), shard_row(1, labels=(0, 1, 2, 1), w2c=True),
+            shard_row(2, kept=False, w2c=False)]
+    (summary,) = summarize(rows)
+    assert summary["prompts"] == 3 and summary["kept_samples"] == 2
+    assert summary["visited_paths"] == 6 and summary["forward_passes"] == 12
+    assert summary["wrong_to_correct_share"] == 0.5
+    assert summary["mean_layers_saved"] == 0.5  # saved 1 and 0
+    assert summary["skip_share"] == 2 / 8 and summary["repeat_share"] == 1 / 8

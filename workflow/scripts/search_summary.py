@@ -1,0 +1,43 @@
+"""Search summary: the paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, mean
+layers saved, label distribution) from every shard of one model; printed and written as Parquet + Markdown.
+
+Example:
+  python workflow/scripts/search_summary.py --manifest resources/models/smollm2-135m-instruct/drllm_model.json \\
+      --shards results/search/smollm2-135m-instruct/*/shard-*.parquet \\
+      --out results/search/smollm2-135m-instruct/summary.parquet
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from drllm.artifacts import ArtifactError, read_json, write_text
+from drllm.shards import format_summary, read_shard, summarize, write_summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True, help="drllm_model.json of the model every shard must come from")
+    parser.add_argument("--shards", nargs="+", required=True)
+    parser.add_argument("--out", required=True, help="summary Parquet; a .md table is written beside it")
+    args = parser.parse_args(argv)
+    try:
+        manifest = read_json(args.manifest, "model manifest")
+        model = manifest["name"]
+        rows = [row for path in args.shards for row in read_shard(path, model, manifest["num_layers"])]
+        if not rows:
+            raise ArtifactError(f"the shards {args.shards} hold no prompts")
+        summary = summarize(rows)
+        write_summary(args.out, summary)
+    except ArtifactError as exc:
+        print(f"search_summary: error: {exc}", file=sys.stderr)
+        return 2
+    table = format_summary(summary)
+    write_text(Path(args.out).with_suffix(".md"), f"# Search summary: {model}\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
