@@ -19,7 +19,7 @@ def shard_row(index, task="arc_easy", model="m", layers=4, kept=True, labels=(1,
         "kept": kept, "best_path": best, "labels": list(labels) if kept else None,
         "best_length": len(best) if kept else None, "layers_saved": layers - len(best) if kept else None,
         "wrong_to_correct": w2c, "prediction_default": "A", "prediction_best": "A" if kept else None,
-        "simulations": 5, "evaluations": 4, "layer_applications": 10, "layer_applications_full": 16,
+        "simulations": 5, "evaluations": 4, "forward_passes": 9, "layer_applications": 10, "layer_applications_full": 16,
         "evaluated": [{"path": "0-1-2-3", "reward": 1.0}, {"path": "0-2-3", "reward": 1.0}],
         "max_fanout": 2, "max_depth": 1, "wall_seconds": 0.5, "seed": 7, "search_config": "{}",
     }
@@ -75,7 +75,7 @@ def test_summary_matches_hand_count():
             shard_row(2, kept=False, w2c=False)]
     (summary,) = summarize(rows)
     assert summary["prompts"] == 3 and summary["kept_samples"] == 2
-    assert summary["visited_paths"] == 6 and summary["forward_passes"] == 12
+    assert summary["visited_paths"] == 6 and summary["forward_passes"] == 27
     assert summary["wrong_to_correct_share"] == 0.5
     assert summary["mean_layers_saved"] == 0.5  # saved 1 and 0
     assert summary["skip_share"] == 2 / 8 and summary["repeat_share"] == 1 / 8

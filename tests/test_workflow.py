@@ -51,8 +51,17 @@ def test_schema_violation_fails_with_the_field_named(tmp_path):
     assert "fp8" in out and "dtype" in out
 
 
+def test_search_task_with_unknown_benchmark_is_rejected(tmp_path):
+    work = workdir_copy(tmp_path)
+    config = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    config["search"]["tasks"]["arc_easy"]["benchmark"] = "arc_hard"
+    (work / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", "bad.yaml", cwd=work, check=False)
+    assert result.returncode != 0 and "arc_hard" in result.stdout + result.stderr
+
+
 @pytest.mark.slow
-def test_assets_stage_runs_on_the_tiny_config(tmp_path):
+def test_tiny_config_runs_to_the_search_summary(tmp_path):
     work = workdir_copy(tmp_path)
     snakemake("--cores", "2", "--configfile", "config/tiny.yaml", cwd=work)
     assert (work / "resources" / "models" / "smollm2-135m-instruct" / "drllm_model.json").is_file()
@@ -61,5 +70,8 @@ def test_assets_stage_runs_on_the_tiny_config(tmp_path):
     frame = pl.read_parquet(work / "resources" / "data" / "arc_easy" / "validation.parquet")
     assert frame.height == 570 and {"id", "question", "choices", "gold_index"} <= set(frame.columns)
     assert (work / "logs" / "prepare_model" / "smollm2-135m-instruct.log").is_file()
+    summary = pl.read_parquet(work / "results" / "search" / "smollm2-135m-instruct" / "summary.parquet")
+    assert sorted(summary["task"]) == ["arc_challenge", "arc_easy", "dart_1", "dart_2", "dart_3", "dart_4", "dart_5"]
+    assert summary.filter(pl.col("task") == "arc_easy")["prompts"].item() == 2
     # nothing left to do on a second run
     assert "Nothing to be done" in snakemake("-n", "--configfile", "config/tiny.yaml", cwd=work).stdout

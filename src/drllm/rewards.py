@@ -18,6 +18,7 @@ from drllm.tasks import AnswerFormat, Encoded, Outcome
 @dataclass
 class RewardStats:
     evaluations: int = 0
+    forward_passes: int = 0            # model calls: one per scoring pass, prefill + decode steps per generation
     layer_applications: int = 0        # block applications actually computed (prefill rows x steps + decode)
     layer_applications_full: int = 0   # what the same evaluations cost without prefix reuse
     reused_steps: int = 0
@@ -51,6 +52,7 @@ class PathRewarder:
         outcome, state = self.format.evaluate(self.executor, self.encoded, path, keep_hidden=self.cache_size > 0,
                                               resume=resume, resume_step=step)
         self.stats.evaluations += 1
+        self.stats.forward_passes += max(1, outcome.new_tokens) if self.encoded.kind == "generate" else 1
         self.stats.reused_steps += step
         self.stats.layer_applications += outcome.layer_applications - step * self.rows
         self.stats.layer_applications_full += outcome.layer_applications

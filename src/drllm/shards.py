@@ -44,7 +44,8 @@ SHARD_SCHEMA = pa.schema([
     pa.field("prediction_default", pa.string()),
     pa.field("prediction_best", pa.string()),
     pa.field("simulations", pa.int64(), nullable=False),
-    pa.field("evaluations", pa.int64(), nullable=False),       # paths actually evaluated (forward passes)
+    pa.field("evaluations", pa.int64(), nullable=False),       # distinct paths evaluated
+    pa.field("forward_passes", pa.int64(), nullable=False),    # model calls: prefill + decode steps
     pa.field("layer_applications", pa.int64(), nullable=False),  # blocks computed, prefix reuse included
     pa.field("layer_applications_full", pa.int64(), nullable=False),  # the same without prefix reuse
     pa.field("evaluated", pa.list_(EVALUATED)),                 # every evaluated path with its reward
@@ -163,7 +164,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
             "kept_samples": len(kept),
             "default_correct": sum(r["default_correct"] for r in task_rows),
             "visited_paths": sum(len(r["evaluated"]) for r in task_rows),
-            "forward_passes": sum(r["evaluations"] for r in task_rows),
+            "forward_passes": sum(r["forward_passes"] for r in task_rows),
             "layer_applications": sum(r["layer_applications"] for r in task_rows),
             "wrong_to_correct_share": (sum(r["wrong_to_correct"] for r in kept) / len(kept)) if kept else 0.0,
             "mean_layers_saved": (sum(r["layers_saved"] for r in kept) / len(kept)) if kept else 0.0,

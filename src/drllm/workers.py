@@ -86,6 +86,7 @@ def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: Search
         "prediction_default": rewarder.outcomes[default].prediction,
         "prediction_best": rewarder.outcomes[tuple(best)].prediction if best is not None else None,
         "simulations": result.simulations, "evaluations": rewarder.stats.evaluations,
+        "forward_passes": rewarder.stats.forward_passes,
         "layer_applications": rewarder.stats.layer_applications,
         "layer_applications_full": rewarder.stats.layer_applications_full,
         "evaluated": [{"path": str(path), "reward": reward} for path, reward in result.evaluated],
