@@ -1,0 +1,324 @@
+"""Dr.LLM routers: one tiny MLP per decoder block, fed window means of the residual stream entering it.
+
+METHOD.md §3. Router l sees H^(l-1), the (raw, not normed) hidden states entering block l along the path taken
+so far, pooled over the prompt tokens into W windows:
+
+* W_eff = min(W, T) for a prompt of T real tokens; window size T // W_eff; the remainder tokens at the end are
+  dropped (the authors' code); each window is averaged.
+* MLP: Linear(d -> h) -> GELU(tanh) -> Linear(h -> 3), Xavier-uniform weights, zero biases (h = 128).
+* Logit voting: the MLP runs on each window mean and the logits are averaged over the windows.
+
+Classes: 0 = skip, 1 = execute, 2 = repeat. `apply_knob` is the paper's App. C control knob.
+
+A trained stack is saved as `routers.safetensors` + `router_config.json` (atomic writes); loading checks that it
+was trained for the expected base model and layer count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from drllm.artifacts import ArtifactError, atomic_path, read_json, write_json
+
+SKIP, EXECUTE, REPEAT = 0, 1, 2
+CLASSES = ("skip", "execute", "repeat")
+WEIGHTS_FILE = "routers.safetensors"
+CONFIG_FILE = "router_config.json"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------------------------
+
+def window_assignment(mask: torch.Tensor | None, batch: int, length: int, windows: int = 8,
+                      device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooling as a matrix: (assign [B, W_max, T] float32, window_mask [B, W_max] bool).
+
+    assign[b, w, t] = 1 / size_b where real token t of row b falls in window w, else 0, so that
+    `assign @ hidden` gives the window means (see `window_mean_pool`). It depends only on the mask, so one matrix
+    serves every layer of a forward pass.
+    """
+    if windows < 1:
+        raise ValueError(f"windows must be >= 1, got {windows}")
+    if mask is None:
+        real = torch.ones((batch, length), dtype=torch.bool, device=device)
+    else:
+        if tuple(mask.shape) != (batch, length):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match hidden {(batch, length)}")
+        real = mask.to(device=device).bool()
+    counts = real.sum(-1)  # [B]
+    counts_cpu = counts.tolist()  # one host sync per call
+    if 0 in counts_cpu:
+        raise ValueError(f"row(s) {[i for i, n in enumerate(counts_cpu) if n == 0]} have no real tokens to pool")
+    w_max = min(windows, max(counts_cpu))
+    w_eff = counts.clamp(max=windows)  # [B]
+    size = counts // w_eff  # [B], >= 1
+    rank = real.long().cumsum(-1) - 1  # [B, T] rank of each real token among its row's real tokens
+    window = torch.div(rank, size[:, None], rounding_mode="floor")
+    used = real & (window < w_eff[:, None])  # the remainder at the end falls outside the last window
+    window = torch.where(used, window, torch.zeros_like(window))
+    assign = torch.zeros((batch, w_max, length), dtype=torch.float32, device=real.device)
+    assign.scatter_(1, window[:, None, :], (used.float() / size[:, None].float())[:, None, :])
+    window_mask = torch.arange(w_max, device=real.device)[None, :] < w_eff[:, None]
+    return assign, window_mask
+
+
+def window_mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None,
+                     windows: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window means of each row's real tokens.
+
+    hidden: [B, T, d]; mask: [B, T] (1 = real prompt token, 0 = padding; left, right or both sides) or None
+    (all tokens real). For a row with n real tokens: W_eff = min(windows, n), window size n // W_eff, window w
+    averages the real tokens ranked w*size .. (w+1)*size-1 (in sequence order); the last n - W_eff*size real
+    tokens are dropped.
+
+    Returns (means [B, W_max, d] float32, window_mask [B, W_max] bool) with W_max = max W_eff over rows; a row
+    with fewer windows has zeros and False in the unused slots. Pooling is done in float32 whatever the input.
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [batch, tokens, dim], got shape {tuple(hidden.shape)}")
+    assign, window_mask = window_assignment(mask, hidden.shape[0], hidden.shape[1], windows, hidden.device)
+    return torch.bmm(assign, hidden.float()), window_mask
+
+
+# --------------------------------------------------------------------------------------------------------
+# Routers
+# --------------------------------------------------------------------------------------------------------
+
+def router_parameter_count(num_layers: int, hidden_size: int, hidden: int = 128) -> int:
+    """L * (d*h + h + h*3 + 3): the paper's formula (11.0M for Llama-3.2-3B, 16.8M for Llama-3.1-8B)."""
+    return num_layers * (hidden_size * hidden + hidden + hidden * 3 + 3)
+
+
+def _masked_window_mean(window_logits: torch.Tensor, window_mask: torch.Tensor | None) -> torch.Tensor:
+    """Average [..., W, 3] logits over the valid windows ([..., W] mask, broadcastable)."""
+    if window_mask is None:
+        return window_logits.mean(-2)
+    weights = window_mask.to(window_logits.dtype)
+    while weights.dim() < window_logits.dim() - 1:
+        weights = weights.unsqueeze(-2)  # [B, W] -> [B, 1, W] for a [B, L, W, 3] input
+    weights = weights.expand(window_logits.shape[:-1])
+    total = weights.sum(-1, keepdim=True)
+    if bool((total == 0).any()):
+        raise ValueError("a row has no valid window (window_mask all False)")
+    return (window_logits * weights[..., None]).sum(-2) / total
+
+
+class Router(nn.Module):
+    """Linear(d -> h) -> GELU(tanh) -> Linear(h -> 3), applied per window mean, logits averaged over windows."""
+
+    def __init__(self, hidden_size: int, hidden: int = 128, generator: torch.Generator | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, len(CLASSES))
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        for linear in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(linear.weight, generator=generator)
+            nn.init.zeros_(linear.bias)
+
+    def window_logits(self, window_means: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(window_means.to(self.fc1.weight.dtype))))
+
+    def forward(self, window_means: torch.Tensor, window_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """window_means [B, W, d], window_mask [B, W] bool or None -> logits [B, 3] (logit voting)."""
+        return _masked_window_mean(self.window_logits(window_means), window_mask)
+
+
+@dataclass
+class RouterConfig:
+    """What a router stack was built for and how it was trained (saved as router_config.json)."""
+
+    base_model: str
+    num_layers: int
+    hidden_size: int
+    windows: int = 8
+    hidden: int = 128
+    label_counts: list[int] | None = None  # training labels per class (skip, execute, repeat)
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "windows", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"router config: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.base_model, str) or not self.base_model:
+            raise ValueError(f"router config: base_model must be a non-empty string, got {self.base_model!r}")
+        if self.label_counts is not None:
+            if len(self.label_counts) != len(CLASSES):
+                raise ValueError(f"router config: label_counts needs {len(CLASSES)} entries, got {self.label_counts}")
+            self.label_counts = [int(c) for c in self.label_counts]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, block: dict[str, Any]) -> "RouterConfig":
+        if not isinstance(block, dict):
+            raise ValueError(f"router config must be a mapping, got {type(block).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise ValueError(f"router config: unknown key(s) {unknown}; expected {sorted(known)}")
+        missing = sorted({"base_model", "num_layers", "hidden_size"} - set(block))
+        if missing:
+            raise ValueError(f"router config: missing key(s) {missing}")
+        return cls(**block)
+
+
+class RouterStack(nn.Module):
+    """One Router per decoder block; float32 parameters whatever the base model's dtype."""
+
+    def __init__(self, config: RouterConfig, seed: int | None = None):
+        super().__init__()
+        self.config = config
+        generator = None
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        self.routers = nn.ModuleList(
+            [Router(config.hidden_size, config.hidden, generator) for _ in range(config.num_layers)])
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.routers[0].fc1.weight.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def __getitem__(self, layer: int) -> Router:
+        return self.routers[layer]
+
+    def route(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, 3] of router `layer` for the hidden states [B, T, d] entering it (mask = prompt tokens)."""
+        means, window_mask = window_mean_pool(hidden, attention_mask, self.config.windows)
+        return self.routers[layer](means, window_mask)
+
+    def forward(self, window_means: torch.Tensor, window_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """All routers at once: window_means [B, L, W, d], window_mask [B, W] or [B, L, W] -> logits [B, L, 3].
+
+        The routers' weights are stacked so the whole stack is three batched matmuls (the training hot path);
+        the result equals calling each router on its layer's slice.
+        """
+        if window_means.dim() != 4 or window_means.shape[1] != self.num_layers:
+            raise ValueError(f"window_means must be [batch, {self.num_layers}, windows, dim], "
+                             f"got {tuple(window_means.shape)}")
+        w1 = torch.stack([r.fc1.weight for r in self.routers])  # [L, h, d]
+        b1 = torch.stack([r.fc1.bias for r in self.routers])  # [L, h]
+        w2 = torch.stack([r.fc2.weight for r in self.routers])  # [L, 3, h]
+        b2 = torch.stack([r.fc2.bias for r in self.routers])  # [L, 3]
+        x = window_means.to(w1.dtype)
+        hidden = torch.einsum("blwd,lhd->blwh", x, w1) + b1[None, :, None, :]
+        hidden = F.gelu(hidden, approximate="tanh")
+        logits = torch.einsum("blwh,lch->blwc", hidden, w2) + b2[None, :, None, :]
+        return _masked_window_mean(logits, window_mask)
+
+    # -- persistence ---------------------------------------------------------------------------------------
+
+    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
+        """Write routers.safetensors then router_config.json, each atomically."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous()
+                   for name, tensor in self.state_dict().items()}
+        with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "base_model": self.config.base_model,
+                                                   "num_layers": str(self.config.num_layers)})
+        write_json(out_dir / CONFIG_FILE, self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, expected_model: str | None = None,
+                        expected_layers: int | None = None, expected_hidden_size: int | None = None,
+                        device: str | torch.device = "cpu") -> "RouterStack":
+        """Load a saved stack; ArtifactError if files are missing or it was trained for another model/shape."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise ArtifactError(f"router directory {directory}: {path.name} not found "
+                                    "(train routers first: workflow/scripts/train_routers.py)")
+        try:
+            config = RouterConfig.from_dict(read_json(config_path, "router config"))
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"router config {config_path} is invalid: {exc}") from exc
+        if config.format_version != FORMAT_VERSION:
+            raise ArtifactError(f"router config {config_path}: format_version {config.format_version}, "
+                                f"this code reads {FORMAT_VERSION}")
+        if expected_model is not None and config.base_model != expected_model:
+            raise ArtifactError(f"routers in {directory} were trained for model {config.base_model!r}, "
+                                f"not {expected_model!r}")
+        if expected_layers is not None and config.num_layers != expected_layers:
+            raise ArtifactError(f"routers in {directory} were trained for {config.num_layers} layers, "
+                                f"but the model has {expected_layers}")
+        if expected_hidden_size is not None and config.hidden_size != expected_hidden_size:
+            raise ArtifactError(f"routers in {directory} expect hidden size {config.hidden_size}, "
+                                f"but the model has {expected_hidden_size}")
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError) as exc:
+            raise ArtifactError(f"router weights {weights_path} are unreadable: {exc}") from exc
+        stack = cls(config)
+        try:
+            stack.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(f"router weights {weights_path} do not match router_config.json "
+                                f"({config.num_layers} layers, d={config.hidden_size}, h={config.hidden}): "
+                                f"{exc}") from exc
+        return stack.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decisions and the control knob
+# --------------------------------------------------------------------------------------------------------
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def decide(probs: torch.Tensor) -> torch.Tensor:
+    """Greedy action per row: 0 skip, 1 execute, 2 repeat (ties go to the lower class, as argmax does)."""
+    return probs.argmax(-1)
+
+
+def apply_knob(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """The paper's control knob (App. C): blend router probabilities [..., 3] with one-hot actions.
+
+    p in [-1, -0.5]: (1-t)*skip + t*router, t = (p+1)/0.5   (p=-1 always skip, p=-0.5 the plain router)
+    p in (-0.5, 0.5]: (1-t)*router + t*execute, t = p+0.5   (p=0.5 always execute)
+    p in (0.5, 1]:   (1-t)*execute + t*repeat, t = (p-0.5)/0.5 (p=1 always repeat)
+    """
+    p = float(p)
+    if not math.isfinite(p) or not -1.0 <= p <= 1.0:
+        raise ValueError(f"control knob p must be in [-1, 1], got {p}")
+    if probs.shape[-1] != len(CLASSES):
+        raise ValueError(f"probs must have {len(CLASSES)} classes in the last dim, got {tuple(probs.shape)}")
+    eye = torch.eye(len(CLASSES), dtype=probs.dtype, device=probs.device)
+    skip, execute, repeat = (eye[c].expand_as(probs) for c in (SKIP, EXECUTE, REPEAT))
+    if p <= -0.5:
+        t = (p + 1.0) / 0.5
+        return (1 - t) * skip + t * probs
+    if p <= 0.5:
+        t = p + 0.5
+        return (1 - t) * probs + t * execute
+    t = (p - 0.5) / 0.5
+    return (1 - t) * execute + t * repeat

@@ -1,0 +1,631 @@
+"""Router training (METHOD.md §5): focal loss on MCTS labels, teacher forcing, frozen base model.
+
+The speed trick. The base model is frozen and teacher forcing runs it along the *labelled* path, which does not
+depend on the routers. So the window means each router sees are constants of the sample: one forward pass per
+sample (`build_feature_cache`) gives a tensor [N, L, W, d], and every epoch afterwards is a few batched matmuls over
+that tensor (`train_routers`). `train_full_forward` is the literal version, which reruns the frozen model along the
+labelled path at every step and pools on the fly; it exists to show that both give the same losses.
+
+Decisions where the paper is silent (all configurable through `TrainConfig`):
+* class weights come from the training split's labels; a class with no training label gets weight 0 before the
+  normalisation to sum 3 (its effective number is 0 and (1-beta)/(1-beta^0) is undefined); such a class never
+  occurs as a training target, so only the validation loss sees the 0;
+* the learning-rate multiplier for optimizer step s (0-based) is (s+1)/warmup during warm-up, then a half cosine
+  from 1 to 0 over the remaining steps; when the run has fewer optimizer steps than `warmup_steps` the warm-up is
+  clamped to the total (the LR then only ramps up) and a note says so;
+* AdamW's weight decay applies to all router parameters (weights and biases); no gradient clipping unless
+  `max_grad_norm` is set;
+* routers, logits and the loss are float32 (the paper's bf16 concerns the base model's forward pass);
+* a last effective batch smaller than batch_size x grad_accumulation still makes an optimizer step;
+* the validation split is by prompt id (all samples of a prompt on one side), 10% by default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import pyarrow as pa
+import torch
+
+from drllm.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.paths import LayerPath
+from drllm.router import CLASSES, RouterStack, window_assignment
+
+# --------------------------------------------------------------------------------------------------------
+# Samples and schemas
+# --------------------------------------------------------------------------------------------------------
+
+SAMPLES_SCHEMA = pa.schema([
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("input_ids", pa.list_(pa.int64()), nullable=False),  # the prompt exactly as the search encoded it
+    pa.field("labels", pa.list_(pa.int8()), nullable=False),      # per-layer counts 0 skip / 1 execute / 2 repeat
+])
+
+METRICS_SCHEMA = pa.schema([
+    pa.field("epoch", pa.int64(), nullable=False),
+    pa.field("train_loss", pa.float64(), nullable=False),
+    pa.field("val_loss", pa.float64()),
+    pa.field("val_macro_f1", pa.float64()),
+    pa.field("val_recall_skip", pa.float64()),       # null where the validation split has no such label
+    pa.field("val_recall_execute", pa.float64()),
+    pa.field("val_recall_repeat", pa.float64()),
+    pa.field("val_layer_accuracy", pa.float64()),    # over every (sample, layer) decision
+    pa.field("val_accuracy_by_layer", pa.list_(pa.float64())),
+    pa.field("learning_rate", pa.float64(), nullable=False),  # at the epoch's last optimizer step
+    pa.field("steps", pa.int64(), nullable=False),            # optimizer steps so far
+    pa.field("seconds", pa.float64(), nullable=False),        # training + validation time of the epoch
+])
+METRIC_COLUMNS = tuple(METRICS_SCHEMA.names)
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """One kept search prompt: its token ids (as the search encoded it) and the per-layer label counts."""
+
+    prompt_id: str
+    input_ids: list[int]
+    labels: list[int]
+
+    def path(self) -> LayerPath:
+        return LayerPath.from_counts(self.labels)
+
+
+def write_samples(path, samples: Sequence[TrainingSample]) -> None:
+    rows = [{"prompt_id": s.prompt_id, "input_ids": list(s.input_ids), "labels": list(s.labels)} for s in samples]
+    write_parquet(path, rows, SAMPLES_SCHEMA, "training samples")
+
+
+def read_samples(path) -> list[TrainingSample]:
+    table = read_parquet(path, SAMPLES_SCHEMA, "training samples")
+    return [TrainingSample(r["prompt_id"], list(r["input_ids"]), list(r["labels"])) for r in table.to_pylist()]
+
+
+def write_metrics(path, rows: Sequence[dict]) -> None:
+    write_parquet(path, [{name: row.get(name) for name in METRIC_COLUMNS} for row in rows], METRICS_SCHEMA,
+                  "training metrics")
+
+
+def read_metrics(path) -> list[dict]:
+    return read_parquet(path, METRICS_SCHEMA, "training metrics").to_pylist()
+
+
+def validate_samples(samples: Sequence[TrainingSample], num_layers: int, vocab_size: int | None = None) -> None:
+    """Raise ArtifactError naming the prompt (and layer) of the first bad sample."""
+    if not samples:
+        raise ArtifactError("no training samples: the search kept no prompt (or the sample list is empty)")
+    for index, sample in enumerate(samples):
+        pid = sample.prompt_id
+        if not isinstance(pid, str) or not pid:
+            raise ArtifactError(f"sample {index}: prompt_id must be a non-empty string, got {pid!r}")
+        if len(sample.input_ids) == 0:
+            raise ArtifactError(f"sample {pid!r}: no input ids (routers pool over the prompt tokens)")
+        if vocab_size is not None:
+            bad = [t for t in sample.input_ids if not 0 <= int(t) < vocab_size]
+            if bad:
+                raise ArtifactError(f"sample {pid!r}: token id {bad[0]} is outside the vocabulary 0..{vocab_size - 1}")
+        if len(sample.labels) != num_layers:
+            raise ArtifactError(f"sample {pid!r}: {len(sample.labels)} labels, but the model has {num_layers} layers")
+        for layer, label in enumerate(sample.labels):
+            if isinstance(label, bool) or label not in (0, 1, 2):
+                raise ArtifactError(f"sample {pid!r}: layer {layer} has label {label!r}; labels are 0 (skip), "
+                                    "1 (execute) or 2 (repeat)")
+
+
+def split_samples(samples: Sequence[TrainingSample], val_fraction: float,
+                  seed: int) -> tuple[list[TrainingSample], list[TrainingSample]]:
+    """Seeded split by prompt id: round(val_fraction * prompts) prompts (at least 1 if val_fraction > 0 and there
+    are 2+ prompts) go to validation, chosen by a seeded hash of the id, so the split does not depend on the
+    order of `samples`. Every sample of a prompt lands on the same side; both sides keep the input order."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    prompts = sorted({s.prompt_id for s in samples})
+    count = round(val_fraction * len(prompts))
+    if val_fraction > 0 and len(prompts) >= 2:
+        count = min(max(count, 1), len(prompts) - 1)
+    ranked = sorted(prompts, key=lambda pid: (hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(), pid))
+    val_ids = set(ranked[:count])
+    return ([s for s in samples if s.prompt_id not in val_ids], [s for s in samples if s.prompt_id in val_ids])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------------
+
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TrainConfig:
+    """Every training knob, with the paper's values as defaults (METHOD.md §3, §5)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    epochs: int = 25
+    batch_size: int = 16            # samples per micro-batch
+    grad_accumulation: int = 1      # effective batch = batch_size * grad_accumulation (paper: 16)
+    gamma: float = 2.0              # focal loss
+    beta: float = 0.999             # class-balanced weights
+    windows: int = 8
+    hidden: int = 128
+    val_fraction: float = 0.1
+    seed: int = 0                   # router init and shuffling
+    cache_dtype: str = "float32"    # or "bfloat16" to halve the feature cache
+    cache_batch_size: int = 8       # prompts per teacher-forced forward when building features
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        positive_ints = ("epochs", "batch_size", "grad_accumulation", "windows", "hidden", "cache_batch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"train config: {name} must be an integer >= 1, got {value!r}")
+        for name in ("warmup_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"train config: {name} must be an integer >= 0, got {value!r}")
+        for name in ("lr", "weight_decay", "gamma", "beta", "val_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"train config: {name} must be a finite number, got {value!r}")
+            setattr(self, name, float(value))
+        if self.lr <= 0:
+            raise ValueError(f"train config: lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train config: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.gamma < 0:
+            raise ValueError(f"train config: gamma must be >= 0, got {self.gamma}")
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"train config: beta must be in [0, 1), got {self.beta}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"train config: val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"train config: cache_dtype must be one of {sorted(CACHE_DTYPES)}, "
+                             f"got {self.cache_dtype!r}")
+        if self.max_grad_norm is not None and (isinstance(self.max_grad_norm, bool) or
+                                               not isinstance(self.max_grad_norm, (int, float)) or
+                                               not self.max_grad_norm > 0):
+            raise ValueError(f"train config: max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accumulation
+
+    @classmethod
+    def from_dict(cls, block: dict[str, Any] | None) -> "TrainConfig":
+        block = dict(block or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(block) - set(known))
+        if unknown:
+            raise ValueError(f"train config: unknown key(s) {unknown}; known: {known}")
+        return cls(**block)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------------------
+
+def label_counts(labels: torch.Tensor | Sequence[Sequence[int]]) -> list[int]:
+    """Number of (sample, layer) labels per class (skip, execute, repeat)."""
+    flat = torch.as_tensor(labels, dtype=torch.long).flatten()
+    return torch.bincount(flat, minlength=len(CLASSES))[:len(CLASSES)].tolist()
+
+
+def class_weights(counts: Sequence[int], beta: float = 0.999) -> torch.Tensor:
+    """Class-balanced weights alpha_c proportional to (1-beta)/(1-beta^n_c), normalised to sum to 3.
+
+    A class with n_c = 0 gets weight 0 before the normalisation (the remaining classes share the sum of 3).
+    beta = 0 gives uniform weights; beta -> 1 approaches inverse class frequency.
+    """
+    if len(counts) != len(CLASSES):
+        raise ValueError(f"need {len(CLASSES)} class counts, got {list(counts)}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    if any(int(n) < 0 for n in counts):
+        raise ValueError(f"class counts must be >= 0, got {list(counts)}")
+    if sum(int(n) for n in counts) == 0:
+        raise ValueError("class counts are all zero: no labels")
+    raw = [0.0 if int(n) == 0 else (1.0 - beta) / (1.0 - beta ** int(n)) for n in counts]
+    total = sum(raw)
+    return torch.tensor([len(CLASSES) * w / total for w in raw], dtype=torch.float32)
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+               gamma: float = 2.0, reduction: str = "mean") -> torch.Tensor:
+    """-alpha_t (1 - p_t)^gamma log p_t, in float32; mean over every (sample, layer) position.
+
+    logits [..., 3], targets [...] (class ids), weights [3] or None (all 1).
+    """
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1).long().to(logits.device)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+    loss = -((1.0 - logp.exp()).clamp(min=0.0) ** gamma) * logp
+    if weights is not None:
+        loss = loss * weights.to(device=logits.device, dtype=torch.float32)[targets]
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Teacher-forced features
+# --------------------------------------------------------------------------------------------------------
+
+def _path_chunks(samples: Sequence[TrainingSample], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped by labelled path (the executor runs one path per batch), by length within a path."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, sample in enumerate(samples):
+        groups[tuple(int(c) for c in sample.labels)].append(index)
+    for key in sorted(groups, key=lambda k: groups[k][0]):
+        members = sorted(groups[key], key=lambda i: (len(samples[i].input_ids), i))
+        for start in range(0, len(members), batch_size):
+            yield members[start:start + batch_size]
+
+
+def _iter_features(executor, samples: Sequence[TrainingSample], windows: int,
+                   batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Yield (indices, window means [b, L, windows, d] float32, window mask [b, windows]) per forward pass."""
+    num_layers = executor.num_layers
+    for chunk in _path_chunks(samples, batch_size):
+        rows = [samples[i] for i in chunk]
+        width = max(len(s.input_ids) for s in rows)
+        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, sample in enumerate(rows):  # right padding: real tokens never attend to pads
+            input_ids[row, :len(sample.input_ids)] = torch.as_tensor(sample.input_ids, dtype=torch.long)
+            mask[row, :len(sample.input_ids)] = 1
+        padded = bool((mask == 0).any())
+        state = executor.prefill(input_ids, mask if padded else None, rows[0].path(), keep_hidden=True,
+                                 logits="none")
+        layer_inputs = state.layer_inputs()
+        # the pooling matrix depends only on the mask: build it once, then one matmul per layer (no host syncs)
+        assign, window_mask = window_assignment(mask, len(rows), width, windows, executor.device)
+        means = torch.zeros((len(rows), num_layers, windows, layer_inputs[0].shape[-1]), dtype=torch.float32,
+                            device=executor.device)
+        for layer, hidden in enumerate(layer_inputs):
+            means[:, layer, :assign.shape[1]] = torch.bmm(assign, hidden.float())
+        full_mask = torch.zeros((len(rows), windows), dtype=torch.bool, device=executor.device)
+        full_mask[:, :window_mask.shape[1]] = window_mask
+        yield chunk, means, full_mask
+
+
+def teacher_forced_features(executor, samples: Sequence[TrainingSample], windows: int = 8,
+                            batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen model along each sample's labelled path now and pool every layer's input over the prompt.
+
+    Returns (means [n, L, windows, d] float32, window_mask [n, windows]) on the executor's device, in the order
+    of `samples`.
+    """
+    if not samples:
+        raise ArtifactError("no samples to compute features for")
+    means = window_mask = None
+    for chunk, chunk_means, chunk_mask in _iter_features(executor, samples, windows, batch_size):
+        if means is None:
+            means = chunk_means.new_zeros((len(samples),) + tuple(chunk_means.shape[1:]))
+            window_mask = chunk_mask.new_zeros((len(samples), windows))
+        index = torch.as_tensor(chunk, device=chunk_means.device)
+        means[index] = chunk_means
+        window_mask[index] = chunk_mask
+    return means, window_mask
+
+
+@dataclass
+class FeatureCache:
+    """Teacher-forced window means: what router l sees for sample i is means[i, l] (valid windows: window_mask[i])."""
+
+    prompt_ids: list[str]
+    means: torch.Tensor        # [N, L, W, d] float32 or bfloat16
+    window_mask: torch.Tensor  # [N, W] bool
+    labels: torch.Tensor       # [N, L] long
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_ids)
+        if self.means.dim() != 4 or self.means.shape[0] != n:
+            raise ValueError(f"feature cache: means must be [{n}, L, W, d], got {tuple(self.means.shape)}")
+        if tuple(self.window_mask.shape) != (n, self.means.shape[2]):
+            raise ValueError(f"feature cache: window_mask must be [{n}, {self.means.shape[2]}], "
+                             f"got {tuple(self.window_mask.shape)}")
+        if tuple(self.labels.shape) != (n, self.means.shape[1]):
+            raise ValueError(f"feature cache: labels must be [{n}, {self.means.shape[1]}], "
+                             f"got {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_layers(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.means, self.window_mask, self.labels))
+
+    def subset(self, indices: Sequence[int]) -> "FeatureCache":
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return FeatureCache([self.prompt_ids[i] for i in index.tolist()], self.means[index],
+                            self.window_mask[index], self.labels[index])
+
+    def to(self, device) -> "FeatureCache":
+        return FeatureCache(self.prompt_ids, self.means.to(device), self.window_mask.to(device),
+                            self.labels.to(device))
+
+    def batch(self, indices: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(means float32, window_mask, labels) of `indices`, on `device`."""
+        index = indices.to(self.means.device)
+        return (self.means[index].to(device, torch.float32, non_blocking=True),
+                self.window_mask[index].to(device, non_blocking=True),
+                self.labels[index].to(device, non_blocking=True))
+
+
+def pick_cache_device(num_samples: int, num_layers: int, windows: int, hidden_size: int,
+                      dtype: str | torch.dtype, device: str | torch.device, share: float = 0.5) -> torch.device:
+    """`device` when it is a GPU with room for the cache (at most `share` of its free memory), else the CPU.
+
+    A cache on the GPU saves a host-to-device copy per training step; on the CPU it costs no GPU memory.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.device("cpu")
+    element = torch.empty((), dtype=CACHE_DTYPES[dtype] if isinstance(dtype, str) else dtype).element_size()
+    needed = num_samples * num_layers * windows * hidden_size * element
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if needed <= share * free else torch.device("cpu")
+
+
+def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: int = 8, batch_size: int = 8,
+                        dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+                        progress: bool = False) -> FeatureCache:
+    """One teacher-forced forward per sample (batched by identical labelled path) -> FeatureCache.
+
+    The features are pooled in float32 and stored as `dtype` ("float32" or "bfloat16") on `device`.
+    """
+    validate_samples(samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
+    if isinstance(dtype, str):
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache dtype must be one of {sorted(CACHE_DTYPES)}, got {dtype!r}")
+        dtype = CACHE_DTYPES[dtype]
+    hidden_size = executor.config.hidden_size
+    means = torch.zeros((len(samples), executor.num_layers, windows, hidden_size), dtype=dtype, device=device)
+    window_mask = torch.zeros((len(samples), windows), dtype=torch.bool, device=device)
+    chunks = _iter_features(executor, samples, windows, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc="feature cache", unit="batch")
+    for chunk, chunk_means, chunk_mask in chunks:
+        index = torch.as_tensor(chunk, dtype=torch.long, device=device)
+        means[index] = chunk_means.to(device=device, dtype=dtype)
+        window_mask[index] = chunk_mask.to(device)
+    labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long, device=device)
+    return FeatureCache([s.prompt_id for s in samples], means, window_mask, labels)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainHistory:
+    epochs: list[dict] = field(default_factory=list)  # one METRICS_SCHEMA row per epoch
+    class_counts: list[int] = field(default_factory=list)
+    class_weights: list[float] = field(default_factory=list)
+    train_samples: int = 0
+    val_samples: int = 0
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    warmup_steps: int = 0  # after clamping
+    step_losses: list[float] = field(default_factory=list)  # mean loss of each optimizer step's effective batch
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR factor of optimizer step `step` (0-based): linear warm-up to 1, then a half cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Per-class recall, macro-F1 (over classes present in labels or predictions), accuracy overall and by layer.
+
+    logits [N, L, 3], labels [N, L].
+    """
+    predictions = logits.argmax(-1)
+    labels = labels.to(predictions.device)
+    confusion = torch.zeros((len(CLASSES), len(CLASSES)), dtype=torch.long)
+    flat = (labels.flatten() * len(CLASSES) + predictions.flatten()).cpu()
+    confusion += torch.bincount(flat, minlength=len(CLASSES) ** 2).view(len(CLASSES), len(CLASSES))
+    recalls, f1s = {}, []
+    for c, name in enumerate(CLASSES):
+        true_positive = int(confusion[c, c])
+        support = int(confusion[c].sum())
+        predicted = int(confusion[:, c].sum())
+        recalls[name] = true_positive / support if support else None
+        if support or predicted:
+            f1s.append(2 * true_positive / (support + predicted))
+    correct = (predictions == labels).float()
+    return {"recall": recalls, "macro_f1": sum(f1s) / len(f1s), "accuracy": float(correct.mean()),
+            "accuracy_by_layer": correct.mean(0).tolist()}
+
+
+def _train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                config: TrainConfig, evaluate: Callable[[torch.Tensor], dict] | None, val_count: int,
+                log: Callable[[str], None] | None) -> TrainHistory:
+    """Shared by the cached and the full-forward trainers: same shuffling, batching, schedule, metrics."""
+    count = labels.shape[0]
+    if count == 0:
+        raise ArtifactError("no training samples")
+    counts = label_counts(labels)
+    weights = class_weights(counts, config.beta).to(stack.device)
+    steps_per_epoch = math.ceil(count / config.effective_batch)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = min(config.warmup_steps, total_steps)
+    history = TrainHistory(class_counts=counts, class_weights=weights.tolist(), train_samples=count,
+                           val_samples=val_count, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                           warmup_steps=warmup)
+    if warmup < config.warmup_steps:
+        history.notes.append(f"warm-up clamped from {config.warmup_steps} to {warmup} steps: the run has only "
+                             f"{total_steps} optimizer steps ({count} samples, effective batch "
+                             f"{config.effective_batch}, {config.epochs} epochs); the LR never decays")
+    if log:
+        for note in history.notes:
+            log(f"note: {note}")
+    optimizer = torch.optim.AdamW(stack.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, warmup, total_steps))
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        stack.train()
+        order = torch.randperm(count, generator=generator)
+        epoch_loss = 0.0
+        last_lr = optimizer.param_groups[0]["lr"]
+        for start in range(0, count, config.effective_batch):
+            effective = order[start:start + config.effective_batch]
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro_start in range(0, len(effective), config.batch_size):
+                micro = effective[micro_start:micro_start + config.batch_size]
+                loss = loss_of(micro, weights)
+                (loss * (len(micro) / len(effective))).backward()
+                step_loss += float(loss.detach()) * len(micro)
+            epoch_loss += step_loss
+            history.step_losses.append(step_loss / len(effective))
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(stack.parameters(), config.max_grad_norm)
+            last_lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+        row = {"epoch": epoch, "train_loss": epoch_loss / count, "val_loss": None, "val_macro_f1": None,
+               "val_recall_skip": None, "val_recall_execute": None, "val_recall_repeat": None,
+               "val_layer_accuracy": None, "val_accuracy_by_layer": None, "learning_rate": last_lr, "steps": step}
+        if evaluate is not None and val_count:
+            stack.eval()
+            with torch.no_grad():
+                result = evaluate(weights)
+            row.update({"val_loss": result["loss"], "val_macro_f1": result["macro_f1"],
+                        "val_recall_skip": result["recall"]["skip"],
+                        "val_recall_execute": result["recall"]["execute"],
+                        "val_recall_repeat": result["recall"]["repeat"],
+                        "val_layer_accuracy": result["accuracy"],
+                        "val_accuracy_by_layer": result["accuracy_by_layer"]})
+        if stack.device.type == "cuda":
+            torch.cuda.synchronize(stack.device)
+        row["seconds"] = time.perf_counter() - started
+        history.epochs.append(row)
+        if log:
+            val = "" if row["val_loss"] is None else (f"  val loss {row['val_loss']:.4f}  macro-F1 "
+                                                      f"{row['val_macro_f1']:.3f}  acc {row['val_layer_accuracy']:.4f}")
+            log(f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.4f}{val}  "
+                f"lr {last_lr:.2e}  {row['seconds']:.2f}s")
+    stack.eval()
+    return history
+
+
+def _check_stack(stack: RouterStack, num_layers: int, windows: int, config: TrainConfig) -> None:
+    if stack.num_layers != num_layers:
+        raise ArtifactError(f"router stack has {stack.num_layers} routers, the features have {num_layers} layers")
+    if windows != config.windows:
+        raise ValueError(f"features were pooled into {windows} windows, the config says {config.windows}")
+
+
+def evaluate_cache(stack: RouterStack, cache: FeatureCache, weights: torch.Tensor | None = None,
+                   gamma: float = 2.0, batch_size: int = 256) -> dict[str, Any]:
+    """Focal loss and classification metrics of `stack` on a feature cache (no gradients)."""
+    logits = []
+    with torch.no_grad():
+        for start in range(0, len(cache), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(cache)))
+            means, window_mask, _ = cache.batch(index, stack.device)
+            logits.append(stack(means, window_mask))
+    logits = torch.cat(logits)
+    labels = cache.labels.to(logits.device)
+    return {"loss": float(focal_loss(logits, labels, weights, gamma)), **classification_metrics(logits, labels)}
+
+
+def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
+                  val_cache: FeatureCache | None = None, log: Callable[[str], None] | None = None) -> TrainHistory:
+    """Train `stack` in place on cached teacher-forced features; returns the per-epoch history.
+
+    AdamW (lr, weight_decay), cosine schedule with warm-up, `epochs` passes in a seeded order (torch.Generator
+    seeded with config.seed), micro-batches of batch_size accumulated grad_accumulation times per step, focal
+    loss with class-balanced weights from the training labels. Only `stack`'s parameters are touched.
+    """
+    if len(cache) == 0:
+        raise ArtifactError("no training samples in the feature cache")
+    _check_stack(stack, cache.num_layers, cache.means.shape[2], config)
+    device = stack.device
+
+    def loss_of(indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        means, window_mask, labels = cache.batch(indices, device)
+        return focal_loss(stack(means, window_mask), labels, weights, config.gamma)
+
+    evaluate = None
+    if val_cache is not None and len(val_cache):
+        _check_stack(stack, val_cache.num_layers, val_cache.means.shape[2], config)
+
+        def evaluate(weights):
+            return evaluate_cache(stack, val_cache, weights, config.gamma)
+
+    return _train_loop(stack, cache.labels, loss_of, config, evaluate,
+                       0 if val_cache is None else len(val_cache), log)
+
+
+def teacher_forced_step(stack: RouterStack, executor, samples: Sequence[TrainingSample], weights: torch.Tensor,
+                        gamma: float = 2.0, windows: int | None = None, batch_size: int = 8) -> torch.Tensor:
+    """The reference computation: run the frozen model along each sample's labelled path, pool every layer's input
+    over the prompt tokens on the fly and return the focal loss of `stack` (with gradients for the routers only)."""
+    means, window_mask = teacher_forced_features(executor, samples, windows or stack.config.windows, batch_size)
+    labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long, device=stack.device)
+    logits = stack(means.to(stack.device), window_mask.to(stack.device))
+    return focal_loss(logits, labels, weights, gamma)
+
+
+def train_full_forward(stack: RouterStack, executor, samples: Sequence[TrainingSample], config: TrainConfig,
+                       val_samples: Sequence[TrainingSample] | None = None,
+                       log: Callable[[str], None] | None = None) -> TrainHistory:
+    """`train_routers` without the cache: every micro-batch (and every validation pass) reruns the frozen model.
+
+    Same order, schedule and loss as `train_routers`, so the two give the same history up to float rounding;
+    it is only the slow reference that proves the cache changes nothing.
+    """
+    validate_samples(samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
+    _check_stack(stack, executor.num_layers, config.windows, config)
+    labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long)
+
+    def loss_of(indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return teacher_forced_step(stack, executor, [samples[i] for i in indices.tolist()], weights, config.gamma,
+                                   config.windows, config.cache_batch_size)
+
+    evaluate = None
+    if val_samples:
+        validate_samples(val_samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
+        val_labels = torch.tensor([[int(c) for c in s.labels] for s in val_samples], dtype=torch.long)
+
+        def evaluate(weights):
+            means, window_mask = teacher_forced_features(executor, val_samples, config.windows,
+                                                         config.cache_batch_size)
+            logits = stack(means.to(stack.device), window_mask.to(stack.device))
+            target = val_labels.to(logits.device)
+            return {"loss": float(focal_loss(logits, target, weights, config.gamma)),
+                    **classification_metrics(logits, target)}
+
+    return _train_loop(stack, labels, loss_of, config, evaluate, len(val_samples or []), log)

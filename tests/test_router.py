@@ -1,0 +1,235 @@
+"""Routers: windowed pooling, logit voting, initialisation, parameter count, control knob, persistence."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from drllm.artifacts import ArtifactError
+from drllm.router import (CONFIG_FILE, WEIGHTS_FILE, Router, RouterConfig, RouterStack, apply_knob, decide,
+                          router_parameter_count, window_mean_pool)
+
+
+def reference_pool(tokens: torch.Tensor, windows: int) -> torch.Tensor:
+    """The authors' pooling of one unpadded sequence [T, d]: W_eff = min(W, T), size T // W_eff, drop the rest."""
+    count = min(windows, tokens.shape[0])
+    size = tokens.shape[0] // count
+    return tokens[:count * size].reshape(count, size, -1).mean(1)
+
+
+def test_pool_exact_division():
+    hidden = torch.arange(16, dtype=torch.float32).view(1, 16, 1)
+    means, mask = window_mean_pool(hidden, None, 8)
+    assert means.shape == (1, 8, 1) and mask.all()
+    assert means[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5, 8.5, 10.5, 12.5, 14.5]
+
+
+def test_pool_remainder_dropped():
+    hidden = torch.arange(19, dtype=torch.float32).view(1, 19, 1)  # size 19 // 8 = 2; tokens 16..18 dropped
+    means, _ = window_mean_pool(hidden, None, 8)
+    assert means[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5, 8.5, 10.5, 12.5, 14.5]
+    hidden = torch.arange(23, dtype=torch.float32).view(1, 23, 1)  # still size 2: seven tokens dropped
+    assert window_mean_pool(hidden, None, 8)[0][0, -1, 0].item() == 14.5
+
+
+def test_pool_fewer_tokens_than_windows():
+    hidden = torch.tensor([[[1.0], [2.0], [4.0]]])
+    means, mask = window_mean_pool(hidden, None, 8)
+    assert means.shape == (1, 3, 1) and mask.tolist() == [[True, True, True]]
+    assert means[0, :, 0].tolist() == [1.0, 2.0, 4.0]
+    one, _ = window_mean_pool(torch.tensor([[[7.0, -1.0]]]), None, 8)
+    assert one.tolist() == [[[7.0, -1.0]]]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pool_padding_masks_match_unpadded(side):
+    torch.manual_seed(0)
+    lengths, width, dim = [3, 11, 20, 17], 20, 5
+    hidden = torch.randn(len(lengths), width, dim)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if side == "left":
+            mask[row, width - n:] = 1
+        else:
+            mask[row, :n] = 1
+    hidden_padded = hidden.masked_fill(mask[..., None] == 0, 1e6)  # garbage in the pads must not leak
+    means, window_mask = window_mean_pool(hidden_padded, mask, 8)
+    assert means.shape == (4, 8, dim)
+    assert window_mask.sum(-1).tolist() == [3, 8, 8, 8]
+    for row, n in enumerate(lengths):
+        real = hidden[row, width - n:] if side == "left" else hidden[row, :n]
+        expected = reference_pool(real, 8)
+        torch.testing.assert_close(means[row, :expected.shape[0]], expected)
+        assert (means[row, expected.shape[0]:] == 0).all()
+
+
+def test_pool_window_count_is_max_over_rows_and_errors():
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    means, window_mask = window_mean_pool(hidden, mask, 8)
+    assert means.shape == (2, 2, 3)
+    assert window_mask.tolist() == [[True, True], [True, False]]
+    with pytest.raises(ValueError, match="no real tokens"):
+        window_mean_pool(hidden, torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]), 8)
+    with pytest.raises(ValueError, match="windows"):
+        window_mean_pool(hidden, None, 0)
+    with pytest.raises(ValueError, match="mask shape"):
+        window_mean_pool(hidden, torch.ones(2, 5), 8)
+
+
+def test_pool_bf16_input_is_pooled_in_float32():
+    hidden = torch.randn(1, 16, 4).bfloat16()
+    means, _ = window_mean_pool(hidden, None, 8)
+    assert means.dtype == torch.float32
+    torch.testing.assert_close(means[0], reference_pool(hidden[0].float(), 8))
+
+
+def test_router_init_xavier_uniform_zero_bias():
+    router = Router(576, 128, torch.Generator().manual_seed(0))
+    for linear in (router.fc1, router.fc2):
+        fan_out, fan_in = linear.weight.shape
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        assert (linear.bias == 0).all()
+        assert linear.weight.abs().max() <= bound
+        assert linear.weight.abs().max() > 0.9 * bound  # uniform over the whole range, not a narrower init
+        assert abs(linear.weight.std().item() - bound / math.sqrt(3)) < 0.05 * bound
+    assert isinstance(router.act, torch.nn.GELU) and router.act.approximate == "tanh"
+    assert router.fc1.in_features == 576 and router.fc2.out_features == 3
+
+
+def test_logit_voting_is_mean_of_window_logits():
+    torch.manual_seed(1)
+    router = Router(6, 16)
+    torch.nn.init.normal_(router.fc1.bias)
+    torch.nn.init.normal_(router.fc2.bias)
+    means = torch.randn(3, 5, 6)
+    per_window = torch.stack([router.fc2(torch.nn.functional.gelu(router.fc1(means[:, w]), approximate="tanh"))
+                              for w in range(5)], 1)
+    torch.testing.assert_close(router(means), per_window.mean(1))
+    window_mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] + [False] * 4])
+    logits = router(means, window_mask)
+    torch.testing.assert_close(logits[0], per_window[0].mean(0))
+    torch.testing.assert_close(logits[1], per_window[1, :2].mean(0))
+    torch.testing.assert_close(logits[2], per_window[2, 0])
+    # voting averages logits, not probabilities
+    assert not torch.allclose(torch.softmax(logits[0], -1), torch.softmax(per_window[0], -1).mean(0))
+
+
+def test_stack_forward_equals_per_router_calls():
+    config = RouterConfig("tiny", num_layers=4, hidden_size=8, windows=3, hidden=16)
+    stack = RouterStack(config, seed=0)
+    for router in stack.routers:  # non-zero biases so the stacked biases are exercised
+        torch.nn.init.normal_(router.fc1.bias)
+        torch.nn.init.normal_(router.fc2.bias)
+    means = torch.randn(5, 4, 3, 8)
+    window_mask = torch.tensor([[True, True, True], [True, False, False], [True, True, False]] + [[True] * 3] * 2)
+    logits = stack(means, window_mask)
+    assert logits.shape == (5, 4, 3)
+    for layer in range(4):
+        torch.testing.assert_close(logits[:, layer], stack[layer](means[:, layer], window_mask), atol=1e-6,
+                                   rtol=1e-5)
+    hidden = torch.randn(2, 10, 8)
+    mask = torch.tensor([[1] * 10, [0] * 4 + [1] * 6])
+    pooled, pooled_mask = window_mean_pool(hidden, mask, 3)
+    torch.testing.assert_close(stack.route(2, hidden, mask), stack[2](pooled, pooled_mask))
+
+
+def test_seeded_init_is_reproducible():
+    config = RouterConfig("tiny", num_layers=3, hidden_size=8, hidden=4)
+    a, b, c = RouterStack(config, seed=5), RouterStack(config, seed=5), RouterStack(config, seed=6)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a[0].fc1.weight, c[0].fc1.weight)
+
+
+@pytest.mark.parametrize("layers,dim", [(4, 64), (30, 576), (28, 3072), (32, 4096)])
+def test_parameter_count_formula(layers, dim):
+    formula = layers * (dim * 128 + 128 + 128 * 3 + 3)
+    assert router_parameter_count(layers, dim) == formula
+    if layers * dim <= 30 * 576:  # build only the small stacks
+        assert RouterStack(RouterConfig("m", layers, dim)).num_parameters() == formula
+
+
+def test_parameter_count_paper_models():
+    assert router_parameter_count(28, 3072) == 11_024_468  # Llama-3.2-3B: "11.0M"
+    assert router_parameter_count(32, 4096) == 16_793_696  # Llama-3.1-8B: "16.8M"
+    assert RouterStack(RouterConfig("llama-3.2-3b", 28, 3072)).num_parameters() == 11_024_468
+
+
+PROBS = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3], [0.05, 0.05, 0.9]])
+
+
+def test_knob_endpoints_and_identities():
+    eye = torch.eye(3)
+    assert torch.equal(apply_knob(PROBS, -1.0), eye[0].expand(3, 3))
+    assert torch.equal(apply_knob(PROBS, -0.5), PROBS)
+    assert torch.equal(apply_knob(PROBS, 0.5), eye[1].expand(3, 3))
+    assert torch.equal(apply_knob(PROBS, 1.0), eye[2].expand(3, 3))
+    assert decide(apply_knob(PROBS, -1)).tolist() == [0, 0, 0]
+    assert decide(apply_knob(PROBS, -0.5)).tolist() == [1, 0, 2]
+    assert decide(apply_knob(PROBS, 0.5)).tolist() == [1, 1, 1]
+    assert decide(apply_knob(PROBS, 1)).tolist() == [2, 2, 2]
+
+
+def test_knob_interpolates_piecewise():
+    torch.testing.assert_close(apply_knob(PROBS, -0.75), 0.5 * torch.eye(3)[0] + 0.5 * PROBS)
+    torch.testing.assert_close(apply_knob(PROBS, 0.0), 0.5 * PROBS + 0.5 * torch.eye(3)[1])
+    torch.testing.assert_close(apply_knob(PROBS, 0.75), torch.tensor([0.0, 0.5, 0.5]).expand(3, 3))
+    for p in (-0.9, -0.3, 0.2, 0.7):
+        torch.testing.assert_close(apply_knob(PROBS, p).sum(-1), torch.ones(3))
+
+
+@pytest.mark.parametrize("p", [-1.01, 1.5, float("nan"), float("inf")])
+def test_knob_out_of_range(p):
+    with pytest.raises(ValueError, match="knob"):
+        apply_knob(PROBS, p)
+
+
+def test_save_load_round_trip(tmp_path):
+    config = RouterConfig("tiny-llama", num_layers=3, hidden_size=8, windows=4, hidden=16, label_counts=[1, 20, 2],
+                          training={"lr": 0.001})
+    stack = RouterStack(config, seed=3)
+    stack.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temp files left
+    loaded = RouterStack.from_pretrained(tmp_path, expected_model="tiny-llama", expected_layers=3,
+                                         expected_hidden_size=8)
+    assert loaded.config == config
+    for (name, a), (_, b) in zip(stack.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    means = torch.randn(2, 3, 4, 8)
+    torch.testing.assert_close(loaded(means), stack(means))
+
+
+def test_load_failures_are_clear(tmp_path):
+    with pytest.raises(ArtifactError, match="router_config.json not found"):
+        RouterStack.from_pretrained(tmp_path)
+    stack = RouterStack(RouterConfig("tiny-llama", num_layers=3, hidden_size=8, hidden=16))
+    stack.save_pretrained(tmp_path)
+    with pytest.raises(ArtifactError, match="trained for model 'tiny-llama', not 'smollm2-135m-instruct'"):
+        RouterStack.from_pretrained(tmp_path, expected_model="smollm2-135m-instruct")
+    with pytest.raises(ArtifactError, match="trained for 3 layers, but the model has 30"):
+        RouterStack.from_pretrained(tmp_path, expected_model="tiny-llama", expected_layers=30)
+    with pytest.raises(ArtifactError, match="hidden size 8"):
+        RouterStack.from_pretrained(tmp_path, expected_hidden_size=576)
+    # a config that lies about the shape of the weights
+    block = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**block, "num_layers": 4}))
+    with pytest.raises(ArtifactError, match="do not match router_config.json"):
+        RouterStack.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**block, "colour": "red"}))
+    with pytest.raises(ArtifactError, match="unknown key"):
+        RouterStack.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(block))
+    (tmp_path / WEIGHTS_FILE).unlink()
+    with pytest.raises(ArtifactError, match="routers.safetensors not found"):
+        RouterStack.from_pretrained(tmp_path)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="num_layers"):
+        RouterConfig("m", num_layers=0, hidden_size=8)
+    with pytest.raises(ValueError, match="label_counts"):
+        RouterConfig("m", num_layers=2, hidden_size=8, label_counts=[1, 2])
+    with pytest.raises(ValueError, match="base_model"):
+        RouterConfig("", num_layers=2, hidden_size=8)

@@ -1,0 +1,368 @@
+"""Router training: focal loss, class weights, feature cache == teacher-forced full forward, split, checks, CLI."""
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_model
+from drllm.artifacts import ArtifactError, write_json
+from drllm.executor import PathExecutor
+from drllm.paths import LayerPath
+from drllm.router import RouterConfig, RouterStack, window_mean_pool
+from drllm.training import (METRIC_COLUMNS, TrainConfig, TrainingSample, build_feature_cache, class_weights,
+                            focal_loss, label_counts, lr_multiplier, read_metrics, read_samples, split_samples,
+                            teacher_forced_features, train_full_forward, train_routers, validate_samples,
+                            write_samples)
+
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import train_routers as cli  # noqa: E402
+
+LAYERS = 4
+LABELS = [[1, 1, 1, 1], [1, 0, 1, 1], [1, 2, 1, 1], [0, 1, 1, 2], [1, 1, 0, 0], [2, 1, 0, 1]]
+
+
+def make_samples(count: int, seed: int = 0, layers: int = LAYERS, vocab: int = 97) -> list[TrainingSample]:
+    """Random prompts of 2..24 tokens; paths cycle through LABELS so some share a path and some do not."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(count):
+        length = int(torch.randint(2, 25, (1,), generator=generator))
+        ids = torch.randint(3, vocab, (length,), generator=generator).tolist()
+        labels = LABELS[index % len(LABELS)] if layers == LAYERS else [1] * layers
+        samples.append(TrainingSample(f"q{index}", ids, list(labels)))
+    return samples
+
+
+@pytest.fixture(scope="module")
+def executor():
+    return PathExecutor(tiny_model("llama", LAYERS))
+
+
+def new_stack(config: TrainConfig, layers: int = LAYERS, dim: int = 64) -> RouterStack:
+    return RouterStack(RouterConfig("tiny", layers, dim, config.windows, config.hidden), seed=config.seed)
+
+
+# -- loss ---------------------------------------------------------------------------------------------------
+
+def test_focal_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]])
+    targets = torch.tensor([0, 2])
+    weights = torch.tensor([0.5, 1.0, 1.5])
+    expected = 0.0
+    for row, target in zip(logits.tolist(), targets.tolist()):
+        p = math.exp(row[target]) / sum(math.exp(x) for x in row)
+        expected += -weights[target].item() * (1 - p) ** 2 * math.log(p)
+    expected /= 2
+    loss = focal_loss(logits, targets, weights, gamma=2.0)
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - expected) < 1e-6
+    # row 0: p=0.8438, 0.5*(0.1562^2)*0.1698 = 0.00207; row 1: p=0.4519, 1.5*(0.5481^2)*0.7943 = 0.3579
+    assert abs(loss.item() - (0.002072 + 0.357911) / 2) < 1e-4
+
+
+def test_focal_loss_reduces_to_cross_entropy_and_handles_layers():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, 3, dtype=torch.bfloat16)
+    targets = torch.randint(0, 3, (5, 4))
+    ce = torch.nn.functional.cross_entropy(logits.float().view(-1, 3), targets.view(-1))
+    torch.testing.assert_close(focal_loss(logits, targets, None, gamma=0.0), ce)
+    # gamma > 0 down-weights easy examples: never above CE
+    assert focal_loss(logits, targets, None, gamma=2.0) < ce
+    with pytest.raises(ValueError, match="reduction"):
+        focal_loss(logits, targets, reduction="max")
+
+
+def test_class_weights():
+    weights = class_weights([4200, 114480, 1320], 0.999)  # METHOD.md's label shares over 4,000 x 30 labels
+    assert abs(weights.sum().item() - 3.0) < 1e-6
+    assert weights.tolist() == pytest.approx([0.901, 0.888, 1.211], abs=2e-3)
+    big = class_weights([1_000_000, 2_000_000, 500_000], 0.999)
+    assert big.tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)  # near-uniform for large counts
+    # configurable beta: larger beta -> closer to inverse frequency
+    sharper = class_weights([4200, 114480, 1320], 0.99999)
+    assert sharper[2] > weights[2] and sharper[1] < weights[1]
+    assert class_weights([5, 50, 500], 0.0).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    # by hand, beta = 0.5: raw (0.5/0.5, 0.5/(1-0.5^2), 0.5/(1-0.5^3)) = (1, 2/3, 4/7)
+    raw = [1.0, 2 / 3, 4 / 7]
+    assert class_weights([1, 2, 3], 0.5).tolist() == pytest.approx([3 * r / sum(raw) for r in raw], abs=1e-6)
+    # an absent class gets weight 0; the others share the sum of 3
+    absent = class_weights([0, 1000, 10], 0.999)
+    assert absent[0].item() == 0 and abs(absent.sum().item() - 3.0) < 1e-6
+    with pytest.raises(ValueError, match="beta"):
+        class_weights([1, 2, 3], 1.0)
+    with pytest.raises(ValueError, match="all zero"):
+        class_weights([0, 0, 0], 0.999)
+    assert label_counts([[0, 1, 1], [2, 1, 1]]) == [1, 4, 1]
+
+
+def test_lr_schedule():
+    assert lr_multiplier(0, 4, 10) == 0.25 and lr_multiplier(3, 4, 10) == 1.0
+    assert lr_multiplier(4, 4, 10) == 1.0
+    assert lr_multiplier(7, 4, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert lr_multiplier(9, 0, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+
+
+# -- the feature cache is the teacher-forced forward ----------------------------------------------------------
+
+def test_cache_features_match_single_unpadded_forwards(executor):
+    samples = make_samples(9)
+    cache = build_feature_cache(executor, samples, windows=8, batch_size=4)
+    assert cache.means.shape == (9, LAYERS, 8, 64) and cache.labels.tolist() == [s.labels for s in samples]
+    for index, sample in enumerate(samples):
+        state = executor.prefill(torch.tensor([sample.input_ids]), None, LayerPath.from_counts(sample.labels),
+                                 keep_hidden=True, logits="none")
+        windows = min(8, len(sample.input_ids))
+        assert cache.window_mask[index].sum().item() == windows
+        for layer, hidden in enumerate(state.layer_inputs()):
+            expected, _ = window_mean_pool(hidden, None, 8)
+            torch.testing.assert_close(cache.means[index, layer, :windows], expected[0], atol=1e-5, rtol=1e-5)
+    # a skipped layer's router sees what the next layer's sees; router 0 sees the embeddings
+    skipped = 1  # LABELS[1] skips layer 1
+    torch.testing.assert_close(cache.means[skipped, 1], cache.means[skipped, 2])
+    embeddings = executor.decoder.embed_tokens(torch.tensor([samples[0].input_ids]))
+    torch.testing.assert_close(cache.means[0, 0, :8], window_mean_pool(embeddings, None, 8)[0][0])
+
+
+def test_cache_training_equals_full_forward_training(executor):
+    samples = make_samples(14, seed=1)
+    val = make_samples(5, seed=2)
+    config = TrainConfig(epochs=3, batch_size=2, grad_accumulation=2, warmup_steps=3, hidden=16, seed=7,
+                         cache_batch_size=3)
+    cached_stack, full_stack = new_stack(config), new_stack(config)
+    cache = build_feature_cache(executor, samples, config.windows, config.cache_batch_size)
+    val_cache = build_feature_cache(executor, val, config.windows, config.cache_batch_size)
+    cached = train_routers(cached_stack, cache, config, val_cache)
+    full = train_full_forward(full_stack, executor, samples, config, val)
+    assert len(cached.step_losses) == 3 * math.ceil(14 / 4) == len(full.step_losses)
+    for step, (a, b) in enumerate(zip(cached.step_losses, full.step_losses)):
+        assert abs(a - b) < 1e-5, f"step {step}: cache {a} vs full forward {b}"
+    assert cached.step_losses[0] != cached.step_losses[-1]  # the routers did learn something
+    for a, b in zip(cached.epochs, full.epochs):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-5
+        assert a["val_layer_accuracy"] == b["val_layer_accuracy"]
+    for (name, a), (_, b) in zip(cached_stack.state_dict().items(), full_stack.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    assert not torch.equal(cached_stack[0].fc1.weight, new_stack(config)[0].fc1.weight)
+
+
+def test_gradient_accumulation_matches_one_big_batch(executor):
+    samples = make_samples(12, seed=3)
+    cache = build_feature_cache(executor, samples, 8, 4)
+    histories, stacks = [], []
+    for batch_size, accumulation in ((4, 1), (2, 2), (1, 4)):
+        config = TrainConfig(epochs=2, batch_size=batch_size, grad_accumulation=accumulation, warmup_steps=2,
+                             hidden=16)
+        stacks.append(new_stack(config))
+        histories.append(train_routers(stacks[-1], cache, config))
+    for other, stack in zip(histories[1:], stacks[1:]):
+        assert other.step_losses == pytest.approx(histories[0].step_losses, abs=1e-6)
+        for a, b in zip(stacks[0].parameters(), stack.parameters()):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_training_is_seeded_and_order_depends_on_seed(executor):
+    samples = make_samples(10, seed=4)
+    cache = build_feature_cache(executor, samples, 8, 4)
+    run = lambda seed: train_routers(new_stack(TrainConfig(seed=seed, hidden=8)), cache,
+                                     TrainConfig(epochs=2, batch_size=3, warmup_steps=1, hidden=8, seed=seed))
+    assert run(0).step_losses == run(0).step_losses
+    assert run(0).step_losses != run(1).step_losses
+
+
+def test_bf16_cache_halves_memory(executor):
+    samples = make_samples(6)
+    full = build_feature_cache(executor, samples, 8, 4)
+    half = build_feature_cache(executor, samples, 8, 4, dtype="bfloat16")
+    assert half.means.dtype == torch.bfloat16 and half.means.nbytes * 2 == full.means.nbytes
+    torch.testing.assert_close(half.means.float(), full.means, atol=0.05, rtol=0.02)
+    history = train_routers(new_stack(TrainConfig(hidden=8)), half, TrainConfig(epochs=1, hidden=8))
+    assert math.isfinite(history.epochs[0]["train_loss"])
+
+
+def test_warmup_clamped_and_said(executor):
+    cache = build_feature_cache(executor, make_samples(5), 8, 4)
+    history = train_routers(new_stack(TrainConfig(hidden=8)), cache, TrainConfig(epochs=2, hidden=8))
+    assert history.total_steps == 2 and history.warmup_steps == 2
+    assert any("warm-up clamped from 500 to 2" in note for note in history.notes)
+    assert history.epochs[-1]["learning_rate"] == pytest.approx(1e-3)  # warm-up ends on the last step
+
+
+def test_validation_metrics(executor):
+    samples = make_samples(12)
+    cache = build_feature_cache(executor, samples, 8, 4)
+    history = train_routers(new_stack(TrainConfig(hidden=8)), cache.subset(range(8)),
+                            TrainConfig(epochs=2, hidden=8, warmup_steps=0), val_cache=cache.subset(range(8, 12)))
+    row = history.epochs[-1]
+    assert set(row) == set(METRIC_COLUMNS)
+    assert 0 <= row["val_macro_f1"] <= 1 and 0 <= row["val_layer_accuracy"] <= 1
+    assert len(row["val_accuracy_by_layer"]) == LAYERS
+    assert row["val_layer_accuracy"] == pytest.approx(sum(row["val_accuracy_by_layer"]) / LAYERS)
+
+
+def test_classification_metrics_by_hand():
+    from drllm.training import classification_metrics
+
+    labels = torch.tensor([[0, 1], [1, 1], [2, 1]])
+    predictions = torch.tensor([[0, 1], [1, 0], [1, 1]])
+    logits = torch.nn.functional.one_hot(predictions, 3).float()
+    result = classification_metrics(logits, labels)
+    assert result["recall"] == {"skip": 1.0, "execute": 0.75, "repeat": 0.0}
+    # F1: skip 2*1/(1+2) = 2/3, execute 2*3/(4+4) = 3/4, repeat 0
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 3 / 4 + 0) / 3)
+    assert result["accuracy"] == pytest.approx(4 / 6) and result["accuracy_by_layer"] == pytest.approx([2 / 3, 2 / 3])
+
+
+# -- split, checks, config ------------------------------------------------------------------------------------
+
+def test_split_by_prompt_is_deterministic_and_disjoint():
+    samples = make_samples(40) + [TrainingSample("q3", [5, 6], [1] * LAYERS)]  # a second sample of prompt q3
+    train, val = split_samples(samples, 0.25, seed=0)
+    assert len({s.prompt_id for s in val}) == 10
+    assert not {s.prompt_id for s in train} & {s.prompt_id for s in val}
+    assert len(train) + len(val) == len(samples)
+    assert split_samples(samples, 0.25, seed=0) == (train, val)
+    again_train, again_val = split_samples(list(reversed(samples)), 0.25, seed=0)
+    assert {s.prompt_id for s in again_val} == {s.prompt_id for s in val}  # order of the input does not matter
+    in_val = [s for s in samples if s.prompt_id == "q3"]
+    assert all(s in val for s in in_val) or not any(s in val for s in in_val)
+    assert {s.prompt_id for s in split_samples(samples, 0.25, seed=1)[1]} != {s.prompt_id for s in val}
+    assert split_samples(samples, 0.0, seed=0) == (samples, [])
+    assert len(split_samples(samples[:2], 0.01, seed=0)[1]) == 1  # a requested split is never empty
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_samples(samples, 1.0, seed=0)
+
+
+def test_bad_samples_fail_clearly(executor):
+    good = make_samples(3)
+    with pytest.raises(ArtifactError, match="no training samples"):
+        validate_samples([], LAYERS)
+    with pytest.raises(ArtifactError, match="no training samples"):
+        build_feature_cache(executor, [], 8, 4)
+    with pytest.raises(ArtifactError, match=r"sample 'bad': layer 2 has label 3"):
+        build_feature_cache(executor, good + [TrainingSample("bad", [4, 5], [1, 1, 3, 1])], 8, 4)
+    with pytest.raises(ArtifactError, match=r"sample 'neg': layer 0 has label -1"):
+        validate_samples([TrainingSample("neg", [4], [-1, 1, 1, 1])], LAYERS)
+    with pytest.raises(ArtifactError, match="'short': 3 labels, but the model has 4 layers"):
+        build_feature_cache(executor, good + [TrainingSample("short", [4, 5], [1, 1, 1])], 8, 4)
+    with pytest.raises(ArtifactError, match="'empty': no input ids"):
+        validate_samples([TrainingSample("empty", [], [1] * LAYERS)], LAYERS)
+    with pytest.raises(ArtifactError, match="'oov': token id 500 is outside the vocabulary"):
+        build_feature_cache(executor, [TrainingSample("oov", [4, 500], [1] * LAYERS)], 8, 4)
+    with pytest.raises(ArtifactError, match="stack has 3 routers"):
+        train_routers(new_stack(TrainConfig(hidden=8), layers=3), build_feature_cache(executor, good, 8, 4),
+                      TrainConfig(hidden=8))
+
+
+def test_train_config():
+    config = TrainConfig()
+    assert (config.lr, config.weight_decay, config.warmup_steps, config.epochs, config.effective_batch,
+            config.gamma, config.beta, config.windows, config.hidden) == (1e-3, 0.01, 500, 25, 16, 2.0, 0.999, 8, 128)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_dict({"epochs": 3, "beta": 0.9}).epochs == 3
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour', 'learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 1e-3, "colour": "red"})
+    for bad, match in (({"epochs": 0}, "epochs"), ({"batch_size": 1.5}, "batch_size"), ({"beta": 1.0}, "beta"),
+                       ({"cache_dtype": "float16"}, "cache_dtype"), ({"lr": -1}, "lr"),
+                       ({"val_fraction": 1.0}, "val_fraction"), ({"max_grad_norm": 0}, "max_grad_norm")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig.from_dict(bad)
+
+
+def test_samples_parquet_round_trip(tmp_path):
+    samples = make_samples(4)
+    write_samples(tmp_path / "s.parquet", samples)
+    assert read_samples(tmp_path / "s.parquet") == samples
+    with pytest.raises(ArtifactError, match="not found"):
+        read_samples(tmp_path / "missing.parquet")
+
+
+def test_features_are_in_sample_order(executor):
+    samples = make_samples(7)
+    means, window_mask = teacher_forced_features(executor, samples, 8, 2)
+    cache = build_feature_cache(executor, samples, 8, 5)
+    torch.testing.assert_close(means, cache.means, atol=1e-5, rtol=1e-5)
+    assert torch.equal(window_mask, cache.window_mask)
+
+
+# -- CLI --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    model = tiny_model("llama", LAYERS)
+    out = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(out)
+    write_json(out / "drllm_model.json", {"name": "tiny-llama", "num_layers": LAYERS, "hidden_size": 64,
+                                          "architecture": "LlamaForCausalLM", "source": "test"})
+    return out
+
+
+def run_cli(tiny_dir, samples_path, out_dir, config='{"epochs": 3, "batch_size": 4, "hidden": 16}'):
+    return cli.main(["--model-dir", str(tiny_dir), "--samples", str(samples_path), "--config-json", config,
+                     "--out-dir", str(out_dir), "--device", "cpu", "--dtype", "float32"])
+
+
+def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
+    write_samples(tmp_path / "samples.parquet", make_samples(24))
+    out = tmp_path / "routers"
+    assert run_cli(tiny_dir, tmp_path / "samples.parquet", out) == 0
+    for name in ("routers.safetensors", "router_config.json", "metrics.parquet", "train_summary.json",
+                 "training_curves.png", "label_distribution.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = read_metrics(out / "metrics.parquet")
+    assert [row["epoch"] for row in metrics] == [1, 2, 3]
+    assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"]) for row in metrics)
+    stack = RouterStack.from_pretrained(out, expected_model="tiny-llama", expected_layers=LAYERS)
+    assert stack.config.label_counts is not None and sum(stack.config.label_counts) == 22 * LAYERS  # 10% val
+    assert stack.config.training["epochs"] == 3
+    logged = capsys.readouterr().out
+    assert "class counts skip=" in logged and "class weights (beta 0.999)" in logged
+
+
+def test_cli_errors_exit_2(tiny_dir, tmp_path, capsys):
+    write_samples(tmp_path / "samples.parquet", make_samples(6))
+    assert run_cli(tiny_dir, tmp_path / "samples.parquet", tmp_path / "o", '{"epochz": 2}') == 2
+    assert "unknown key(s) ['epochz']" in capsys.readouterr().err
+    assert run_cli(tiny_dir, tmp_path / "missing.parquet", tmp_path / "o") == 2
+    assert "training samples not found" in capsys.readouterr().err
+    write_samples(tmp_path / "bad.parquet", make_samples(3) + [TrainingSample("b", [5], [1, 1, 1, 1, 1])])
+    assert run_cli(tiny_dir, tmp_path / "bad.parquet", tmp_path / "o") == 2
+    assert "'b': 5 labels, but the model has 4 layers" in capsys.readouterr().err
+    assert run_cli(tiny_dir, tmp_path / "samples.parquet", tmp_path / "o", "not-a-file.json") == 2
+    assert "neither a JSON object nor an existing file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# -- the real model ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_trains_two_epochs(smollm2):
+    model, tokenizer = smollm2
+    executor = PathExecutor(model)
+    questions = ["Which gas do plants take in for photosynthesis?", "What is 7 times 8?",
+                 "Which planet is closest to the Sun?", "What freezes at 0 degrees Celsius?",
+                 "Name the largest ocean on Earth.", "Which organ pumps blood through the body?"]
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for index, question in enumerate(questions):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)
+        labels = [1] * 30
+        for layer in torch.randperm(28, generator=generator)[:2].tolist():
+            labels[layer + 1] = 0
+        samples.append(TrainingSample(f"s{index}", list(ids), labels))
+    config = TrainConfig(epochs=2, batch_size=2, warmup_steps=2, val_fraction=0.34)
+    train, val = split_samples(samples, config.val_fraction, config.seed)
+    cache = build_feature_cache(executor, train, config.windows, 4)
+    val_cache = build_feature_cache(executor, val, config.windows, 4)
+    stack = RouterStack(RouterConfig("smollm2-135m-instruct", 30, 576), seed=0)
+    assert stack.num_parameters() == 30 * (576 * 128 + 128 + 128 * 3 + 3)
+    history = train_routers(stack, cache, config, val_cache)
+    assert len(history.epochs) == 2
+    for row in history.epochs:
+        for key in ("train_loss", "val_loss", "val_macro_f1", "val_layer_accuracy"):
+            assert math.isfinite(row[key]), key
+    assert history.epochs[1]["train_loss"] < history.epochs[0]["train_loss"]

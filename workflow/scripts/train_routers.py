@@ -1,0 +1,211 @@
+"""Train Dr.LLM routers on search labels with a frozen base model (METHOD.md §5).
+
+Reads training samples (Parquet, drllm.training.SAMPLES_SCHEMA: prompt_id, input_ids = the prompt tokens as the
+search encoded them, labels = per-layer counts 0/1/2), splits them by prompt, builds the teacher-forced feature
+cache with one forward pass per sample, trains the routers on it and writes to --out-dir:
+
+  routers.safetensors, router_config.json   the trained stack (RouterStack.from_pretrained)
+  metrics.parquet                            one row per epoch (drllm.training.METRICS_SCHEMA)
+  train_summary.json                         class counts and weights, split sizes, schedule, notes, timings
+  training_curves.png, label_distribution.png
+
+Example:
+  python workflow/scripts/train_routers.py --model-dir resources/models/smollm2-135m-instruct \\
+      --samples results/train/smollm2-135m-instruct/samples.parquet \\
+      --config-json '{"epochs": 25, "val_fraction": 0.1}' --out-dir results/routers/smollm2-135m-instruct
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from drllm.artifacts import ArtifactError, atomic_path, write_json
+from drllm.models import read_manifest, resolve_device, resolve_dtype
+from drllm.router import CLASSES, RouterConfig, RouterStack
+from drllm.training import (TrainConfig, build_feature_cache, class_weights, label_counts, pick_cache_device,
+                            read_samples, split_samples, train_routers, validate_samples, write_metrics)
+
+
+def parse_config(text: str) -> TrainConfig:
+    """--config-json: a JSON object, or the path of a file holding one."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        path = Path(stripped)
+        if not path.is_file():
+            raise ValueError(f"--config-json is neither a JSON object nor an existing file: {text!r}")
+        stripped = path.read_text()
+    block = json.loads(stripped)
+    if not isinstance(block, dict):
+        raise ValueError("--config-json must be a JSON object")
+    return TrainConfig.from_dict(block)
+
+
+def load_base(model_dir: str, device: str, dtype: str):
+    """The frozen base model of a materialised directory (no tokenizer needed: samples are token ids)."""
+    from transformers import AutoModelForCausalLM
+
+    manifest = read_manifest(model_dir)
+    torch_device = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, torch_device))
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    return model, manifest
+
+
+def plot_curves(path: Path, epochs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [row["epoch"] for row in epochs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(xs, [row["train_loss"] for row in epochs], marker="o", label="train")
+    if any(row["val_loss"] is not None for row in epochs):
+        left.plot(xs, [_nan(row["val_loss"]) for row in epochs], marker="o", label="validation")
+    left.set(xlabel="epoch", ylabel="focal loss", title="loss")
+    left.legend()
+    series = [("val_macro_f1", "macro-F1"), ("val_layer_accuracy", "per-layer accuracy"),
+              ("val_recall_skip", "recall skip"), ("val_recall_execute", "recall execute"),
+              ("val_recall_repeat", "recall repeat")]
+    for key, label in series:
+        values = [_nan(row[key]) for row in epochs]
+        if not all(math.isnan(v) for v in values):
+            right.plot(xs, values, marker=".", label=label)
+    right.set(xlabel="epoch", ylim=(-0.02, 1.02), title="validation")
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if right.lines:
+        right.legend(fontsize=8)
+    else:
+        right.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=right.transAxes)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_label_distribution(path: Path, labels: list[list[int]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = torch.tensor(labels, dtype=torch.long)  # [N, L]
+    shares = [(table == c).float().mean(0).numpy() for c in range(len(CLASSES))]
+    layers = range(table.shape[1])
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * table.shape[1] + 2), 4))
+    bottom = 0
+    for share, name, color in zip(shares, CLASSES, ("tab:red", "tab:gray", "tab:blue")):
+        ax.bar(layers, share, bottom=bottom, label=name, color=color)
+        bottom = bottom + share
+    ax.set(xlabel="layer", ylabel="share of samples", ylim=(0, 1), xlim=(-0.6, table.shape[1] - 0.4), title=title)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _nan(value):
+    return float("nan") if value is None else value
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, help="materialised model (resources/models/<name>)")
+    parser.add_argument("--samples", required=True, help="training samples Parquet (prompt_id, input_ids, labels)")
+    parser.add_argument("--config-json", default="{}",
+                        help="training settings (drllm.training.TrainConfig keys) as JSON, or a JSON file")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="base model dtype: auto (bf16 on CUDA), float32, ...")
+    parser.add_argument("--progress", action="store_true", help="progress bar while building the feature cache")
+    args = parser.parse_args(argv)
+
+    try:
+        config = parse_config(args.config_json)
+        manifest = read_manifest(args.model_dir)
+        num_layers, hidden_size = int(manifest["num_layers"]), int(manifest["hidden_size"])
+        samples = read_samples(args.samples)
+        validate_samples(samples, num_layers)
+        train, val = split_samples(samples, config.val_fraction, config.seed)
+        model, manifest = load_base(args.model_dir, args.device, args.dtype)
+    except (ArtifactError, ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+        print(f"train_routers: error: {exc}", file=sys.stderr)
+        return 2
+
+    from drllm.executor import PathExecutor
+
+    try:
+        executor = PathExecutor(model)
+        if executor.num_layers != num_layers:
+            raise ArtifactError(f"{args.model_dir}: manifest says {num_layers} layers, the model has "
+                                f"{executor.num_layers}")
+        counts = label_counts([s.labels for s in train])
+        weights = class_weights(counts, config.beta)
+        print(f"train_routers: {manifest['name']} ({num_layers} layers, d={hidden_size}); {len(train)} train / "
+              f"{len(val)} validation samples (split by prompt, seed {config.seed})")
+        print("train_routers: class counts " + ", ".join(f"{n}={c}" for n, c in zip(CLASSES, counts)))
+        print("train_routers: class weights (beta {}) ".format(config.beta)
+              + ", ".join(f"{n}={w:.4f}" for n, w in zip(CLASSES, weights.tolist())))
+        started = time.perf_counter()
+        cache_device = pick_cache_device(len(samples), num_layers, config.windows, hidden_size, config.cache_dtype,
+                                         executor.device)
+        cache = build_feature_cache(executor, train, config.windows, config.cache_batch_size, config.cache_dtype,
+                                    device=cache_device, progress=args.progress)
+        val_cache = (build_feature_cache(executor, val, config.windows, config.cache_batch_size, config.cache_dtype,
+                                         device=cache_device) if val else None)
+        cache_seconds = time.perf_counter() - started
+        print(f"train_routers: feature cache {cache.nbytes / 2**20:.1f} MiB (+ validation "
+              f"{0 if val_cache is None else val_cache.nbytes / 2**20:.1f} MiB) on {cache_device} in "
+              f"{cache_seconds:.1f}s")
+        del executor, model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+        stack = RouterStack(RouterConfig(base_model=manifest["name"], num_layers=num_layers, hidden_size=hidden_size,
+                                         windows=config.windows, hidden=config.hidden, label_counts=counts,
+                                         training=config.to_dict()), seed=config.seed)
+        stack.to(resolve_device(args.device))
+        print(f"train_routers: {stack.num_parameters():,} router parameters")
+        history = train_routers(stack, cache, config, val_cache, log=lambda m: print(f"train_routers: {m}"))
+        train_seconds = sum(row["seconds"] for row in history.epochs)
+
+        out = Path(args.out_dir)
+        stack.save_pretrained(out)
+        write_metrics(out / "metrics.parquet", history.epochs)
+        summary = {key: value for key, value in history.to_dict().items() if key not in ("epochs", "step_losses")}
+        summary.update({"model": manifest["name"], "num_layers": num_layers, "hidden_size": hidden_size,
+                        "router_parameters": stack.num_parameters(), "config": config.to_dict(),
+                        "cache_seconds": cache_seconds, "train_seconds": train_seconds,
+                        "cache_bytes": cache.nbytes, "final": history.epochs[-1]})
+        write_json(out / "train_summary.json", summary)
+        plot_curves(out / "training_curves.png", history.epochs)
+        plot_label_distribution(out / "label_distribution.png", [list(s.labels) for s in samples],
+                                f"{manifest['name']}: label shares per layer ({len(samples)} samples)")
+        print(f"train_routers: wrote {out}")
+    except (ArtifactError, ValueError) as exc:
+        print(f"train_routers: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
