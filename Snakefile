@@ -15,6 +15,7 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/assets.smk"
 include: "rules/search.smk"
+include: "rules/train.smk"
 
 
 rule all:
@@ -22,3 +23,4 @@ rule all:
         f"{MODEL_DIR}/drllm_model.json",
         DATA_FILES,
         f"results/search/{MODEL}/summary.parquet",
+        f"results/routers/{MODEL}/routers.safetensors",

@@ -110,3 +110,28 @@ def test_killed_job_resumes_without_redoing_finished_prompts(smollm2_dir, prompt
     assert f"{done} already done (checkpoint)" in again.stdout
     assert again.stdout.count("last: ") == 4 - done
     assert pl.read_parquet(out).height == 4 and time.perf_counter() - started < 600
+
+
+def test_router_samples_re_encode_the_searched_prompts(smollm2_dir, prompt_file, tmp_path, capsys):
+    import router_samples
+
+    from drllm.training import read_samples
+
+    shard = tmp_path / "shard.parquet"
+    assert run_cli(smollm2_dir, prompt_file, shard, "--shard", "0", "--num-shards", "2") == 0
+    kept = pl.read_parquet(shard).filter("kept")
+    out = tmp_path / "samples.parquet"
+    args = ["--model-dir", str(smollm2_dir), "--prompts", str(prompt_file), "--shards", str(shard), "--out", str(out)]
+    if kept.height == 0:
+        assert router_samples.main(args) == 2
+        assert "no kept prompts" in capsys.readouterr().err
+        return
+    assert router_samples.main(args) == 0
+    samples = read_samples(out)
+    assert [s.labels for s in samples] == kept["labels"].to_list()
+    assert all(s.input_ids[-1] != s.input_ids[0] for s in samples)
+    # another format option changes the prompt text: the hash check refuses to pair them
+    letter = tmp_path / "letter.parquet"
+    pl.read_parquet(prompt_file).with_columns(pl.lit("letter").alias("format")).write_parquet(letter)
+    assert router_samples.main(args[:2] + ["--prompts", str(letter)] + args[4:]) == 2
+    assert "differs from the one searched" in capsys.readouterr().err

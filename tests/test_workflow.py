@@ -61,7 +61,7 @@ def test_search_task_with_unknown_benchmark_is_rejected(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_config_runs_to_the_search_summary(tmp_path):
+def test_tiny_config_runs_through_search_and_router_training(tmp_path):
     work = workdir_copy(tmp_path)
     snakemake("--cores", "2", "--configfile", "config/tiny.yaml", cwd=work)
     assert (work / "resources" / "models" / "smollm2-135m-instruct" / "drllm_model.json").is_file()
@@ -73,5 +73,9 @@ def test_tiny_config_runs_to_the_search_summary(tmp_path):
     summary = pl.read_parquet(work / "results" / "search" / "smollm2-135m-instruct" / "summary.parquet")
     assert sorted(summary["task"]) == ["arc_challenge", "arc_easy", "dart_1", "dart_2", "dart_3", "dart_4", "dart_5"]
     assert summary.filter(pl.col("task") == "arc_easy")["prompts"].item() == 2
+    routers = work / "results" / "routers" / "smollm2-135m-instruct"
+    assert {"routers.safetensors", "router_config.json", "metrics.parquet", "training_curves.png",
+            "label_distribution.png"} <= {p.name for p in routers.iterdir()}
+    assert pl.read_parquet(routers / "metrics.parquet").height == 25
     # nothing left to do on a second run
     assert "Nothing to be done" in snakemake("-n", "--configfile", "config/tiny.yaml", cwd=work).stdout

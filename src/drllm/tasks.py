@@ -72,6 +72,13 @@ class Encoded:
     tokenizer: Any = field(default=None, repr=False, compare=False)  # decodes generations
 
     @property
+    def prompt_ids(self) -> list[int]:
+        """The prompt tokens routers pool over: the generation prompt, or the shared context of the options."""
+        if self.batch is None:
+            return list(self.input_ids)
+        return self.batch.input_ids[0, :int(self.batch.cols[0]) + 1].tolist()
+
+    @property
     def rows(self) -> int:
         """Sequences one evaluation runs through the path: 1 (generate) or one per option (choices)."""
         return 1 if self.batch is None else int(self.batch.input_ids.shape[0])

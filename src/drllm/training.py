@@ -75,6 +75,32 @@ class TrainingSample:
         return LayerPath.from_counts(self.labels)
 
 
+def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict], tokenizer,
+                        formats: dict | None = None, chat_template: bool = True) -> list[TrainingSample]:
+    """Training samples from the kept search results: each prompt re-encoded exactly as the search read it."""
+    from drllm.tasks import get_format
+    from drllm.shards import prompt_hash
+    from drllm.workers import example_from_row
+
+    prompts = {(row["task"], row["id"]): row for row in prompt_rows}
+    samples = []
+    for result in shard_rows:
+        if not result["kept"]:
+            continue
+        key = (result["task"], result["prompt_id"])
+        if key not in prompts:
+            raise ArtifactError(f"search result {key} has no prompt in the prompt sets given")
+        row = prompts[key]
+        encoded = get_format(row["format"], **(formats or {}).get(row["format"], {})).encode(
+            example_from_row(row), tokenizer, chat_template=chat_template)
+        if prompt_hash(encoded.prompt_text) != result["prompt_hash"]:
+            raise ArtifactError(f"prompt {key}: its encoding differs from the one searched (prompt_hash); "
+                                "was the search run with another tokenizer, format option or chat template?")
+        samples.append(TrainingSample(f"{result['task']}/{result['prompt_id']}", encoded.prompt_ids,
+                                      list(result["labels"])))
+    return samples
+
+
 def write_samples(path, samples: Sequence[TrainingSample]) -> None:
     rows = [{"prompt_id": s.prompt_id, "input_ids": list(s.input_ids), "labels": list(s.labels)} for s in samples]
     write_parquet(path, rows, SAMPLES_SCHEMA, "training samples")

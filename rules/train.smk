@@ -1,0 +1,64 @@
+# Router stage: training samples from the kept search results, then the routers.
+
+ROUTER_DIR = f"results/routers/{MODEL}"
+
+
+rule router_samples:
+    input:
+        manifest=f"{MODEL_DIR}/drllm_model.json",
+        prompts=expand("results/prompts/{task}.parquet", task=SEARCH_TASKS),
+        shards=SEARCH_SHARDS,
+        script=f"{workflow.basedir}/workflow/scripts/router_samples.py",
+    output:
+        f"{ROUTER_DIR}/samples.parquet",
+    params:
+        python=PYTHON,
+        model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+        settings=json.dumps(
+            {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
+        ),
+    log:
+        f"logs/router_samples/{MODEL}.log",
+    benchmark:
+        f"benchmarks/router_samples/{MODEL}.tsv"
+    threads: rule_threads("router_samples")
+    resources:
+        **rule_resources("router_samples"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "--shards {input.shards} --settings-json {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule train_routers:
+    input:
+        manifest=f"{MODEL_DIR}/drllm_model.json",
+        samples=f"{ROUTER_DIR}/samples.parquet",
+        script=f"{workflow.basedir}/workflow/scripts/train_routers.py",
+    output:
+        weights=f"{ROUTER_DIR}/routers.safetensors",
+        config=f"{ROUTER_DIR}/router_config.json",
+        metrics=f"{ROUTER_DIR}/metrics.parquet",
+        curves=report(f"{ROUTER_DIR}/training_curves.png", category="Routers"),
+        labels=report(f"{ROUTER_DIR}/label_distribution.png", category="Routers"),
+    params:
+        python=PYTHON,
+        model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+        out_dir=lambda wildcards, output: os.path.dirname(output.weights),
+        train=json.dumps(config["train"], sort_keys=True),
+        device=config["runtime"]["device"],
+        dtype=config["runtime"]["dtype"],
+    log:
+        f"logs/train_routers/{MODEL}.log",
+    benchmark:
+        f"benchmarks/train_routers/{MODEL}.tsv"
+    threads: rule_threads("train_routers", 2)
+    resources:
+        **rule_resources("train_routers"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --model-dir {params.model_dir} --samples {input.samples} "
+        "--config-json {params.train:q} --out-dir {params.out_dir} --device {params.device} "
+        "--dtype {params.dtype} > {log} 2>&1"
