@@ -17,9 +17,15 @@ DATA_FILES = [
 
 
 def rule_resources(name):
-    """Cluster resources for a rule from config `resources.<name>` (threads are set separately)."""
+    """Cluster resources for a rule from config `resources.<name>` (threads are set separately).
+
+    `gpus` becomes Snakemake's `gpu` resource (the SLURM executor's --gpus), and only when > 0.
+    """
     block = config.get("resources", {}).get(name, {})
-    return {key: block[key] for key in ("mem_mb", "runtime", "gpus") if key in block}
+    resources = {key: block[key] for key in ("mem_mb", "runtime") if key in block}
+    if block.get("gpus", 0) > 0:
+        resources["gpu"] = block["gpus"]
+    return resources
 
 
 def rule_threads(name, default=1):

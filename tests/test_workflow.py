@@ -23,10 +23,26 @@ def snakemake(*args, cwd=REPO, check=True):
 
 def workdir_copy(tmp_path):
     """The workflow files in a scratch directory, so runs leave the checkout alone."""
-    for name in ["Snakefile", "rules", "workflow", "config", "envs", "profiles"]:
+    for name in ["Snakefile", "rules", "workflow", "config", "envs", "profiles", "slurm", "slurm-ci"]:
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+        if src.is_symlink():
+            (tmp_path / name).symlink_to(src.readlink())
+        else:
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     return tmp_path
+
+
+def planned_jobs(result) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    lines = (result.stdout + result.stderr).splitlines()
+    start = lines.index("Job stats:") + 3
+    jobs = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
 
 
 def test_lint_is_clean():
@@ -38,6 +54,19 @@ def test_dry_run_of_default_config_plans_the_assets():
     result = snakemake("-n", "--forceall", "--quiet", "rules")
     out = result.stdout + result.stderr
     assert "prepare_model" in out and "prepare_data" in out
+
+
+@pytest.mark.parametrize("profile", ["slurm", "slurm-ci"])
+def test_slurm_profiles_are_found_from_the_repo_root(profile):
+    result = snakemake("-n", "--forceall", "--profile", profile)
+    assert "search_shard" in result.stdout + result.stderr
+
+
+def test_paper_config_plans_the_paper_search_on_gpus():
+    result = snakemake("-n", "--forceall", "--configfile", "config/paper.yaml", "--profile", "slurm")
+    jobs = planned_jobs(result)
+    assert jobs["search_shard"] == 7 * 8 and jobs["train_routers"] == 1
+    assert "gpu=1" in result.stdout + result.stderr
 
 
 def test_schema_violation_fails_with_the_field_named(tmp_path):
@@ -79,3 +108,15 @@ def test_tiny_config_runs_through_search_and_router_training(tmp_path):
     assert pl.read_parquet(routers / "metrics.parquet").height == 25
     # nothing left to do on a second run
     assert "Nothing to be done" in snakemake("-n", "--configfile", "config/tiny.yaml", cwd=work).stdout
+    # a config change reruns exactly the stages it reaches through params:
+    for overlay, expected in [
+        ({"train": {"epochs": 3}}, {"train_routers": 1, "all": 1}),
+        ({"search": {"mcts": {"simulations": 5}}},
+         {"search_shard": 7, "search_summary": 1, "router_samples": 1, "train_routers": 1, "all": 1}),
+        ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
+         {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1, "train_routers": 1,
+          "all": 1}),
+    ]:
+        (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+        result = snakemake("-n", "--configfile", "config/tiny.yaml", "overlay.yaml", cwd=work)
+        assert planned_jobs(result) == expected, overlay
