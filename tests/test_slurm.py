@@ -1,0 +1,38 @@
+"""The tiny config through a real SLURM scheduler (single node, Debian slurm-wlm) with `--profile slurm-ci`.
+
+.ci/run installs slurm-wlm and starts the cluster with tests/slurm/start_cluster.sh; elsewhere the test skips
+unless a cluster answers `sinfo`.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import polars as pl
+import pytest
+
+from test_workflow import planned_jobs, snakemake, workdir_copy  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def cluster_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return result.returncode == 0 and ("idle" in result.stdout or "mix" in result.stdout)
+
+
+@pytest.mark.skipif(not cluster_up(), reason="no SLURM cluster answers sinfo (run tests/slurm/start_cluster.sh)")
+def test_tiny_config_runs_through_real_slurm_jobs(tmp_path, smollm2_dir):
+    work = workdir_copy(tmp_path)
+    # the materialised model from the session fixture: the scheduler test is about the DAG, not the GGUF
+    shutil.copytree(smollm2_dir, work / "resources" / "models" / "smollm2-135m-instruct")
+    result = snakemake("--cores", "all", "--profile", "slurm-ci", "--configfile", "config/tiny.yaml", cwd=work)
+    routers = work / "results" / "routers" / "smollm2-135m-instruct"
+    assert pl.read_parquet(routers / "metrics.parquet").height == 25
+    assert (work / "results" / "search" / "smollm2-135m-instruct" / "summary.md").is_file()
+    out = result.stdout + result.stderr
+    # every job went through sbatch (the plugin removes the SLURM logs of successful jobs)
+    assert "has been submitted with SLURM jobid" in out and "rule_search_shard" in out
+    assert "rule_train_routers" in out
