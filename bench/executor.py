@@ -19,7 +19,6 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 

@@ -12,7 +12,7 @@ from conftest import tiny_model
 from drllm.benchmarks import Example
 from drllm.executor import Generation, PathExecutor
 from drllm.paths import LayerPath
-from drllm.tasks import (FORMATS, BoxedFormat, ClozeFormat, Encoded, LetterFormat, Outcome, encode_pair,
+from drllm.tasks import (FORMATS, BoxedFormat, Encoded, LetterFormat, Outcome, encode_pair,
                          extract_boxed, get_format, letter_phrase, math_equal, strict_letter)
 
 CHAT = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}" \
