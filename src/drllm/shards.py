@@ -73,6 +73,11 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
+def derived_seed(*parts) -> int:
+    """A 60-bit seed from sha256 of the parts joined by ':': the same on every machine and worker."""
+    return int(hashlib.sha256(":".join(str(part) for part in parts).encode()).hexdigest()[:15], 16)
+
+
 def prompt_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -201,7 +206,6 @@ def select_prompts(records: list[dict], task: str, answer_format: str, samples: 
         records = [r for r in records if r["level"] in set(levels)]
     if not records:
         raise ArtifactError(f"search task {task!r}: no records left to sample (levels {levels})")
-    task_seed = int(hashlib.sha256(f"{seed}:{task}".encode()).hexdigest()[:15], 16)
-    order = np.random.default_rng(task_seed).permutation(len(records))[:samples]
+    order = np.random.default_rng(derived_seed(seed, task)).permutation(len(records))[:samples]
     return [{**records[i], "task": task, "format": answer_format, "prompt_index": index}
             for index, i in enumerate(sorted(order))]

@@ -11,7 +11,6 @@ Ray starts with exactly the job's CPUs and GPUs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import tempfile
 import time
@@ -26,7 +25,7 @@ from drllm.benchmarks import EXAMPLE_SCHEMA, Example
 from drllm.executor import PathExecutor
 from drllm.rewards import PathRewarder
 from drllm.search import MCTSConfig, run_search
-from drllm.shards import prompt_hash
+from drllm.shards import derived_seed, prompt_hash
 from drllm.tasks import get_format
 
 
@@ -51,11 +50,6 @@ class SearchSettings:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-def prompt_seed(seed: int, task: str, prompt_id: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{task}:{prompt_id}".encode()).hexdigest()
-    return int(digest[:15], 16)
-
-
 def example_from_row(row: dict) -> Example:
     return Example(**{name: row[name] for name in EXAMPLE_SCHEMA.names})
 
@@ -67,7 +61,7 @@ def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: Search
     encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=settings.chat_template)
     rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
                             reuse_prefix=settings.prefix_cache > 0)
-    seed = prompt_seed(settings.seed, row["task"], row["id"])
+    seed = derived_seed(settings.seed, row["task"], row["id"])
     result = run_search(rewarder, executor.num_layers, settings.mcts_config(), seed)
     default = tuple(range(executor.num_layers))
     best = result.best_path
