@@ -160,7 +160,29 @@ class PathExecutor:
         """A cache with one slot per executed step, each of its layer's attention type."""
         return _cache_for(path, self.layer_types, self._cache_kwargs)
 
-    def _step_inputs(self, hidden_like, attention_mask, position_ids, cache_for_mask, path: LayerPath):
+    def cache_slot(self, layer: int):
+        """A fresh, empty cache slot for one execution of block `layer` (append it to a cache's layers)."""
+        return DYNAMIC_LAYER_TYPE_MAPPING[self.layer_types[layer]](**self._cache_kwargs[layer])
+
+    def step_inputs(self, hidden_like, attention_mask, position_ids, cache_for_mask=None,
+                    path: Sequence[int] | None = None):
+        """Masks and rotary embeddings per attention type used by `path` (every type of the model if None)."""
+        return self._step_inputs(hidden_like, attention_mask, position_ids, cache_for_mask,
+                                 range(self.num_layers) if path is None else path)
+
+    def apply_block(self, hidden, layer: int, slot: int, masks, rotary, position_ids, cache):
+        """Run block `layer` once; with a cache its keys/values go to slot `slot` (one slot per executed step)."""
+        layer_type = self.layer_types[layer]
+        return self.layers[layer](
+            hidden,
+            attention_mask=masks[layer_type],
+            position_embeddings=rotary[layer_type],
+            position_ids=position_ids,
+            past_key_values=None if cache is None else _SlotView(cache, slot),
+            use_cache=cache is not None,
+        )
+
+    def _step_inputs(self, hidden_like, attention_mask, position_ids, cache_for_mask, path):
         """Masks and rotary embeddings per attention type used by `path`."""
         types = {self.layer_types[layer] for layer in path} or {"full_attention"}
         masks, rotary = {}, {}
@@ -178,16 +200,7 @@ class PathExecutor:
     def _run_steps(self, hidden, path, start, masks, rotary, position_ids, cache, keep_hidden):
         kept = [hidden] if keep_hidden else None
         for step in range(start, len(path)):
-            layer = path[step]
-            layer_type = self.layer_types[layer]
-            hidden = self.layers[layer](
-                hidden,
-                attention_mask=masks[layer_type],
-                position_embeddings=rotary[layer_type],
-                position_ids=position_ids,
-                past_key_values=None if cache is None else _SlotView(cache, step),
-                use_cache=cache is not None,
-            )
+            hidden = self.apply_block(hidden, path[step], step, masks, rotary, position_ids, cache)
             if keep_hidden:
                 kept.append(hidden)
         return hidden, kept
@@ -273,6 +286,22 @@ class PathExecutor:
                  keep_hidden: bool = False, resume: RunState | None = None, resume_step: int = 0) -> Generation:
         """Greedy decoding with the path fixed after prefill. Rows stop at their first EOS."""
         path = self.as_path(path)
+        state = self.prefill(input_ids, attention_mask, path, use_cache=True, keep_hidden=keep_hidden,
+                             logits="last", resume=resume, resume_step=resume_step)
+        return self.continue_generation(state, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                                        pad_token_id=pad_token_id)
+
+    @torch.no_grad()
+    def continue_generation(self, state: RunState, *, max_new_tokens: int = 32,
+                            eos_token_id: int | Sequence[int] | None = None,
+                            pad_token_id: int | None = None) -> Generation:
+        """Greedy decoding from a prefill state (use_cache=True, last-position logits) along its fixed path.
+
+        Decodes on a copy of the cache, so `state` stays as it was (resumable, reusable).
+        """
+        if state.cache is None or state.logits is None:
+            raise ValueError("continue_generation needs a prefill with use_cache=True and logits")
+        path = state.path
         if eos_token_id is None:
             eos_token_id = self.model.generation_config.eos_token_id
         eos = torch.tensor([] if eos_token_id is None else
@@ -282,11 +311,8 @@ class PathExecutor:
             pad_token_id = self.model.generation_config.pad_token_id
         if pad_token_id is None:
             pad_token_id = int(eos[0]) if len(eos) else 0
-        state = self.prefill(input_ids, attention_mask, path, use_cache=True, keep_hidden=keep_hidden,
-                             logits="last", resume=resume, resume_step=resume_step)
         batch = state.input_ids.shape[0]
         logits = state.logits[:, -1]
-        # decode on a copy so the returned prefill state stays resumable (its cache holds the prompt only)
         decoding = dataclasses.replace(state, cache=_copy_cache(state.cache))
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         passes = torch.ones(batch, dtype=torch.long, device=self.device)  # the prefill
@@ -381,11 +407,27 @@ class ChoiceBatch:
                    [len(continuation) for _, continuation in requests])
 
 
+def empty_cache() -> DynamicCache:
+    """A cache without slots; `PathExecutor.cache_slot` makes the slots to append."""
+    cache = DynamicCache()
+    cache.layers = []
+    cache.layer_class_to_replicate = None
+    return cache
+
+
 def _cache_for(path: LayerPath, layer_types: list[str], cache_kwargs: list[dict]) -> DynamicCache:
     cache = DynamicCache()
     cache.layers = [DYNAMIC_LAYER_TYPE_MAPPING[layer_types[layer]](**cache_kwargs[layer]) for layer in path]
     cache.layer_class_to_replicate = None
     return cache
+
+
+def select_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A cache holding only batch rows `rows` (a copy: `cache` keeps all its rows)."""
+    twin = _copy_cache(cache)
+    for layer in twin.layers:
+        layer.batch_select_indices(rows)
+    return twin
 
 
 def _copy_cache(cache: DynamicCache) -> DynamicCache:
