@@ -26,9 +26,21 @@ Formats (METHOD.md section 6):
   ``{question}\nThe final answer MUST BE put in \boxed{} and no explanation.``; greedy, at most 15 new tokens;
   the last ``\boxed{...}`` of the generation is graded against the gold answers by math equivalence
   (math-verify).
+* ``gsm8k`` -- grade-school math with a worked answer (lm-eval's gsm8k). Prompt
+  ``{question}\n{GSM8K_INSTRUCTION}``; greedy, at most 256 new tokens; graded by lm-eval's "strict-match":
+  the number after the first ``#### `` equals the gold answer (commas, ``$`` and a trailing ``.`` ignored).
+* ``qa`` -- short open answers (SQuAD extractive QA, TruthfulQA open-ended). Prompt
+  ``{context}\n\nQuestion: {question}\n{QA_INSTRUCTION}`` (``QA_INSTRUCTION_NO_CONTEXT`` without a
+  passage); greedy, at most 32 new tokens; the first non-empty line of the generation (a leading ``Answer:``
+  dropped) is scored by SQuAD token F1, max over the gold answers, and is correct on an exact match. No gold
+  answers means unanswerable (SQuAD v2): only an empty answer scores.
 
-``letter`` and ``boxed`` prompts are wrapped as one user message by the tokenizer's chat template when
-``chat_template=True`` and the tokenizer has one; otherwise they are plain text (BOS prepended when the
+Each outcome carries a ``score`` in [0, 1], what the format's ``metric`` averages over a benchmark: 1.0/0.0
+from ``correct`` for every format except ``qa`` (token F1). Metric names: letter ``strict_letter``, cloze
+``acc_norm`` (``normalize="chars"``) or ``acc``, boxed ``math_equiv``, gsm8k ``strict_match``, qa ``f1``.
+
+Generation formats wrap their prompt as one user message by the tokenizer's chat template when
+``chat_template=True`` and the tokenizer has one; otherwise it is plain text (BOS prepended when the
 tokenizer has one). An example's ``context`` (a passage), when present, precedes the question (blank line).
 """
 from __future__ import annotations
@@ -41,10 +53,15 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from drllm.executor import ChoiceBatch, PathExecutor, RunState
+from drllm.metrics import exact_match, gsm8k_equal, gsm8k_strict, max_over_golds, token_f1
 from drllm.paths import LayerPath
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 BOXED_INSTRUCTION = "The final answer MUST BE put in \\boxed{} and no explanation."
+GSM8K_INSTRUCTION = ("Let's think step by step. At the end, write the final answer as a number on its own "
+                     "line, in the form \"#### <number>\".")
+QA_INSTRUCTION = "Answer with a short span copied from the passage, and nothing else."
+QA_INSTRUCTION_NO_CONTEXT = "Answer in a few words, and nothing else."
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -57,7 +74,8 @@ class Encoded:
 
     kind "generate": `input_ids` holds the prompt tokens (greedy generation on a batch of one).
     kind "choices": `batch` holds one row per option (context + option), scored in one forward pass.
-    gold: the gold option index (letter, cloze) or a tuple of gold answer strings (boxed).
+    gold: the gold option index (letter, cloze) or a tuple of gold answer strings (boxed, gsm8k, qa; empty for
+    an unanswerable qa question).
     """
 
     example_id: str
@@ -86,15 +104,26 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One example answered along one path."""
+    """One example answered along one path.
+
+    score: what the format's metric averages, in [0, 1]; left None it is 1.0/0.0 from `correct`.
+    """
 
     correct: bool
-    prediction: str          # letter (letter), option text (cloze), \boxed{} content (boxed); else raw output
+    prediction: str          # letter (letter), option text (cloze), \boxed{} content (boxed), number after
+    #                          "####" (gsm8k), first answer line (qa); else the stripped raw output
     layer_applications: int  # generate: (prefill + decode steps) x len(path); choices: len(path) x option rows
     new_tokens: int          # generated tokens, EOS included (0 for choices)
     generation: str | None = None           # the raw decoded generation (generate formats)
     choice: int | None = None               # the option picked (letter: None when the output breaks the regex)
     scores: tuple[float, ...] | None = None  # per-option scores the argmax was taken over (cloze)
+    score: float | None = None               # the metric's per-example value (token F1 for qa)
+
+    def __post_init__(self) -> None:
+        if self.score is None:  # accuracy metrics: the score is the grade
+            object.__setattr__(self, "score", float(self.correct))
+        elif not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"Outcome.score must be in [0, 1], got {self.score!r}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -284,6 +313,7 @@ class AnswerFormat:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""          # "generate" | "choices"
+    metric: ClassVar[str] = ""        # what Outcome.score measures (cloze: depends on its options)
     option_names: ClassVar[tuple[str, ...]] = ()
 
     def options(self) -> dict[str, Any]:
@@ -350,6 +380,7 @@ class LetterFormat(_GenerateFormat):
     """Multiple choice answered with one letter (the paper's ARC format)."""
 
     name = "letter"
+    metric = "strict_letter"
     option_names = ("base_model", "max_new_tokens")
 
     def __init__(self, base_model: bool = False, max_new_tokens: int | None = None):
@@ -374,15 +405,16 @@ class LetterFormat(_GenerateFormat):
     def grade(self, encoded, text, layer_applications, new_tokens):
         choice = strict_letter(text, len(encoded.options))
         prediction = LETTERS[choice] if choice is not None else text.strip()
-        return Outcome(correct=choice is not None and choice == encoded.gold, prediction=prediction,
-                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text,
-                       choice=choice)
+        correct = choice is not None and choice == encoded.gold
+        return Outcome(correct=correct, prediction=prediction, layer_applications=layer_applications,
+                       new_tokens=new_tokens, generation=text, choice=choice, score=float(correct))
 
 
 class BoxedFormat(_GenerateFormat):
     r"""Math answered in \boxed{} (the paper's DART format), graded by math equivalence."""
 
     name = "boxed"
+    metric = "math_equiv"
     option_names = ("max_new_tokens",)
 
     def __init__(self, max_new_tokens: int = 15):
@@ -402,7 +434,75 @@ class BoxedFormat(_GenerateFormat):
         answer = extract_boxed(text)
         correct = answer is not None and any(math_equal(answer, gold) for gold in encoded.gold)
         return Outcome(correct=correct, prediction=answer if answer is not None else text.strip(),
-                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text)
+                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text,
+                       score=float(correct))
+
+
+class GSM8KFormat(_GenerateFormat):
+    """Grade-school math reasoned step by step, graded by lm-eval's gsm8k "strict-match" (``#### <number>``)."""
+
+    name = "gsm8k"
+    metric = "strict_match"
+    option_names = ("max_new_tokens",)
+
+    def __init__(self, max_new_tokens: int = 256):
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+
+    @staticmethod
+    def prompt(example) -> str:
+        return _with_context(example, f"{example.question}\n{GSM8K_INSTRUCTION}")
+
+    def encode(self, example, tokenizer, *, chat_template: bool = True) -> Encoded:
+        if not example.answer.strip():
+            raise ValueError(f"format 'gsm8k': {example.benchmark}/{example.id} has no gold answer")
+        return self._encoded(example, tokenizer, self.prompt(example), chat_template, self.max_new_tokens,
+                             (example.answer,))
+
+    def grade(self, encoded, text, layer_applications, new_tokens):
+        answer = gsm8k_strict(text)
+        correct = answer is not None and any(gsm8k_equal(answer, gold) for gold in encoded.gold)
+        return Outcome(correct=correct, prediction=answer if answer is not None else text.strip(),
+                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text,
+                       score=float(correct))
+
+
+_ANSWER_PREFIX = re.compile(r"^answer\s*:\s*", re.IGNORECASE)
+
+
+def first_answer_line(text: str | None) -> str:
+    """The first non-empty line of a generation, stripped, without a leading "Answer:" (chat models often
+    echo the prompt's cue); "" when the generation is blank (an abstention)."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return _ANSWER_PREFIX.sub("", line.strip()).strip()
+    return ""
+
+
+class QAFormat(_GenerateFormat):
+    """Short open answers (SQuAD, TruthfulQA open-ended), scored by SQuAD token F1 / exact match."""
+
+    name = "qa"
+    metric = "f1"
+    option_names = ("max_new_tokens",)
+
+    def __init__(self, max_new_tokens: int = 32):
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+
+    @staticmethod
+    def prompt(example) -> str:
+        instruction = QA_INSTRUCTION if getattr(example, "context", None) else QA_INSTRUCTION_NO_CONTEXT
+        return _with_context(example, f"Question: {example.question}\n{instruction}")
+
+    def encode(self, example, tokenizer, *, chat_template: bool = True) -> Encoded:
+        # no gold answer = unanswerable (SQuAD v2); the metrics score that against the empty answer
+        golds = tuple(a for a in (example.answers or [example.answer]) if a and a.strip())
+        return self._encoded(example, tokenizer, self.prompt(example), chat_template, self.max_new_tokens, golds)
+
+    def grade(self, encoded, text, layer_applications, new_tokens):
+        answer = first_answer_line(text)
+        return Outcome(correct=max_over_golds(exact_match, answer, encoded.gold) == 1.0, prediction=answer,
+                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text,
+                       score=max_over_golds(token_f1, answer, encoded.gold))
 
 
 class ClozeFormat(AnswerFormat):
@@ -417,6 +517,11 @@ class ClozeFormat(AnswerFormat):
         if normalize not in self.NORMALIZE:
             raise ValueError(f"option 'normalize' must be one of {list(self.NORMALIZE)}, got {normalize!r}")
         self.normalize = normalize
+
+    @property
+    def metric(self) -> str:  # type: ignore[override]
+        """lm-eval's names: acc_norm for the length-normalised argmax, acc for the raw one."""
+        return "acc_norm" if self.normalize == "chars" else "acc"
 
     @staticmethod
     def context(example) -> str:
@@ -442,18 +547,20 @@ class ClozeFormat(AnswerFormat):
                                         resume_step=resume_step)
         scores = self.scores([r.logprob for r in results], encoded.options)
         choice = max(range(len(scores)), key=lambda i: scores[i])  # first of ties, like numpy argmax
-        outcome = Outcome(correct=choice == encoded.gold, prediction=encoded.options[choice],
+        correct = choice == encoded.gold
+        outcome = Outcome(correct=correct, prediction=encoded.options[choice],
                           layer_applications=len(state.path) * encoded.rows, new_tokens=0, choice=choice,
-                          scores=tuple(scores))
+                          scores=tuple(scores), score=float(correct))
         return outcome, state
 
 
-FORMATS: dict[str, type[AnswerFormat]] = {cls.name: cls for cls in (LetterFormat, ClozeFormat, BoxedFormat)}
+FORMATS: dict[str, type[AnswerFormat]] = {cls.name: cls for cls in (LetterFormat, ClozeFormat, BoxedFormat,
+                                                                    GSM8KFormat, QAFormat)}
 
 
 def get_format(name: str, **options: Any) -> AnswerFormat:
     """The answer format `name` with its options (letter: base_model, max_new_tokens; cloze: normalize;
-    boxed: max_new_tokens). Unknown names or options raise ValueError naming the known ones."""
+    boxed, gsm8k, qa: max_new_tokens). Unknown names or options raise ValueError naming the known ones."""
     if name not in FORMATS:
         raise ValueError(f"unknown answer format {name!r}; known formats: {sorted(FORMATS)}")
     cls = FORMATS[name]
