@@ -106,10 +106,11 @@ def read_shard(path, model: str | None = None, num_layers: int | None = None) ->
 
 
 class Checkpoint:
-    """Append-only record of finished prompts for one shard; the first line fingerprints the job."""
+    """Append-only record of finished rows (prompts of a shard, examples of a cell); the first line fingerprints
+    the job, `key` names the column that identifies a row."""
 
-    def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any]):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any], key: str = "prompt_id"):
+        self.path, self.key = Path(path), key
         self.fingerprint = json.dumps(fingerprint, sort_keys=True)
         self.rows: dict[str, dict] = {}
         self._load()
@@ -135,7 +136,7 @@ class Checkpoint:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: that prompt is redone
                 continue
-            self.rows[row["prompt_id"]] = row
+            self.rows[row[self.key]] = row
 
     def _write_line(self, obj: dict) -> None:
         self._handle.write(json.dumps(obj) + "\n")
@@ -143,7 +144,7 @@ class Checkpoint:
         os.fsync(self._handle.fileno())
 
     def add(self, row: dict) -> None:
-        self.rows[row["prompt_id"]] = row
+        self.rows[row[self.key]] = row
         self._write_line(row)
 
     def close(self, remove: bool = False) -> None:

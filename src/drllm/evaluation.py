@@ -1,0 +1,216 @@
+"""Evaluation cells: one benchmark x one method -> one Parquet file, one row per example (EVAL_SCHEMA).
+
+A cell evaluates a seeded sample of a benchmark's records in one answer format along the paths a method picks:
+`base` (every layer), `router` / `router@<p>` (the routed path, with the control knob p), `static` (ShortGPT
+layer removal), `random` (random skips) and `oracle` (the search run with the gold answer); see drllm.baselines.
+Every example is graded by the same format code the search uses, so accuracies are comparable across methods.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from drllm.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.executor import PathExecutor
+from drllm.paths import LayerPath
+from drllm.shards import derived_seed
+from drllm.tasks import AnswerFormat, Encoded, Outcome
+
+# One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages
+# (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).
+EVAL_SCHEMA = pa.schema([
+    pa.field("benchmark", pa.string(), nullable=False),     # evaluation entry (config eval.benchmarks key)
+    pa.field("method", pa.string(), nullable=False),        # base | router | router@<p> | static | random | oracle
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("example_id", pa.string(), nullable=False),
+    pa.field("example_index", pa.int64(), nullable=False),  # position in the evaluated sample
+    pa.field("subset", pa.string()),
+    pa.field("level", pa.int64()),
+    pa.field("source", pa.string(), nullable=False),        # where the data came from (hub id or packaged file)
+    pa.field("format", pa.string(), nullable=False),        # answer format (cloze, letter, boxed, ...)
+    pa.field("metric", pa.string(), nullable=False),        # acc_norm | acc | strict_match | exact_match | f1 ...
+    pa.field("prediction", pa.string(), nullable=False),
+    pa.field("gold", pa.string(), nullable=False),
+    pa.field("score", pa.float64(), nullable=False),
+    pa.field("correct", pa.bool_(), nullable=False),
+    pa.field("path", pa.list_(pa.int16()), nullable=False),  # executed layer ids, in order
+    pa.field("counts", pa.list_(pa.int8()), nullable=False),  # per layer: 0 skip, 1 execute, 2 repeat
+    pa.field("path_length", pa.int64(), nullable=False),
+    pa.field("num_layers", pa.int64(), nullable=False),
+    pa.field("layer_applications", pa.int64(), nullable=False),  # blocks computed for this example
+    pa.field("new_tokens", pa.int64(), nullable=False),     # generated tokens (0 for log-likelihood formats)
+    pa.field("knob", pa.float64()),                         # control knob p (router@p), else null
+    pa.field("seconds", pa.float64(), nullable=False),      # wall time for this example
+])
+
+
+def write_cell(path, rows: list[dict]) -> None:
+    write_parquet(path, sorted(rows, key=lambda r: r["example_index"]), EVAL_SCHEMA, "evaluation cell")
+
+
+def read_cell(path) -> list[dict]:
+    return read_parquet(path, EVAL_SCHEMA, "evaluation cell").to_pylist()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Methods and benchmark entries
+# --------------------------------------------------------------------------------------------------------
+
+ROUTED_METHODS = ("router", "static", "random")  # need trained routers (static/random match their savings)
+PLAIN_METHODS = ("base", "router", "static", "random", "oracle")
+
+
+class EvaluationError(RuntimeError):
+    """A cell failed; the message names the benchmark, the method and, when known, the example."""
+
+
+def parse_method(name: str) -> tuple[str, float | None]:
+    """'base' -> ('base', None); 'router@-0.25' -> ('router', -0.25). Unknown names raise ValueError."""
+    kind, _, knob = name.partition("@")
+    if kind not in PLAIN_METHODS or (knob and kind != "router"):
+        raise ValueError(f"unknown evaluation method {name!r}; expected one of {list(PLAIN_METHODS)} "
+                         "or router@<p> with p in [-1, 1]")
+    if not knob:
+        return kind, None
+    try:
+        value = float(knob)
+    except ValueError as exc:
+        raise ValueError(f"method {name!r}: the knob after '@' must be a number in [-1, 1]") from exc
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"method {name!r}: the knob must be in [-1, 1]")
+    return kind, value
+
+
+def method_name(kind: str, knob: float | None = None) -> str:
+    return kind if knob is None else f"{kind}@{knob:g}"
+
+
+@dataclass(frozen=True)
+class EvalEntry:
+    """One config `eval.benchmarks` entry: which records, which format, how many examples."""
+
+    name: str
+    benchmark: str
+    split: str
+    format: str
+    samples: int | None = None       # None = every record
+    levels: tuple[int, ...] | None = None
+    options: dict = field(default_factory=dict)  # answer format options
+
+    @classmethod
+    def from_config(cls, name: str, block: dict, formats: dict | None = None) -> "EvalEntry":
+        known = {"benchmark", "split", "format", "samples", "levels", "options"}
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise ValueError(f"eval.benchmarks.{name}: unknown key(s) {unknown}; expected {sorted(known)}")
+        for key in ("benchmark", "split", "format"):
+            if not isinstance(block.get(key), str) or not block[key]:
+                raise ValueError(f"eval.benchmarks.{name}.{key} must be a non-empty string")
+        samples = block.get("samples")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"eval.benchmarks.{name}.samples must be a positive integer or null, got {samples!r}")
+        options = {**(formats or {}).get(block["format"], {}), **(block.get("options") or {})}
+        levels = block.get("levels")
+        return cls(name, block["benchmark"], block["split"], block["format"], samples,
+                   tuple(levels) if levels else None, options)
+
+
+def sample_examples(examples: list, entry: EvalEntry, seed: int) -> list:
+    """The entry's evaluated sample: its levels, then `samples` records drawn with a seed, in record order."""
+    if entry.levels is not None:
+        examples = [ex for ex in examples if ex.level in entry.levels]
+    if not examples:
+        raise ArtifactError(f"eval.benchmarks.{entry.name}: no records left (levels {entry.levels})")
+    if entry.samples is None or entry.samples >= len(examples):
+        return list(examples)
+    rng = np.random.default_rng(derived_seed(seed, "eval", entry.name))
+    keep = sorted(rng.choice(len(examples), size=entry.samples, replace=False).tolist())
+    return [examples[i] for i in keep]
+
+
+def gold_text(example) -> str:
+    if example.choices:
+        return example.choices[example.gold_index]
+    return " | ".join(example.answers or [example.answer])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running one cell
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CellContext:
+    """What every example of a cell shares."""
+
+    entry: EvalEntry
+    method: str
+    model: str
+    executor: PathExecutor
+    tokenizer: object
+    answer_format: AnswerFormat
+    chat_template: bool = True
+
+
+PathPolicy = Callable[[int, object, Encoded], "LayerPath | tuple[LayerPath, Outcome]"]
+
+
+def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, done: dict | None = None,
+                      on_row: Callable[[dict], None] | None = None, progress: bool = True,
+                      knob: float | None = None) -> list[dict]:
+    """Evaluate each example along the path `policy(index, example, encoded)` gives; one EVAL_SCHEMA row each.
+
+    A policy may also return (path, outcome) when it has already evaluated the path (the oracle's search).
+    `done` maps example ids to rows finished earlier (a resumed cell); `on_row` sees each new row.
+    """
+    from tqdm import tqdm
+
+    done = done or {}
+    rows = []
+    num_layers = ctx.executor.num_layers
+    metric = getattr(ctx.answer_format, "metric", ctx.answer_format.name)
+    bar = tqdm(total=len(examples), desc=f"{ctx.entry.name}/{ctx.method}", unit="ex", disable=not progress,
+               mininterval=2.0, file=sys.stderr)
+    for index, example in enumerate(examples):
+        if example.id in done:
+            rows.append(done[example.id])
+            bar.update(1)
+            continue
+        try:
+            started = time.perf_counter()
+            encoded = ctx.answer_format.encode(example, ctx.tokenizer, chat_template=ctx.chat_template)
+            chosen = policy(index, example, encoded)
+            if isinstance(chosen, tuple):
+                path, outcome = chosen
+            else:
+                path = ctx.executor.as_path(chosen)
+                outcome, _ = ctx.answer_format.evaluate(ctx.executor, encoded, path)
+            seconds = time.perf_counter() - started
+        except Exception as exc:  # name the cell and the example, keep the cause
+            raise EvaluationError(f"{ctx.entry.name}/{ctx.method}: example {example.id!r} (#{index}) failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        score = outcome.score if getattr(outcome, "score", None) is not None else float(outcome.correct)
+        row = {
+            "benchmark": ctx.entry.name, "method": ctx.method, "model": ctx.model,
+            "example_id": example.id, "example_index": index, "subset": example.subset, "level": example.level,
+            "source": example.source, "format": ctx.answer_format.name, "metric": metric,
+            "prediction": outcome.prediction, "gold": gold_text(example), "score": float(score),
+            "correct": bool(outcome.correct), "path": list(path), "counts": path.counts(),
+            "path_length": len(path), "num_layers": num_layers,
+            "layer_applications": int(outcome.layer_applications), "new_tokens": int(outcome.new_tokens),
+            "knob": knob, "seconds": seconds,
+        }
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        bar.update(1)
+    bar.close()
+    return rows
+
+
+def cell_accuracy(rows: list[dict]) -> float:
+    return float(np.mean([row["score"] for row in rows])) if rows else float("nan")

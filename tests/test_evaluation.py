@@ -1,0 +1,220 @@
+"""Evaluation cells: methods, benchmark entries, baselines (static, random, oracle) and the stage CLI."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_model
+from drllm.artifacts import ArtifactError
+from drllm.baselines import (block_influence, influence_rows, matched_removals, random_path, read_influence,
+                             static_path, write_influence)
+from drllm.benchmarks import Example, load_benchmark, write_examples
+from drllm.evaluation import (EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
+                              parse_method, read_cell, sample_examples)
+from drllm.executor import PathExecutor
+from drllm.paths import LayerPath
+from drllm.router import RouterConfig, RouterStack
+from drllm.shards import select_prompts, write_prompts
+from drllm.tasks import get_format
+
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import block_influence as influence_cli  # noqa: E402
+import evaluate as evaluate_cli  # noqa: E402
+
+
+def test_methods_parse_with_clear_errors():
+    assert parse_method("base") == ("base", None)
+    assert parse_method("router@-0.25") == ("router", -0.25)
+    assert parse_method("router@0.5") == ("router", 0.5)
+    for bad, match in [("greedy", "unknown evaluation method"), ("static@0.1", "unknown evaluation method"),
+                       ("router@x", "must be a number"), ("router@1.5", "must be in")]:
+        with pytest.raises(ValueError, match=match):
+            parse_method(bad)
+
+
+def test_entries_validate_and_merge_format_options():
+    entry = EvalEntry.from_config("gsm", {"benchmark": "gsm8k", "split": "test", "format": "gsm8k",
+                                          "options": {"max_new_tokens": 8}},
+                                  {"gsm8k": {"max_new_tokens": 96}, "cloze": {"normalize": "chars"}})
+    assert entry.options == {"max_new_tokens": 8} and entry.samples is None
+    with pytest.raises(ValueError, match="eval.benchmarks.x: unknown key"):
+        EvalEntry.from_config("x", {"benchmark": "mmlu", "split": "test", "format": "cloze", "shots": 5})
+    with pytest.raises(ValueError, match="eval.benchmarks.x.samples"):
+        EvalEntry.from_config("x", {"benchmark": "mmlu", "split": "test", "format": "cloze", "samples": 0})
+    with pytest.raises(ValueError, match="eval.benchmarks.x.split"):
+        EvalEntry.from_config("x", {"benchmark": "mmlu", "format": "cloze"})
+
+
+def _records(n=30):
+    return [Example(id=f"q{i}", benchmark="dart", split="test", question=f"{i}+1?", answer=str(i + 1),
+                    answers=[str(i + 1)], level=1 + i % 5, source="test") for i in range(n)]
+
+
+def test_sample_is_seeded_in_record_order_and_respects_levels():
+    entry = EvalEntry("math", "dart", "test", "boxed", samples=5, levels=(2, 3))
+    first = sample_examples(_records(), entry, seed=0)
+    assert [ex.id for ex in first] == [ex.id for ex in sample_examples(_records(), entry, seed=0)]
+    assert [ex.id for ex in first] != [ex.id for ex in sample_examples(_records(), entry, seed=1)]
+    assert len(first) == 5 and all(ex.level in (2, 3) for ex in first)
+    indices = [int(ex.id[1:]) for ex in first]
+    assert indices == sorted(indices)
+    assert len(sample_examples(_records(), EvalEntry("m", "dart", "test", "boxed"), 0)) == 30
+    with pytest.raises(ArtifactError, match="no records left"):
+        sample_examples(_records(3), EvalEntry("m", "dart", "test", "boxed", levels=(5,)), 0)
+
+
+def test_block_influence_is_one_minus_cosine_of_block_input_and_output():
+    model = tiny_model("llama", layers=4)
+    executor = PathExecutor(model)
+    prompts = [[1, 5, 9, 13, 17], [1, 22, 7]]
+    influence, tokens = block_influence(executor, prompts)
+    assert tokens == 8
+    # HF hidden_states[l] enters block l; the last entry is normed, so check the blocks before the last
+    totals = torch.zeros(3, dtype=torch.float64)
+    for ids in prompts:
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+        for layer in range(3):
+            totals[layer] += torch.cosine_similarity(hidden[layer][0], hidden[layer + 1][0], dim=-1).double().sum()
+    assert influence[:3] == pytest.approx((1 - totals / 8).tolist(), abs=1e-5)
+
+
+def test_static_random_and_matching_rules(tmp_path):
+    rows = influence_rows("m", [0.5, 0.1, 0.3, 0.05, 0.9], prompts=2, tokens=10)
+    assert [row["rank"] for row in rows] == [3, 1, 2, 0, 4]
+    write_influence(tmp_path / "bi.parquet", rows)
+    rows = read_influence(tmp_path / "bi.parquet", "m", 5)
+    assert static_path(rows, 2) == LayerPath((0, 2, 4), 5)
+    assert static_path(rows, 0) == LayerPath.default(5)
+    with pytest.raises(ArtifactError, match="not for other"):
+        read_influence(tmp_path / "bi.parquet", "other", 5)
+    router_rows = [{"num_layers": 30, "path_length": n} for n in (26, 27, 28)]  # mean saving 3
+    assert matched_removals(router_rows) == 3
+    assert matched_removals([{"num_layers": 30, "path_length": 32}]) == 0  # repeats: no saving to match
+    path = random_path(30, 4, seed=7)
+    assert len(path) == 26 and path == random_path(30, 4, seed=7) and path != random_path(30, 4, seed=8)
+    assert random_path(30, -2, seed=0) == LayerPath.default(30)
+
+
+def test_a_failing_example_names_the_cell_and_the_example():
+    executor = PathExecutor(tiny_model("llama", layers=4, vocab_size=259))
+    from test_tasks import byte_tokenizer, mc_example
+
+    ctx = CellContext(EvalEntry("arc", "arc_easy", "test", "cloze"), "router", "tiny", executor,
+                      byte_tokenizer(), get_format("cloze"))
+    examples = [mc_example(id="a"), mc_example(id="b")]
+
+    def policy(index, example, encoded):
+        if example.id == "b":
+            raise RuntimeError("boom")
+        return executor.default_path()
+
+    with pytest.raises(EvaluationError, match=r"arc/router: example 'b' \(#1\) failed: RuntimeError: boom"):
+        evaluate_examples(ctx, examples, policy, progress=False)
+    rows = evaluate_examples(ctx, examples[:1], policy, progress=False)
+    assert set(rows[0]) == set(EVAL_SCHEMA.names)
+    assert rows[0]["metric"] == "acc_norm" and rows[0]["layer_applications"] == 4 * 4
+
+
+@pytest.fixture(scope="module")
+def cell_inputs(tmp_path_factory, smollm2_dir):
+    """Records, routers (random but decisive, saved for the real model) and a block influence file."""
+    root = tmp_path_factory.mktemp("eval")
+    write_examples(root / "arc.parquet", load_benchmark("arc_easy", "test", limit=12))
+    stack = RouterStack(RouterConfig("smollm2-135m-instruct", 30, 576), seed=5)
+    with torch.no_grad():
+        for router in stack.routers:
+            router.fc2.bias.copy_(torch.tensor([1.0, 2.0, -5.0]))  # mostly execute, some skips
+            router.fc2.weight.mul_(3.0)
+    stack.save_pretrained(root / "routers")
+    records = [ex.to_dict() for ex in load_benchmark("arc_easy", "validation", limit=20)]
+    write_prompts(root / "prompts.parquet", select_prompts(records, "arc_easy", "cloze", 3, seed=0))
+    assert influence_cli.main(["--model-dir", str(smollm2_dir), "--prompts", str(root / "prompts.parquet"),
+                               "--device", "cpu", "--out", str(root / "bi.parquet")]) == 0
+    return root
+
+
+def run_cell(root, smollm2_dir, method, out, extra=(), entry=None, settings=None):
+    entry = entry or {"name": "arc", "benchmark": "arc_easy", "split": "test", "format": "cloze", "samples": 4}
+    settings = settings or {"seed": 0, "oracle": {"samples": 2, "mcts": {"simulations": 3}}}
+    return evaluate_cli.main(["--model-dir", str(smollm2_dir), "--data", str(root / "arc.parquet"),
+                              "--entry-json", json.dumps(entry), "--method", method,
+                              "--settings-json", json.dumps(settings), "--routers", str(root / "routers"),
+                              "--router-cell", str(root / "router.parquet"), "--influence", str(root / "bi.parquet"),
+                              "--device", "cpu", "--no-progress", "--out", str(out), *extra])
+
+
+@pytest.mark.slow
+def test_every_method_on_the_real_model(cell_inputs, smollm2_dir, capsys):
+    root = cell_inputs
+    for method in ("base", "router", "router@0.5", "static", "random", "oracle"):
+        assert run_cell(root, smollm2_dir, method, root / f"{method}.parquet") == 0, capsys.readouterr().err
+    cells = {method: read_cell(root / f"{method}.parquet")
+             for method in ("base", "router", "router@0.5", "static", "random", "oracle")}
+    ids = [row["example_id"] for row in cells["base"]]
+    assert len(ids) == 4 and all([r["example_id"] for r in cells[m]] == ids for m in ("router", "static", "random"))
+    assert all(row["path_length"] == 30 and row["layer_applications"] == 30 * 4 for row in cells["base"])
+    # knob 0.5 executes every block: the base model's predictions exactly
+    assert [(r["prediction"], r["path_length"]) for r in cells["router@0.5"]] == \
+        [(r["prediction"], r["path_length"]) for r in cells["base"]]
+    assert {r["knob"] for r in cells["router@0.5"]} == {0.5} and {r["knob"] for r in cells["router"]} == {None}
+    router_lengths = [r["path_length"] for r in cells["router"]]
+    assert min(router_lengths) < 30, "the test routers should skip something"
+    saving = round(30 - sum(router_lengths) / len(router_lengths))
+    assert {r["path_length"] for r in cells["static"]} == {30 - saving}
+    assert [r["path_length"] for r in cells["random"]] == [min(30, n) for n in router_lengths]
+    assert len(cells["oracle"]) == 2 and all(r["score"] >= b["score"] for r, b in zip(cells["oracle"], cells["base"]))
+    # a method that needs inputs it was not given fails clearly
+    code = evaluate_cli.main(["--model-dir", str(smollm2_dir), "--data", str(root / "arc.parquet"),
+                              "--entry-json", json.dumps({"name": "arc", "benchmark": "arc_easy", "split": "test",
+                                                          "format": "cloze"}),
+                              "--method", "router", "--out", str(root / "x.parquet")])
+    assert code == 2 and "needs --routers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_cell_resumes_without_redoing_examples(cell_inputs, smollm2_dir, capsys, monkeypatch):
+    root = cell_inputs
+    from drllm import tasks
+
+    original, calls = tasks.ClozeFormat.evaluate, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("node lost")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.ClozeFormat, "evaluate", flaky)
+    out = root / "resumed.parquet"
+    assert run_cell(root, smollm2_dir, "base", out) == 2
+    err = capsys.readouterr().err
+    assert "arc/base: example" in err and "(#2) failed: RuntimeError: node lost" in err
+    assert not out.exists() and (root / "resumed.parquet.progress.jsonl").exists()
+    calls.clear()
+    assert run_cell(root, smollm2_dir, "base", out) == 0
+    assert "resuming, 2 of 4 examples already done" in capsys.readouterr().out
+    assert len(calls) == 2 and not (root / "resumed.parquet.progress.jsonl").exists()
+    monkeypatch.undo()
+    fresh = root / "fresh.parquet"
+    assert run_cell(root, smollm2_dir, "base", fresh) == 0
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(read_cell(out)) == strip(read_cell(fresh))
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    code = evaluate_cli.main(["--model-dir", str(tmp_path), "--data", str(tmp_path / "x.parquet"),
+                              "--entry-json", "{not json", "--method", "base", "--out", str(tmp_path / "o.parquet")])
+    assert code == 2 and "--entry-json is not valid JSON" in capsys.readouterr().err
+    code = evaluate_cli.main(["--model-dir", str(tmp_path), "--data", str(tmp_path / "x.parquet"),
+                              "--entry-json", '{"name": "a", "benchmark": "arc_easy", "split": "test", '
+                                              '"format": "cloze"}',
+                              "--method", "sometimes", "--out", str(tmp_path / "o.parquet")])
+    assert code == 2 and "unknown evaluation method 'sometimes'" in capsys.readouterr().err
+    code = evaluate_cli.main(["--model-dir", str(tmp_path), "--data", str(tmp_path / "x.parquet"),
+                              "--entry-json", '{"name": "a", "benchmark": "arc_easy", "split": "test", '
+                                              '"format": "cloze"}', "--settings-json", '{"sed": 1}',
+                              "--method", "base", "--out", str(tmp_path / "o.parquet")])
+    assert code == 2 and "unknown evaluation setting(s) ['sed']" in capsys.readouterr().err

@@ -1,0 +1,61 @@
+"""Static baseline calibration: ShortGPT block influence of every layer on the search's prompts.
+
+BI_l = 1 - mean cosine(hidden entering block l, hidden leaving it) over the calibration prompts' tokens along the
+full path (drllm.baselines). The static evaluation method removes the lowest-influence blocks.
+
+Example:
+  python workflow/scripts/block_influence.py --model-dir resources/models/smollm2-135m-instruct \\
+      --prompts results/prompts/*.parquet --settings-json '{"chat_template": true}' \\
+      --out results/eval/smollm2-135m-instruct/block_influence.parquet
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from drllm.artifacts import ArtifactError
+from drllm.baselines import block_influence, influence_rows, write_influence
+from drllm.executor import PathExecutor
+from drllm.models import load_model
+from drllm.shards import read_prompts
+from drllm.tasks import get_format
+from drllm.workers import example_from_row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--prompts", nargs="+", required=True, help="prompt sets (the prompts stage's Parquet)")
+    parser.add_argument("--settings-json", default="{}", help="formats (per-format options) and chat_template")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        settings = json.loads(args.settings_json)
+        if not isinstance(settings, dict):
+            raise ValueError("--settings-json must be a JSON object")
+        model, tokenizer, manifest = load_model(args.model_dir, device=args.device, dtype=args.dtype)
+        chat_template = bool(settings.get("chat_template", manifest.get("chat_template", True)))
+        formats = settings.get("formats", {})
+        prompts = []
+        for path in args.prompts:
+            for row in read_prompts(path):
+                answer_format = get_format(row["format"], **formats.get(row["format"], {}))
+                encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=chat_template)
+                prompts.append(encoded.prompt_ids)
+        influence, tokens = block_influence(PathExecutor(model), prompts)
+        write_influence(args.out, influence_rows(manifest["name"], influence, len(prompts), tokens))
+    except (ArtifactError, ValueError) as exc:
+        print(f"block_influence: error: {exc}", file=sys.stderr)
+        return 2
+    order = sorted(range(len(influence)), key=lambda layer: influence[layer])
+    print(f"block_influence: {len(prompts)} prompts, {tokens} tokens; least influential layers first: "
+          f"{order[:8]} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

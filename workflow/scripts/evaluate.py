@@ -1,0 +1,178 @@
+"""Evaluation stage: one benchmark x one method -> one Parquet cell, one row per example (drllm.evaluation).
+
+Methods: base | router | router@<p> (control knob p) | static (needs --router-cell and --influence) |
+random (needs --router-cell) | oracle (MCTS with the gold answer). Finished examples are checkpointed
+(<out>.progress.jsonl), so a killed job resumes where it stopped.
+
+Example:
+  python workflow/scripts/evaluate.py --model-dir resources/models/smollm2-135m-instruct \\
+      --data resources/data/arc_easy/test.parquet \\
+      --entry-json '{"name": "arc_easy", "benchmark": "arc_easy", "split": "test", "format": "cloze"}' \\
+      --method router --routers results/routers/smollm2-135m-instruct \\
+      --out results/eval/smollm2-135m-instruct/arc_easy/router.parquet
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from drllm.artifacts import ArtifactError
+from drllm.baselines import (matched_removals, oracle_search, random_path, random_seed, read_influence,
+                             static_path)
+from drllm.benchmarks import read_examples
+from drllm.evaluation import (CellContext, EvalEntry, EvaluationError, cell_accuracy, evaluate_examples,
+                              method_name, parse_method, read_cell, sample_examples, write_cell)
+from drllm.executor import PathExecutor
+from drllm.inference import RoutedModel
+from drllm.models import load_model, read_manifest
+from drllm.router import RouterStack
+from drllm.search import MCTSConfig
+from drllm.shards import Checkpoint, derived_seed
+from drllm.tasks import get_format
+
+SETTINGS = {"seed", "chat_template", "formats", "oracle", "prefix_cache", "batch_size"}
+
+
+def parse_settings(text: str) -> dict:
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--settings-json is not valid JSON: {exc}") from exc
+    if not isinstance(settings, dict):
+        raise ValueError("--settings-json must be a JSON object")
+    unknown = sorted(set(settings) - SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown evaluation setting(s) {unknown}; expected {sorted(SETTINGS)}")
+    return settings
+
+
+def parse_entry(text: str, formats: dict) -> EvalEntry:
+    try:
+        block = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--entry-json is not valid JSON: {exc}") from exc
+    if not isinstance(block, dict) or not isinstance(block.get("name"), str):
+        raise ValueError("--entry-json must be a JSON object with a 'name'")
+    name = block.pop("name")
+    return EvalEntry.from_config(name, block, formats)
+
+
+def router_rows_by_id(path: str | None, method: str) -> dict[str, dict]:
+    if not path:
+        raise ValueError(f"method {method!r} needs --router-cell (the router's cell on the same benchmark)")
+    return {row["example_id"]: row for row in read_cell(path)}
+
+
+def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, routers):
+    """The function giving each example's path (or path and outcome) for this method."""
+    executor = ctx.executor
+    seed = int(settings.get("seed", 0))
+    if kind == "base":
+        return lambda index, example, encoded: executor.default_path()
+    if kind == "router":
+        routed = RoutedModel(executor, routers, knob, ctx.tokenizer)
+        return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
+    if kind == "static":
+        router_rows = list(router_rows_by_id(args.router_cell, kind).values())
+        if not args.influence:
+            raise ValueError("method 'static' needs --influence (the block influence file)")
+        path = static_path(read_influence(args.influence, ctx.model, executor.num_layers),
+                           matched_removals(router_rows))
+        print(f"evaluate: static path removes {executor.num_layers - len(path)} layers: {path}")
+        return lambda index, example, encoded: path
+    if kind == "random":
+        router_rows = router_rows_by_id(args.router_cell, kind)
+
+        def random_policy(index, example, encoded):
+            if example.id not in router_rows:
+                raise ArtifactError(f"{args.router_cell} has no row for example {example.id!r}")
+            remove = executor.num_layers - router_rows[example.id]["path_length"]
+            return random_path(executor.num_layers, remove, random_seed(seed, ctx.entry.name, example.id))
+        return random_policy
+    if kind == "oracle":
+        oracle = settings.get("oracle", {})
+        mcts = MCTSConfig.from_dict(oracle.get("mcts", {}))
+        mcts.validate()
+        prefix_cache = int(settings.get("prefix_cache", 8))
+
+        def oracle_policy(index, example, encoded):
+            path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,
+                                             derived_seed(seed, "oracle", ctx.entry.name, example.id), prefix_cache)
+            return path, outcome
+        return oracle_policy
+    raise ValueError(f"unknown method kind {kind!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, help="materialised model (resources/models/<name>)")
+    parser.add_argument("--data", required=True, help="benchmark records Parquet from the assets stage")
+    parser.add_argument("--entry-json", required=True,
+                        help="the eval.benchmarks entry as JSON: name, benchmark, split, format, samples, levels, "
+                             "options")
+    parser.add_argument("--method", required=True, help="base | router | router@<p> | static | random | oracle")
+    parser.add_argument("--settings-json", default="{}",
+                        help="seed, chat_template, formats (per-format options), prefix_cache, "
+                             "oracle {samples, mcts}")
+    parser.add_argument("--routers", default="", help="trained router directory (router, static, random)")
+    parser.add_argument("--router-cell", default="", help="the router's cell on this benchmark (static, random)")
+    parser.add_argument("--influence", default="", help="block influence Parquet (static)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", required=True, help="output cell .parquet (written atomically)")
+    args = parser.parse_args(argv)
+
+    checkpoint = None
+    try:
+        settings = parse_settings(args.settings_json)
+        entry = parse_entry(args.entry_json, settings.get("formats", {}))
+        kind, knob = parse_method(args.method)
+        method = method_name(kind, knob)
+        answer_format = get_format(entry.format, **entry.options)
+        manifest = read_manifest(args.model_dir)
+        examples = sample_examples(read_examples(args.data), entry, int(settings.get("seed", 0)))
+        if kind == "oracle" and settings.get("oracle", {}).get("samples"):
+            examples = examples[:int(settings["oracle"]["samples"])]
+        routers = None
+        if kind == "router":
+            if not args.routers:
+                raise ValueError(f"method {method!r} needs --routers (a trained router directory)")
+            routers = RouterStack.from_pretrained(args.routers, expected_model=manifest["name"],
+                                                  expected_layers=int(manifest["num_layers"]),
+                                                  expected_hidden_size=int(manifest["hidden_size"]))
+        model, tokenizer, _ = load_model(args.model_dir, device=args.device, dtype=args.dtype)
+        ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
+                          bool(settings.get("chat_template", manifest.get("chat_template", True))))
+        policy = build_policy(kind, knob, args, ctx, settings, routers)
+        fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
+                       "method": method, "settings": settings, "data": Path(args.data).name,
+                       "examples": [ex.id for ex in examples]}
+        checkpoint = Checkpoint(f"{args.out}.progress.jsonl", fingerprint, key="example_id")
+        if checkpoint.rows:
+            print(f"evaluate: resuming, {len(checkpoint.rows)} of {len(examples)} examples already done")
+        rows = evaluate_examples(ctx, examples, policy, done=checkpoint.rows, on_row=checkpoint.add,
+                                 progress=not args.no_progress, knob=knob)
+        write_cell(args.out, rows)
+        checkpoint.close(remove=True)
+    except (ArtifactError, ValueError, EvaluationError) as exc:
+        if checkpoint is not None:
+            checkpoint.close()
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            checkpoint.close()
+        print("evaluate: interrupted; finished examples are kept for the next run", file=sys.stderr)
+        return 130
+    mean_length = sum(row["path_length"] for row in rows) / max(1, len(rows))
+    print(f"evaluate: {entry.name}/{method}: {len(rows)} examples, {answer_format.name} "
+          f"score {cell_accuracy(rows):.4f}, mean path {mean_length:.2f}/{ctx.executor.num_layers} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
