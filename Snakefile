@@ -16,6 +16,8 @@ include: "rules/common.smk"
 include: "rules/assets.smk"
 include: "rules/search.smk"
 include: "rules/train.smk"
+include: "rules/eval.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -24,3 +26,4 @@ rule all:
         DATA_FILES,
         f"results/search/{MODEL}/summary.parquet",
         f"results/routers/{MODEL}/routers.safetensors",
+        f"results/report/report.md",

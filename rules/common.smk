@@ -30,3 +30,69 @@ def rule_resources(name):
 
 def rule_threads(name, default=1):
     return config.get("resources", {}).get(name, {}).get("threads", default)
+
+
+# -- evaluation (rules/eval.smk, rules/report.smk) ---------------------------------------------------------
+EVAL = config["eval"]
+EVAL_DIR = f"results/eval/{MODEL}"
+EVAL_SELECTED = EVAL.get("select") or list(EVAL["benchmarks"])
+_unknown_selected = sorted(set(EVAL_SELECTED) - set(EVAL["benchmarks"]))
+if _unknown_selected:
+    raise ValueError(
+        f"config eval.select names {_unknown_selected}, which eval.benchmarks does not define "
+        f"(defined: {sorted(EVAL['benchmarks'])})"
+    )
+# A benchmark with no `data:` entry has no source here: it is reported as skipped, never silently dropped.
+EVAL_ENTRIES = {
+    name: EVAL["benchmarks"][name]
+    for name in EVAL_SELECTED
+    if EVAL["benchmarks"][name]["benchmark"] in config["data"]
+}
+EVAL_SKIPPED = [
+    {
+        "benchmark": name,
+        "reason": f"no data source: config has no data.{EVAL['benchmarks'][name]['benchmark']} entry "
+        "(add one with a hub mapping to evaluate it)",
+    }
+    for name in EVAL_SELECTED
+    if name not in EVAL_ENTRIES
+]
+EVAL_METHODS = list(EVAL["methods"]) + [f"router@{p:g}" for p in EVAL.get("knobs", [])]
+EVAL_CELLS = [
+    f"{EVAL_DIR}/{benchmark}/{method}.parquet" for benchmark in EVAL_ENTRIES for method in EVAL_METHODS
+]
+
+
+def eval_cell_inputs(wc):
+    entry = EVAL_ENTRIES[wc.eval_benchmark]
+    kind = wc.method.split("@")[0]
+    inputs = {
+        "manifest": f"{MODEL_DIR}/drllm_model.json",
+        "data": "resources/data/{benchmark}/{split}.parquet".format(**entry),
+        "script": f"{workflow.basedir}/workflow/scripts/evaluate.py",
+    }
+    if kind == "router":
+        inputs["routers"] = f"{ROUTER_DIR}/routers.safetensors"
+    if kind in ("static", "random"):  # matched to the router's savings on the same examples
+        inputs["router_cell"] = f"{EVAL_DIR}/{wc.eval_benchmark}/router.parquet"
+    if kind == "static":
+        inputs["influence"] = f"{EVAL_DIR}/block_influence.parquet"
+    return inputs
+
+
+def eval_settings(wc):
+    """Only the settings this cell's method reads, so editing one method's settings reruns only its cells."""
+    kind = wc.method.split("@")[0]
+    settings = {
+        "seed": EVAL["seed"],
+        "chat_template": EVAL.get("chat_template", True),
+        "formats": EVAL.get("formats", {}),
+    }
+    if kind == "oracle":
+        oracle = EVAL.get("oracle", {})
+        settings["oracle"] = {
+            "samples": oracle.get("samples"),
+            "mcts": {**SEARCH["mcts"], **oracle.get("mcts", {})},
+        }
+        settings["prefix_cache"] = SEARCH.get("prefix_cache", 8)
+    return json.dumps(settings, sort_keys=True)

@@ -1,0 +1,66 @@
+# Evaluation stage: fan-out over benchmark x method, one Parquet cell each; the static baseline's calibration.
+
+wildcard_constraints:
+    method=r"(base|router|static|random|oracle)(@-?[0-9.]+)?",
+    eval_benchmark="[A-Za-z0-9_]+",
+
+
+rule block_influence:
+    input:
+        manifest=f"{MODEL_DIR}/drllm_model.json",
+        prompts=expand("results/prompts/{task}.parquet", task=SEARCH_TASKS),
+        script=f"{workflow.basedir}/workflow/scripts/block_influence.py",
+    output:
+        f"{EVAL_DIR}/block_influence.parquet",
+    params:
+        python=PYTHON,
+        model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+        settings=json.dumps(
+            {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
+        ),
+        device=config["runtime"]["device"],
+        dtype=config["runtime"]["dtype"],
+    log:
+        f"logs/block_influence/{MODEL}.log",
+    benchmark:
+        f"benchmarks/block_influence/{MODEL}.tsv"
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "--settings-json {params.settings:q} --device {params.device} --dtype {params.dtype} "
+        "--out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        unpack(eval_cell_inputs),
+    output:
+        f"{EVAL_DIR}/{{eval_benchmark}}/{{method}}.parquet",
+    params:
+        python=PYTHON,
+        model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+        entry=lambda wc: json.dumps({"name": wc.eval_benchmark, **EVAL_ENTRIES[wc.eval_benchmark]}, sort_keys=True),
+        settings=eval_settings,
+        routers=lambda wildcards, input: os.path.dirname(input.routers) if "routers" in input.keys() else "",
+        router_cell=lambda wildcards, input: input.router_cell if "router_cell" in input.keys() else "",
+        influence=lambda wildcards, input: input.influence if "influence" in input.keys() else "",
+        device=config["runtime"]["device"],
+        dtype=config["runtime"]["dtype"],
+    log:
+        f"logs/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.log",
+    benchmark:
+        f"benchmarks/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.tsv"
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --model-dir {params.model_dir} --data {input.data} "
+        "--entry-json {params.entry:q} --method {wildcards.method:q} --settings-json {params.settings:q} "
+        "--routers '{params.routers}' --router-cell '{params.router_cell}' --influence '{params.influence}' "
+        "--device {params.device} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"

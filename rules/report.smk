@@ -1,0 +1,42 @@
+# Report stage: Tables 3/4 equivalents, plots and a summary Parquet from every evaluation cell.
+
+REPORT_DIR = "results/report"
+
+
+rule report:
+    input:
+        cells=EVAL_CELLS,
+        script=f"{workflow.basedir}/workflow/scripts/report.py",
+    output:
+        markdown=report(f"{REPORT_DIR}/report.md", caption="../workflow/report/report_md.rst", category="Evaluation"),
+        summary=report(f"{REPORT_DIR}/summary.parquet", caption="../workflow/report/summary.rst", category="Evaluation"),
+        accuracy=report(
+            f"{REPORT_DIR}/accuracy_vs_layers.png",
+            caption="../workflow/report/accuracy_vs_layers.rst",
+            category="Evaluation",
+        ),
+        actions=report(
+            f"{REPORT_DIR}/layer_actions.png", caption="../workflow/report/layer_actions.rst", category="Evaluation"
+        ),
+        consensus=report(
+            f"{REPORT_DIR}/routing_consensus.png",
+            caption="../workflow/report/routing_consensus.rst",
+            category="Evaluation",
+        ),
+    params:
+        python=PYTHON,
+        skipped=json.dumps(EVAL_SKIPPED, sort_keys=True),
+        seed=EVAL["seed"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.markdown),
+    log:
+        "logs/report/report.log",
+    benchmark:
+        "benchmarks/report/report.tsv"
+    threads: 1
+    resources:
+        **rule_resources("report"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --cells {input.cells:q} --skipped-json {params.skipped:q} "
+        "--seed {params.seed} --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,191 @@
+"""Report stage: summary numbers against hand values, Markdown layout, plots, input validation and the CLI."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import REPO
+from drllm.artifacts import ArtifactError
+from drllm.evaluation import write_cell
+from drllm.report import (SUMMARY_SCHEMA, _bootstrap_mean, _wilson, build_report, load_cells, order_methods,
+                          summarize_cells)
+
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import report as report_cli  # noqa: E402
+
+L = 4
+BASE = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]      # 8/10
+ROUTER = [1, 1, 1, 1, 1, 1, 1, 0, 1, 1]    # 9/10: paired differences 0 x7, -1, +1, +1 -> mean +0.1
+SKIPPED = [{"benchmark": "mmlu_pro", "reason": "no data source configured"}]
+KNOB_METHODS = ["router@0.25", "router@-0.25", "router@-0.75"]  # name order differs from numeric order
+
+
+def example(benchmark, method, i, score, counts, metric="acc_norm", knob=None):
+    path = [layer for layer, c in enumerate(counts) for _ in range(c)]
+    return {"benchmark": benchmark, "method": method, "model": "tiny", "example_id": f"{benchmark}-{i}",
+            "example_index": i, "subset": None, "level": None, "source": f"hub/{benchmark}", "format": "cloze",
+            "metric": metric, "prediction": "a", "gold": "a" if score == 1 else "b", "score": float(score),
+            "correct": score == 1, "path": path, "counts": counts, "path_length": len(path), "num_layers": L,
+            "layer_applications": len(path), "new_tokens": 0, "knob": knob, "seconds": 0.5 + i / 100}
+
+
+def router_counts(i):
+    return [0, 1, 1, 2] if i % 2 == 0 else [0, 1, 1, 1]  # 4 and 3 executed blocks
+
+
+@pytest.fixture
+def cells(tmp_path):
+    """arc: every method with hand-chosen 0/1 scores; squad: F1 scores, router only (no base)."""
+    specs = {
+        ("arc", "base"): [example("arc", "base", i, s, [1] * L) for i, s in enumerate(BASE)],
+        ("arc", "router"): [example("arc", "router", i, s, router_counts(i)) for i, s in enumerate(ROUTER)],
+        ("arc", "static"): [example("arc", "static", i, s, [1, 0, 1, 1]) for i, s in enumerate(BASE)],
+        ("arc", "random"): [example("arc", "random", i, 0, [1, 1, 0, 1]) for i in range(10)],
+        ("arc", "oracle"): [example("arc", "oracle", i, 1, router_counts(i)) for i in range(10)],
+        ("squad", "router"): [example("squad", "router", i, s, router_counts(i), metric="f1")
+                              for i, s in enumerate([0.5, 0.25, 1.0, 0.0, 0.75, 0.6])],
+    }
+    for method in KNOB_METHODS:
+        knob = float(method.split("@")[1])
+        specs[("arc", method)] = [example("arc", method, i, s, [0, 1, 1, 1], knob=knob) for i, s in enumerate(ROUTER)]
+    paths = []
+    for (benchmark, method), rows in specs.items():
+        paths.append(tmp_path / "cells" / f"{benchmark}__{method}.parquet")
+        write_cell(paths[-1], rows)
+    empty = tmp_path / "cells" / "empty__router.parquet"
+    write_cell(empty, [])
+    return paths + [empty]
+
+
+def by_key(summary):
+    return {(r["benchmark"], r["method"]): r for r in summary}
+
+
+def test_interval_helpers():
+    assert _wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert _wilson(0, 5)[0] == 0.0 and _wilson(5, 5)[1] == 1.0
+    values = np.array([0.5, 0.25, 1.0, 0.0, 0.75, 0.6])
+    low, high = _bootstrap_mean(values, seed=0)
+    assert low < values.mean() < high
+    assert _bootstrap_mean(values, seed=0) == (low, high)  # deterministic under a seed
+    assert _bootstrap_mean(values, seed=1) != (low, high)
+    assert _bootstrap_mean([0.3, 0.3], seed=0) == (0.3, 0.3)
+
+
+def test_summary_against_hand_values(cells):
+    rows, empty = load_cells(cells)
+    assert empty == [str(cells[-1])]
+    summary = by_key(summarize_cells(rows, seed=0))
+    base, router = summary[("arc", "base")], summary[("arc", "router")]
+    assert (base["n"], base["score"], base["ci_method"]) == (10, 0.8, "wilson")
+    assert (base["ci_low"], base["ci_high"]) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert (base["delta_vs_base"], base["layer_applications_vs_base"]) == (0.0, 1.0)
+    assert base["mean_layers_saved"] == 0 and base["execute_share"] == 1.0
+
+    assert router["score"] == pytest.approx(0.9)
+    assert router["n_paired"] == 10 and router["delta_vs_base"] == pytest.approx(0.1)
+    assert router["delta_ci_low"] <= 0.1 <= router["delta_ci_high"]
+    assert router["mean_path_length"] == 3.5 and router["mean_layers_saved"] == 0.5
+    assert router["mean_layer_applications"] == 3.5
+    assert router["layer_applications_vs_base"] == pytest.approx(35 / 40)
+    # 40 decisions: 10 skips, 5*2 + 5*3 executes, 5 repeats
+    assert (router["skip_share"], router["execute_share"], router["repeat_share"]) == (0.25, 0.625, 0.125)
+    assert router["seconds_per_example"] == pytest.approx(0.545)
+    assert summary[("arc", "static")]["delta_vs_base"] == 0.0
+    assert summary[("arc", "random")]["delta_vs_base"] == pytest.approx(-0.8)
+    assert summary[("arc", "router@-0.25")]["knob"] == -0.25 and router["knob"] is None
+
+    squad = summary[("squad", "router")]
+    assert squad["metric"] == "f1" and squad["ci_method"] == "bootstrap"
+    assert squad["score"] == pytest.approx(3.1 / 6)
+    assert squad["delta_vs_base"] is None and squad["layer_applications_vs_base"] is None
+    assert squad["ci_low"] < squad["score"] < squad["ci_high"]
+
+    assert summarize_cells(rows, seed=0) == summarize_cells(list(reversed(rows)), seed=0)
+    # the summary's interval is the seeded bootstrap itself, independent of the other cells
+    assert (squad["ci_low"], squad["ci_high"]) == _bootstrap_mean([0.5, 0.25, 1.0, 0.0, 0.75, 0.6], seed=0)
+
+
+def test_method_order():
+    methods = ["oracle", "mystery", "router@0.25", "random", "router", "static", "router@-0.75", "base",
+               "router@-0.25"]
+    assert order_methods(methods) == ["base", "router", "router@-0.75", "router@-0.25", "router@0.25", "static",
+                                      "random", "oracle", "mystery"]
+
+
+def test_build_report(cells, tmp_path):
+    out = tmp_path / "report"
+    paths = build_report(cells, SKIPPED, out, seed=0)
+    assert set(paths) == {"report", "summary", "accuracy_vs_layers", "layer_actions", "routing_consensus"}
+    for name in ("accuracy_vs_layers", "layer_actions", "routing_consensus"):
+        assert paths[name] == out / f"{name}.png" and paths[name].stat().st_size > 1000
+    table = pl.read_parquet(paths["summary"])
+    assert table.columns == SUMMARY_SCHEMA.names and table.height == 9
+
+    text = paths["report"].read_text()
+    header = ("| benchmark | metric | n | base | router | router@-0.75 | router@-0.25 | router@0.25 | static | random "
+              "| oracle |")
+    assert header in text
+    assert "| arc | acc_norm | 10 | 80.0 ±22.7 | 90.0 ±" in text  # Wilson half-width (0.9433-0.4902)/2
+    assert "(Δ +10.0)" in text
+    assert "| squad | f1 | 6 | – |" in text
+    assert "| **average** |" in text and "(1/2)" in text  # base exists on one of two benchmarks
+    assert "3.5 (0.88×)" in text  # Table 4: router executes 3.5 layers, 35/40 of base's applications
+    assert "mmlu_pro" in text and "no data source configured" in text
+    assert "- **arc**: hub/arc" in text and "- **squad**: hub/squad" in text
+    assert str(cells[-1]) in text  # the empty cell is reported, not dropped
+    for name in ("accuracy_vs_layers", "layer_actions", "routing_consensus"):
+        assert f"({name}.png)" in text
+    # routing consensus: arc's router alternates two paths
+    assert "| arc | 10 | 2 | 50.0% |" in text
+    # same inputs and seed -> byte-identical report
+    assert build_report(cells, SKIPPED, tmp_path / "again", seed=0)["report"].read_text() == text
+
+
+def test_without_router_or_base(tmp_path):
+    path = tmp_path / "static.parquet"
+    write_cell(path, [example("arc", "static", i, s, [1, 0, 1, 1]) for i, s in enumerate(BASE)])
+    paths = build_report([path], [], tmp_path / "out")
+    text = paths["report"].read_text()
+    assert "_No router results._" in text and "| arc | acc_norm | 10 | 80.0 ±22.7 |" in text
+    assert paths["layer_actions"].stat().st_size > 0 and paths["routing_consensus"].stat().st_size > 0
+
+
+def test_duplicate_and_mixed_cells_fail(cells, tmp_path):
+    copy = tmp_path / "copy_of_base.parquet"
+    copy.write_bytes(cells[0].read_bytes())
+    with pytest.raises(ArtifactError, match="two cells for arc x base") as err:
+        build_report([cells[0], copy], [], tmp_path / "out")
+    assert str(cells[0]) in str(err.value) and str(copy) in str(err.value)
+
+    mixed = tmp_path / "mixed.parquet"
+    write_cell(mixed, [example("arc", "base", 0, 1, [1] * L), example("arc", "router", 1, 1, [1] * L)])
+    with pytest.raises(ArtifactError, match="mixes"):
+        build_report([mixed], [], tmp_path / "out")
+    with pytest.raises(ArtifactError, match="reason"):
+        build_report(cells, [{"benchmark": "x"}], tmp_path / "out")
+
+
+def test_cli(cells, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert report_cli.main(["--cells", *map(str, cells[:3]), "--out-dir", str(out), "--skipped-json",
+                            json.dumps(SKIPPED), "--seed", "3"]) == 0
+    assert "1 benchmark(s) x 3 method(s)" in capsys.readouterr().out
+    assert "no data source configured" in (out / "report.md").read_text()
+
+    assert report_cli.main(["--cells", str(cells[0]), "--out-dir", str(out), "--skipped-json", "[{oops"]) == 2
+    assert "report: error: --skipped-json is neither valid JSON" in capsys.readouterr().err
+
+    missing = tmp_path / "nope.parquet"
+    assert report_cli.main(["--cells", str(missing), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("report: error:") and str(missing) in err and "not found" in err
+
+    skipped_file = tmp_path / "skipped.json"
+    skipped_file.write_text(json.dumps(SKIPPED))
+    assert report_cli.main(["--cells", str(cells[0]), "--out-dir", str(out), "--skipped-json",
+                            str(skipped_file)]) == 0

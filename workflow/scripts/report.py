@@ -1,0 +1,62 @@
+"""Report: Tables 3 and 4 (score ± 95% CI, Δ vs base, executed layers), routing plots, Markdown, from eval cells.
+
+Reads the evaluation cells (one Parquet per benchmark x method, drllm.evaluation.EVAL_SCHEMA) and the list of
+skipped benchmarks, and writes to --out-dir (drllm.report.build_report):
+
+  report.md                 Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, data sources
+  summary.parquet           one row per benchmark x method (drllm.report.SUMMARY_SCHEMA)
+  accuracy_vs_layers.png, layer_actions.png, routing_consensus.png
+
+Example:
+  python workflow/scripts/report.py --cells results/eval/smollm2-135m-instruct/*/*.parquet \\
+      --skipped-json '[{"benchmark": "mmlu", "reason": "no data source"}]' \\
+      --out-dir results/report/smollm2-135m-instruct
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from drllm.artifacts import ArtifactError, read_json
+from drllm.report import build_report, validate_skipped
+
+
+def parse_skipped(text: str) -> list[dict]:
+    """--skipped-json: a JSON list, or the path of a file holding one."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not Path(text).is_file():
+            raise ValueError(f"--skipped-json is neither valid JSON ({exc}) nor a file: {text!r}") from exc
+        value = read_json(text, "skipped-benchmarks file")
+    return validate_skipped(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--cells", nargs="+", required=True, help="evaluation cell Parquet files")
+    parser.add_argument("--skipped-json", default="[]",
+                        help='JSON list (or file) of {"benchmark": ..., "reason": ...} for benchmarks not evaluated')
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        skipped = parse_skipped(args.skipped_json)
+        paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed)
+    except (ArtifactError, ValueError) as exc:  # ArtifactError is a ValueError; both mean bad input
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 2
+    import polars as pl
+
+    summary = pl.read_parquet(paths["summary"])
+    print(f"report: {summary['benchmark'].n_unique()} benchmark(s) x {summary['method'].n_unique()} method(s) "
+          f"({summary.height} cells), {len(skipped)} skipped -> {paths['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
