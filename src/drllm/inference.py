@@ -192,6 +192,8 @@ class RoutedModel:
 
     def route_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[LayerPath]:
         """Route token id lists (one prompt each), in batches of similar lengths."""
+        if self.routers is None:  # nothing to decide: no pass over the prompts
+            return [self.executor.default_path()] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         paths: list[LayerPath | None] = [None] * len(sequences)
         for start in range(0, len(order), batch_size):

@@ -1,0 +1,419 @@
+"""lm-evaluation-harness adapter: evaluate a frozen model with (or without) its Dr.LLM routers.
+
+Importing this module registers the model type ``drllm`` with lm-eval, so either of these works (the lm-eval CLI
+runs in another process and cannot see it; use the Python API)::
+
+    import drllm.lmeval, lm_eval
+    lm_eval.simple_evaluate(model="drllm", model_args="pretrained=resources/models/m,routers=results/routers",
+                            tasks=["arc_easy"])
+    lm_eval.simple_evaluate(model=drllm.lmeval.DrLLM(pretrained=..., routers=...), tasks=[...])
+
+Model arguments: ``pretrained`` (a materialised model directory, drllm.models; required), ``routers`` (a router
+directory; omitted or empty = the base model, every layer once), ``knob`` (the control knob p in [-1, 1]; needs
+routers), ``device`` / ``dtype`` ("auto"), ``batch_size`` (8), ``max_length`` (the model's
+max_position_embeddings capped at 4096), ``max_gen_toks`` (256), ``add_bos_token`` (None: the tokenizer's own
+default, as lm-eval's HFLM does).
+
+Routing is done once per prompt (METHOD.md §3): a loglikelihood request is routed on its context, a generation
+request on its prompt; the path is then fixed for the scored or generated tokens. Tokenisation follows HFLM for
+causal models (lm_eval.api.model.TemplateLM, which this class builds on), so scores are comparable with
+``model="hf"``. Only greedy generation is supported (do_sample must be false or absent).
+
+Layers used: every routed prompt appends a `PathRecord` (request kind, path string, path length) to
+``DrLLM.path_log`` in request order; ``layer_stats()`` summarises it (mean blocks executed per token, per kind)
+and lm-eval copies it into ``results["config"]["drllm"]`` through ``get_model_info()``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from drllm.executor import LogLikelihood
+from drllm.inference import RoutedModel, pad_left
+from drllm.paths import LayerPath
+
+logger = logging.getLogger(__name__)
+
+MAX_LENGTH_CAP = 4096
+DEFAULT_MAX_LENGTH = 2048   # when neither the config nor the tokenizer gives a context length
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_GEN_TOKS = 256
+GREEDY_KWARGS = {"until", "do_sample", "temperature"}
+MAX_TOKEN_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")  # lm-eval's order
+
+
+@dataclass(frozen=True)
+class PathRecord:
+    """One routed prompt: the lm-eval request kind, the path taken (LayerPath string) and its length."""
+
+    kind: str       # "loglikelihood", "loglikelihood_rolling" (one record per window) or "generate_until"
+    path: str
+    length: int     # blocks executed per token (a repeated block counts twice)
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ValueError(f"drllm: {name} must be a path string, got {value!r}")
+    value = value.strip()
+    return value or None
+
+
+def _positive_int(name: str, value: Any, default: int | None) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip() in ("", "none", "None")):
+        return default
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f"drllm: {name} must be a positive integer, got {value!r}")
+    return number
+
+
+def _parse_knob(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    try:
+        knob = float(value)
+    except (TypeError, ValueError):
+        knob = math.nan
+    if isinstance(value, bool) or not math.isfinite(knob) or not -1.0 <= knob <= 1.0:
+        raise ValueError(f"drllm: knob (the control knob p) must be a number in [-1, 1], got {value!r}")
+    return knob
+
+
+def _parse_bool(name: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", ""):
+        return None if not value.strip() else value.strip().lower() in ("true", "1")
+    raise ValueError(f"drllm: {name} must be true or false, got {value!r}")
+
+
+def _batch_size(value: Any, max_batch_size: Any) -> int:
+    """An int; lm-eval's 'auto' / 'auto:N' (batch size search) is not supported: max_batch_size or the default."""
+    if isinstance(value, str) and value.strip().lower().startswith("auto"):
+        size = _positive_int("max_batch_size", max_batch_size, None) or DEFAULT_BATCH_SIZE
+        logger.warning("drllm: batch_size=%s is not supported (no batch size search); using %d", value, size)
+        return size
+    return _positive_int("batch_size", value, DEFAULT_BATCH_SIZE)
+
+
+@register_model("drllm")
+class DrLLM(TemplateLM):
+    """A frozen decoder-only model plus Dr.LLM routers, as an lm-eval `LM` (via TemplateLM's tokenisation)."""
+
+    backend = "causal"
+
+    def __init__(self, pretrained: str | os.PathLike | None = None, routers: str | os.PathLike | None = None,
+                 knob: float | str | None = None, device: str | None = "auto", dtype: str | None = "auto",
+                 batch_size: int | str | None = DEFAULT_BATCH_SIZE, max_length: int | str | None = None,
+                 max_gen_toks: int | str | None = DEFAULT_MAX_GEN_TOKS, add_bos_token: bool | str | None = None,
+                 max_batch_size: int | str | None = None, **unknown: Any):
+        super().__init__()
+        if unknown:
+            raise ValueError(f"drllm: unknown model argument(s) {sorted(unknown)}; expected pretrained, routers, "
+                             "knob, device, dtype, batch_size, max_length, max_gen_toks, add_bos_token")
+        pretrained = _optional_str("pretrained", pretrained)
+        if pretrained is None:
+            raise ValueError("drllm: the model argument 'pretrained' (a materialised model directory, e.g. "
+                             "resources/models/<name>) is required")
+        routers = _optional_str("routers", routers)
+        parsed_knob = _parse_knob(knob)
+        if parsed_knob is not None and routers is None:
+            raise ValueError(f"drllm: knob={parsed_knob} needs routers (the control knob blends router "
+                             "decisions); pass routers=<router directory> or drop knob")
+        self.batch_size = _batch_size(batch_size, max_batch_size)
+        self.max_gen_toks = _positive_int("max_gen_toks", max_gen_toks, DEFAULT_MAX_GEN_TOKS)
+        self.add_bos_token = _parse_bool("add_bos_token", add_bos_token)
+        requested_max_length = _positive_int("max_length", max_length, None)
+        self.routed = RoutedModel.from_pretrained(pretrained, routers, device=str(device or "auto"),
+                                                  dtype=str(dtype or "auto"), knob=parsed_knob)
+        self.tokenizer = self.routed.tokenizer
+        if self.tokenizer is None:
+            raise ValueError(f"drllm: no tokenizer in {pretrained}")
+        self.pretrained, self.routers_dir, self.knob = pretrained, routers, parsed_knob
+        self._device = self.routed.device
+        self._max_length = requested_max_length or self._default_max_length()
+        self.pad_token_id = next((int(t) for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+                                  if t is not None), 0)
+        self.path_log: list[PathRecord] = []
+
+    def _default_max_length(self) -> int:
+        config = self.routed.executor.config
+        length = getattr(config, "max_position_embeddings", None)
+        if not length:
+            length = getattr(self.tokenizer, "model_max_length", None)
+            if not length or length > 10 ** 9:  # transformers' "no limit" sentinel
+                length = DEFAULT_MAX_LENGTH
+        return min(int(length), MAX_LENGTH_CAP)
+
+    # -- properties lm-eval reads ----------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """The conditioning token for an empty context and the first rolling window: BOS, else EOS (as HFLM)."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end a generation: the tokenizer's EOS and the model's generation_config EOS ids."""
+        ids = [self.tokenizer.eos_token_id]
+        config_eos = self.routed.executor.model.generation_config.eos_token_id
+        ids += config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]
+        return sorted({int(i) for i in ids if i is not None})
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.tokenizer.name_or_path).replace("/", "__")
+
+    def get_model_info(self) -> dict:
+        """Merged into results["config"] by simple_evaluate (after the run, so it includes the layer statistics)."""
+        return {"drllm": {"pretrained": self.pretrained, "routers": self.routers_dir, "knob": self.knob,
+                          "num_layers": self.routed.num_layers, "max_length": self.max_length,
+                          "layer_stats": self.layer_stats()}}
+
+    # -- layer statistics --------------------------------------------------------------------------------------
+
+    def _record(self, kind: str, paths: Sequence[LayerPath]) -> None:
+        self.path_log.extend(PathRecord(kind, str(path), len(path)) for path in paths)
+
+    def reset_path_log(self) -> None:
+        self.path_log = []
+
+    def layer_stats(self) -> dict:
+        """Mean path length (blocks executed per token) over the logged prompts, overall and per request kind."""
+        def summary(records: list[PathRecord]) -> dict:
+            lengths = [record.length for record in records]
+            return {"prompts": len(records), "mean_layers": sum(lengths) / len(lengths) if lengths else None,
+                    "distinct_paths": len({record.path for record in records})}
+
+        stats = {"num_layers": self.routed.num_layers, **summary(self.path_log), "by_kind": {}}
+        for kind in sorted({record.kind for record in self.path_log}):
+            stats["by_kind"][kind] = summary([record for record in self.path_log if record.kind == kind])
+        return stats
+
+    # -- tokenisation ----------------------------------------------------------------------------------------
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        """As HFLM.tok_encode: the tokenizer's own special tokens unless told; no second BOS if already there."""
+        special: dict[str, bool] = {}
+        if add_special_tokens is not None:
+            special["add_special_tokens"] = add_special_tokens
+        elif self.add_bos_token is not None:
+            special["add_special_tokens"] = self.add_bos_token
+        prefix = self.tokenizer.decode(self.prefix_token_id)
+        if add_special_tokens is None and prefix and string.startswith(prefix):
+            special["add_special_tokens"] = False
+        encoding = self.tokenizer.encode(string, **special)
+        if left_truncate_len:
+            encoding = encoding[-left_truncate_len:]
+        return encoding
+
+    def _encode_prompt(self, string: str) -> list[int]:
+        """A generation prompt, as HFLM.tok_batch_encode encodes it (BOS-prefixed strings get no second BOS)."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if bos and string.startswith(bos):
+            return self.tokenizer.encode(string, add_special_tokens=False)
+        if self.add_bos_token is not None:
+            return self.tokenizer.encode(string, add_special_tokens=self.add_bos_token)
+        return self.tokenizer.encode(string)
+
+    def tok_decode(self, tokens: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+
+    def _paths_for(self, prompts: Sequence[tuple[int, ...]]) -> list[LayerPath]:
+        """The routed path of each prompt (the base model's full path without routers, at no cost)."""
+        if self.routed.routers is None:
+            return [self.routed.executor.default_path()] * len(prompts)
+        return self.routed.route_ids([list(prompt) for prompt in prompts], batch_size=self.batch_size)
+
+    def _score(self, items: Sequence[tuple[tuple[int, ...], list[int], list[int]]], kind: str,
+               disable_tqdm: bool) -> list[LogLikelihood]:
+        """Score (routing prompt, context ids, continuation ids) items: each distinct prompt is routed once, then
+        the items are scored in batches that share a path (as RoutedModel.loglikelihood does)."""
+        order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), items[i][0]))
+        chunk_size = max(4 * self.batch_size, 32)
+        chunks, current = [], []
+        for position, index in enumerate(order):  # chunks never split a prompt: it is routed once
+            current.append(index)
+            following = order[position + 1] if position + 1 < len(order) else None
+            if following is None or (len(current) >= chunk_size and items[following][0] != items[index][0]):
+                chunks.append(current)
+                current = []
+        results: list[LogLikelihood | None] = [None] * len(items)
+        paths: list[LayerPath | None] = [None] * len(items)
+        with tqdm(total=len(items), disable=disable_tqdm or self.rank != 0, desc=f"drllm {kind}") as bar:
+            for chunk in chunks:
+                prompts = sorted({items[i][0] for i in chunk}, key=lambda p: (-len(p), p))
+                routed = dict(zip(prompts, self._paths_for(prompts)))
+                by_path: dict[LayerPath, list[int]] = {}
+                for i in chunk:
+                    paths[i] = routed[items[i][0]]
+                    by_path.setdefault(paths[i], []).append(i)
+                for path, indices in by_path.items():
+                    scored = self.routed.executor.loglikelihood([(items[i][1], items[i][2]) for i in indices],
+                                                                path, batch_size=self.batch_size)
+                    for i, result in zip(indices, scored):
+                        results[i] = result
+                bar.update(len(chunk))
+        self._record(kind, paths)  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """requests: ((context, continuation), context ids, continuation ids) from TemplateLM.loglikelihood.
+
+        Left-truncated like HFLM to max_length model inputs (context + continuation minus its last token); the
+        context kept is the routing prompt.
+        """
+        items = []
+        for (context, continuation), context_enc, continuation_enc in requests:
+            if not continuation_enc:
+                raise ValueError(f"drllm: continuation {continuation!r} (context {context[-40:]!r}) tokenises to "
+                                 "nothing")
+            if len(continuation_enc) > self.max_length:
+                raise ValueError(f"drllm: a continuation of {len(continuation_enc)} tokens exceeds max_length "
+                                 f"{self.max_length}")
+            whole = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1):]
+            context_ids = whole[:len(whole) - len(continuation_enc)]
+            items.append((tuple(context_ids), context_ids, list(continuation_enc)))
+        scored = self._score(items, "loglikelihood", disable_tqdm)
+        out = []
+        for (request, _, _), result in zip(requests, scored):
+            answer = (result.logprob, result.is_greedy)
+            self.cache_hook.add_partial("loglikelihood", request, answer)
+            out.append(answer)
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-text log-likelihood in disjoint max_length windows (HFLM's windows), summed per text.
+
+        Routing needs a prompt. For a rolling window we take the window's input, the tokens the model reads
+        (prefix/overlap context + the scored tokens but the last), as its prompt, and route each window on its own.
+        Routing on the disjoint context alone would route the first window of every text on the lone BOS token
+        (and later windows on one token), i.e. one fixed path. The router thereby sees the text it scores (as it
+        sees a prompt in generation); `layer_stats` counts one record per window.
+        """
+        items, owners = [], []
+        for index, instance in enumerate(requests):
+            (text,) = instance.args
+            windows = map(lm_utils.make_disjoint_window,
+                          lm_utils.get_rolling_token_windows(token_list=self.tok_encode(text),
+                                                             prefix_token=self.prefix_token_id,
+                                                             max_seq_len=self.max_length, context_len=1))
+            for context_ids, continuation_ids in windows:
+                window_input = tuple(list(context_ids) + list(continuation_ids)[:-1])
+                items.append((window_input, list(context_ids), list(continuation_ids)))
+                owners.append(index)
+        totals = [0.0] * len(requests)
+        for owner, result in zip(owners, self._score(items, "loglikelihood_rolling", disable_tqdm)):
+            totals[owner] += result.logprob
+        for instance, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", instance.args, total)
+        return totals
+
+    # -- generation --------------------------------------------------------------------------------------------
+
+    def _greedy_settings(self, gen_kwargs: dict) -> tuple[list[str], int]:
+        """(stop strings with the EOS text, max new tokens) from a request's gen_kwargs; greedy only."""
+        if not isinstance(gen_kwargs, dict):
+            raise ValueError(f"drllm: generate_until expects a gen_kwargs dict, got {gen_kwargs!r}")
+        do_sample = gen_kwargs.get("do_sample")
+        temperature = float(gen_kwargs.get("temperature", 0.0) or 0.0)
+        if do_sample or (do_sample is None and temperature > 0.0):
+            raise ValueError(f"drllm: only greedy generation is supported (do_sample={do_sample!r}, "
+                             f"temperature={temperature}); set do_sample=false / temperature=0 in the task")
+        ignored = sorted(set(gen_kwargs) - GREEDY_KWARGS - set(MAX_TOKEN_ALIASES))
+        if ignored:
+            logger.warning("drllm: ignoring generation argument(s) %s (greedy decoding)", ignored)
+        limit = next((gen_kwargs[k] for k in MAX_TOKEN_ALIASES if gen_kwargs.get(k) is not None), None)
+        max_gen_toks = _positive_int("max_gen_toks", limit, self.max_gen_toks)
+        until = gen_kwargs.get("until")
+        if until is None:
+            until = []
+        elif isinstance(until, str):
+            until = [until]
+        elif isinstance(until, (list, tuple)):
+            until = list(until)
+        else:
+            raise ValueError(f"drllm: gen_kwargs 'until' must be a string or a list of strings, got {until!r}")
+        eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        if eos and eos not in until:  # as lm-eval's handle_stop_sequences
+            until.append(eos)
+        return until, max_gen_toks
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuations cut at the first stop string, routed once per prompt.
+
+        Requests with the same gen_kwargs are batched (left-padded, longest first). Decoding stops at EOS or
+        max_gen_toks; stop strings are applied to the decoded text afterwards.
+        """
+        groups: dict[str, list[int]] = {}
+        for index, instance in enumerate(requests):
+            key = json.dumps(instance.args[1], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(index)
+        outputs: list[str | None] = [None] * len(requests)
+        paths: list[LayerPath | None] = [None] * len(requests)
+        with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="drllm generate_until") as bar:
+            for indices in groups.values():
+                until, max_gen_toks = self._greedy_settings(requests[indices[0]].args[1])
+                max_context = self.max_length - max_gen_toks
+                if max_context < 1:
+                    raise ValueError(f"drllm: max_gen_toks {max_gen_toks} leaves no room for a prompt within "
+                                     f"max_length {self.max_length}")
+                encoded = {i: self._encode_prompt(requests[i].args[0])[-max_context:] for i in indices}
+                for i, ids in encoded.items():
+                    if not ids:  # an empty prompt: condition on BOS/EOS, as an empty loglikelihood context
+                        encoded[i] = [self.prefix_token_id]
+                ordered = sorted(indices, key=lambda i: -len(encoded[i]))
+                for start in range(0, len(ordered), self.batch_size):
+                    chunk = ordered[start:start + self.batch_size]
+                    input_ids, attention_mask = pad_left([encoded[i] for i in chunk], self.pad_token_id)
+                    generation = self.routed.generate(input_ids, attention_mask, max_new_tokens=max_gen_toks,
+                                                      eos_token_id=self.eos_token_ids)
+                    for row, i in enumerate(chunk):
+                        new = generation.tokens[row, :int(generation.num_new[row])].tolist()
+                        text = cut_at_stop(self.tok_decode(new), until)
+                        outputs[i], paths[i] = text, generation.paths[row]
+                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    bar.update(len(chunk))
+        self._record("generate_until", paths)  # type: ignore[arg-type]
+        return outputs  # type: ignore[return-value]
+
+
+def cut_at_stop(text: str, until: Sequence[str]) -> str:
+    """Cut `text` at the first occurrence of any (non-empty) stop string."""
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text

@@ -1,0 +1,344 @@
+"""The lm-eval adapter (drllm.lmeval.DrLLM): scores and generations equal the executor's along the routed path,
+tokenisation equals lm-eval's HFLM, simple_evaluate runs offline on local tasks, and bad arguments fail clearly."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import drllm.lmeval as lmeval
+from drllm.artifacts import ArtifactError
+from drllm.executor import PathExecutor
+from drllm.inference import RoutedModel
+from drllm.lmeval import DrLLM, cut_at_stop
+from drllm.models import read_manifest
+from drllm.router import RouterConfig, RouterStack
+
+PAIRS = [("The capital of France is", " Paris"),
+         ("The capital of France is", " London"),
+         ("Question: What is 2+2?\nAnswer:", " 4"),
+         ("Once upon a time ", "there was a king"),   # trailing space moves to the continuation
+         ("", "Hello world")]                          # empty context: BOS is the context
+
+
+def instance(kind, args):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+def reference_ids(tokenizer, context, continuation):
+    """lm-eval's causal tokenisation, spelled out: encode jointly, split at the context's length."""
+    if context == "":
+        return [tokenizer.bos_token_id], tokenizer.encode(continuation, add_special_tokens=False)
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    whole, head = tokenizer.encode(stripped + continuation), tokenizer.encode(stripped)
+    return head, whole[len(head):]
+
+
+# -- fixtures (the real SmolLM2) ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    """An executor on its own copy of the model: the reference implementation."""
+    model, tokenizer = smollm2
+    return PathExecutor(model), tokenizer
+
+
+@pytest.fixture(scope="module")
+def routers_dir(smollm2_dir, tmp_path_factory):
+    """Random routers made confident and biased to execute: prompts take different paths with some skips."""
+    stack = RouterStack(RouterConfig(read_manifest(smollm2_dir)["name"], 30, 576), seed=0)
+    with torch.no_grad():
+        for router in stack.routers:
+            router.fc2.weight.mul_(10.0)
+            router.fc2.bias.copy_(torch.tensor([0.0, 2.0, 0.0]))
+    out = tmp_path_factory.mktemp("routers")
+    stack.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_lm(smollm2_dir):
+    return DrLLM(pretrained=str(smollm2_dir), device="cpu", dtype="float32", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def routed_lm(smollm2_dir, routers_dir):
+    return DrLLM(pretrained=str(smollm2_dir), routers=str(routers_dir), device="cpu", dtype="float32", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def reference_routed(reference, routers_dir):
+    executor, _ = reference
+    return RoutedModel(executor, RouterStack.from_pretrained(routers_dir))
+
+
+# -- 1. log-likelihoods --------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_loglikelihood_equals_the_executor_on_the_default_path(base_lm, reference):
+    executor, tokenizer = reference
+    got = base_lm.loglikelihood([instance("loglikelihood", pair) for pair in PAIRS], disable_tqdm=True)
+    for (context, continuation), (logprob, greedy) in zip(PAIRS, got):
+        expected = executor.loglikelihood([reference_ids(tokenizer, context, continuation)])[0]
+        assert logprob == pytest.approx(expected.logprob, abs=1e-4)
+        assert greedy == expected.is_greedy
+    assert got[0][1] is True  # " Paris" is SmolLM2's greedy answer
+    assert [record.length for record in base_lm.path_log[-len(PAIRS):]] == [30] * len(PAIRS)
+
+
+@pytest.mark.slow
+def test_routed_loglikelihood_equals_the_executor_along_the_routed_path(routed_lm, reference, reference_routed):
+    executor, tokenizer = reference
+    routed_lm.reset_path_log()
+    got = routed_lm.loglikelihood([instance("loglikelihood", pair) for pair in PAIRS], disable_tqdm=True)
+    ids = [reference_ids(tokenizer, *pair) for pair in PAIRS]
+    paths = reference_routed.route_ids([context for context, _ in ids])
+    assert any(path != executor.default_path() for path in paths), "test routers should change the path"
+    assert len(set(paths)) > 1, "test routers should route contexts differently"
+    for (logprob, greedy), pair_ids, path in zip(got, ids, paths):
+        expected = executor.loglikelihood([pair_ids], path)[0]
+        assert logprob == pytest.approx(expected.logprob, abs=1e-4)
+        assert greedy == expected.is_greedy
+    assert [record.path for record in routed_lm.path_log] == [str(path) for path in paths]
+    stats = routed_lm.layer_stats()
+    assert stats["prompts"] == len(PAIRS)
+    assert stats["mean_layers"] == pytest.approx(sum(len(p) for p in paths) / len(paths))
+    assert stats["by_kind"]["loglikelihood"]["prompts"] == len(PAIRS)
+
+
+@pytest.mark.slow
+def test_loglikelihood_equals_lm_evals_hf_backend(base_lm, smollm2_dir):
+    """Same tokenisation and scores as lm-eval's own HFLM (empty context, trailing spaces, BOS-prefixed text)."""
+    from lm_eval.models.huggingface import HFLM
+
+    hf = HFLM(pretrained=str(smollm2_dir), device="cpu", dtype="float32", batch_size=4)
+    pairs = PAIRS + [("<|im_start|>user\nhi", " there")]
+    requests = [instance("loglikelihood", pair) for pair in pairs]
+    ours, theirs = base_lm.loglikelihood(requests, disable_tqdm=True), hf.loglikelihood(requests, disable_tqdm=True)
+    for (a, greedy_a), (b, greedy_b) in zip(ours, theirs):
+        assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b
+    text = [instance("loglikelihood_rolling", ("The quick brown fox jumps over the lazy dog. " * 3,))]
+    assert base_lm.loglikelihood_rolling(text, disable_tqdm=True)[0] == pytest.approx(
+        hf.loglikelihood_rolling(text, disable_tqdm=True)[0], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_loglikelihood_left_truncates_to_max_length(base_lm, reference, monkeypatch):
+    executor, tokenizer = reference
+    context, continuation = "one two three four five six seven eight nine ten", " eleven"
+    head, tail = reference_ids(tokenizer, context, continuation)
+    monkeypatch.setattr(base_lm, "_max_length", 6)
+    whole = (head + tail)[-7:]  # the model reads max_length tokens: context + continuation minus its last
+    expected = executor.loglikelihood([(whole[:len(whole) - len(tail)], tail)])[0]
+    (logprob, _), = base_lm.loglikelihood([instance("loglikelihood", (context, continuation))], disable_tqdm=True)
+    assert logprob == pytest.approx(expected.logprob, abs=1e-4)
+
+
+# -- 2. generation -------------------------------------------------------------------------------------------------
+
+GEN = [("The capital of France is", {"until": ["."], "max_gen_toks": 12, "do_sample": False}),
+       ("Count: 1, 2, 3,", {"until": " 6", "max_gen_toks": 10, "temperature": 0.0}),
+       ("Question: What is 2+2?\nAnswer:", {"until": ["."], "max_gen_toks": 12, "do_sample": False})]
+
+
+def reference_generation(routed: RoutedModel, tokenizer, context, gen_kwargs, eos_ids):
+    ids = tokenizer.encode(context)
+    out = routed.generate(torch.tensor([ids]), max_new_tokens=gen_kwargs["max_gen_toks"], eos_token_id=eos_ids)
+    text = tokenizer.decode(out.tokens[0, :int(out.num_new[0])].tolist(), skip_special_tokens=True)
+    until = gen_kwargs["until"] if isinstance(gen_kwargs["until"], list) else [gen_kwargs["until"]]
+    return text, cut_at_stop(text, until + [tokenizer.eos_token]), out.paths[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_routers", [False, True])
+def test_generate_until_equals_routed_generation_cut_at_stop(with_routers, base_lm, routed_lm, reference,
+                                                             reference_routed):
+    lm = routed_lm if with_routers else base_lm
+    executor, tokenizer = reference
+    model = reference_routed if with_routers else RoutedModel(executor)
+    lm.reset_path_log()
+    got = lm.generate_until([instance("generate_until", request) for request in GEN], disable_tqdm=True)
+    cuts = 0
+    for text, (context, gen_kwargs) in zip(got, GEN):
+        full, expected, path = reference_generation(model, tokenizer, context, gen_kwargs, lm.eos_token_ids)
+        assert text == expected
+        until = gen_kwargs["until"] if isinstance(gen_kwargs["until"], list) else [gen_kwargs["until"]]
+        assert not any(stop in text for stop in until)
+        cuts += full != expected
+    assert [record.kind for record in lm.path_log] == ["generate_until"] * len(GEN)
+    if not with_routers:
+        assert got[0] == " Paris" and cuts >= 1  # SmolLM2 says " Paris." and more: cut at "."
+
+
+def test_generate_until_is_greedy_only(monkeypatch):
+    lm = DrLLM.__new__(DrLLM)  # no model needed: the settings are checked before any generation
+    lm.max_gen_toks, lm._max_length, lm._rank = 256, 4096, 0
+    monkeypatch.setattr(DrLLM, "tok_decode", lambda self, tokens, skip_special_tokens=True: "</s>")
+    monkeypatch.setattr(DrLLM, "eot_token_id", property(lambda self: 2))
+    for kwargs in ({"do_sample": True}, {"temperature": 0.7}, {"do_sample": True, "temperature": 0.0}):
+        with pytest.raises(ValueError, match="only greedy generation"):
+            lm.generate_until([instance("generate_until", ("hi", {"until": ["\n"], **kwargs}))])
+    assert lm._greedy_settings({"until": "\n", "temperature": 0.0}) == (["\n", "</s>"], 256)
+    assert lm._greedy_settings({"do_sample": False, "temperature": 0.9, "max_gen_toks": 5}) == (["</s>"], 5)
+    assert lm._greedy_settings({"until": ("a", "b"), "max_new_tokens": 7, "top_p": 1.0}) == (["a", "b", "</s>"], 7)
+
+
+def test_cut_at_stop_cuts_at_the_first_stop_string():
+    assert cut_at_stop("a. b\n c", [".", "\n"]) == "a"
+    assert cut_at_stop("a\n b. c", [".", "\n"]) == "a"
+    assert cut_at_stop("abc", ["", "x"]) == "abc"
+
+
+# -- 3. rolling log-likelihood -------------------------------------------------------------------------------------
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.mark.slow
+def test_rolling_loglikelihood_is_the_bos_prefixed_sum(base_lm, reference):
+    executor, tokenizer = reference
+    tokens = tokenizer.encode(TEXT)
+    expected = executor.loglikelihood([([tokenizer.bos_token_id], tokens)])[0].logprob
+    (got,) = base_lm.loglikelihood_rolling([instance("loglikelihood_rolling", (TEXT,))], disable_tqdm=True)
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_rolling_windows_are_routed_on_their_input(routed_lm, reference, reference_routed, monkeypatch):
+    executor, tokenizer = reference
+    tokens = tokenizer.encode(TEXT)
+    window_input = [tokenizer.bos_token_id] + tokens[:-1]
+    path = reference_routed.route_ids([window_input])[0]
+    expected = executor.loglikelihood([([tokenizer.bos_token_id], tokens)], path)[0].logprob
+    routed_lm.reset_path_log()
+    (got,) = routed_lm.loglikelihood_rolling([instance("loglikelihood_rolling", (TEXT,))], disable_tqdm=True)
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert [record.path for record in routed_lm.path_log] == [str(path)]
+    # a text longer than max_length: one window (one routed prompt) per max_length tokens
+    monkeypatch.setattr(routed_lm, "_max_length", 4)
+    routed_lm.reset_path_log()
+    (windowed,) = routed_lm.loglikelihood_rolling([instance("loglikelihood_rolling", (TEXT,))], disable_tqdm=True)
+    assert len(routed_lm.path_log) == -(-len(tokens) // 4) and windowed < 0
+
+
+# -- 4. simple_evaluate, offline, on local tasks ------------------------------------------------------------------
+
+DOCS = [{"question": "What is the capital of France?", "choices": ["Paris", "London", "Rome"], "answer": 0},
+        {"question": "What is 2+2?", "choices": ["3", "4", "5"], "answer": 1},
+        {"question": "What color is the sky on a clear day?", "choices": ["green", "blue", "red"], "answer": 1},
+        {"question": "How many legs does a dog have?", "choices": ["four", "two", "six"], "answer": 0},
+        {"question": "Unused (limit=4)", "choices": ["a", "b"], "answer": 0}]
+
+
+def local_tasks(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS))
+    common = {"dataset_path": "json", "test_split": "test",
+              "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp_path / "hf-cache")},
+              "doc_to_text": "Question: {{question}}\nAnswer:"}
+    choice = {**common, "task": "drllm_local_mc", "output_type": "multiple_choice", "doc_to_choice": "{{choices}}",
+              "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}
+    generate = {**common, "task": "drllm_local_gen", "output_type": "generate_until",
+                "doc_to_target": " {{choices[answer]}}",
+                "generation_kwargs": {"until": ["\n", "."], "max_gen_toks": 6, "do_sample": False},
+                "metric_list": [{"metric": "exact_match", "ignore_case": True}]}
+    return choice, generate
+
+
+@pytest.mark.slow
+def test_simple_evaluate_by_name_runs_offline_on_local_tasks(smollm2_dir, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    choice, generate = local_tasks(tmp_path)
+    results = lm_eval.simple_evaluate(model="drllm", model_args=f"pretrained={smollm2_dir},device=cpu,routers=",
+                                      tasks=[choice, generate], task_manager=TaskManager(include_defaults=False),
+                                      limit=4)
+    mc, gen = results["results"]["drllm_local_mc"], results["results"]["drllm_local_gen"]
+    assert 0.0 <= mc["acc,none"] <= 1.0 and 0.0 <= mc["acc_norm,none"] <= 1.0 and mc["sample_len"] == 4
+    assert 0.0 <= gen["exact_match,none"] <= 1.0 and gen["sample_len"] == 4
+    stats = results["config"]["drllm"]["layer_stats"]
+    assert stats["by_kind"]["loglikelihood"]["prompts"] == 3 + 3 + 3 + 3
+    assert stats["by_kind"]["generate_until"]["prompts"] == 4 and stats["mean_layers"] == 30.0
+
+
+@pytest.mark.slow
+def test_simple_evaluate_with_an_instance_and_the_chat_template(routed_lm, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _, generate = local_tasks(tmp_path)
+    routed_lm.reset_path_log()
+    results = lm_eval.simple_evaluate(model=routed_lm, tasks=[generate], limit=2, apply_chat_template=True,
+                                      task_manager=TaskManager(include_defaults=False), log_samples=True)
+    assert "exact_match,none" in results["results"]["drllm_local_gen"]
+    prompt = results["samples"]["drllm_local_gen"][0]["arguments"][0][0]
+    assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
+    assert len(routed_lm.path_log) == 2 and results["config"]["drllm"]["routers"] == routed_lm.routers_dir
+
+
+# -- 5. arguments and errors ---------------------------------------------------------------------------------------
+
+def test_registered_under_drllm():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("drllm") is DrLLM
+
+
+@pytest.fixture
+def fake_load(monkeypatch):
+    """RoutedModel.from_pretrained replaced by a recorder: argument parsing without loading a model."""
+    calls = []
+
+    def from_pretrained(model_dir, routers_dir=None, *, device="auto", dtype="auto", knob=None):
+        calls.append(dict(model_dir=model_dir, routers_dir=routers_dir, device=device, dtype=dtype, knob=knob))
+        tokenizer = SimpleNamespace(pad_token_id=None, eos_token_id=2, model_max_length=10 ** 30)
+        executor = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=8192))
+        return SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"), executor=executor)
+
+    monkeypatch.setattr(lmeval.RoutedModel, "from_pretrained", staticmethod(from_pretrained))
+    return calls
+
+
+def test_string_arguments_are_parsed(fake_load):
+    lm = DrLLM.create_from_arg_string("pretrained=/m,routers=,knob=,batch_size=2,max_length=512,max_gen_toks=16",
+                                      {"device": "cpu", "batch_size": None})
+    assert fake_load[-1] == dict(model_dir="/m", routers_dir=None, device="cpu", dtype="auto", knob=None)
+    assert (lm.batch_size, lm.max_length, lm.max_gen_toks, lm.pad_token_id) == (2, 512, 16, 2)
+    lm = DrLLM.create_from_arg_string("pretrained=/m,routers=/r,knob=-0.5,dtype=float32", {"batch_size": "auto"})
+    assert fake_load[-1] == dict(model_dir="/m", routers_dir="/r", device="auto", dtype="float32", knob=-0.5)
+    assert lm.batch_size == 8 and lm.max_length == 4096  # 'auto' falls back; 8192 positions capped at 4096
+    lm = DrLLM.create_from_arg_obj({"pretrained": "/m", "batch_size": "3", "knob": "none"}, {})
+    assert lm.batch_size == 3 and fake_load[-1]["knob"] is None
+
+
+def test_bad_arguments_fail_clearly(fake_load):
+    with pytest.raises(ValueError, match="'pretrained'.*required"):
+        DrLLM()
+    with pytest.raises(ValueError, match="'pretrained'.*required"):
+        DrLLM.create_from_arg_string("routers=/r")
+    with pytest.raises(ValueError, match="knob=0.5 needs routers"):
+        DrLLM(pretrained="/m", knob="0.5")
+    for knob in ("2", "abc", "nan", True):
+        with pytest.raises(ValueError, match="knob"):
+            DrLLM(pretrained="/m", routers="/r", knob=knob)
+    for name, value in (("batch_size", "0"), ("max_length", "x"), ("max_gen_toks", -1)):
+        with pytest.raises(ValueError, match=name):
+            DrLLM(pretrained="/m", **{name: value})
+    with pytest.raises(ValueError, match=r"unknown model argument\(s\) \['router'\]"):
+        DrLLM(pretrained="/m", router="/r")
+    assert fake_load == []  # every error came before loading anything
+
+
+@pytest.mark.slow
+def test_routers_for_another_model_are_refused(smollm2_dir, tmp_path):
+    RouterStack(RouterConfig("other-model", 30, 576), seed=0).save_pretrained(tmp_path / "other")
+    with pytest.raises(ArtifactError, match="trained for model 'other-model'"):
+        DrLLM(pretrained=str(smollm2_dir), routers=str(tmp_path / "other"), device="cpu")
+    with pytest.raises(ArtifactError, match="run the assets stage first"):
+        DrLLM(pretrained=str(tmp_path))
