@@ -43,15 +43,16 @@ if _unknown_selected:
         f"(defined: {sorted(EVAL['benchmarks'])})"
     )
 # A benchmark with no `data:` entry has no source here: it is reported as skipped, never silently dropped.
-EVAL_ENTRIES = {
-    name: EVAL["benchmarks"][name]
-    for name in EVAL_SELECTED
-    if EVAL["benchmarks"][name]["benchmark"] in config["data"]
-}
+# Entries with `lm_eval:` run an lm-eval task (lm-eval finds its data) with the base and router methods only.
+def _has_source(block):
+    return "lm_eval" in block or block.get("benchmark") in config["data"]
+
+
+EVAL_ENTRIES = {name: EVAL["benchmarks"][name] for name in EVAL_SELECTED if _has_source(EVAL["benchmarks"][name])}
 EVAL_SKIPPED = [
     {
         "benchmark": name,
-        "reason": f"no data source: config has no data.{EVAL['benchmarks'][name]['benchmark']} entry "
+        "reason": f"no data source: config has no data.{EVAL['benchmarks'][name].get('benchmark')} entry "
         "(add one with a hub mapping to evaluate it)",
     }
     for name in EVAL_SELECTED
@@ -59,7 +60,10 @@ EVAL_SKIPPED = [
 ]
 EVAL_METHODS = list(EVAL["methods"]) + [f"router@{p:g}" for p in EVAL.get("knobs", [])]
 EVAL_CELLS = [
-    f"{EVAL_DIR}/{benchmark}/{method}.parquet" for benchmark in EVAL_ENTRIES for method in EVAL_METHODS
+    f"{EVAL_DIR}/{benchmark}/{method}.parquet"
+    for benchmark, block in EVAL_ENTRIES.items()
+    for method in EVAL_METHODS
+    if "lm_eval" not in block or method.split("@")[0] in ("base", "router")
 ]
 
 
@@ -68,9 +72,10 @@ def eval_cell_inputs(wc):
     kind = wc.method.split("@")[0]
     inputs = {
         "manifest": f"{MODEL_DIR}/drllm_model.json",
-        "data": "resources/data/{benchmark}/{split}.parquet".format(**entry),
         "script": f"{workflow.basedir}/workflow/scripts/evaluate.py",
     }
+    if "lm_eval" not in entry:
+        inputs["data"] = "resources/data/{benchmark}/{split}.parquet".format(**entry)
     if kind == "router":
         inputs["routers"] = f"{ROUTER_DIR}/routers.safetensors"
     if kind in ("static", "random"):  # matched to the router's savings on the same examples

@@ -48,6 +48,7 @@ rule evaluate:
         routers=lambda wildcards, input: os.path.dirname(input.routers) if "routers" in input.keys() else "",
         router_cell=lambda wildcards, input: input.router_cell if "router_cell" in input.keys() else "",
         influence=lambda wildcards, input: input.influence if "influence" in input.keys() else "",
+        data=lambda wildcards, input: input.data if "data" in input.keys() else "",
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
@@ -60,7 +61,7 @@ rule evaluate:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --data {input.data} "
+        "{params.python} {input.script} --model-dir {params.model_dir} --data '{params.data}' "
         "--entry-json {params.entry:q} --method {wildcards.method:q} --settings-json {params.settings:q} "
         "--routers '{params.routers}' --router-cell '{params.router_cell}' --influence '{params.influence}' "
         "--device {params.device} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"

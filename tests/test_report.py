@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import polars as pl
 import pytest
 
 from conftest import REPO
 from drllm.artifacts import ArtifactError
 from drllm.evaluation import write_cell
-from drllm.report import (SUMMARY_SCHEMA, _bootstrap_mean, _wilson, build_report, load_cells, order_methods,
+from drllm.metrics import bootstrap_interval
+from drllm.report import (RESAMPLES, SUMMARY_SCHEMA, build_report, load_cells, order_methods,
                           summarize_cells)
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -65,17 +65,6 @@ def by_key(summary):
     return {(r["benchmark"], r["method"]): r for r in summary}
 
 
-def test_interval_helpers():
-    assert _wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
-    assert _wilson(0, 5)[0] == 0.0 and _wilson(5, 5)[1] == 1.0
-    values = np.array([0.5, 0.25, 1.0, 0.0, 0.75, 0.6])
-    low, high = _bootstrap_mean(values, seed=0)
-    assert low < values.mean() < high
-    assert _bootstrap_mean(values, seed=0) == (low, high)  # deterministic under a seed
-    assert _bootstrap_mean(values, seed=1) != (low, high)
-    assert _bootstrap_mean([0.3, 0.3], seed=0) == (0.3, 0.3)
-
-
 def test_summary_against_hand_values(cells):
     rows, empty = load_cells(cells)
     assert empty == [str(cells[-1])]
@@ -107,7 +96,8 @@ def test_summary_against_hand_values(cells):
 
     assert summarize_cells(rows, seed=0) == summarize_cells(list(reversed(rows)), seed=0)
     # the summary's interval is the seeded bootstrap itself, independent of the other cells
-    assert (squad["ci_low"], squad["ci_high"]) == _bootstrap_mean([0.5, 0.25, 1.0, 0.0, 0.75, 0.6], seed=0)
+    expected = bootstrap_interval([0.5, 0.25, 1.0, 0.0, 0.75, 0.6], seed=0, resamples=RESAMPLES)
+    assert (squad["ci_low"], squad["ci_high"]) == expected
 
 
 def test_method_order():

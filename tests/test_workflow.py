@@ -89,10 +89,31 @@ def test_search_task_with_unknown_benchmark_is_rejected(tmp_path):
     assert result.returncode != 0 and "arc_hard" in result.stdout + result.stderr
 
 
+LOCAL_DOCS = [{"question": "What is the capital of France?", "choices": ["Paris", "London"], "answer": 0},
+              {"question": "What is 2+2?", "choices": ["3", "4"], "answer": 1}]
+
+
+def lm_eval_overlay(work) -> dict:
+    """An lm-eval task on a local json file, added to the tiny config's evaluation."""
+    import json
+
+    data = work / "local_mc.jsonl"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in LOCAL_DOCS))
+    task = {"task": "local_mc", "dataset_path": "json", "test_split": "test",
+            "dataset_kwargs": {"data_files": {"test": str(data)}}, "output_type": "multiple_choice",
+            "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc_norm"}]}
+    tiny = yaml.safe_load((work / "config" / "tiny.yaml").read_text())
+    return {"eval": {"select": tiny["eval"]["select"] + ["local_mc"],
+                     "benchmarks": {"local_mc": {"lm_eval": {"task": task, "metric": "acc_norm"}}}}}
+
+
 @pytest.mark.slow
-def test_tiny_config_runs_through_search_and_router_training(tmp_path):
+def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     work = workdir_copy(tmp_path)
-    snakemake("--cores", "2", "--configfile", "config/tiny.yaml", cwd=work)
+    (work / "lm_eval.yaml").write_text(yaml.safe_dump(lm_eval_overlay(work)))
+    configs = ["--configfile", "config/tiny.yaml", "lm_eval.yaml"]
+    snakemake("--cores", "2", *configs, cwd=work)
     assert (work / "resources" / "models" / "smollm2-135m-instruct" / "drllm_model.json").is_file()
     import polars as pl
 
@@ -106,17 +127,37 @@ def test_tiny_config_runs_through_search_and_router_training(tmp_path):
     assert {"routers.safetensors", "router_config.json", "metrics.parquet", "training_curves.png",
             "label_distribution.png"} <= {p.name for p in routers.iterdir()}
     assert pl.read_parquet(routers / "metrics.parquet").height == 25
+    # evaluation: every benchmark x method cell, lm-eval tasks with the base and router methods only
+    cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
+    methods = {"base", "router", "router@0.25", "static", "random", "oracle"}
+    assert {(b, m) for b, m in cells.select("benchmark", "method").unique().iter_rows()} == \
+        {(b, m) for b in ("arc_easy", "dart", "squad") for m in methods} | \
+        {("local_mc", m) for m in ("base", "router", "router@0.25")}
+    assert cells.filter(pl.col("method") == "base")["path_length"].unique().to_list() == [30]
+    assert cells.filter((pl.col("benchmark") == "arc_easy") & (pl.col("method") == "router")).height == 3
+    report = work / "results" / "report"
+    text = (report / "report.md").read_text()
+    assert "agieval" in text and "no data source" in text  # skipped, with the reason
+    assert all((report / name).stat().st_size > 0 for name in
+               ("accuracy_vs_layers.png", "layer_actions.png", "routing_consensus.png", "summary.parquet"))
+    assert (work / "logs" / "evaluate" / "smollm2-135m-instruct" / "squad" / "oracle.log").is_file()
     # nothing left to do on a second run
-    assert "Nothing to be done" in snakemake("-n", "--configfile", "config/tiny.yaml", cwd=work).stdout
+    assert "Nothing to be done" in snakemake("-n", *configs, cwd=work).stdout
     # a config change reruns exactly the stages it reaches through params:
+    routed_cells = 3 * 4  # router, router@0.25, static, random on 3 benchmarks
     for overlay, expected in [
-        ({"train": {"epochs": 3}}, {"train_routers": 1, "all": 1}),
+        ({"train": {"epochs": 3}},
+         {"train_routers": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
         ({"search": {"mcts": {"simulations": 5}}},
-         {"search_shard": 7, "search_summary": 1, "router_samples": 1, "train_routers": 1, "all": 1}),
+         {"search_shard": 7, "search_summary": 1, "router_samples": 1, "train_routers": 1,
+          "evaluate": routed_cells + 2 + 3, "report": 1, "all": 1}),  # + the oracle cells (search.mcts)
         ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
          {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1, "train_routers": 1,
-          "all": 1}),
+          "block_influence": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
+        ({"eval": {"knobs": [0.5]}}, {"evaluate": 3 + 1, "report": 1, "all": 1}),
+        ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 6, "report": 1, "all": 1}),
+        ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 3, "report": 1, "all": 1}),
     ]:
         (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-        result = snakemake("-n", "--configfile", "config/tiny.yaml", "overlay.yaml", cwd=work)
+        result = snakemake("-n", *configs, "overlay.yaml", cwd=work)
         assert planned_jobs(result) == expected, overlay

@@ -61,7 +61,7 @@ def read_cell(path) -> list[dict]:
 # Methods and benchmark entries
 # --------------------------------------------------------------------------------------------------------
 
-ROUTED_METHODS = ("router", "static", "random")  # need trained routers (static/random match their savings)
+LM_EVAL_METHODS = ("base", "router")  # lm-eval tasks run through the drllm model: all layers or routed (and @p)
 PLAIN_METHODS = ("base", "router", "static", "random", "oracle")
 
 
@@ -101,13 +101,16 @@ class EvalEntry:
     samples: int | None = None       # None = every record
     levels: tuple[int, ...] | None = None
     options: dict = field(default_factory=dict)  # answer format options
+    lm_eval: dict | None = None      # {task: name or config dict, metric, include_path, apply_chat_template}
 
     @classmethod
     def from_config(cls, name: str, block: dict, formats: dict | None = None) -> "EvalEntry":
-        known = {"benchmark", "split", "format", "samples", "levels", "options"}
+        known = {"benchmark", "split", "format", "samples", "levels", "options", "lm_eval"}
         unknown = sorted(set(block) - known)
         if unknown:
             raise ValueError(f"eval.benchmarks.{name}: unknown key(s) {unknown}; expected {sorted(known)}")
+        if block.get("lm_eval") is not None:
+            return cls._lm_eval_entry(name, block)
         for key in ("benchmark", "split", "format"):
             if not isinstance(block.get(key), str) or not block[key]:
                 raise ValueError(f"eval.benchmarks.{name}.{key} must be a non-empty string")
@@ -118,6 +121,26 @@ class EvalEntry:
         levels = block.get("levels")
         return cls(name, block["benchmark"], block["split"], block["format"], samples,
                    tuple(levels) if levels else None, options)
+
+
+    @classmethod
+    def _lm_eval_entry(cls, name: str, block: dict) -> "EvalEntry":
+        spec = block["lm_eval"]
+        where = f"eval.benchmarks.{name}.lm_eval"
+        known = {"task", "metric", "include_path", "apply_chat_template"}
+        if not isinstance(spec, dict) or sorted(set(spec) - known):
+            raise ValueError(f"{where} must be a mapping with keys among {sorted(known)}")
+        if not isinstance(spec.get("task"), (str, dict)) or not spec["task"]:
+            raise ValueError(f"{where}.task must be an lm-eval task name or a task config mapping")
+        if not isinstance(spec.get("metric"), str) or not spec["metric"]:
+            raise ValueError(f"{where}.metric must name the per-sample metric to report (acc, acc_norm, ...)")
+        extra = sorted(set(block) - {"lm_eval", "samples"})
+        if extra:
+            raise ValueError(f"eval.benchmarks.{name}: {extra} do not apply to an lm-eval task (only samples)")
+        samples = block.get("samples")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"eval.benchmarks.{name}.samples must be a positive integer or null, got {samples!r}")
+        return cls(name, name, "lm_eval", "lm_eval", samples, None, {}, dict(spec))
 
 
 def sample_examples(examples: list, entry: EvalEntry, seed: int) -> list:

@@ -417,3 +417,64 @@ def cut_at_stop(text: str, until: Sequence[str]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text
+
+
+# --------------------------------------------------------------------------------------------------------
+# One lm-eval task as an evaluation cell (drllm.evaluation rows)
+# --------------------------------------------------------------------------------------------------------
+
+def _prediction(filtered: Any) -> str:
+    """Multiple choice: the index of the best (log-likelihood, greedy) response; generation: the text."""
+    if isinstance(filtered, (list, tuple)) and filtered and all(
+            isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (int, float))
+            for item in filtered):
+        scores = [float(item[0]) for item in filtered]
+        return str(max(range(len(scores)), key=scores.__getitem__))
+    if isinstance(filtered, (list, tuple)) and len(filtered) == 1:
+        filtered = filtered[0]
+    return str(filtered)
+
+
+def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None = None, seed: int = 0,
+                  include_path: str | None = None, apply_chat_template: bool = False) -> list[dict]:
+    """Run one lm-eval task through `lm` and return one record per document, in document order.
+
+    task: a registered task name or a task config dict (e.g. a local json dataset). metric: the per-sample
+    metric to report as the score (acc, acc_norm, exact_match, f1...). Each record: example_id (doc_id),
+    prediction (the chosen option index, or the filtered generation), gold (lm-eval's target), score, path (routed
+    on the first request's context, as the adapter routes it), requests (sequences scored or generated) and
+    new_tokens (tokens of the generation; 0 for log-likelihood tasks).
+    """
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path, include_defaults=isinstance(task, str) or bool(include_path))
+    lm.reset_path_log()
+    results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=True,
+                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                      fewshot_random_seed=seed, apply_chat_template=apply_chat_template)
+    if not results or not results.get("samples"):
+        raise ValueError(f"lm-eval task {task if isinstance(task, str) else task.get('task')!r} returned no samples")
+    records = []
+    for name, samples in results["samples"].items():
+        for sample in sorted(samples, key=lambda s: s["doc_id"]):
+            if metric not in sample:
+                reported = sorted(k for k, v in sample.items() if isinstance(v, (int, float)) and k != "doc_id")
+                raise ValueError(f"lm-eval task {name!r} has no per-sample metric {metric!r}; it reports {reported}")
+            arguments = sample["arguments"]
+            first = arguments[0] if isinstance(arguments, (list, tuple)) else arguments
+            context = first[0] if isinstance(first, (list, tuple)) else str(first)
+            generated = not isinstance(first, (list, tuple)) or len(first) < 2 or isinstance(first[1], dict)
+            if generated:
+                prompt = lm._encode_prompt(context)
+                prediction = _prediction(sample["filtered_resps"])
+                new_tokens = len(lm.tokenizer.encode(prediction, add_special_tokens=False)) + 1
+            else:
+                prompt = lm._encode_pair(context, first[1])[0]
+                prediction, new_tokens = _prediction(sample["filtered_resps"]), 0
+            path = lm._paths_for([tuple(prompt[-lm.max_length:])])[0]
+            records.append({"example_id": f"{name}/{sample['doc_id']}" if len(results["samples"]) > 1
+                            else str(sample["doc_id"]), "prediction": prediction, "gold": str(sample["target"]),
+                            "score": float(sample[metric]), "path": path, "requests": len(arguments),
+                            "new_tokens": new_tokens})
+    return records

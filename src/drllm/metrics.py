@@ -144,7 +144,9 @@ def bootstrap_interval(values: Sequence[float], seed: int, resamples: int = 1000
     if array.size == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    means = array[rng.integers(0, array.size, size=(resamples, array.size))].mean(axis=1)
+    chunk = max(1, 2_000_000 // array.size)  # resample in chunks: memory stays bounded on full test sets
+    means = np.concatenate([array[rng.integers(0, array.size, size=(min(chunk, resamples - start), array.size))]
+                            .mean(axis=1) for start in range(0, resamples, chunk)])
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)

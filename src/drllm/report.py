@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from drllm.artifacts import ArtifactError, atomic_path, write_parquet, write_text
 from drllm.evaluation import read_cell
+from drllm.metrics import bootstrap_interval, wilson_interval
 
 Z95 = 1.959963984540054          # two-sided 95% normal quantile
 RESAMPLES = 2000                 # bootstrap resamples per interval
@@ -50,34 +51,6 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("repeat_share", pa.float64(), nullable=False),
     pa.field("seconds_per_example", pa.float64(), nullable=False),
 ])
-
-
-# --------------------------------------------------------------------------------------------------------
-# Intervals (kept local: small, and the report must not depend on a sibling module's choices)
-# --------------------------------------------------------------------------------------------------------
-
-def _wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval: unlike the normal approximation it stays inside [0, 1] and works at 0/n and n/n."""
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def _bootstrap_mean(values, seed: int, resamples: int = RESAMPLES) -> tuple[float, float]:
-    """Seeded percentile bootstrap of the mean (95%); resampled in chunks to bound memory for large n."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return math.nan, math.nan
-    if np.all(values == values[0]):  # no spread to resample
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // values.size)
-    means = np.concatenate([values[rng.integers(0, values.size, (min(chunk, resamples - start), values.size))]
-                            .mean(axis=1) for start in range(0, resamples, chunk)])
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def _is_binary(values) -> bool:
@@ -137,9 +110,9 @@ def summarize_cells(rows: list[dict], seed: int = 0, resamples: int = RESAMPLES)
     for (benchmark, method), cell in sorted(groups.items(), key=lambda kv: (kv[0][0], method_sort_key(kv[0][1]))):
         scores = np.array([r["score"] for r in cell], dtype=np.float64)
         if _is_binary(scores):
-            ci, ci_method = _wilson(scores.sum(), scores.size), "wilson"
+            ci, ci_method = wilson_interval(int(scores.sum()), int(scores.size), Z95), "wilson"
         else:
-            ci, ci_method = _bootstrap_mean(scores, seed, resamples), "bootstrap"
+            ci, ci_method = bootstrap_interval(scores, seed, resamples), "bootstrap"
         counts = np.concatenate([np.asarray(r["counts"], dtype=np.int64) for r in cell])
         paths = np.array([r["path_length"] for r in cell], dtype=np.float64)
         layers = np.array([r["num_layers"] for r in cell], dtype=np.float64)
@@ -174,7 +147,7 @@ def _versus_base(cell: list[dict], base: list[dict] | None, seed: int, resamples
     if not pairs:
         return {**empty, "n_paired": 0}
     diffs = np.array([r["score"] - b["score"] for r, b in pairs])
-    low, high = _bootstrap_mean(diffs, seed, resamples)
+    low, high = bootstrap_interval(diffs, seed, resamples)
     base_apps = sum(b["layer_applications"] for _, b in pairs)
     return {"n_paired": len(pairs), "delta_vs_base": float(diffs.mean()), "delta_ci_low": low,
             "delta_ci_high": high,

@@ -2,7 +2,8 @@
 
 Methods: base | router | router@<p> (control knob p) | static (needs --router-cell and --influence) |
 random (needs --router-cell) | oracle (MCTS with the gold answer). Finished examples are checkpointed
-(<out>.progress.jsonl), so a killed job resumes where it stopped.
+(<out>.progress.jsonl), so a killed job resumes where it stopped. An entry with `lm_eval: {task, metric}` runs
+that lm-eval task through the drllm lm-eval model instead (base, router and router@<p> only).
 
 Example:
   python workflow/scripts/evaluate.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -22,8 +23,8 @@ from drllm.artifacts import ArtifactError
 from drllm.baselines import (matched_removals, oracle_search, random_path, random_seed, read_influence,
                              static_path)
 from drllm.benchmarks import read_examples
-from drllm.evaluation import (CellContext, EvalEntry, EvaluationError, cell_accuracy, evaluate_examples,
-                              method_name, parse_method, read_cell, sample_examples, write_cell)
+from drllm.evaluation import (LM_EVAL_METHODS, CellContext, EvalEntry, EvaluationError, cell_accuracy,
+                              evaluate_examples, method_name, parse_method, read_cell, sample_examples, write_cell)
 from drllm.executor import PathExecutor
 from drllm.inference import RoutedModel
 from drllm.models import load_model, read_manifest
@@ -105,11 +106,51 @@ def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, router
     raise ValueError(f"unknown method kind {kind!r}")
 
 
+def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manifest: dict) -> list[dict]:
+    """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
+    import time
+
+    from drllm.lmeval import DrLLM, evaluate_task
+
+    if kind not in LM_EVAL_METHODS:
+        raise ValueError(f"method {kind!r} does not apply to the lm-eval task {entry.name!r} "
+                         f"(lm-eval tasks run {list(LM_EVAL_METHODS)} and router@<p>)")
+    if kind == "router" and not args.routers:
+        raise ValueError("method 'router' needs --routers (a trained router directory)")
+    lm = DrLLM(pretrained=args.model_dir, routers=args.routers if kind == "router" else None, knob=knob,
+               device=args.device, dtype=args.dtype)
+    started = time.perf_counter()
+    spec = entry.lm_eval
+    try:
+        records = evaluate_task(lm, spec["task"], spec["metric"], limit=entry.samples,
+                                seed=int(settings.get("seed", 0)), include_path=spec.get("include_path"),
+                                apply_chat_template=bool(spec.get("apply_chat_template", False)))
+    except Exception as exc:  # lm-eval raises many types; name the cell
+        raise EvaluationError(f"{entry.name}/{method_name(kind, knob)}: lm-eval failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    seconds = (time.perf_counter() - started) / max(1, len(records))
+    task_name = spec["task"] if isinstance(spec["task"], str) else spec["task"].get("task", entry.name)
+    rows = []
+    for index, record in enumerate(records):
+        path = record["path"]
+        passes = record["new_tokens"] if record["new_tokens"] else record["requests"]
+        rows.append({"benchmark": entry.name, "method": method_name(kind, knob), "model": manifest["name"],
+                     "example_id": record["example_id"], "example_index": index, "subset": None, "level": None,
+                     "source": f"lm-eval task {task_name}",
+                     "format": "lm_eval", "metric": spec["metric"], "prediction": record["prediction"],
+                     "gold": record["gold"], "score": record["score"], "correct": record["score"] >= 1.0,
+                     "path": list(path), "counts": path.counts(), "path_length": len(path),
+                     "num_layers": path.num_layers, "layer_applications": len(path) * passes,
+                     "new_tokens": record["new_tokens"], "knob": knob, "seconds": seconds})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", required=True, help="materialised model (resources/models/<name>)")
-    parser.add_argument("--data", required=True, help="benchmark records Parquet from the assets stage")
+    parser.add_argument("--data", default="", help="benchmark records Parquet from the assets stage "
+                                                    "(not for lm-eval tasks)")
     parser.add_argument("--entry-json", required=True,
                         help="the eval.benchmarks entry as JSON: name, benchmark, split, format, samples, levels, "
                              "options")
@@ -132,8 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         entry = parse_entry(args.entry_json, settings.get("formats", {}))
         kind, knob = parse_method(args.method)
         method = method_name(kind, knob)
-        answer_format = get_format(entry.format, **entry.options)
         manifest = read_manifest(args.model_dir)
+        if entry.lm_eval is not None:
+            rows = lm_eval_cell(args, entry, kind, knob, settings, manifest)
+            write_cell(args.out, rows)
+            print(f"evaluate: {entry.name}/{method}: {len(rows)} documents, lm-eval {entry.lm_eval['metric']} "
+                  f"{cell_accuracy(rows):.4f} -> {args.out}")
+            return 0
+        answer_format = get_format(entry.format, **entry.options)
         examples = sample_examples(read_examples(args.data), entry, int(settings.get("seed", 0)))
         if kind == "oracle" and settings.get("oracle", {}).get("samples"):
             examples = examples[:int(settings["oracle"]["samples"])]

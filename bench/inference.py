@@ -1,0 +1,154 @@
+"""Routed vs base generation speed and the routers' overhead, measured side by side in one run.
+
+On the same chat prompts (ARC test questions in the letter format), interleaved so drift hits every side alike:
+  * tokens/s of greedy generation of --new-tokens tokens (EOS ignored) at batch 1 and batch 8:
+    base (every layer) vs routed (routing on the prompt, batching by path), and the same routed paths run by the
+    plain executor (fixed path, no routing) to separate the routing cost from the path's cost
+  * router overhead: the routed prefill vs a fixed-path prefill along the same path, and the routers alone
+    (pooling + MLPs of all layers) as a share of one full forward of the prompt
+Routers: the trained ones (--routers, default results/routers/<model>) when present, else random routers made
+to skip (labelled so). --knob adds a control-knob setting that skips more.
+
+  python bench/inference.py                         # CPU fp32, SmolLM2 + trained routers from results/
+  python bench/inference.py --device cuda --dtype bfloat16 --new-tokens 256
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from drllm.benchmarks import load_benchmark
+from drllm.executor import PathExecutor
+from drllm.inference import RoutedModel, pad_left
+from drllm.models import load_model, read_manifest, resolve_device
+from drllm.router import RouterConfig, RouterStack
+from drllm.tasks import get_format
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def load_routers(args, manifest, device) -> tuple[RouterStack, str]:
+    directory = Path(args.routers or f"results/routers/{manifest['name']}")
+    if (directory / "routers.safetensors").is_file():
+        stack = RouterStack.from_pretrained(directory, expected_model=manifest["name"],
+                                            expected_layers=int(manifest["num_layers"]), device=device)
+        return stack, f"trained ({directory})"
+    stack = RouterStack(RouterConfig(manifest["name"], int(manifest["num_layers"]), int(manifest["hidden_size"])),
+                        seed=0)
+    with torch.no_grad():
+        for router in stack.routers:
+            router.fc2.bias.copy_(torch.tensor([1.0, 2.0, -5.0]))
+            router.fc2.weight.mul_(3.0)
+    return stack.to(device), "random, biased to skip (no trained routers found)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", default="resources/models/smollm2-135m-instruct")
+    parser.add_argument("--routers", default="", help="trained router directory (default results/routers/<model>)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--knob", type=float, default=-0.6, help="an extra router@p setting that skips more")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    model, tokenizer, manifest = load_model(args.model_dir, device=str(device), dtype=args.dtype)
+    executor = PathExecutor(model)
+    routers, routers_note = load_routers(args, read_manifest(args.model_dir), device)
+    answer_format = get_format("letter")
+    examples = load_benchmark("arc_easy", "test", limit=8)
+    prompts = [answer_format.encode(ex, tokenizer).prompt_ids for ex in examples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    print(f"# bench/inference.py  {datetime.date.today()}  {platform.node()}  torch {torch.__version__}  "
+          f"threads {torch.get_num_threads()}")
+    print(f"# model {manifest['name']} ({executor.num_layers} layers) on {device}, {model.dtype}; routers: "
+          f"{routers_note}; {args.new_tokens} new tokens, EOS ignored; median of {args.repeats}")
+
+    settings = {"base": RoutedModel(executor), "router": RoutedModel(executor, routers),
+                f"router@{args.knob:g}": RoutedModel(executor, routers, knob=args.knob)}
+    base_tokens_per_s: dict[int, float] = {}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        input_ids, attention_mask = pad_left(prompts[:batch], pad)
+        times: dict[str, list[float]] = {name: [] for name in settings}
+        fixed_times: dict[str, list[float]] = {name: [] for name in settings if name != "base"}
+        paths = {name: routed.route(input_ids, attention_mask) for name, routed in settings.items()}
+        for name, routed in settings.items():  # warm-up
+            routed.generate(input_ids, attention_mask, max_new_tokens=4, eos_token_id=[])
+
+        def fixed_paths(name):
+            """The routed paths without routing: the executor per distinct path (what routing decodes)."""
+            for path in dict.fromkeys(paths[name]):
+                rows = [i for i, p in enumerate(paths[name]) if p == path]
+                executor.generate(input_ids[rows], attention_mask[rows], path, max_new_tokens=args.new_tokens,
+                                  eos_token_id=[])
+
+        for _ in range(args.repeats):
+            for name, routed in settings.items():
+                times[name].append(timed(lambda: routed.generate(input_ids, attention_mask,
+                                                                 max_new_tokens=args.new_tokens,
+                                                                 eos_token_id=[]), device))
+                if name in fixed_times:
+                    fixed_times[name].append(timed(lambda: fixed_paths(name), device))
+        base = statistics.median(times["base"])
+        tokens = batch * args.new_tokens
+        base_tokens_per_s[batch] = tokens / base
+        print(f"\nbatch {batch}:")
+        print(f"  {'setting':<14} {'mean layers':>11} {'paths':>5} {'tokens/s':>9} {'vs base':>8} "
+              f"{'ideal':>6} {'fixed-path tokens/s':>20}")
+        for name in settings:
+            elapsed = statistics.median(times[name])
+            mean_layers = sum(len(p) for p in paths[name]) / batch
+            fixed = f"{tokens / statistics.median(fixed_times[name]):20.1f}" if name in fixed_times else " " * 20
+            print(f"  {name:<14} {mean_layers:11.2f} {len(set(paths[name])):5d} {tokens / elapsed:9.1f} "
+                  f"{base / elapsed:7.3f}x {executor.num_layers / max(mean_layers, 1e-9):5.3f}x {fixed}")
+
+    # router overhead on one prompt: routed prefill vs fixed-path prefill, and the routers alone vs a forward
+    ids = torch.tensor([prompts[0]], device=device)
+    routed = settings["router"]
+    path = routed.route(ids)[0]
+    state = executor.prefill(ids, None, None, keep_hidden=True, logits="last")
+    inputs = state.layer_inputs()
+    samples = {"routed prefill": [], "fixed-path prefill": [], "full forward": [], "routers alone": []}
+    for _ in range(max(5, args.repeats * 3)):
+        samples["routed prefill"].append(timed(lambda: routed.prefill(ids, None, use_cache=True), device))
+        samples["fixed-path prefill"].append(timed(lambda: executor.prefill(ids, None, path, use_cache=True,
+                                                                            logits="last"), device))
+        samples["full forward"].append(timed(lambda: executor.prefill(ids, None, None, use_cache=True,
+                                                                      logits="last"), device))
+        samples["routers alone"].append(timed(lambda: [routers.route(layer, inputs[layer])
+                                                       for layer in range(executor.num_layers)], device))
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"\nrouter overhead, prompt of {ids.shape[1]} tokens, routed path {len(path)} layers:")
+    for name, value in median.items():
+        print(f"  {name:<20} {value * 1e3:8.2f} ms")
+    routing = median["routed prefill"] - median["fixed-path prefill"]
+    print(f"  routers alone / full forward: {median['routers alone'] / median['full forward']:.2%}   "
+          f"routed / fixed-path prefill: {median['routed prefill'] / median['fixed-path prefill']:.3f}x")
+    print(f"  routing cost ({routing * 1e3:.2f} ms, once per prompt) / base generation of {args.new_tokens} tokens "
+          f"at batch 1: {routing / (args.new_tokens / base_tokens_per_s[1]):.2%}" if 1 in base_tokens_per_s else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
