@@ -48,6 +48,17 @@ def test_entries_validate_and_merge_format_options():
         EvalEntry.from_config("x", {"benchmark": "mmlu", "format": "cloze"})
 
 
+def test_lm_eval_entries_validate():
+    entry = EvalEntry.from_config("hs", {"lm_eval": {"task": "hellaswag", "metric": "acc_norm"}, "samples": 50})
+    assert entry.lm_eval == {"task": "hellaswag", "metric": "acc_norm"} and entry.samples == 50
+    with pytest.raises(ValueError, match="lm_eval.metric must name"):
+        EvalEntry.from_config("hs", {"lm_eval": {"task": "hellaswag"}})
+    with pytest.raises(ValueError, match=r"\['format'\] do not apply to an lm-eval task"):
+        EvalEntry.from_config("hs", {"lm_eval": {"task": "hellaswag", "metric": "acc"}, "format": "cloze"})
+    with pytest.raises(ValueError, match="lm_eval must be a mapping"):
+        EvalEntry.from_config("hs", {"lm_eval": {"task": "hellaswag", "metric": "acc", "shots": 5}})
+
+
 def _records(n=30):
     return [Example(id=f"q{i}", benchmark="dart", split="test", question=f"{i}+1?", answer=str(i + 1),
                     answers=[str(i + 1)], level=1 + i % 5, source="test") for i in range(n)]

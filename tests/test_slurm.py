@@ -24,7 +24,7 @@ def cluster_up() -> bool:
 
 
 @pytest.mark.skipif(not cluster_up(), reason="no SLURM cluster answers sinfo (run tests/slurm/start_cluster.sh)")
-def test_tiny_config_runs_through_real_slurm_jobs(tmp_path, smollm2_dir):
+def test_tiny_config_runs_through_real_slurm_jobs_to_the_report(tmp_path, smollm2_dir):
     work = workdir_copy(tmp_path)
     # the materialised model from the session fixture: the scheduler test is about the DAG, not the GGUF
     shutil.copytree(smollm2_dir, work / "resources" / "models" / "smollm2-135m-instruct")
@@ -35,4 +35,7 @@ def test_tiny_config_runs_through_real_slurm_jobs(tmp_path, smollm2_dir):
     out = result.stdout + result.stderr
     # every job went through sbatch (the plugin removes the SLURM logs of successful jobs)
     assert "has been submitted with SLURM jobid" in out and "rule_search_shard" in out
-    assert "rule_train_routers" in out
+    assert "rule_train_routers" in out and "rule_evaluate" in out
+    report = work / "results" / "report"
+    assert "agieval" in (report / "report.md").read_text()  # the finished report, skipped benchmark included
+    assert pl.read_parquet(report / "summary.parquet").height == 2 * 6  # arc_easy, squad x 6 methods

@@ -7,6 +7,7 @@ Every number is computed from the cells; the bootstrap is seeded so the report i
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -233,8 +234,25 @@ def _average(values: list[float], total: int, fmt) -> str:
     return text if len(values) == total else f"{text} ({len(values)}/{total})"
 
 
+def _sources(rows: list[dict]) -> dict[str, list[str]]:
+    sources: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        sources[row["benchmark"]].append(row["source"])
+    return sources
+
+
+def describe_sources(sources: Iterable[str]) -> str:
+    """Distinct data sources of a benchmark; many files under one package are summarised by their common part."""
+    distinct = sorted(set(sources))
+    if len(distinct) <= 3:
+        return "; ".join(distinct)
+    common = os.path.commonprefix(distinct)
+    return f"{len(distinct)} files under {common}… (e.g. {distinct[0]})"
+
+
 def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[str | Path],
-                    consensus: list[dict] | None = None, empty_cells: Iterable[str] = ()) -> str:
+                    consensus: list[dict] | None = None, empty_cells: Iterable[str] = (),
+                    sources: dict[str, list[str]] | None = None) -> str:
     """The report: Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, sources, figures."""
     benchmarks = sorted({r["benchmark"] for r in summary})
     methods = order_methods(r["method"] for r in summary)
@@ -294,7 +312,8 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
         out += ["", "## Empty cells", "", "These evaluation cells hold no examples and are left out of the tables:", ""]
         out += [f"- `{path}`" for path in empty_cells]
     out += ["", "## Data sources", ""]
-    out += [f"- **{b}**: {_joined(r['source'] for r in by_bench[b])}" for b in benchmarks] or ["_None._"]
+    sources = sources or {b: [r["source"] for r in by_bench[b]] for b in benchmarks}
+    out += [f"- **{b}**: {describe_sources(sources.get(b, []))}" for b in benchmarks] or ["_None._"]
     out += ["", "## Figures", ""]
     for figure in figures:
         name = Path(figure).name
@@ -476,5 +495,6 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     write_parquet(paths["summary"], summary, SUMMARY_SCHEMA, "report summary")
     paths["report"] = out_dir / "report.md"
     write_text(paths["report"], render_markdown(summary, skipped, [paths[n] for n in FIGURES],
-                                                consensus=routing_consensus(rows), empty_cells=empty))
+                                                consensus=routing_consensus(rows), empty_cells=empty,
+                                                sources=_sources(rows)))
     return paths
