@@ -35,11 +35,12 @@ lock:
 	  | sed 's/+cpu$$//'; } > requirements.lock
 	$(PY) tools/sync_envs.py
 
-# Side-by-side measurements recorded in BENCHMARKS.md (CPU; about 15 minutes in all on 2 cores).
+# Side-by-side measurements recorded in BENCHMARKS.md (CPU; about 25 minutes in all on 2 cores).
 bench: install
 	$(PY) bench/executor.py
 	$(PY) bench/search.py
 	$(PY) bench/train.py
+	$(PY) bench/inference.py
 
 clean-results:
 	rm -rf results .snakemake/incomplete
