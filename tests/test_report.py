@@ -11,7 +11,7 @@ from conftest import REPO
 from drllm.artifacts import ArtifactError
 from drllm.evaluation import write_cell
 from drllm.metrics import bootstrap_interval
-from drllm.report import (RESAMPLES, SUMMARY_SCHEMA, build_report, load_cells, order_methods,
+from drllm.report import (RESAMPLES, SUMMARY_SCHEMA, build_report, scores_by_level, load_cells, order_methods,
                           summarize_cells)
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -179,3 +179,12 @@ def test_cli(cells, tmp_path, capsys):
     skipped_file.write_text(json.dumps(SKIPPED))
     assert report_cli.main(["--cells", str(cells[0]), "--out-dir", str(out), "--skipped-json",
                             str(skipped_file)]) == 0
+
+
+def test_scores_by_level_only_for_benchmarks_with_several_levels():
+    rows = [{"benchmark": "dart", "method": "base", "level": level, "score": score}
+            for level, score in [(1, 1.0), (1, 0.0), (2, 1.0)]]
+    rows += [{"benchmark": "aime", "method": "base", "level": 5, "score": 0.0},
+             {"benchmark": "arc", "method": "base", "level": None, "score": 1.0}]
+    assert scores_by_level(rows) == [{"benchmark": "dart", "level": 1, "method": "base", "n": 2, "score": 0.5},
+                                     {"benchmark": "dart", "level": 2, "method": "base", "n": 1, "score": 1.0}]

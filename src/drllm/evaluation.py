@@ -144,7 +144,8 @@ class EvalEntry:
 
 
 def sample_examples(examples: list, entry: EvalEntry, seed: int) -> list:
-    """The entry's evaluated sample: its levels, then `samples` records drawn with a seed, in record order."""
+    """The entry's evaluated sample, in record order: `samples` records drawn with a seed; with `levels`, drawn
+    per level in equal shares (the first levels get the remainder) so every level is represented."""
     if entry.levels is not None:
         examples = [ex for ex in examples if ex.level in entry.levels]
     if not examples:
@@ -152,8 +153,13 @@ def sample_examples(examples: list, entry: EvalEntry, seed: int) -> list:
     if entry.samples is None or entry.samples >= len(examples):
         return list(examples)
     rng = np.random.default_rng(derived_seed(seed, "eval", entry.name))
-    keep = sorted(rng.choice(len(examples), size=entry.samples, replace=False).tolist())
-    return [examples[i] for i in keep]
+    strata = [[i for i, ex in enumerate(examples) if ex.level == level] for level in sorted(entry.levels or ())]
+    strata = [stratum for stratum in strata if stratum] or [list(range(len(examples)))]
+    keep: list[int] = []
+    for position, stratum in enumerate(strata):
+        quota = entry.samples // len(strata) + (position < entry.samples % len(strata))
+        keep += rng.choice(stratum, size=min(quota, len(stratum)), replace=False).tolist()
+    return [examples[i] for i in sorted(keep)]
 
 
 def gold_text(example) -> str:

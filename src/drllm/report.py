@@ -234,6 +234,17 @@ def _average(values: list[float], total: int, fmt) -> str:
     return text if len(values) == total else f"{text} ({len(values)}/{total})"
 
 
+def scores_by_level(rows: list[dict]) -> list[dict]:
+    """Mean score per benchmark x level x method, for benchmarks with two or more levels."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        if row.get("level") is not None:
+            groups[row["benchmark"], row["level"], row["method"]].append(row["score"])
+    multi = {b for b in {k[0] for k in groups} if len({k[1] for k in groups if k[0] == b}) > 1}
+    return [{"benchmark": b, "level": level, "method": m, "n": len(v), "score": float(np.mean(v))}
+            for (b, level, m), v in sorted(groups.items()) if b in multi]
+
+
 def _sources(rows: list[dict]) -> dict[str, list[str]]:
     sources: dict[str, list[str]] = defaultdict(list)
     for row in rows:
@@ -252,7 +263,7 @@ def describe_sources(sources: Iterable[str]) -> str:
 
 def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[str | Path],
                     consensus: list[dict] | None = None, empty_cells: Iterable[str] = (),
-                    sources: dict[str, list[str]] | None = None) -> str:
+                    sources: dict[str, list[str]] | None = None, by_level: list[dict] | None = None) -> str:
     """The report: Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, sources, figures."""
     benchmarks = sorted({r["benchmark"] for r in summary})
     methods = order_methods(r["method"] for r in summary)
@@ -306,6 +317,16 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
     else:
         out += ["_No router results._", ""]
 
+    if by_level:
+        level_methods = order_methods({r["method"] for r in by_level})
+        scores = {(r["benchmark"], r["level"], r["method"]): r for r in by_level}
+        keys = sorted({(r["benchmark"], r["level"]) for r in by_level})
+        out += ["## By difficulty level", "",
+                "Mean score in % (n) per level, for benchmarks whose examples carry one (DART / MATH).", ""]
+        out += [_table(["benchmark", "level", *level_methods],
+                       [[b, str(level), *[f"{_pct(scores[b, level, m]['score'])} ({scores[b, level, m]['n']})"
+                                          if (b, level, m) in scores else "–" for m in level_methods]]
+                        for b, level in keys]), ""]
     out += ["## Skipped benchmarks", ""]
     out += [f"- **{s['benchmark']}**: {s['reason']}" for s in skipped] or ["_None._"]
     if empty_cells:
@@ -496,5 +517,5 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     paths["report"] = out_dir / "report.md"
     write_text(paths["report"], render_markdown(summary, skipped, [paths[n] for n in FIGURES],
                                                 consensus=routing_consensus(rows), empty_cells=empty,
-                                                sources=_sources(rows)))
+                                                sources=_sources(rows), by_level=scores_by_level(rows)))
     return paths
