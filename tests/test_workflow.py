@@ -148,9 +148,13 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     for overlay, expected in [
         ({"train": {"epochs": 3}},
          {"train_routers": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
+        # the oracle's MCTS is search.mcts with eval.oracle.mcts over it (tiny sets its simulations)
         ({"search": {"mcts": {"simulations": 5}}},
          {"search_shard": 7, "search_summary": 1, "router_samples": 1, "train_routers": 1,
-          "evaluate": routed_cells + 2 + 2, "report": 1, "all": 1}),  # + the oracle cells (search.mcts)
+          "evaluate": routed_cells + 2, "report": 1, "all": 1}),
+        ({"search": {"mcts": {"length_penalty": 4.0}}},
+         {"search_shard": 7, "search_summary": 1, "router_samples": 1, "train_routers": 1,
+          "evaluate": routed_cells + 2 + 2, "report": 1, "all": 1}),  # + the two oracle cells
         ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
          {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1, "train_routers": 1,
           "block_influence": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
