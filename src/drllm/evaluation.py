@@ -201,7 +201,7 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
     done = done or {}
     rows = []
     num_layers = ctx.executor.num_layers
-    metric = getattr(ctx.answer_format, "metric", ctx.answer_format.name)
+    metric = ctx.answer_format.metric
     bar = tqdm(total=len(examples), desc=f"{ctx.entry.name}/{ctx.method}", unit="ex", disable=not progress,
                mininterval=2.0, file=sys.stderr)
     for index, example in enumerate(examples):
@@ -222,12 +222,11 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
         except Exception as exc:  # name the cell and the example, keep the cause
             raise EvaluationError(f"{ctx.entry.name}/{ctx.method}: example {example.id!r} (#{index}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
-        score = outcome.score if getattr(outcome, "score", None) is not None else float(outcome.correct)
         row = {
             "benchmark": ctx.entry.name, "method": ctx.method, "model": ctx.model,
             "example_id": example.id, "example_index": index, "subset": example.subset, "level": example.level,
             "source": example.source, "format": ctx.answer_format.name, "metric": metric,
-            "prediction": outcome.prediction, "gold": gold_text(example), "score": float(score),
+            "prediction": outcome.prediction, "gold": gold_text(example), "score": outcome.score,
             "correct": bool(outcome.correct), "path": list(path), "counts": path.counts(),
             "path_length": len(path), "num_layers": num_layers,
             "layer_applications": int(outcome.layer_applications), "new_tokens": int(outcome.new_tokens),

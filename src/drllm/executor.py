@@ -291,6 +291,20 @@ class PathExecutor:
         return self.continue_generation(state, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                                         pad_token_id=pad_token_id)
 
+    def stop_tokens(self, eos_token_id: int | Sequence[int] | None = None,
+                    pad_token_id: int | None = None) -> tuple[torch.Tensor, int]:
+        """(EOS ids as a tensor, pad id): the given ones, else the generation config's; pad falls back to EOS."""
+        if eos_token_id is None:
+            eos_token_id = self.model.generation_config.eos_token_id
+        eos = torch.tensor([] if eos_token_id is None else
+                           ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
+                           dtype=torch.long, device=self.device)
+        if pad_token_id is None:
+            pad_token_id = self.model.generation_config.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = int(eos[0]) if len(eos) else 0
+        return eos, int(pad_token_id)
+
     @torch.no_grad()
     def continue_generation(self, state: RunState, *, max_new_tokens: int = 32,
                             eos_token_id: int | Sequence[int] | None = None,
@@ -302,15 +316,7 @@ class PathExecutor:
         if state.cache is None or state.logits is None:
             raise ValueError("continue_generation needs a prefill with use_cache=True and logits")
         path = state.path
-        if eos_token_id is None:
-            eos_token_id = self.model.generation_config.eos_token_id
-        eos = torch.tensor([] if eos_token_id is None else
-                           ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
-                           dtype=torch.long, device=self.device)
-        if pad_token_id is None:
-            pad_token_id = self.model.generation_config.pad_token_id
-        if pad_token_id is None:
-            pad_token_id = int(eos[0]) if len(eos) else 0
+        eos, pad_token_id = self.stop_tokens(eos_token_id, pad_token_id)
         batch = state.input_ids.shape[0]
         logits = state.logits[:, -1]
         decoding = dataclasses.replace(state, cache=_copy_cache(state.cache))

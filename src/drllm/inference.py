@@ -216,13 +216,9 @@ class RoutedModel:
             (part.rows, self.executor.continue_generation(part.state, max_new_tokens=max_new_tokens,
                                                           eos_token_id=eos_token_id, pad_token_id=pad_token_id))
             for part in parts]
-        if pad_token_id is None:
-            pad_token_id = self.executor.model.generation_config.pad_token_id
-        if pad_token_id is None:
-            eos = eos_token_id if eos_token_id is not None else self.executor.model.generation_config.eos_token_id
-            pad_token_id = (eos if isinstance(eos, int) else (list(eos or [0]) or [0])[0])
+        _, pad_token_id = self.executor.stop_tokens(eos_token_id, pad_token_id)
         width = max(gen.tokens.shape[1] for _, gen in generations)
-        tokens = torch.full((batch, width), int(pad_token_id), dtype=torch.long, device=self.device)
+        tokens = torch.full((batch, width), pad_token_id, dtype=torch.long, device=self.device)
         num_new = torch.zeros(batch, dtype=torch.long, device=self.device)
         applications = torch.zeros(batch, dtype=torch.long, device=self.device)
         paths: list[LayerPath | None] = [None] * batch
@@ -236,21 +232,24 @@ class RoutedModel:
         return RoutedGeneration(tokens, num_new, applications, paths)  # type: ignore[arg-type]
 
     @torch.no_grad()
-    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-                      batch_size: int = 16) -> tuple[list[LogLikelihood], list[LayerPath]]:
-        """log p(continuation | context) per request, each along the path routed on its context.
+    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16,
+                      prompts: Sequence[Sequence[int]] | None = None) -> tuple[list[LogLikelihood], list[LayerPath]]:
+        """log p(continuation | context) per request, each along the path routed on its prompt.
 
-        Every distinct context is routed once; requests are then scored in batches that share a path.
-        Returns the results and each request's path.
+        prompts: what each request is routed on (default: its context). Every distinct prompt is routed once;
+        requests are then scored in batches that share a path. Returns the results and each request's path.
         """
-        contexts = sorted({tuple(context) for context, _ in requests})
-        routed = dict(zip(contexts, self.route_ids(contexts, batch_size)))
+        keys = [tuple(prompt) for prompt in (prompts if prompts is not None else [c for c, _ in requests])]
+        if len(keys) != len(requests):
+            raise ValueError(f"{len(keys)} routing prompts for {len(requests)} requests")
+        distinct = sorted(set(keys))
+        routed = dict(zip(distinct, self.route_ids(distinct, batch_size)))
         by_path: dict[LayerPath, list[int]] = {}
-        for index, (context, _) in enumerate(requests):
-            by_path.setdefault(routed[tuple(context)], []).append(index)
+        for index, key in enumerate(keys):
+            by_path.setdefault(routed[key], []).append(index)
         results: list[LogLikelihood | None] = [None] * len(requests)
         for path, indices in by_path.items():
             scored = self.executor.loglikelihood([requests[i] for i in indices], path, batch_size=batch_size)
             for i, result in zip(indices, scored):
                 results[i] = result
-        return results, [routed[tuple(context)] for context, _ in requests]  # type: ignore[return-value]
+        return results, [routed[key] for key in keys]  # type: ignore[return-value]

@@ -252,20 +252,14 @@ class DrLLM(TemplateLM):
 
     # -- scoring -----------------------------------------------------------------------------------------------
 
-    def _paths_for(self, prompts: Sequence[tuple[int, ...]]) -> list[LayerPath]:
-        """The routed path of each prompt (the base model's full path without routers, at no cost)."""
-        if self.routed.routers is None:
-            return [self.routed.executor.default_path()] * len(prompts)
-        return self.routed.route_ids([list(prompt) for prompt in prompts], batch_size=self.batch_size)
-
     def _score(self, items: Sequence[tuple[tuple[int, ...], list[int], list[int]]], kind: str,
                disable_tqdm: bool) -> list[LogLikelihood]:
-        """Score (routing prompt, context ids, continuation ids) items: each distinct prompt is routed once, then
-        the items are scored in batches that share a path (as RoutedModel.loglikelihood does)."""
+        """Score (routing prompt, context ids, continuation ids) items with RoutedModel.loglikelihood (each
+        distinct prompt routed once, batches that share a path), in chunks that never split a prompt."""
         order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), items[i][0]))
         chunk_size = max(4 * self.batch_size, 32)
         chunks, current = [], []
-        for position, index in enumerate(order):  # chunks never split a prompt: it is routed once
+        for position, index in enumerate(order):
             current.append(index)
             following = order[position + 1] if position + 1 < len(order) else None
             if following is None or (len(current) >= chunk_size and items[following][0] != items[index][0]):
@@ -275,17 +269,11 @@ class DrLLM(TemplateLM):
         paths: list[LayerPath | None] = [None] * len(items)
         with tqdm(total=len(items), disable=disable_tqdm or self.rank != 0, desc=f"drllm {kind}") as bar:
             for chunk in chunks:
-                prompts = sorted({items[i][0] for i in chunk}, key=lambda p: (-len(p), p))
-                routed = dict(zip(prompts, self._paths_for(prompts)))
-                by_path: dict[LayerPath, list[int]] = {}
-                for i in chunk:
-                    paths[i] = routed[items[i][0]]
-                    by_path.setdefault(paths[i], []).append(i)
-                for path, indices in by_path.items():
-                    scored = self.routed.executor.loglikelihood([(items[i][1], items[i][2]) for i in indices],
-                                                                path, batch_size=self.batch_size)
-                    for i, result in zip(indices, scored):
-                        results[i] = result
+                scored, routed = self.routed.loglikelihood([(items[i][1], items[i][2]) for i in chunk],
+                                                           batch_size=self.batch_size,
+                                                           prompts=[items[i][0] for i in chunk])
+                for i, result, path in zip(chunk, scored, routed):
+                    results[i], paths[i] = result, path
                 bar.update(len(chunk))
         self._record(kind, paths)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
@@ -472,7 +460,7 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
             else:
                 prompt = lm._encode_pair(context, first[1])[0]
                 prediction, new_tokens = _prediction(sample["filtered_resps"]), 0
-            path = lm._paths_for([tuple(prompt[-lm.max_length:])])[0]
+            path = lm.routed.route_ids([prompt[-lm.max_length:]])[0]
             records.append({"example_id": f"{name}/{sample['doc_id']}" if len(results["samples"]) > 1
                             else str(sample["doc_id"]), "prediction": prediction, "gold": str(sample["target"]),
                             "score": float(sample[metric]), "path": path, "requests": len(arguments),

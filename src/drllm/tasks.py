@@ -347,6 +347,12 @@ class _GenerateFormat(AnswerFormat):
     """Greedy generation on a batch of one along the path, then grading of the decoded text."""
 
     kind = "generate"
+    option_names = ("max_new_tokens",)
+    default_max_new_tokens: ClassVar[int] = 32
+
+    def __init__(self, max_new_tokens: int | None = None):
+        self.max_new_tokens = (self.default_max_new_tokens if max_new_tokens is None
+                               else _positive_int("max_new_tokens", max_new_tokens))
 
     def _encoded(self, example, tokenizer, user_text: str, chat_template: bool, max_new_tokens: int,
                  gold: Any, options: tuple[str, ...] = ()) -> Encoded:
@@ -407,7 +413,7 @@ class LetterFormat(_GenerateFormat):
         prediction = LETTERS[choice] if choice is not None else text.strip()
         correct = choice is not None and choice == encoded.gold
         return Outcome(correct=correct, prediction=prediction, layer_applications=layer_applications,
-                       new_tokens=new_tokens, generation=text, choice=choice, score=float(correct))
+                       new_tokens=new_tokens, generation=text, choice=choice)
 
 
 class BoxedFormat(_GenerateFormat):
@@ -415,10 +421,7 @@ class BoxedFormat(_GenerateFormat):
 
     name = "boxed"
     metric = "math_equiv"
-    option_names = ("max_new_tokens",)
-
-    def __init__(self, max_new_tokens: int = 15):
-        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+    default_max_new_tokens = 15
 
     @staticmethod
     def prompt(example) -> str:
@@ -434,8 +437,7 @@ class BoxedFormat(_GenerateFormat):
         answer = extract_boxed(text)
         correct = answer is not None and any(math_equal(answer, gold) for gold in encoded.gold)
         return Outcome(correct=correct, prediction=answer if answer is not None else text.strip(),
-                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text,
-                       score=float(correct))
+                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text)
 
 
 class GSM8KFormat(_GenerateFormat):
@@ -443,10 +445,7 @@ class GSM8KFormat(_GenerateFormat):
 
     name = "gsm8k"
     metric = "strict_match"
-    option_names = ("max_new_tokens",)
-
-    def __init__(self, max_new_tokens: int = 256):
-        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+    default_max_new_tokens = 256
 
     @staticmethod
     def prompt(example) -> str:
@@ -462,8 +461,7 @@ class GSM8KFormat(_GenerateFormat):
         answer = gsm8k_strict(text)
         correct = answer is not None and any(gsm8k_equal(answer, gold) for gold in encoded.gold)
         return Outcome(correct=correct, prediction=answer if answer is not None else text.strip(),
-                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text,
-                       score=float(correct))
+                       layer_applications=layer_applications, new_tokens=new_tokens, generation=text)
 
 
 _ANSWER_PREFIX = re.compile(r"^answer\s*:\s*", re.IGNORECASE)
@@ -483,10 +481,7 @@ class QAFormat(_GenerateFormat):
 
     name = "qa"
     metric = "f1"
-    option_names = ("max_new_tokens",)
-
-    def __init__(self, max_new_tokens: int = 32):
-        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+    default_max_new_tokens = 32
 
     @staticmethod
     def prompt(example) -> str:
@@ -550,7 +545,7 @@ class ClozeFormat(AnswerFormat):
         correct = choice == encoded.gold
         outcome = Outcome(correct=correct, prediction=encoded.options[choice],
                           layer_applications=len(state.path) * encoded.rows, new_tokens=0, choice=choice,
-                          scores=tuple(scores), score=float(correct))
+                          scores=tuple(scores))
         return outcome, state
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from drllm.artifacts import ArtifactError
@@ -108,8 +109,6 @@ def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, router
 
 def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manifest: dict) -> list[dict]:
     """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
-    import time
-
     from drllm.lmeval import DrLLM, evaluate_task
 
     if kind not in LM_EVAL_METHODS:
