@@ -6,13 +6,20 @@ sample (`build_feature_cache`) gives a tensor [N, L, W, d], and every epoch afte
 that tensor (`train_routers`). `train_full_forward` is the literal version, which reruns the frozen model along the
 labelled path at every step and pools on the fly; it exists to show that both give the same losses.
 
-Decisions where the paper is silent (all configurable through `TrainConfig`):
-* class weights come from the training split's labels; a class with no training label gets weight 0 before the
-  normalisation to sum 3 (its effective number is 0 and (1-beta)/(1-beta^0) is undefined); such a class never
-  occurs as a training target, so only the validation loss sees the 0;
+Decisions where the paper is silent or where we differ (all configurable through `TrainConfig`):
+* class weights (`class_weights`): "none" (uniform, the default), "effective" (the paper's effective-number
+  weights from the training split's labels, `beta`) or "fixed" (`fixed_weights`), all normalised to sum 3. With a
+  few hundred labels beta = 0.999 is close to inverse frequency, so skip and repeat outweigh the execute prior;
+  uniform weights measured best there. In "effective" mode a class with no training label gets weight 0 before
+  the normalisation (its effective number is 0 and (1-beta)/(1-beta^0) is undefined); such a class never occurs as
+  a training target, so only the validation loss sees the 0;
 * the learning-rate multiplier for optimizer step s (0-based) is (s+1)/warmup during warm-up, then a half cosine
-  from 1 to 0 over the remaining steps; when the run has fewer optimizer steps than `warmup_steps` the warm-up is
-  clamped to the total (the LR then only ramps up) and a note says so;
+  from 1 to 0 over the remaining steps, falling at every step (~0 at the last step, exactly 0 one step later, so
+  no step is wasted at LR 0). The warm-up is `warmup_fraction` of the total steps (default 5%); an absolute
+  `warmup_steps` (paper: 500) is capped at half the total steps, with a note, so the LR always decays (500 steps
+  would otherwise outlast a small run);
+* the routers kept are those of the epoch with the best validation macro-F1 (`select_epoch`; ties -> the earlier
+  epoch), or the last epoch when there is no validation split (with a note);
 * AdamW's weight decay applies to all router parameters (weights and biases); no gradient clipping unless
   `max_grad_norm` is set;
 * routers, logits and the loss are float32 (the paper's bf16 concerns the base model's forward pass);
@@ -59,6 +66,7 @@ METRICS_SCHEMA = pa.schema([
     pa.field("learning_rate", pa.float64(), nullable=False),  # at the epoch's last optimizer step
     pa.field("steps", pa.int64(), nullable=False),            # optimizer steps so far
     pa.field("seconds", pa.float64(), nullable=False),        # training + validation time of the epoch
+    pa.field("selected", pa.bool_(), nullable=False),         # the epoch whose routers were kept (one row)
 ])
 METRIC_COLUMNS = tuple(METRICS_SCHEMA.names)
 
@@ -112,12 +120,28 @@ def read_samples(path) -> list[TrainingSample]:
 
 
 def write_metrics(path, rows: Sequence[dict]) -> None:
+    """One row per epoch; exactly one row has `selected` true (the routers that were saved)."""
+    flags = [row.get("selected") for row in rows]
+    if any(not isinstance(flag, bool) for flag in flags) or sum(flags) != 1:
+        raise ArtifactError(f"training metrics: the 'selected' column must be true on exactly one row and false "
+                            f"on the others, got {flags}")
     write_parquet(path, [{name: row.get(name) for name in METRIC_COLUMNS} for row in rows], METRICS_SCHEMA,
                   "training metrics")
 
 
 def read_metrics(path) -> list[dict]:
-    return read_parquet(path, METRICS_SCHEMA, "training metrics").to_pylist()
+    rows = read_parquet(path, METRICS_SCHEMA, "training metrics").to_pylist()
+    if sum(row["selected"] for row in rows) != 1:
+        raise ArtifactError(f"training metrics {path}: 'selected' must be true on exactly one row")
+    return rows
+
+
+def selected_row(rows: Sequence[dict]) -> dict:
+    """The metrics row of the epoch whose routers were kept."""
+    chosen = [row for row in rows if row.get("selected")]
+    if len(chosen) != 1:
+        raise ArtifactError(f"training metrics: {len(chosen)} rows are selected, expected exactly one")
+    return chosen[0]
 
 
 def validate_samples(samples: Sequence[TrainingSample], num_layers: int, vocab_size: int | None = None) -> None:
@@ -163,20 +187,28 @@ def split_samples(samples: Sequence[TrainingSample], val_fraction: float,
 # --------------------------------------------------------------------------------------------------------
 
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CLASS_WEIGHT_MODES = ("none", "effective", "fixed")
+SELECT_EPOCH = ("val_macro_f1", "val_loss", "last")
 
 
 @dataclass
 class TrainConfig:
-    """Every training knob, with the paper's values as defaults (METHOD.md §3, §5)."""
+    """Every training knob: the paper's values (METHOD.md §3, §5) except class_weights (paper: "effective"),
+    the warm-up (paper: warmup_steps 500) and select_epoch (paper silent; "last" keeps the paper's plain run),
+    whose paper settings suit ~4,000 samples but not a few hundred; config/paper.yaml sets the paper's."""
 
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 500
+    warmup_steps: int | None = None       # absolute warm-up (paper 500), capped at half the total steps
+    warmup_fraction: float | None = 0.05  # warm-up as a share of the total steps; null to use warmup_steps
     epochs: int = 25
     batch_size: int = 16            # samples per micro-batch
     grad_accumulation: int = 1      # effective batch = batch_size * grad_accumulation (paper: 16)
     gamma: float = 2.0              # focal loss
-    beta: float = 0.999             # class-balanced weights
+    class_weights: str = "none"     # "none" (uniform), "effective" (paper, uses beta) or "fixed" (fixed_weights)
+    beta: float = 0.999             # effective-number class weights
+    fixed_weights: list[float] | None = None  # [skip, execute, repeat] for class_weights "fixed"
+    select_epoch: str = "val_macro_f1"  # or "val_loss" or "last": which epoch's routers are kept
     windows: int = 8
     hidden: int = 128
     val_fraction: float = 0.1
@@ -191,10 +223,42 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"train config: {name} must be an integer >= 1, got {value!r}")
-        for name in ("warmup_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"train config: {name} must be an integer >= 0, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"train config: seed must be an integer >= 0, got {self.seed!r}")
+        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool) or
+                                              not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise ValueError(f"train config: warmup_steps must be an integer >= 0 or null, got {self.warmup_steps!r}")
+        if self.warmup_fraction is not None:
+            value = self.warmup_fraction
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or not 0.0 <= value < 1.0):
+                raise ValueError(f"train config: warmup_fraction must be a number in [0, 1) or null, got {value!r}")
+            self.warmup_fraction = float(value)
+        if self.warmup_steps is not None and self.warmup_fraction is not None:
+            raise ValueError(f"train config: warmup_steps ({self.warmup_steps}) and warmup_fraction "
+                             f"({self.warmup_fraction}) are both set; set one and the other to null "
+                             "(warmup_fraction defaults to 0.05)")
+        if self.warmup_steps is None and self.warmup_fraction is None:
+            raise ValueError("train config: warmup_steps and warmup_fraction are both null; set one of them")
+        if self.class_weights not in CLASS_WEIGHT_MODES:
+            raise ValueError(f"train config: class_weights must be one of {list(CLASS_WEIGHT_MODES)}, "
+                             f"got {self.class_weights!r}")
+        if self.class_weights == "fixed":
+            weights = self.fixed_weights
+            if (not isinstance(weights, (list, tuple)) or len(weights) != len(CLASSES)
+                    or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
+                           for w in weights) or sum(weights) <= 0):
+                raise ValueError(f"train config: fixed_weights must be {len(CLASSES)} numbers >= 0 "
+                                 f"[{', '.join(CLASSES)}] with a positive sum when class_weights is 'fixed', "
+                                 f"got {weights!r}")
+            self.fixed_weights = [float(w) for w in weights]
+        elif self.fixed_weights is not None:
+            # silently ignoring them would train with other weights than the config shows
+            raise ValueError(f"train config: fixed_weights is set but class_weights is {self.class_weights!r}; "
+                             "set class_weights to 'fixed' or fixed_weights to null")
+        if self.select_epoch not in SELECT_EPOCH:
+            raise ValueError(f"train config: select_epoch must be one of {list(SELECT_EPOCH)}, "
+                             f"got {self.select_epoch!r}")
         for name in ("lr", "weight_decay", "gamma", "beta", "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -260,6 +324,18 @@ def class_weights(counts: Sequence[int], beta: float = 0.999) -> torch.Tensor:
     if sum(int(n) for n in counts) == 0:
         raise ValueError("class counts are all zero: no labels")
     raw = [0.0 if int(n) == 0 else (1.0 - beta) / (1.0 - beta ** int(n)) for n in counts]
+    total = sum(raw)
+    return torch.tensor([len(CLASSES) * w / total for w in raw], dtype=torch.float32)
+
+
+def train_class_weights(counts: Sequence[int], config: "TrainConfig") -> torch.Tensor:
+    """The class weights `config.class_weights` asks for, summing to 3: uniform ("none"), effective-number
+    ("effective", `config.beta`) or `config.fixed_weights` normalised ("fixed")."""
+    if config.class_weights == "effective":
+        return class_weights(counts, config.beta)
+    if len(counts) != len(CLASSES):
+        raise ValueError(f"need {len(CLASSES)} class counts, got {list(counts)}")
+    raw = [1.0] * len(CLASSES) if config.class_weights == "none" else list(config.fixed_weights)
     total = sum(raw)
     return torch.tensor([len(CLASSES) * w / total for w in raw], dtype=torch.float32)
 
@@ -451,7 +527,8 @@ class TrainHistory:
     val_samples: int = 0
     steps_per_epoch: int = 0
     total_steps: int = 0
-    warmup_steps: int = 0  # after clamping
+    warmup_steps: int = 0  # the warm-up actually used (from warmup_fraction, or warmup_steps after the cap)
+    selected_epoch: int = 0  # the epoch whose routers the stack holds after training (1-based)
     step_losses: list[float] = field(default_factory=list)  # mean loss of each optimizer step's effective batch
     notes: list[str] = field(default_factory=list)
 
@@ -459,12 +536,36 @@ class TrainHistory:
         return dataclasses.asdict(self)
 
 
+def resolve_warmup(config: TrainConfig, total_steps: int) -> tuple[int, list[str]]:
+    """(warm-up steps, notes) for a run of `total_steps` optimizer steps.
+
+    warmup_fraction: round(fraction x total), at least 1 when the fraction is > 0, and below the total when the
+    run has 2+ steps (so at least one step decays). warmup_steps: that count, capped at half the total steps.
+    """
+    notes = []
+    if config.warmup_fraction is not None:
+        warmup = round(config.warmup_fraction * total_steps)
+        if config.warmup_fraction > 0:
+            warmup = max(warmup, 1)
+        if total_steps >= 2 and warmup >= total_steps:
+            notes.append(f"warm-up of {warmup} steps ({config.warmup_fraction:g} of {total_steps}) cut to "
+                         f"{total_steps - 1} so the LR decays")
+            warmup = total_steps - 1
+        return warmup, notes
+    warmup = min(config.warmup_steps, total_steps // 2)
+    if warmup < config.warmup_steps:
+        notes.append(f"warm-up capped from {config.warmup_steps} to {warmup} steps (half of the run's {total_steps} "
+                     f"optimizer steps) so the LR decays")
+    return warmup, notes
+
+
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR factor of optimizer step `step` (0-based): linear warm-up to 1, then a half cosine to 0."""
+    """LR factor of optimizer step `step` (0-based): linear warm-up reaching 1 at step warmup-1, then a half
+    cosine falling at every step, to ~0 at the last step and 0 one step later (so no step runs at LR 0)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    decay_steps = max(1, total_steps - warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps + 1) / decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -499,17 +600,19 @@ def _train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[tor
     if count == 0:
         raise ArtifactError("no training samples")
     counts = label_counts(labels)
-    weights = class_weights(counts, config.beta).to(stack.device)
+    weights = train_class_weights(counts, config).to(stack.device)
     steps_per_epoch = math.ceil(count / config.effective_batch)
     total_steps = steps_per_epoch * config.epochs
-    warmup = min(config.warmup_steps, total_steps)
+    warmup, notes = resolve_warmup(config, total_steps)
     history = TrainHistory(class_counts=counts, class_weights=weights.tolist(), train_samples=count,
                            val_samples=val_count, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                           warmup_steps=warmup)
-    if warmup < config.warmup_steps:
-        history.notes.append(f"warm-up clamped from {config.warmup_steps} to {warmup} steps: the run has only "
-                             f"{total_steps} optimizer steps ({count} samples, effective batch "
-                             f"{config.effective_batch}, {config.epochs} epochs); the LR never decays")
+                           warmup_steps=warmup, notes=notes)
+    select = config.select_epoch
+    if select != "last" and (evaluate is None or not val_count):
+        history.notes.append(f"select_epoch {select!r} needs validation samples and there are none: "
+                             "the last epoch's routers are kept")
+        select = "last"
+    best_key, best_epoch, best_state = None, 0, None
     if log:
         for note in history.notes:
             log(f"note: {note}")
@@ -542,7 +645,8 @@ def _train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[tor
             step += 1
         row = {"epoch": epoch, "train_loss": epoch_loss / count, "val_loss": None, "val_macro_f1": None,
                "val_recall_skip": None, "val_recall_execute": None, "val_recall_repeat": None,
-               "val_layer_accuracy": None, "val_accuracy_by_layer": None, "learning_rate": last_lr, "steps": step}
+               "val_layer_accuracy": None, "val_accuracy_by_layer": None, "learning_rate": last_lr, "steps": step,
+               "selected": False}
         if evaluate is not None and val_count:
             stack.eval()
             with torch.no_grad():
@@ -555,6 +659,16 @@ def _train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[tor
                         "val_accuracy_by_layer": result["accuracy_by_layer"]})
         if stack.device.type == "cuda":
             torch.cuda.synchronize(stack.device)
+        if select != "last":
+            # lower is better; a NaN metric never beats a number; strict '<' keeps the earlier epoch on a tie
+            value = row[select]
+            if value is None or math.isnan(value):
+                key = math.inf
+            else:
+                key = -value if select == "val_macro_f1" else value
+            if best_key is None or key < best_key:
+                best_key, best_epoch = key, epoch
+                best_state = {name: tensor.detach().clone() for name, tensor in stack.state_dict().items()}
         row["seconds"] = time.perf_counter() - started
         history.epochs.append(row)
         if log:
@@ -562,6 +676,16 @@ def _train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[tor
                                                       f"{row['val_macro_f1']:.3f}  acc {row['val_layer_accuracy']:.4f}")
             log(f"epoch {epoch}/{config.epochs}  train loss {row['train_loss']:.4f}{val}  "
                 f"lr {last_lr:.2e}  {row['seconds']:.2f}s")
+    if select == "last":
+        best_epoch = config.epochs
+    else:
+        stack.load_state_dict(best_state)
+    history.selected_epoch = best_epoch
+    history.epochs[best_epoch - 1]["selected"] = True
+    if log:
+        chosen = history.epochs[best_epoch - 1]
+        detail = "" if select == "last" else f" ({select} {chosen[select]:.4f})"
+        log(f"kept the routers of epoch {best_epoch}/{config.epochs}{detail}")
     stack.eval()
     return history
 
@@ -593,7 +717,8 @@ def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
 
     AdamW (lr, weight_decay), cosine schedule with warm-up, `epochs` passes in a seeded order (torch.Generator
     seeded with config.seed), micro-batches of batch_size accumulated grad_accumulation times per step, focal
-    loss with class-balanced weights from the training labels. Only `stack`'s parameters are touched.
+    loss with `config.class_weights` weights. At the end `stack` holds the routers of the selected epoch
+    (`config.select_epoch`, history.selected_epoch). Only `stack`'s parameters are touched.
     """
     if len(cache) == 0:
         raise ArtifactError("no training samples in the feature cache")

@@ -4,9 +4,11 @@ Reads training samples (Parquet, drllm.training.SAMPLES_SCHEMA: prompt_id, input
 search encoded them, labels = per-layer counts 0/1/2), splits them by prompt, builds the teacher-forced feature
 cache with one forward pass per sample, trains the routers on it and writes to --out-dir:
 
-  routers.safetensors, router_config.json   the trained stack (RouterStack.from_pretrained)
-  metrics.parquet                            one row per epoch (drllm.training.METRICS_SCHEMA)
-  train_summary.json                         class counts and weights, split sizes, schedule, notes, timings
+  routers.safetensors, router_config.json   the stack of the selected epoch (RouterStack.from_pretrained)
+  metrics.parquet                            one row per epoch (drllm.training.METRICS_SCHEMA; `selected` marks
+                                             the epoch whose routers were saved)
+  train_summary.json                         class counts and weights, split sizes, schedule, selected epoch,
+                                             notes, timings
   training_curves.png, label_distribution.png
 
 Example:
@@ -28,8 +30,9 @@ import torch
 from drllm.artifacts import ArtifactError, atomic_path, write_json
 from drllm.models import read_manifest, resolve_device, resolve_dtype
 from drllm.router import CLASSES, RouterConfig, RouterStack
-from drllm.training import (TrainConfig, build_feature_cache, class_weights, label_counts, pick_cache_device,
-                            read_samples, split_samples, train_routers, validate_samples, write_metrics)
+from drllm.training import (TrainConfig, build_feature_cache, label_counts, pick_cache_device, read_samples,
+                            selected_row, split_samples, train_class_weights, train_routers, validate_samples,
+                            write_metrics)
 
 
 def parse_config(text: str) -> TrainConfig:
@@ -70,7 +73,6 @@ def plot_curves(path: Path, epochs: list[dict]) -> None:
     if any(row["val_loss"] is not None for row in epochs):
         left.plot(xs, [_nan(row["val_loss"]) for row in epochs], marker="o", label="validation")
     left.set(xlabel="epoch", ylabel="focal loss", title="loss")
-    left.legend()
     series = [("val_macro_f1", "macro-F1"), ("val_layer_accuracy", "per-layer accuracy"),
               ("val_recall_skip", "recall skip"), ("val_recall_execute", "recall execute"),
               ("val_recall_repeat", "recall repeat")]
@@ -81,9 +83,13 @@ def plot_curves(path: Path, epochs: list[dict]) -> None:
     right.set(xlabel="epoch", ylim=(-0.02, 1.02), title="validation")
     from matplotlib.ticker import MaxNLocator
 
+    selected = [row["epoch"] for row in epochs if row.get("selected")]
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if right.lines:
+        for epoch in selected:  # the epoch whose routers were saved
+            axis.axvline(epoch, color="black", linestyle="--", linewidth=0.8, label=f"kept (epoch {epoch})")
+    left.legend()
+    if len(right.lines) > len(selected):
         right.legend(fontsize=8)
     else:
         right.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=right.transAxes)
@@ -159,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ArtifactError(f"{args.model_dir}: manifest says {num_layers} layers, the model has "
                                 f"{executor.num_layers}")
         counts = label_counts([s.labels for s in train])
-        weights = class_weights(counts, config.beta)
+        weights = train_class_weights(counts, config)
         print(f"train_routers: {manifest['name']} ({num_layers} layers, d={hidden_size}); {len(train)} train / "
               f"{len(val)} validation samples (split by prompt, seed {config.seed})")
         print("train_routers: class counts " + ", ".join(f"{n}={c}" for n, c in zip(CLASSES, counts)))
-        print("train_routers: class weights (beta {}) ".format(config.beta)
+        mode = {"effective": f"effective, beta {config.beta}"}.get(config.class_weights, config.class_weights)
+        print(f"train_routers: class weights ({mode}) "
               + ", ".join(f"{n}={w:.4f}" for n, w in zip(CLASSES, weights.tolist())))
         started = time.perf_counter()
         cache_device = pick_cache_device(len(samples), num_layers, config.windows, hidden_size, config.cache_dtype,
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.update({"model": manifest["name"], "num_layers": num_layers, "hidden_size": hidden_size,
                         "router_parameters": stack.num_parameters(), "config": config.to_dict(),
                         "cache_seconds": cache_seconds, "train_seconds": train_seconds,
-                        "cache_bytes": cache.nbytes, "final": history.epochs[-1]})
+                        "cache_bytes": cache.nbytes, "selected_epoch": history.selected_epoch,
+                        "selected": selected_row(history.epochs), "final": history.epochs[-1]})
         write_json(out / "train_summary.json", summary)
         plot_curves(out / "training_curves.png", history.epochs)
         plot_label_distribution(out / "label_distribution.png", [list(s.labels) for s in samples],
