@@ -26,4 +26,5 @@ rule all:
         DATA_FILES,
         f"results/search/{MODEL}/summary.parquet",
         f"results/routers/{MODEL}/routers.safetensors",
+        f"results/routers/{MODEL}/calibration.json",
         f"results/report/report.md",

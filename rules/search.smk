@@ -1,7 +1,8 @@
 # Prompts + search stages: a seeded prompt set per task, MCTS shards per task, the Table 2 summary.
 
 SEARCH = config["search"]
-SEARCH_TASKS = SEARCH["tasks"]
+# `samples: 0` disables a task: config overlays merge key by key and cannot delete one.
+SEARCH_TASKS = {name: block for name, block in SEARCH["tasks"].items() if block["samples"] > 0}
 SEARCH_SHARDS = [
     f"results/search/{MODEL}/{task}/shard-{shard}.parquet"
     for task in SEARCH_TASKS
@@ -52,7 +53,7 @@ rule search_shard:
         python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
-            {key: SEARCH[key] for key in ("mcts", "seed", "chat_template", "prefix_cache", "formats") if key in SEARCH},
+            {key: SEARCH[key] for key in ("mcts", "reward", "seed", "chat_template", "prefix_cache", "formats") if key in SEARCH},
             sort_keys=True,
         ),
         num_shards=SEARCH["shards"],

@@ -62,3 +62,57 @@ rule train_routers:
         "{params.python} {input.script} --model-dir {params.model_dir} --samples {input.samples} "
         "--config-json {params.train:q} --out-dir {params.out_dir} --device {params.device} "
         "--dtype {params.dtype} > {log} 2>&1"
+
+
+# Calibration (drllm.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
+# `samples: 0` disables a set (overlays cannot delete a key).
+CALIBRATE = {
+    **config["calibrate"],
+    "sets": {name: block for name, block in config["calibrate"]["sets"].items() if block.get("samples") != 0},
+}
+
+
+def calibration_data(wildcards=None):
+    return {
+        name: "resources/data/{benchmark}/{split}.parquet".format(**block)
+        for name, block in sorted(CALIBRATE["sets"].items())
+    }
+
+
+rule calibrate_routers:
+    input:
+        manifest=f"{MODEL_DIR}/drllm_model.json",
+        weights=f"{ROUTER_DIR}/routers.safetensors",
+        prompts=expand("results/prompts/{task}.parquet", task=SEARCH_TASKS),
+        data=list(calibration_data().values()),
+        script=f"{workflow.basedir}/workflow/scripts/calibrate_routers.py",
+    output:
+        f"{ROUTER_DIR}/calibration.json",
+    params:
+        python=PYTHON,
+        model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+        routers=lambda wildcards, input: os.path.dirname(input.weights),
+        data=" ".join(f"{name}={path}" for name, path in calibration_data().items()),
+        settings=json.dumps(
+            {
+                **CALIBRATE,
+                "formats": EVAL.get("formats", {}),
+                "chat_template": EVAL.get("chat_template", True),
+            },
+            sort_keys=True,
+        ),
+        device=config["runtime"]["device"],
+        dtype=config["runtime"]["dtype"],
+    log:
+        f"logs/calibrate_routers/{MODEL}.log",
+    benchmark:
+        f"benchmarks/calibrate_routers/{MODEL}.tsv"
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --model-dir {params.model_dir} --routers {params.routers} "
+        "--data {params.data} --prompts {input.prompts} --config-json {params.settings:q} --no-progress "
+        "--device {params.device} --dtype {params.dtype} --out {output} > {log} 2>&1"

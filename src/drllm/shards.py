@@ -51,6 +51,7 @@ SHARD_SCHEMA = pa.schema([
     pa.field("evaluated", pa.list_(EVALUATED)),                 # every evaluated path with its reward
     pa.field("max_fanout", pa.int64(), nullable=False),
     pa.field("max_depth", pa.int64(), nullable=False),
+    pa.field("reward", pa.string(), nullable=False),           # which reward judged the paths (drllm.rewards)
     pa.field("wall_seconds", pa.float64(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("search_config", pa.string(), nullable=False),     # JSON of the search settings
@@ -70,7 +71,12 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("skip_share", pa.float64(), nullable=False),
     pa.field("execute_share", pa.float64(), nullable=False),
     pa.field("repeat_share", pa.float64(), nullable=False),
+    pa.field("reward", pa.string(), nullable=False),           # the reward(s) that judged the task's paths
 ])
+ALL_TASKS = "all"  # the summary row over every task
+# The paper's Table 2 figures for its 4,000 kept samples (METHOD.md §4), shown beside ours.
+PAPER_LABEL_STATS = {"mean_layers_saved": 1.82, "wrong_to_correct_share": 0.30, "skip_share": 0.035,
+                     "execute_share": 0.954, "repeat_share": 0.011}
 
 
 def derived_seed(*parts) -> int:
@@ -153,31 +159,39 @@ class Checkpoint:
             self.path.unlink()
 
 
+def _summary_row(task: str, task_rows: list[dict]) -> dict:
+    kept = [r for r in task_rows if r["kept"]]
+    labels = [count for r in kept for count in r["labels"]]
+    total = max(1, len(labels))
+    return {
+        "task": task,
+        "prompts": len(task_rows),
+        "kept_samples": len(kept),
+        "default_correct": sum(r["default_correct"] for r in task_rows),
+        "visited_paths": sum(len(r["evaluated"]) for r in task_rows),
+        "forward_passes": sum(r["forward_passes"] for r in task_rows),
+        "layer_applications": sum(r["layer_applications"] for r in task_rows),
+        "wrong_to_correct_share": (sum(r["wrong_to_correct"] for r in kept) / len(kept)) if kept else 0.0,
+        "mean_layers_saved": (sum(r["layers_saved"] for r in kept) / len(kept)) if kept else 0.0,
+        "skip_share": labels.count(0) / total,
+        "execute_share": labels.count(1) / total,
+        "repeat_share": labels.count(2) / total,
+        "reward": " + ".join(sorted({r["reward"] for r in task_rows})),
+    }
+
+
 def summarize(rows: Iterable[dict]) -> list[dict]:
-    """The paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, layers saved)."""
+    """The paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, layers saved,
+    label mix), then one row `all` over every task (the label statistics to hold against the paper's)."""
+    rows = list(rows)
     by_task: dict[str, list[dict]] = {}
     for row in rows:
         by_task.setdefault(row["task"], []).append(row)
-    summary = []
-    for task in sorted(by_task):
-        task_rows = by_task[task]
-        kept = [r for r in task_rows if r["kept"]]
-        labels = [count for r in kept for count in r["labels"]]
-        total = max(1, len(labels))
-        summary.append({
-            "task": task,
-            "prompts": len(task_rows),
-            "kept_samples": len(kept),
-            "default_correct": sum(r["default_correct"] for r in task_rows),
-            "visited_paths": sum(len(r["evaluated"]) for r in task_rows),
-            "forward_passes": sum(r["forward_passes"] for r in task_rows),
-            "layer_applications": sum(r["layer_applications"] for r in task_rows),
-            "wrong_to_correct_share": (sum(r["wrong_to_correct"] for r in kept) / len(kept)) if kept else 0.0,
-            "mean_layers_saved": (sum(r["layers_saved"] for r in kept) / len(kept)) if kept else 0.0,
-            "skip_share": labels.count(0) / total,
-            "execute_share": labels.count(1) / total,
-            "repeat_share": labels.count(2) / total,
-        })
+    if ALL_TASKS in by_task:
+        raise ArtifactError(f"a search task may not be named {ALL_TASKS!r} (the summary's total row)")
+    summary = [_summary_row(task, by_task[task]) for task in sorted(by_task)]
+    if rows:
+        summary.append(_summary_row(ALL_TASKS, rows))
     return summary
 
 
@@ -186,13 +200,19 @@ def write_summary(path, summary: list[dict]) -> None:
 
 
 def format_summary(summary: list[dict]) -> str:
-    header = "| task | prompts | kept | default correct | visited paths | forward passes | W->C share | mean layers saved | skip/exec/repeat % |"
-    lines = [header, "|" + "---|" * 9]
+    """Markdown Table 2, with the paper's label statistics as the last row."""
+    header = ("| task | prompts | kept | default correct | visited paths | forward passes | W->C share | "
+              "mean layers saved | skip/exec/repeat % | reward |")
+    lines = [header, "|" + "---|" * 10]
     for s in summary:
         lines.append(f"| {s['task']} | {s['prompts']} | {s['kept_samples']} | {s['default_correct']} | "
                      f"{s['visited_paths']} | {s['forward_passes']} | {s['wrong_to_correct_share']:.2f} | "
                      f"{s['mean_layers_saved']:.2f} | {100 * s['skip_share']:.1f}/{100 * s['execute_share']:.1f}/"
-                     f"{100 * s['repeat_share']:.1f} |")
+                     f"{100 * s['repeat_share']:.1f} | {s['reward']} |")
+    paper = PAPER_LABEL_STATS
+    lines.append(f"| paper (4,000 samples) | | 4000 | | | | {paper['wrong_to_correct_share']:.2f} | "
+                 f"{paper['mean_layers_saved']:.2f} | {100 * paper['skip_share']:.1f}/"
+                 f"{100 * paper['execute_share']:.1f}/{100 * paper['repeat_share']:.1f} | binary |")
     return "\n".join(lines)
 
 

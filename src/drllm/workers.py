@@ -23,7 +23,7 @@ import torch
 
 from drllm.benchmarks import EXAMPLE_SCHEMA, Example
 from drllm.executor import PathExecutor
-from drllm.rewards import PathRewarder
+from drllm.rewards import PathRewarder, RewardConfig
 from drllm.search import MCTSConfig, run_search
 from drllm.shards import derived_seed, prompt_hash
 from drllm.tasks import get_format
@@ -40,6 +40,10 @@ class SearchSettings:
     chat_template: bool = True
     prefix_cache: int = 8           # run states kept per prompt for prefix reuse; 0 disables reuse
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-format options
+    reward: dict[str, Any] = field(default_factory=dict)  # drllm.rewards.RewardConfig fields; {} = binary
+
+    def reward_config(self) -> RewardConfig:
+        return RewardConfig.from_dict(self.reward)
 
     def mcts_config(self) -> MCTSConfig:
         config = MCTSConfig.from_dict(self.mcts)
@@ -59,8 +63,9 @@ def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: Search
     started = time.perf_counter()
     answer_format = get_format(row["format"], **settings.formats.get(row["format"], {}))
     encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=settings.chat_template)
+    reward = settings.reward_config()
     rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
-                            reuse_prefix=settings.prefix_cache > 0)
+                            reuse_prefix=settings.prefix_cache > 0, reward=reward)
     seed = derived_seed(settings.seed, row["task"], row["id"])
     result = run_search(rewarder, executor.num_layers, settings.mcts_config(), seed)
     default = tuple(range(executor.num_layers))
@@ -84,6 +89,7 @@ def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: Search
         "layer_applications_full": rewarder.stats.layer_applications_full,
         "evaluated": [{"path": str(path), "reward": reward} for path, reward in result.evaluated],
         "max_fanout": result.max_fanout, "max_depth": result.max_depth,
+        "reward": reward.describe(),
         "wall_seconds": time.perf_counter() - started, "seed": seed,
         "search_config": settings.to_json(),
     }

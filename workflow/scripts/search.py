@@ -31,15 +31,17 @@ def parse_settings(text: str, manifest: dict) -> SearchSettings:
     block = json.loads(text)
     if not isinstance(block, dict):
         raise ValueError("--settings-json must be a JSON object")
-    known = {"mcts", "seed", "chat_template", "prefix_cache", "formats"}
+    known = {"mcts", "seed", "chat_template", "prefix_cache", "formats", "reward"}
     unknown = sorted(set(block) - known)
     if unknown:
         raise ValueError(f"unknown search setting(s) {unknown}; expected {sorted(known)}")
     settings = SearchSettings(model=manifest["name"], num_layers=manifest["num_layers"],
                               mcts=block.get("mcts", {}), seed=int(block.get("seed", 0)),
                               chat_template=bool(block.get("chat_template", manifest.get("chat_template", True))),
-                              prefix_cache=int(block.get("prefix_cache", 8)), formats=block.get("formats", {}))
+                              prefix_cache=int(block.get("prefix_cache", 8)), formats=block.get("formats", {}),
+                              reward=block.get("reward") or {})
     settings.mcts_config()  # fail now, naming the field, rather than inside a worker
+    settings.reward_config()
     return settings
 
 
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--settings-json", default="{}",
-                        help="search settings: mcts (MCTS parameters), seed, chat_template, prefix_cache, formats")
+                        help="search settings: mcts (MCTS parameters), reward (binary|robust and its margins), seed, "
+                             "chat_template, prefix_cache, formats")
     parser.add_argument("--backend", choices=BACKENDS, default="serial")
     parser.add_argument("--workers", type=int, default=1, help="Ray workers, one model replica each")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs of this job (Ray gets exactly these)")

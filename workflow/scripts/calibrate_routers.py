@@ -1,0 +1,131 @@
+"""Calibrate trained routers: choose the control knob p on held-out validation prompts (drllm.calibration).
+
+Each calibration set is a seeded sample of a benchmark split, with every prompt the search used removed (so the
+routers never saw them), routed at each knob of the grid and scored in its answer format. The chosen p (the
+largest mean saving whose score on every set stays within max_drop of the base model's) is written with the
+whole curve to --out (JSON), which evaluation's `router@calibrated` method reads.
+
+Example:
+  python workflow/scripts/calibrate_routers.py --model-dir resources/models/smollm2-135m-instruct \\
+      --routers results/routers/smollm2-135m-instruct \\
+      --data arc_easy=resources/data/arc_easy/validation.parquet --prompts results/prompts/arc_easy.parquet \\
+      --config-json '{"max_drop": 0.005, "sets": {"arc_easy": {"benchmark": "arc_easy", "split": "validation",
+                      "format": "cloze", "samples": 200}}}' \\
+      --out results/routers/smollm2-135m-instruct/calibration.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from drllm.artifacts import ArtifactError, write_json
+from drllm.benchmarks import read_examples
+from drllm.calibration import (CalibrationConfig, CalibrationSet, calibration_curve, choose_operating_point,
+                               curve_records)
+from drllm.evaluation import sample_examples
+from drllm.executor import PathExecutor
+from drllm.models import load_model, read_manifest
+from drllm.router import RouterStack
+from drllm.shards import read_prompts
+
+KEYS = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template"}
+
+
+def parse_config(text: str) -> tuple[CalibrationConfig, list[CalibrationSet], bool]:
+    try:
+        block = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config-json is not valid JSON: {exc}") from exc
+    if not isinstance(block, dict):
+        raise ValueError("--config-json must be a JSON object")
+    unknown = sorted(set(block) - KEYS)
+    if unknown:
+        raise ValueError(f"calibrate: unknown key(s) {unknown}; expected some of {sorted(KEYS)}")
+    sets_block = block.get("sets") or {}
+    if not isinstance(sets_block, dict) or not sets_block:
+        raise ValueError("calibrate.sets must name at least one calibration set")
+    formats = block.get("formats") or {}
+    sets = [CalibrationSet.from_config(name, spec, formats) for name, spec in sorted(sets_block.items())]
+    config = CalibrationConfig.from_dict({k: block[k] for k in ("max_drop", "knobs", "seed") if k in block})
+    return config, sets, bool(block.get("chat_template", True))
+
+
+def parse_data(items: list[str]) -> dict[str, str]:
+    data = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--data takes SET=PATH pairs, got {item!r}")
+        data[name] = path
+    return data
+
+
+def held_out(examples: list, benchmark: str, split: str, prompt_rows: list[dict]) -> list:
+    """The examples no search prompt of the same benchmark split used."""
+    searched = {row["id"] for row in prompt_rows if row["benchmark"] == benchmark and row["split"] == split}
+    return [ex for ex in examples if ex.id not in searched]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, help="materialised model (resources/models/<name>)")
+    parser.add_argument("--routers", required=True, help="trained router directory")
+    parser.add_argument("--data", nargs="+", required=True, help="SET=records.parquet for every calibration set")
+    parser.add_argument("--prompts", nargs="*", default=[], help="search prompt sets (their prompts are excluded)")
+    parser.add_argument("--config-json", required=True,
+                        help="max_drop, knobs, seed, sets {name: {benchmark, split, format, samples, levels, "
+                             "options}}, formats, chat_template")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", required=True, help="calibration JSON (written atomically)")
+    args = parser.parse_args(argv)
+    try:
+        config, sets, chat_template = parse_config(args.config_json)
+        data = parse_data(args.data)
+        missing = sorted({s.name for s in sets} - set(data))
+        if missing:
+            raise ValueError(f"--data has no records file for calibration set(s) {missing}")
+        manifest = read_manifest(args.model_dir)
+        routers = RouterStack.from_pretrained(args.routers, expected_model=manifest["name"],
+                                              expected_layers=int(manifest["num_layers"]),
+                                              expected_hidden_size=int(manifest["hidden_size"]))
+        prompt_rows = [row for path in args.prompts for row in read_prompts(path)]
+        chosen_sets = []
+        for calibration_set in sets:
+            examples = held_out(read_examples(data[calibration_set.name]), calibration_set.benchmark,
+                                calibration_set.split, prompt_rows)
+            if not examples:
+                raise ArtifactError(f"calibration set {calibration_set.name!r}: every record of "
+                                    f"{data[calibration_set.name]} was used by the search; nothing is held out")
+            chosen_sets.append((calibration_set, sample_examples(examples, calibration_set, config.seed)))
+        model, tokenizer, _ = load_model(args.model_dir, device=args.device, dtype=args.dtype)
+        executor = PathExecutor(model)
+        curve = calibration_curve(executor, tokenizer, routers, chosen_sets, config.knobs, chat_template,
+                                  progress=not args.no_progress)
+        knob, notes = choose_operating_point(curve, config.max_drop)
+    except (ArtifactError, ValueError) as exc:
+        print(f"calibrate_routers: error: {exc}", file=sys.stderr)
+        return 2
+    chosen = [p for p in curve if p.knob == knob]
+    saving = sum(p.saving * p.n for p in chosen) / sum(p.n for p in chosen)
+    result = {"knob": knob, "max_drop": config.max_drop, "mean_layers_saved": saving,
+              "num_layers": executor.num_layers, "model": manifest["name"],
+              "sets": {s.name: {"benchmark": s.benchmark, "split": s.split, "format": s.format,
+                                "examples": [ex.id for ex in examples]} for s, examples in chosen_sets},
+              "chosen": curve_records(chosen), "curve": curve_records(curve), "rejected": notes,
+              "rule": "largest mean saving whose score on every set is within max_drop of the base model "
+                      "(paired, same prompts); ties -> larger p"}
+    write_json(args.out, result)
+    for point in curve:
+        mark = " <- chosen" if point.knob == knob else ""
+        print(f"calibrate: {point.set} p={point.knob:+.2f}: score {point.score:.4f} (base {point.base_score:.4f}, "
+              f"drop {100 * point.drop:+.2f} pts), layers {point.mean_layers:.2f}/{point.num_layers}{mark}")
+    print(f"calibrate: chose p = {knob:g}, saving {saving:.2f} layers per example -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
