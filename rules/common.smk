@@ -58,7 +58,13 @@ EVAL_SKIPPED = [
     for name in EVAL_SELECTED
     if name not in EVAL_ENTRIES
 ]
-EVAL_METHODS = list(EVAL["methods"]) + [f"router@{p:g}" for p in EVAL.get("knobs", [])]
+# Swept cells: router@p per knob, and the fixed-budget baselines static@k / random@k (the frontier's x axis).
+EVAL_METHODS = (
+    list(EVAL["methods"])
+    + [f"router@{p:g}" for p in EVAL.get("knobs", [])]
+    + [f"static@{k}" for k in EVAL.get("static_k", [])]
+    + [f"random@{k}" for k in EVAL.get("random_k", [])]
+)
 EVAL_CELLS = [
     f"{EVAL_DIR}/{benchmark}/{method}.parquet"
     for benchmark, block in EVAL_ENTRIES.items()
@@ -69,7 +75,7 @@ EVAL_CELLS = [
 
 def eval_cell_inputs(wc):
     entry = EVAL_ENTRIES[wc.eval_benchmark]
-    kind = wc.method.split("@")[0]
+    kind, _, param = wc.method.partition("@")
     inputs = {
         "manifest": f"{MODEL_DIR}/drllm_model.json",
         "script": f"{workflow.basedir}/workflow/scripts/evaluate.py",
@@ -78,7 +84,9 @@ def eval_cell_inputs(wc):
         inputs["data"] = "resources/data/{benchmark}/{split}.parquet".format(**entry)
     if kind == "router":
         inputs["routers"] = f"{ROUTER_DIR}/routers.safetensors"
-    if kind in ("static", "random"):  # matched to the router's savings on the same examples
+    if wc.method == "router@calibrated":  # the knob p chosen by the calibration stage
+        inputs["calibration"] = f"{ROUTER_DIR}/calibration.json"
+    if kind in ("static", "random") and not param:  # matched to the router's savings on the same examples
         inputs["router_cell"] = f"{EVAL_DIR}/{wc.eval_benchmark}/router.parquet"
     if kind == "static":
         inputs["influence"] = f"{EVAL_DIR}/block_influence.parquet"

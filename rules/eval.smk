@@ -1,7 +1,8 @@
 # Evaluation stage: fan-out over benchmark x method, one Parquet cell each; the static baseline's calibration.
 
 wildcard_constraints:
-    method=r"(base|router|static|random|oracle)(@-?[0-9.]+)?",
+    # base, oracle; router, router@<p>, router@calibrated; static / random, static@<k> / random@<k>
+    method=r"base|oracle|router(@(-?[0-9.]+|calibrated))?|(static|random)(@[0-9]+)?",
     eval_benchmark="[A-Za-z0-9_]+",
 
 
@@ -48,6 +49,7 @@ rule evaluate:
         routers=lambda wildcards, input: os.path.dirname(input.routers) if "routers" in input.keys() else "",
         router_cell=lambda wildcards, input: input.router_cell if "router_cell" in input.keys() else "",
         influence=lambda wildcards, input: input.influence if "influence" in input.keys() else "",
+        calibration=lambda wildcards, input: input.calibration if "calibration" in input.keys() else "",
         data=lambda wildcards, input: input.data if "data" in input.keys() else "",
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
@@ -64,4 +66,5 @@ rule evaluate:
         "{params.python} {input.script} --model-dir {params.model_dir} --data '{params.data}' "
         "--entry-json {params.entry:q} --method {wildcards.method:q} --settings-json {params.settings:q} "
         "--routers '{params.routers}' --router-cell '{params.router_cell}' --influence '{params.influence}' "
+        "--calibration '{params.calibration}' "
         "--device {params.device} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"

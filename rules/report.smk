@@ -1,6 +1,12 @@
 # Report stage: Tables 3/4 equivalents, plots and a summary Parquet from every evaluation cell.
 
 REPORT_DIR = "results/report"
+# In-domain: entries on a benchmark the search (and so the routers) trained on; the frontier plots a panel each.
+REPORT_IN_DOMAIN = sorted(
+    name
+    for name, block in EVAL_ENTRIES.items()
+    if block.get("benchmark") in {task["benchmark"] for task in SEARCH_TASKS.values()}
+)
 
 
 rule report:
@@ -15,6 +21,12 @@ rule report:
             caption="../workflow/report/accuracy_vs_layers.rst",
             category="Evaluation",
         ),
+        frontier=report(
+            f"{REPORT_DIR}/frontier.png", caption="../workflow/report/frontier.rst", category="Evaluation"
+        ),
+        frontier_points=report(
+            f"{REPORT_DIR}/frontier.parquet", caption="../workflow/report/frontier_points.rst", category="Evaluation"
+        ),
         actions=report(
             f"{REPORT_DIR}/layer_actions.png", caption="../workflow/report/layer_actions.rst", category="Evaluation"
         ),
@@ -26,6 +38,7 @@ rule report:
     params:
         python=PYTHON,
         skipped=json.dumps(EVAL_SKIPPED, sort_keys=True),
+        in_domain=json.dumps(REPORT_IN_DOMAIN),
         seed=EVAL["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.markdown),
     log:
@@ -39,4 +52,4 @@ rule report:
         "../envs/drllm.yaml"
     shell:
         "{params.python} {input.script} --cells {input.cells:q} --skipped-json {params.skipped:q} "
-        "--seed {params.seed} --out-dir {params.out_dir} > {log} 2>&1"
+        "--in-domain-json {params.in_domain:q} --seed {params.seed} --out-dir {params.out_dir} > {log} 2>&1"

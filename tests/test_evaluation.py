@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -9,11 +10,11 @@ import torch
 
 from conftest import REPO, tiny_model
 from drllm.artifacts import ArtifactError
-from drllm.baselines import (block_influence, influence_rows, matched_removals, random_path, read_influence,
-                             static_path, write_influence)
+from drllm.baselines import (block_influence, influence_rows, matched_removals, random_path, random_seed,
+                             read_influence, static_path, write_influence)
 from drllm.benchmarks import Example, load_benchmark, write_examples
-from drllm.evaluation import (EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
-                              parse_method, read_cell, sample_examples)
+from drllm.evaluation import (CALIBRATED, EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
+                              method_name, parse_method, read_calibration, read_cell, sample_examples)
 from drllm.executor import PathExecutor
 from drllm.paths import LayerPath
 from drllm.router import RouterConfig, RouterStack
@@ -29,10 +30,19 @@ def test_methods_parse_with_clear_errors():
     assert parse_method("base") == ("base", None)
     assert parse_method("router@-0.25") == ("router", -0.25)
     assert parse_method("router@0.5") == ("router", 0.5)
-    for bad, match in [("greedy", "unknown evaluation method"), ("static@0.1", "unknown evaluation method"),
-                       ("router@x", "must be a number"), ("router@1.5", "must be in")]:
-        with pytest.raises(ValueError, match=match):
+    assert parse_method("static@3") == ("static", 3) and parse_method("random@0") == ("random", 0)
+    assert parse_method("router@calibrated") == ("router", CALIBRATED)
+    for name in ("base", "router@-0.25", "router@calibrated", "static", "static@3", "random@12", "oracle"):
+        assert method_name(*parse_method(name)) == name  # the cell's method column is its file name
+    for bad, match in [("greedy", "unknown evaluation method"), ("router@x", "must be a number"),
+                       ("router@1.5", "must be in"), ("oracle@2", "unknown evaluation method"),
+                       ("base@calibrated", "unknown evaluation method"), ("static@-1", "non-negative integer"),
+                       ("static@1.5", "non-negative integer"), ("static@0.1", "non-negative integer"),
+                       ("random@x", "non-negative integer"), ("random@02", "non-negative integer"),
+                       ("static@calibrated", "non-negative integer")]:
+        with pytest.raises(ValueError, match=match) as err:
             parse_method(bad)
+        assert repr(bad) in str(err.value)
 
 
 def test_entries_validate_and_merge_format_options():
@@ -104,6 +114,7 @@ def test_static_random_and_matching_rules(tmp_path):
     router_rows = [{"num_layers": 30, "path_length": n} for n in (26, 27, 28)]  # mean saving 3
     assert matched_removals(router_rows) == 3
     assert matched_removals([{"num_layers": 30, "path_length": 32}]) == 0  # repeats: no saving to match
+    assert static_path(rows, 3) == LayerPath((0, 4), 5)  # ranks 0, 1, 2: layers 3, 1, 2
     path = random_path(30, 4, seed=7)
     assert len(path) == 26 and path == random_path(30, 4, seed=7) and path != random_path(30, 4, seed=8)
     assert random_path(30, -2, seed=0) == LayerPath.default(30)
@@ -229,3 +240,109 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
                                               '"format": "cloze"}', "--settings-json", '{"sed": 1}',
                               "--method", "base", "--out", str(tmp_path / "o.parquet")])
     assert code == 2 and "unknown evaluation setting(s) ['sed']" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fixed-budget baselines and the calibrated router through the stage CLI, on a tiny local model (fast)
+# --------------------------------------------------------------------------------------------------------
+
+TINY_LAYERS = 6
+TINY_INFLUENCE = [0.4, 0.05, 0.3, 0.02, 0.2, 0.9]  # ranks 3, 1, 5, 0, 2, 4 -> removal order 3, 1, 4, 2, 0
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    """A materialised tiny llama (byte tokenizer), cloze records, routers and a block influence file."""
+    from test_tasks import byte_tokenizer, mc_example
+    from drllm.models import ModelSpec, materialize
+
+    root = tmp_path_factory.mktemp("tiny_eval")
+    source = root / "hf"
+    tiny_model("llama", layers=TINY_LAYERS, vocab_size=259).save_pretrained(source)
+    byte_tokenizer().save_pretrained(source)
+    materialize(ModelSpec(name="tiny", source="local", path=str(source)), root / "model")
+    write_examples(root / "records.parquet",
+                   [mc_example(id=f"q{i}", question=f"Question {i}: which one?") for i in range(6)])
+    stack = RouterStack(RouterConfig("tiny", TINY_LAYERS, 64), seed=3)
+    with torch.no_grad():
+        for router in stack.routers:
+            router.fc2.bias.copy_(torch.tensor([1.5, 2.0, -5.0]))  # execute or skip, prompt-dependent
+            router.fc2.weight.mul_(4.0)
+    stack.save_pretrained(root / "routers")
+    write_influence(root / "bi.parquet", influence_rows("tiny", TINY_INFLUENCE, prompts=1, tokens=5))
+    return root
+
+
+def tiny_cell(root, method, out, *extra):
+    entry = {"name": "arc", "benchmark": "arc_easy", "split": "test", "format": "cloze"}
+    return evaluate_cli.main(["--model-dir", str(root / "model"), "--data", str(root / "records.parquet"),
+                              "--entry-json", json.dumps(entry), "--method", method,
+                              "--settings-json", json.dumps({"seed": 4}), "--routers", str(root / "routers"),
+                              "--influence", str(root / "bi.parquet"), "--device", "cpu", "--dtype", "float32",
+                              "--no-progress", "--out", str(out), *extra])
+
+
+def test_static_at_k_removes_the_k_least_influential_layers(tiny_inputs, tmp_path, capsys):
+    for k, kept in [(0, [0, 1, 2, 3, 4, 5]), (2, [0, 2, 4, 5]), (4, [0, 5])]:
+        assert tiny_cell(tiny_inputs, f"static@{k}", tmp_path / f"s{k}.parquet") == 0, capsys.readouterr().err
+        rows = read_cell(tmp_path / f"s{k}.parquet")
+        assert len(rows) == 6 and {r["method"] for r in rows} == {f"static@{k}"}
+        assert all(r["path"] == kept and r["path_length"] == TINY_LAYERS - k for r in rows)
+        assert {r["knob"] for r in rows} == {None}
+    # no router cell needed; k must leave a layer
+    assert tiny_cell(tiny_inputs, f"static@{TINY_LAYERS}", tmp_path / "bad.parquet") == 2
+    assert "'static@6': cannot remove 6 of the model's 6 layers" in capsys.readouterr().err
+
+
+def test_random_at_k_removes_k_seeded_layers_per_example(tiny_inputs, tmp_path, capsys):
+    assert tiny_cell(tiny_inputs, "random@2", tmp_path / "r.parquet") == 0, capsys.readouterr().err
+    rows = read_cell(tmp_path / "r.parquet")
+    assert all(r["path_length"] == TINY_LAYERS - 2 and r["path"] == sorted(set(r["path"])) for r in rows)
+    assert [r["path"] for r in rows] == [list(random_path(TINY_LAYERS, 2, random_seed(4, "arc", r["example_id"])))
+                                         for r in rows]
+    assert len({tuple(r["path"]) for r in rows}) > 1, "the removed layers should differ across examples"
+    assert tiny_cell(tiny_inputs, "random@2", tmp_path / "again.parquet") == 0
+    assert [r["path"] for r in read_cell(tmp_path / "again.parquet")] == [r["path"] for r in rows]
+    assert tiny_cell(tiny_inputs, "random@7", tmp_path / "bad.parquet") == 2
+    assert "'random@7': cannot remove 7" in capsys.readouterr().err
+
+
+def test_router_at_calibrated_routes_as_router_at_its_knob(tiny_inputs, tmp_path, capsys):
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"knob": -0.6, "max_drop": 0.02, "benchmarks": ["arc"]}))
+    assert read_calibration(calibration) == -0.6
+    assert tiny_cell(tiny_inputs, "router@calibrated", tmp_path / "c.parquet", "--calibration",
+                     str(calibration)) == 0, capsys.readouterr().err
+    assert "knob p = -0.6 from" in capsys.readouterr().out
+    assert tiny_cell(tiny_inputs, "router@-0.6", tmp_path / "p.parquet") == 0
+    calibrated, fixed = read_cell(tmp_path / "c.parquet"), read_cell(tmp_path / "p.parquet")
+    assert {r["method"] for r in calibrated} == {"router@calibrated"} and {r["knob"] for r in calibrated} == {-0.6}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("method", "seconds")} for r in rows]  # noqa: E731
+    assert strip(calibrated) == strip(fixed)
+    lengths = {r["path_length"] for r in fixed}
+    assert min(lengths) < TINY_LAYERS, "the test routers should skip something at p = -0.6"
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "router calibration file not found"),
+    ("{not json", "is not valid JSON"),
+    ("[0.5]", "must hold a JSON object with a 'knob'"),
+    ('{"max_drop": 0.01}', "'knob' must be a number in \\[-1, 1\\], got None"),
+    ('{"knob": 1.5, "max_drop": 0.01}', "'knob' must be a number in \\[-1, 1\\], got 1.5"),
+    ('{"knob": "low"}', "'knob' must be a number"),
+])
+def test_a_missing_or_malformed_calibration_file_fails_naming_it(tiny_inputs, tmp_path, capsys, content, match):
+    calibration = tmp_path / "calibration.json"
+    if content is not None:
+        calibration.write_text(content)
+    out = tmp_path / "c.parquet"
+    assert tiny_cell(tiny_inputs, "router@calibrated", out, "--calibration", str(calibration)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate: error:") and str(calibration) in err
+    assert re.search(match, err), err
+    assert not out.exists()
+
+
+def test_router_at_calibrated_without_the_file_argument_fails(tiny_inputs, tmp_path, capsys):
+    assert tiny_cell(tiny_inputs, "router@calibrated", tmp_path / "c.parquet") == 2
+    assert "'router@calibrated' needs --calibration" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import polars as pl
@@ -10,9 +11,9 @@ import pytest
 from conftest import REPO
 from drllm.artifacts import ArtifactError
 from drllm.evaluation import write_cell
-from drllm.metrics import bootstrap_interval
-from drllm.report import (RESAMPLES, SUMMARY_SCHEMA, build_report, scores_by_level, load_cells, order_methods,
-                          summarize_cells)
+from drllm.metrics import bootstrap_interval, wilson_interval
+from drllm.report import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, SUMMARY_SCHEMA, Z95, build_report,
+                          frontier_points, scores_by_level, load_cells, order_methods, summarize_cells)
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import report as report_cli  # noqa: E402
@@ -102,16 +103,18 @@ def test_summary_against_hand_values(cells):
 
 def test_method_order():
     methods = ["oracle", "mystery", "router@0.25", "random", "router", "static", "router@-0.75", "base",
-               "router@-0.25"]
-    assert order_methods(methods) == ["base", "router", "router@-0.75", "router@-0.25", "router@0.25", "static",
-                                      "random", "oracle", "mystery"]
+               "router@-0.25", "random@10", "static@2", "router@calibrated", "random@3", "static@12"]
+    assert order_methods(methods) == ["base", "router", "router@calibrated", "router@-0.75", "router@-0.25",
+                                      "router@0.25", "static", "static@2", "static@12", "random", "random@3",
+                                      "random@10", "oracle", "mystery"]
 
 
 def test_build_report(cells, tmp_path):
     out = tmp_path / "report"
     paths = build_report(cells, SKIPPED, out, seed=0)
-    assert set(paths) == {"report", "summary", "accuracy_vs_layers", "layer_actions", "routing_consensus"}
-    for name in ("accuracy_vs_layers", "layer_actions", "routing_consensus"):
+    assert set(paths) == {"report", "summary", "frontier_points", "accuracy_vs_layers", "frontier", "layer_actions",
+                          "routing_consensus"}
+    for name in ("accuracy_vs_layers", "frontier", "layer_actions", "routing_consensus"):
         assert paths[name] == out / f"{name}.png" and paths[name].stat().st_size > 1000
     table = pl.read_parquet(paths["summary"])
     assert table.columns == SUMMARY_SCHEMA.names and table.height == 9
@@ -128,7 +131,7 @@ def test_build_report(cells, tmp_path):
     assert "mmlu_pro" in text and "no data source configured" in text
     assert "- **arc**: hub/arc" in text and "- **squad**: hub/squad" in text
     assert str(cells[-1]) in text  # the empty cell is reported, not dropped
-    for name in ("accuracy_vs_layers", "layer_actions", "routing_consensus"):
+    for name in ("accuracy_vs_layers", "frontier", "layer_actions", "routing_consensus"):
         assert f"({name}.png)" in text
     # routing consensus: arc's router alternates two paths
     assert "| arc | 10 | 2 | 50.0% |" in text
@@ -188,3 +191,96 @@ def test_scores_by_level_only_for_benchmarks_with_several_levels():
              {"benchmark": "arc", "method": "base", "level": None, "score": 1.0}]
     assert scores_by_level(rows) == [{"benchmark": "dart", "level": 1, "method": "base", "n": 2, "score": 0.5},
                                      {"benchmark": "dart", "level": 2, "method": "base", "n": 1, "score": 1.0}]
+
+
+def frontier_cells(tmp_path):
+    """Known frontier points: arc (in-domain, 0/1 scores) with every plotted kind of method; squad (F1, out of
+    domain) with base and static@1 only. One fixed path per cell, so mean layers are the path lengths."""
+    arc = {"base": ([1] * L, [1, 1, 1, 0]), "router": ([1, 0, 1, 1], [1, 1, 0, 1]),
+           "router@calibrated": ([1, 0, 1, 1], [1, 1, 1, 0]),
+           "router@-0.25": ([0, 1, 1, 1], [1, 1, 0, 0]), "router@0.25": ([1, 1, 1, 1], [1, 1, 1, 0]),
+           "static": ([1, 0, 1, 1], [1, 0, 1, 0]),  # matched: not on the frontier
+           "static@1": ([1, 0, 1, 1], [1, 1, 0, 0]), "static@2": ([1, 0, 0, 1], [1, 0, 0, 0]),
+           "random@1": ([0, 1, 1, 1], [0, 1, 0, 0]), "oracle": ([1, 0, 0, 1], [1, 1, 1, 1])}
+    squad = {"base": ([1] * L, [0.5, 1.0, 0.0, 0.25]), "static@1": ([1, 1, 0, 1], [0.5, 0.0, 0.0, 0.25])}
+    paths = []
+    for benchmark, specs, metric in [("arc", arc, "acc_norm"), ("squad", squad, "f1")]:
+        for method, (counts, scores) in specs.items():
+            knob = -0.4 if method == "router@calibrated" else None
+            paths.append(tmp_path / "cells" / f"{benchmark}__{method}.parquet")
+            write_cell(paths[-1], [example(benchmark, method, i, s, counts, metric=metric, knob=knob)
+                                   for i, s in enumerate(scores)])
+    return paths
+
+
+def test_frontier_points_from_known_cells(tmp_path):
+    rows, _ = load_cells(frontier_cells(tmp_path))
+    points = frontier_points(summarize_cells(rows, seed=0), in_domain=["arc"])
+    at = {(p["benchmark"], p["method"]): p for p in points}
+    assert set(at) == {("arc", m) for m in ("base", "router", "router@calibrated", "router@-0.25", "router@0.25",
+                                            "static@1", "static@2", "random@1", "oracle")} \
+        | {("squad", "base"), ("squad", "static@1")} \
+        | {(MEAN_BENCHMARK, m) for m in ("base", "router", "router@calibrated", "router@-0.25", "router@0.25",
+                                          "static@1", "static@2", "random@1", "oracle")}
+    static = at[("arc", "static@1")]
+    assert (static["line"], static["param"], static["in_domain"], static["mean_layers"], static["score"],
+            static["n"], static["benchmarks"]) == ("static@k", 1.0, True, 3.0, 0.5, 4, 1)
+    assert (static["ci_low"], static["ci_high"]) == pytest.approx(wilson_interval(2, 4, Z95))
+    assert (at[("arc", "router@-0.25")]["line"], at[("arc", "router@-0.25")]["param"]) == ("router@p", -0.25)
+    assert (at[("arc", "random@1")]["line"], at[("arc", "random@1")]["param"]) == ("random@k", 1.0)
+    calibrated = at[("arc", "router@calibrated")]
+    assert (calibrated["line"], calibrated["param"], calibrated["score"]) == (None, None, 0.75)
+    assert at[("arc", "oracle")]["mean_layers"] == 2.0 and at[("arc", "oracle")]["score"] == 1.0
+    squad = at[("squad", "static@1")]
+    assert squad["in_domain"] is False and squad["score"] == pytest.approx(0.1875)
+    assert (squad["ci_low"], squad["ci_high"]) == bootstrap_interval([0.5, 0.0, 0.0, 0.25], 0, RESAMPLES)
+
+    # the mean: unweighted over the benchmarks that have the method, intervals combined as normal errors
+    mean = at[(MEAN_BENCHMARK, "static@1")]
+    assert (mean["benchmarks"], mean["n"], mean["mean_layers"], mean["in_domain"]) == (2, 8, 3.0, False)
+    assert mean["score"] == pytest.approx((0.5 + 0.1875) / 2)
+    se = math.hypot(*[(p["ci_high"] - p["ci_low"]) / (2 * Z95) for p in (static, squad)]) / 2
+    assert (mean["ci_low"], mean["ci_high"]) == pytest.approx((mean["score"] - Z95 * se, mean["score"] + Z95 * se))
+    only_arc = at[(MEAN_BENCHMARK, "random@1")]
+    assert (only_arc["benchmarks"], only_arc["score"], only_arc["mean_layers"]) == (1, 0.25, 3.0)
+    assert (only_arc["ci_low"], only_arc["ci_high"]) == pytest.approx((at[("arc", "random@1")]["ci_low"],
+                                                                        at[("arc", "random@1")]["ci_high"]))
+    assert at[(MEAN_BENCHMARK, "base")]["mean_layers"] == 4.0
+    # rows: benchmarks in name order, the mean last; methods in report order
+    assert [p["method"] for p in points if p["benchmark"] == "arc"] == \
+        ["base", "router", "router@calibrated", "router@-0.25", "router@0.25", "static@1", "static@2", "random@1",
+         "oracle"]
+    assert points[-1]["benchmark"] == MEAN_BENCHMARK
+    # without an in-domain list every benchmark counts as in-domain
+    assert all(p["in_domain"] for p in frontier_points(summarize_cells(rows, seed=0)))
+
+
+def test_frontier_artifacts(tmp_path):
+    out = tmp_path / "report"
+    paths = build_report(frontier_cells(tmp_path), [], out, seed=0, in_domain=["arc"])
+    table = pl.read_parquet(paths["frontier_points"])
+    assert paths["frontier_points"] == out / "frontier.parquet" and table.columns == FRONTIER_SCHEMA.names
+    assert table.height == 9 + 2 + 9
+    assert paths["frontier"] == out / "frontier.png" and paths["frontier"].stat().st_size > 5000
+    text = paths["report"].read_text()
+    assert "## Accuracy vs layers frontier" in text and "| static@1 | 2 | 3.0 | 34.4 ±" in text
+    # Table 3 / 4 carry the new methods in report order
+    assert ("| base | router | router@calibrated | router@-0.25 | router@0.25 | static | static@1 | static@2 "
+            "| random@1 | oracle |") in text
+    assert "| arc | acc_norm | 4 | 75.0 ±" in text
+    # no in-domain benchmark: only the mean panel, still a figure; no frontier method: a placeholder
+    assert build_report(frontier_cells(tmp_path), [], tmp_path / "ood", in_domain=[])["frontier"].stat().st_size > 5000
+    static_only = tmp_path / "static.parquet"
+    write_cell(static_only, [example("arc", "static", i, 1, [1, 0, 1, 1]) for i in range(3)])
+    paths = build_report([static_only], [], tmp_path / "none")
+    assert pl.read_parquet(paths["frontier_points"]).height == 0 and paths["frontier"].stat().st_size > 0
+
+
+def test_cli_in_domain_argument(tmp_path, capsys):
+    cells = frontier_cells(tmp_path)
+    out = tmp_path / "cli"
+    assert report_cli.main(["--cells", *map(str, cells), "--out-dir", str(out), "--in-domain-json", '["arc"]']) == 0
+    table = pl.read_parquet(out / "frontier.parquet")
+    assert table.filter(pl.col("benchmark") == "squad")["in_domain"].to_list() == [False, False]
+    assert report_cli.main(["--cells", str(cells[0]), "--out-dir", str(out), "--in-domain-json", '"arc"']) == 2
+    assert "--in-domain-json must be null or a list of benchmark names" in capsys.readouterr().err

@@ -89,6 +89,51 @@ def test_search_task_with_unknown_benchmark_is_rejected(tmp_path):
     assert result.returncode != 0 and "arc_hard" in result.stdout + result.stderr
 
 
+def test_dry_run_plans_the_frontier_and_calibrated_cells(tmp_path):
+    import json
+    import re
+
+    work = workdir_copy(tmp_path)
+    routers = work / "results" / "routers" / "smollm2-135m-instruct"
+    routers.mkdir(parents=True)
+    (routers / "calibration.json").write_text(json.dumps({"knob": -0.4, "max_drop": 0.02}))  # the stage's contract
+    methods = ["base", "router", "static", "random", "oracle", "router@calibrated"]
+    overlay = {"eval": {"methods": methods, "knobs": [-0.25, 0.25], "static_k": [2, 3], "random_k": [2]}}
+    (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    out = snakemake("-n", "-p", "--configfile", "config/tiny.yaml", "overlay.yaml", cwd=work)
+    out = out.stdout + out.stderr
+    commands = {}
+    for line in out.splitlines():
+        if "evaluate.py" in line and "--method" in line:
+            cell = re.search(r"--out results/eval/smollm2-135m-instruct/(\w+)/(\S+)\.parquet", line).groups()
+            commands[cell] = {flag: re.search(rf"--{flag} '([^']*)'", line).group(1)
+                              for flag in ("routers", "router-cell", "influence", "calibration")}
+    swept = ["router@-0.25", "router@0.25", "static@2", "static@3", "random@2"]
+    assert set(commands) == {(b, m) for b in ("arc_easy", "squad") for m in methods + swept}
+    router_dir, eval_dir = "results/routers/smollm2-135m-instruct", "results/eval/smollm2-135m-instruct"
+    # fixed budgets need no router cell; static@k still reads the block influence; the matched baselines keep both
+    assert commands["arc_easy", "static@2"] == {"routers": "", "router-cell": "", "calibration": "",
+                                                "influence": f"{eval_dir}/block_influence.parquet"}
+    assert commands["squad", "random@2"] == {"routers": "", "router-cell": "", "influence": "", "calibration": ""}
+    assert commands["arc_easy", "static"]["router-cell"] == f"{eval_dir}/arc_easy/router.parquet"
+    assert commands["arc_easy", "random"]["router-cell"] == f"{eval_dir}/arc_easy/router.parquet"
+    assert commands["squad", "router@calibrated"] == {"routers": router_dir, "router-cell": "", "influence": "",
+                                                      "calibration": f"{router_dir}/calibration.json"}
+    assert commands["squad", "router@-0.25"]["calibration"] == ""
+    # the frontier's panels: the evaluated entries on a benchmark some (enabled) search task trained on
+    default, tiny = (yaml.safe_load((work / "config" / name).read_text()) for name in ("config.yaml", "tiny.yaml"))
+    tasks = {name: {**block, **tiny["search"].get("tasks", {}).get(name, {})}
+             for name, block in default["search"]["tasks"].items()}
+    searched = {block["benchmark"] for block in tasks.values() if block["samples"] > 0}
+    in_domain = json.loads(re.search(r"--in-domain-json '(\[[^']*\])'", out).group(1))
+    assert "arc_easy" in in_domain and in_domain == [b for b in ("arc_easy", "squad") if b in searched]
+    # any integer budget is a cell the rules can make on request; a malformed one matches no rule
+    snakemake("-n", f"{eval_dir}/arc_easy/static@4.parquet", "--configfile", "config/tiny.yaml", cwd=work)
+    bad = snakemake("-n", f"{eval_dir}/arc_easy/static@1.5.parquet", "--configfile", "config/tiny.yaml", cwd=work,
+                    check=False)
+    assert bad.returncode != 0 and "static@1.5.parquet" in bad.stdout + bad.stderr
+
+
 LOCAL_DOCS = [{"question": "What is the capital of France?", "choices": ["Paris", "London"], "answer": 0},
               {"question": "What is 2+2?", "choices": ["3", "4"], "answer": 1}]
 
@@ -165,3 +210,21 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
         (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
         result = snakemake("-n", *configs, "overlay.yaml", cwd=work)
         assert planned_jobs(result) == expected, overlay
+
+
+def test_study_config_plans_the_study():
+    """config/study.yaml (RESULTS.md): >= 400 search prompts, calibration, >= 1,000 held-out ARC items with every
+    method, the frontier subsamples and the out-of-domain benchmarks."""
+    config = yaml.safe_load((REPO / "config" / "study.yaml").read_text())
+    tasks = config["search"]["tasks"]
+    assert sum(task["samples"] for task in tasks.values()) >= 400
+    benchmarks = config["eval"]["benchmarks"]
+    assert benchmarks["arc_easy"]["samples"] + benchmarks["arc_challenge"]["samples"] >= 1000
+    result = snakemake("-n", "--forceall", "--configfile", "config/study.yaml")
+    out = result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["search_shard"] == 3 and jobs["calibrate_routers"] == 1 and jobs["report"] == 1
+    for cell in ("arc_easy/router@calibrated", "arc_challenge/oracle", "arc_easy_frontier/static@4",
+                 "arc_challenge_frontier/router@-0.1", "gpqa/router@calibrated", "squad/base"):
+        assert f"results/eval/smollm2-135m-instruct/{cell}.parquet" in out, cell
+    assert "results/eval/smollm2-135m-instruct/gpqa/static.parquet" not in out  # per-entry methods

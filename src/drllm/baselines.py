@@ -6,6 +6,8 @@
   on the same benchmark (round(L - mean routed path length), at least 0).
 * random: per example, as many blocks as the router removed on that example (L - routed path length, at
   least 0), chosen uniformly with a seed derived from (seed, benchmark, example id).
+* static@k / random@k: the same paths with a fixed budget of k removed blocks (every input, resp. per example),
+  independent of the router: swept over k they trace the baselines' accuracy-vs-layers frontier.
 * oracle (CoLa-style ceiling): the length-aware MCTS run on the evaluation item itself, rewarded by its
   gold answer; the label path (shortest correct) if one exists, else the full path.
 """
@@ -88,6 +90,14 @@ def matched_removals(router_rows: list[dict]) -> int:
     num_layers = router_rows[0]["num_layers"]
     mean_length = float(np.mean([row["path_length"] for row in router_rows]))
     return max(0, min(num_layers - 1, int(round(num_layers - mean_length))))
+
+
+def fixed_removals(method: str, remove: int, num_layers: int) -> int:
+    """k of static@k / random@k, checked against the model: 0 <= k < L (at least one block stays)."""
+    if not 0 <= remove < num_layers:
+        raise ValueError(f"method {method!r}: cannot remove {remove} of the model's {num_layers} layers "
+                         f"(k must be in [0, {num_layers - 1}])")
+    return remove
 
 
 def random_path(num_layers: int, remove: int, seed: int) -> LayerPath:

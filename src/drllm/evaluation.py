@@ -1,12 +1,15 @@
 """Evaluation cells: one benchmark x one method -> one Parquet file, one row per example (EVAL_SCHEMA).
 
 A cell evaluates a seeded sample of a benchmark's records in one answer format along the paths a method picks:
-`base` (every layer), `router` / `router@<p>` (the routed path, with the control knob p), `static` (ShortGPT
-layer removal), `random` (random skips) and `oracle` (the search run with the gold answer); see drllm.baselines.
+`base` (every layer), `router` / `router@<p>` (the routed path, with the control knob p), `router@calibrated`
+(router@<p> with p read from the calibration file), `static` / `static@<k>` (ShortGPT layer removal, matched to
+the router or k layers), `random` / `random@<k>` (random skips, matched to the router or k per example) and
+`oracle` (the search run with the gold answer); see drllm.baselines.
 Every example is graded by the same format code the search uses, so accuracies are comparable across methods.
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from drllm.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.artifacts import ArtifactError, read_json, read_parquet, write_parquet
 from drllm.executor import PathExecutor
 from drllm.paths import LayerPath
 from drllm.shards import derived_seed
@@ -25,7 +28,7 @@ from drllm.tasks import AnswerFormat, Encoded, Outcome
 # (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).
 EVAL_SCHEMA = pa.schema([
     pa.field("benchmark", pa.string(), nullable=False),     # evaluation entry (config eval.benchmarks key)
-    pa.field("method", pa.string(), nullable=False),        # base | router | router@<p> | static | random | oracle
+    pa.field("method", pa.string(), nullable=False),        # parse_method: base, router@<p>, static@<k>, ...
     pa.field("model", pa.string(), nullable=False),
     pa.field("example_id", pa.string(), nullable=False),
     pa.field("example_index", pa.int64(), nullable=False),  # position in the evaluated sample
@@ -44,7 +47,7 @@ EVAL_SCHEMA = pa.schema([
     pa.field("num_layers", pa.int64(), nullable=False),
     pa.field("layer_applications", pa.int64(), nullable=False),  # blocks computed for this example
     pa.field("new_tokens", pa.int64(), nullable=False),     # generated tokens (0 for log-likelihood formats)
-    pa.field("knob", pa.float64()),                         # control knob p (router@p), else null
+    pa.field("knob", pa.float64()),                         # control knob p (router@p, router@calibrated), else null
     pa.field("seconds", pa.float64(), nullable=False),      # wall time for this example
 ])
 
@@ -63,31 +66,63 @@ def read_cell(path) -> list[dict]:
 
 LM_EVAL_METHODS = ("base", "router")  # lm-eval tasks run through the drllm model: all layers or routed (and @p)
 PLAIN_METHODS = ("base", "router", "static", "random", "oracle")
+BUDGET_METHODS = ("static", "random")  # <kind>@<k>: k layers removed, independent of the router
+CALIBRATED = "calibrated"             # router@calibrated: the knob comes from the calibration file
+_REMOVALS = re.compile(r"0|[1-9][0-9]*")  # canonical integers only: the name is also the cell's file name
 
 
 class EvaluationError(RuntimeError):
     """A cell failed; the message names the benchmark, the method and, when known, the example."""
 
 
-def parse_method(name: str) -> tuple[str, float | None]:
-    """'base' -> ('base', None); 'router@-0.25' -> ('router', -0.25). Unknown names raise ValueError."""
-    kind, _, knob = name.partition("@")
-    if kind not in PLAIN_METHODS or (knob and kind != "router"):
-        raise ValueError(f"unknown evaluation method {name!r}; expected one of {list(PLAIN_METHODS)} "
-                         "or router@<p> with p in [-1, 1]")
-    if not knob:
+def parse_method(name: str) -> tuple[str, float | int | str | None]:
+    """A method name -> (kind, parameter). 'base' -> ('base', None); 'router@-0.25' -> ('router', -0.25);
+    'router@calibrated' -> ('router', CALIBRATED); 'static@3' -> ('static', 3). Unknown names raise ValueError."""
+    kind, at, param = name.partition("@")
+    expected = (f"expected one of {list(PLAIN_METHODS)}, router@<p> with p in [-1, 1], router@{CALIBRATED}, "
+                "static@<k> or random@<k> with k a non-negative integer")
+    if kind not in PLAIN_METHODS or (at and kind not in ("router", *BUDGET_METHODS)):
+        raise ValueError(f"unknown evaluation method {name!r}; {expected}")
+    if not at:
         return kind, None
+    if kind in BUDGET_METHODS:
+        if not _REMOVALS.fullmatch(param):
+            raise ValueError(f"method {name!r}: the number of removed layers after '@' must be a non-negative "
+                             f"integer (written without sign or leading zeros); {expected}")
+        return kind, int(param)
+    if param == CALIBRATED:
+        return kind, CALIBRATED
     try:
-        value = float(knob)
+        value = float(param)
     except ValueError as exc:
-        raise ValueError(f"method {name!r}: the knob after '@' must be a number in [-1, 1]") from exc
+        raise ValueError(f"method {name!r}: the knob after '@' must be a number in [-1, 1] "
+                         f"or {CALIBRATED!r}") from exc
     if not -1.0 <= value <= 1.0:
         raise ValueError(f"method {name!r}: the knob must be in [-1, 1]")
     return kind, value
 
 
-def method_name(kind: str, knob: float | None = None) -> str:
-    return kind if knob is None else f"{kind}@{knob:g}"
+def method_name(kind: str, param: float | int | str | None = None) -> str:
+    """The inverse of parse_method (knobs written with :g, as the rules name the cells)."""
+    if param is None:
+        return kind
+    if isinstance(param, str) or (isinstance(param, int) and kind in BUDGET_METHODS):
+        return f"{kind}@{param}"
+    return f"{kind}@{param:g}"
+
+
+def read_calibration(path) -> float:
+    """The knob p of router@calibrated: `knob` of the calibration JSON object (a number in [-1, 1])."""
+    if not path:
+        raise ValueError(f"method 'router@{CALIBRATED}' needs --calibration (results/routers/<model>/calibration.json)")
+    value = read_json(path, "router calibration file")
+    if not isinstance(value, dict):
+        raise ArtifactError(f"router calibration file {path} must hold a JSON object with a 'knob', "
+                            f"got {type(value).__name__}")
+    knob = value.get("knob")
+    if isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0:
+        raise ArtifactError(f"router calibration file {path}: 'knob' must be a number in [-1, 1], got {knob!r}")
+    return float(knob)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Report stage: the paper's Tables 3 and 4 from evaluation cells, with 95% intervals, plots and Markdown.
 
 Input: evaluation cells (one Parquet per benchmark x method, drllm.evaluation.EVAL_SCHEMA) and the list of
-skipped benchmarks. Output (build_report): report.md, summary.parquet (SUMMARY_SCHEMA) and three PNGs.
+skipped benchmarks. Output (build_report): report.md, summary.parquet (SUMMARY_SCHEMA), frontier.parquet
+(FRONTIER_SCHEMA: the accuracy-vs-layers frontier's points) and four PNGs.
 Every number is computed from the cells; the bootstrap is seeded so the report is deterministic.
 """
 from __future__ import annotations
@@ -23,7 +24,10 @@ Z95 = 1.959963984540054          # two-sided 95% normal quantile
 RESAMPLES = 2000                 # bootstrap resamples per interval
 PLAIN_ROUTER_KNOB = -0.5         # drllm.router.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
 ACTIONS = ("skip", "execute", "repeat")
-FIGURES = ("accuracy_vs_layers", "layer_actions", "routing_consensus")
+FIGURES = ("accuracy_vs_layers", "frontier", "layer_actions", "routing_consensus")
+MEAN_BENCHMARK = "(mean)"        # the frontier's across-benchmark rows (config names cannot hold parentheses)
+SWEEPS = ("router", "static", "random")          # <kind>@<param> methods drawn as lines on the frontier
+FRONTIER_POINTS = ("base", "router", "router@calibrated", "oracle")  # drawn as single markers
 
 # One row per benchmark x method. Scores are fractions (0..1); the Markdown shows them in percent.
 SUMMARY_SCHEMA = pa.schema([
@@ -53,6 +57,24 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("seconds_per_example", pa.float64(), nullable=False),
 ])
 
+# The accuracy-vs-layers frontier (frontier.parquet, frontier.png): one row per benchmark x plotted method, plus
+# one per method for MEAN_BENCHMARK, the unweighted mean over the benchmarks that have that method. Scores are
+# fractions; the mean's interval combines the benchmarks' 95% intervals as independent normal errors (one
+# benchmark: its own interval).
+FRONTIER_SCHEMA = pa.schema([
+    pa.field("benchmark", pa.string(), nullable=False),      # evaluation entry, or "(mean)"
+    pa.field("method", pa.string(), nullable=False),         # router@p, static@k, random@k, or a FRONTIER_POINTS one
+    pa.field("line", pa.string()),                           # router@p | static@k | random@k; null = single marker
+    pa.field("param", pa.float64()),                         # p of router@p, k of static@k / random@k, else null
+    pa.field("in_domain", pa.bool_(), nullable=False),       # benchmark drawn from the search tasks' benchmarks
+    pa.field("mean_layers", pa.float64(), nullable=False),   # mean executed layers per example (path length)
+    pa.field("score", pa.float64(), nullable=False),
+    pa.field("ci_low", pa.float64(), nullable=False),        # 95% interval of the score
+    pa.field("ci_high", pa.float64(), nullable=False),
+    pa.field("n", pa.int64(), nullable=False),               # examples (summed over benchmarks for the mean)
+    pa.field("benchmarks", pa.int64(), nullable=False),      # benchmarks averaged (1 for a benchmark's row)
+])
+
 
 def _is_binary(values) -> bool:
     return all(v in (0.0, 1.0) for v in values)
@@ -72,15 +94,28 @@ def method_knob(method: str, knob: float | None = None) -> float | None:
         return knob
 
 
+def sweep_param(method: str) -> float | None:
+    """The swept parameter of router@<p> (p) and static@<k> / random@<k> (k); None otherwise."""
+    kind, at, param = method.partition("@")
+    if not at or kind not in SWEEPS:
+        return None
+    try:
+        return float(param)
+    except ValueError:  # router@calibrated: not a point of the knob sweep
+        return None
+
+
 def method_sort_key(method: str) -> tuple:
-    """base, router, router@p by p, static, random, oracle, then anything else by name."""
-    fixed = {"base": 0, "router": 1, "static": 3, "random": 4, "oracle": 5}
+    """base, router, router@calibrated, router@p by p, static, static@k by k, random, random@k by k, oracle,
+    then anything else by name."""
+    fixed = {"base": 0, "router": 1, "router@calibrated": 2, "static": 4, "random": 6, "oracle": 8}
     if method in fixed:
         return (fixed[method], 0.0, method)
-    if method.startswith("router@"):
-        knob = method_knob(method)
-        return (2, math.inf if knob is None else knob, method)
-    return (6, 0.0, method)
+    param = sweep_param(method)
+    sweeps = {"router": 3, "static": 5, "random": 7}
+    if param is not None:
+        return (sweeps[method.split("@")[0]], param, method)
+    return (9, 0.0, method)
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:
@@ -154,6 +189,48 @@ def _versus_base(cell: list[dict], base: list[dict] | None, seed: int, resamples
             "delta_ci_high": high,
             "layer_applications_vs_base": sum(r["layer_applications"] for r, _ in pairs) / base_apps
             if base_apps else None}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Accuracy-vs-layers frontier
+# --------------------------------------------------------------------------------------------------------
+
+def frontier_line(method: str) -> str | None:
+    """The frontier line a method belongs to (router@p, static@k, random@k), None for a single marker."""
+    if sweep_param(method) is None:
+        return None
+    return {"router": "router@p", "static": "static@k", "random": "random@k"}[method.split("@")[0]]
+
+
+def frontier_points(summary: list[dict], in_domain: Iterable[str] | None = None) -> list[dict]:
+    """FRONTIER_SCHEMA rows from summary rows: the swept methods and FRONTIER_POINTS, per benchmark and averaged.
+
+    `in_domain` names the benchmarks the routers were trained on (None: unknown, every benchmark counts as such).
+    """
+    chosen = [r for r in summary if frontier_line(r["method"]) is not None or r["method"] in FRONTIER_POINTS]
+    domain = None if in_domain is None else set(in_domain)
+    points = [{"benchmark": r["benchmark"], "method": r["method"], "line": frontier_line(r["method"]),
+               "param": sweep_param(r["method"]), "in_domain": domain is None or r["benchmark"] in domain,
+               "mean_layers": r["mean_path_length"], "score": r["score"], "ci_low": r["ci_low"],
+               "ci_high": r["ci_high"], "n": r["n"], "benchmarks": 1} for r in chosen]
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for point in points:
+        by_method[point["method"]].append(point)
+    for method in order_methods(by_method):
+        rows = by_method[method]
+        score = float(np.mean([r["score"] for r in rows]))
+        if len(rows) == 1:  # one benchmark: its own (possibly asymmetric) interval
+            low, high = rows[0]["ci_low"], rows[0]["ci_high"]
+        else:  # independent benchmarks: se of the mean = sqrt(sum se_b^2) / B, se_b from each 95% half-width
+            se = math.sqrt(sum(((r["ci_high"] - r["ci_low"]) / (2 * Z95)) ** 2 for r in rows)) / len(rows)
+            low, high = max(0.0, score - Z95 * se), min(1.0, score + Z95 * se)
+        points.append({"benchmark": MEAN_BENCHMARK, "method": method, "line": frontier_line(method),
+                       "param": sweep_param(method), "in_domain": all(r["in_domain"] for r in rows),
+                       "mean_layers": float(np.mean([r["mean_layers"] for r in rows])), "score": score,
+                       "ci_low": low, "ci_high": high, "n": sum(r["n"] for r in rows), "benchmarks": len(rows)})
+    benchmark_order = {b: i for i, b in enumerate(sorted({p["benchmark"] for p in points} - {MEAN_BENCHMARK}))}
+    return sorted(points, key=lambda p: (benchmark_order.get(p["benchmark"], len(benchmark_order)),
+                                         method_sort_key(p["method"])))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -263,8 +340,10 @@ def describe_sources(sources: Iterable[str]) -> str:
 
 def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[str | Path],
                     consensus: list[dict] | None = None, empty_cells: Iterable[str] = (),
-                    sources: dict[str, list[str]] | None = None, by_level: list[dict] | None = None) -> str:
-    """The report: Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, sources, figures."""
+                    sources: dict[str, list[str]] | None = None, by_level: list[dict] | None = None,
+                    frontier: list[dict] | None = None) -> str:
+    """The report: Table 3 / Table 4 equivalents, the frontier's means, routing consensus, skipped benchmarks,
+    sources, figures."""
     benchmarks = sorted({r["benchmark"] for r in summary})
     methods = order_methods(r["method"] for r in summary)
     cells = {(r["benchmark"], r["method"]): r for r in summary}
@@ -308,6 +387,16 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
                 text += f" ({float(np.mean(ratios)):.2f}×)"
             average.append(text)
         out += [_table(["benchmark", "L", *methods], body + [average]), ""]
+
+    mean_points = [p for p in frontier or [] if p["benchmark"] == MEAN_BENCHMARK]
+    if mean_points:
+        out += ["## Accuracy vs layers frontier", "",
+                "Per method, the unweighted mean over the benchmarks that have it of the mean "
+                "executed layers and the score in % ± half-width of the 95% interval; per benchmark in "
+                "`frontier.parquet` and `frontier.png`.", ""]
+        body = [[p["method"], str(p["benchmarks"]), f"{p['mean_layers']:.1f}",
+                 f"{_pct(p['score'])} ±{_pct((p['ci_high'] - p['ci_low']) / 2)}"] for p in mean_points]
+        out += [_table(["method", "benchmarks", "layers", "score"], body), ""]
 
     out += ["## Routing consensus (router)", ""]
     if consensus:
@@ -394,8 +483,8 @@ def plot_accuracy_vs_layers(summary: list[dict], path) -> None:
     def knob_of(row):
         return PLAIN_ROUTER_KNOB if row["method"] == "router" else row["knob"]
 
-    curve_rows = [r for r in summary if r["method"] == "router"
-                  or (r["method"].startswith("router@") and r["knob"] is not None)]
+    curve_rows = [r for r in summary if r["method"] == "router"  # router@calibrated is its own marker
+                  or (r["method"].startswith("router@") and sweep_param(r["method"]) is not None)]
     if any(r["method"] != "router" for r in curve_rows):
         router_colour = colours(methods.index("router") % colours.N) if "router" in methods else "grey"
         points_by_knob = defaultdict(list)
@@ -418,6 +507,59 @@ def plot_accuracy_vs_layers(summary: list[dict], path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    _save(fig, path)
+
+
+LINE_STYLES = {"router@p": dict(color="tab:blue", marker="o", ls="-"),
+               "static@k": dict(color="tab:orange", marker="s", ls="--"),
+               "random@k": dict(color="tab:grey", marker="^", ls=":")}
+POINT_STYLES = {"base": dict(color="black", marker="*", ms=12), "router": dict(color="tab:blue", marker="D", ms=8),
+                "router@calibrated": dict(color="tab:purple", marker="P", ms=10),
+                "oracle": dict(color="tab:green", marker="X", ms=10)}
+
+
+def plot_frontier(points: list[dict], path) -> None:
+    """Score vs mean executed layers, one panel per in-domain benchmark and one for the mean over benchmarks:
+    router@p, static@k and random@k as lines sorted by layers, base / router / router@calibrated / oracle as
+    markers, 95% intervals as vertical error bars."""
+    title = "Accuracy vs layers frontier"
+    panels = sorted({p["benchmark"] for p in points if p["in_domain"] and p["benchmark"] != MEAN_BENCHMARK})
+    panels += [MEAN_BENCHMARK] if points else []
+    if not points:
+        return _message(path, title, "no frontier methods evaluated")
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    rows_ = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows_, columns, figsize=(2 + 4.8 * columns, 0.6 + 3.8 * rows_), squeeze=False,
+                             layout="constrained")
+    legend = {}
+    for ax, benchmark in zip(axes.flat, panels):
+        here = [p for p in points if p["benchmark"] == benchmark]
+
+        def draw(group, **style):
+            y = np.array([p["score"] for p in group])
+            yerr = np.array([y - [p["ci_low"] for p in group], [p["ci_high"] for p in group] - y])
+            ax.errorbar([p["mean_layers"] for p in group], 100 * y, yerr=100 * np.maximum(yerr, 0), capsize=3,
+                        elinewidth=0.8, **style)
+
+        for line, style in LINE_STYLES.items():
+            group = sorted((p for p in here if p["line"] == line), key=lambda p: (p["mean_layers"], p["param"]))
+            if group:
+                draw(group, label=line, ms=5, lw=1.4, **style)
+        for method, style in POINT_STYLES.items():
+            group = [p for p in here if p["method"] == method]
+            if group:
+                draw(group, label=method, ls="none", mec="black", mew=0.6, **style)
+        name = benchmark
+        if benchmark == MEAN_BENCHMARK:  # a method averages the benchmarks that have it
+            name = f"mean over {_n_label([p['benchmarks'] for p in here])} benchmark(s)"
+        ax.set(title=name, xlabel="mean executed layers per example", ylabel="score (%)")
+        ax.grid(alpha=0.3)
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))  # one legend for every panel
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8)
+    fig.suptitle(title)
     _save(fig, path)
 
 
@@ -502,20 +644,27 @@ def load_cells(cell_paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]
     return rows, empty
 
 
-def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir, seed: int = 0) -> dict:
-    """Read the cells, write report.md, summary.parquet and the three PNGs into out_dir; return their paths."""
+def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir, seed: int = 0,
+                 in_domain: Iterable[str] | None = None) -> dict:
+    """Read the cells, write report.md, summary.parquet, frontier.parquet and the PNGs into out_dir; return their
+    paths. `in_domain`: the benchmarks the frontier figure shows panels for (None = every benchmark)."""
     skipped = validate_skipped(skipped)
     rows, empty = load_cells(cell_paths)
     summary = summarize_cells(rows, seed=seed)
+    frontier = frontier_points(summary, in_domain)
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.png" for name in FIGURES}
     plot_accuracy_vs_layers(summary, paths["accuracy_vs_layers"])
+    plot_frontier(frontier, paths["frontier"])
     plot_layer_actions(rows, paths["layer_actions"])
     plot_routing_consensus(rows, paths["routing_consensus"])
     paths["summary"] = out_dir / "summary.parquet"
     write_parquet(paths["summary"], summary, SUMMARY_SCHEMA, "report summary")
+    paths["frontier_points"] = out_dir / "frontier.parquet"
+    write_parquet(paths["frontier_points"], frontier, FRONTIER_SCHEMA, "frontier points")
     paths["report"] = out_dir / "report.md"
     write_text(paths["report"], render_markdown(summary, skipped, [paths[n] for n in FIGURES],
                                                 consensus=routing_consensus(rows), empty_cells=empty,
-                                                sources=_sources(rows), by_level=scores_by_level(rows)))
+                                                sources=_sources(rows), by_level=scores_by_level(rows),
+                                                frontier=frontier))
     return paths

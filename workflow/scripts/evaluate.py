@@ -1,9 +1,11 @@
 """Evaluation stage: one benchmark x one method -> one Parquet cell, one row per example (drllm.evaluation).
 
-Methods: base | router | router@<p> (control knob p) | static (needs --router-cell and --influence) |
-random (needs --router-cell) | oracle (MCTS with the gold answer). Finished examples are checkpointed
-(<out>.progress.jsonl), so a killed job resumes where it stopped. An entry with `lm_eval: {task, metric}` runs
-that lm-eval task through the drllm lm-eval model instead (base, router and router@<p> only).
+Methods: base | router | router@<p> (control knob p) | router@calibrated (p from --calibration) |
+static (needs --router-cell and --influence) | static@<k> (k layers removed; needs --influence) |
+random (needs --router-cell) | random@<k> (k random layers per example) | oracle (MCTS with the gold answer).
+Finished examples are checkpointed (<out>.progress.jsonl), so a killed job resumes where it stopped. An entry with
+`lm_eval: {task, metric}` runs that lm-eval task through the drllm lm-eval model instead (base and router methods
+only).
 
 Example:
   python workflow/scripts/evaluate.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -21,11 +23,12 @@ import time
 from pathlib import Path
 
 from drllm.artifacts import ArtifactError
-from drllm.baselines import (matched_removals, oracle_search, random_path, random_seed, read_influence,
-                             static_path)
+from drllm.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
+                             read_influence, static_path)
 from drllm.benchmarks import read_examples
-from drllm.evaluation import (LM_EVAL_METHODS, CellContext, EvalEntry, EvaluationError, cell_accuracy,
-                              evaluate_examples, method_name, parse_method, read_cell, sample_examples, write_cell)
+from drllm.evaluation import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntry, EvaluationError, cell_accuracy,
+                              evaluate_examples, method_name, parse_method, read_calibration, read_cell,
+                              sample_examples, write_cell)
 from drllm.executor import PathExecutor
 from drllm.inference import RoutedModel
 from drllm.models import load_model, read_manifest
@@ -68,7 +71,11 @@ def router_rows_by_id(path: str | None, method: str) -> dict[str, dict]:
 
 
 def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, routers):
-    """The function giving each example's path (or path and outcome) for this method."""
+    """The function giving each example's path (or path and outcome) for this method.
+
+    `knob` is parse_method's parameter, with router@calibrated's already read from the file: the router's p,
+    static@k's / random@k's k, or None (static and random then match the router cell).
+    """
     executor = ctx.executor
     seed = int(settings.get("seed", 0))
     if kind == "base":
@@ -77,13 +84,20 @@ def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, router
         routed = RoutedModel(executor, routers, knob, ctx.tokenizer)
         return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
     if kind == "static":
-        router_rows = list(router_rows_by_id(args.router_cell, kind).values())
         if not args.influence:
-            raise ValueError("method 'static' needs --influence (the block influence file)")
-        path = static_path(read_influence(args.influence, ctx.model, executor.num_layers),
-                           matched_removals(router_rows))
+            raise ValueError(f"method {ctx.method!r} needs --influence (the block influence file)")
+        influence = read_influence(args.influence, ctx.model, executor.num_layers)
+        if knob is None:
+            remove = matched_removals(list(router_rows_by_id(args.router_cell, kind).values()))
+        else:
+            remove = fixed_removals(ctx.method, knob, executor.num_layers)
+        path = static_path(influence, remove)
         print(f"evaluate: static path removes {executor.num_layers - len(path)} layers: {path}")
         return lambda index, example, encoded: path
+    if kind == "random" and knob is not None:
+        remove = fixed_removals(ctx.method, knob, executor.num_layers)
+        return lambda index, example, encoded: random_path(executor.num_layers, remove,
+                                                           random_seed(seed, ctx.entry.name, example.id))
     if kind == "random":
         router_rows = router_rows_by_id(args.router_cell, kind)
 
@@ -107,13 +121,14 @@ def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, router
     raise ValueError(f"unknown method kind {kind!r}")
 
 
-def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manifest: dict) -> list[dict]:
+def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manifest: dict,
+                 method: str) -> list[dict]:
     """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
     from drllm.lmeval import DrLLM, evaluate_task
 
     if kind not in LM_EVAL_METHODS:
-        raise ValueError(f"method {kind!r} does not apply to the lm-eval task {entry.name!r} "
-                         f"(lm-eval tasks run {list(LM_EVAL_METHODS)} and router@<p>)")
+        raise ValueError(f"method {method!r} does not apply to the lm-eval task {entry.name!r} "
+                         f"(lm-eval tasks run {list(LM_EVAL_METHODS)}, router@<p> and router@{CALIBRATED})")
     if kind == "router" and not args.routers:
         raise ValueError("method 'router' needs --routers (a trained router directory)")
     lm = DrLLM(pretrained=args.model_dir, routers=args.routers if kind == "router" else None, knob=knob,
@@ -125,7 +140,7 @@ def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manife
                                 seed=int(settings.get("seed", 0)), include_path=spec.get("include_path"),
                                 apply_chat_template=bool(spec.get("apply_chat_template", False)))
     except Exception as exc:  # lm-eval raises many types; name the cell
-        raise EvaluationError(f"{entry.name}/{method_name(kind, knob)}: lm-eval failed: "
+        raise EvaluationError(f"{entry.name}/{method}: lm-eval failed: "
                               f"{type(exc).__name__}: {exc}") from exc
     seconds = (time.perf_counter() - started) / max(1, len(records))
     task_name = spec["task"] if isinstance(spec["task"], str) else spec["task"].get("task", entry.name)
@@ -133,7 +148,7 @@ def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manife
     for index, record in enumerate(records):
         path = record["path"]
         passes = record["new_tokens"] if record["new_tokens"] else record["requests"]
-        rows.append({"benchmark": entry.name, "method": method_name(kind, knob), "model": manifest["name"],
+        rows.append({"benchmark": entry.name, "method": method, "model": manifest["name"],
                      "example_id": record["example_id"], "example_index": index, "subset": None, "level": None,
                      "source": f"lm-eval task {task_name}",
                      "format": "lm_eval", "metric": spec["metric"], "prediction": record["prediction"],
@@ -153,13 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entry-json", required=True,
                         help="the eval.benchmarks entry as JSON: name, benchmark, split, format, samples, levels, "
                              "options")
-    parser.add_argument("--method", required=True, help="base | router | router@<p> | static | random | oracle")
+    parser.add_argument("--method", required=True, help="base | router | router@<p> | router@calibrated | static | "
+                                                        "static@<k> | random | random@<k> | oracle")
     parser.add_argument("--settings-json", default="{}",
                         help="seed, chat_template, formats (per-format options), prefix_cache, "
                              "oracle {samples, mcts}")
     parser.add_argument("--routers", default="", help="trained router directory (router, static, random)")
     parser.add_argument("--router-cell", default="", help="the router's cell on this benchmark (static, random)")
-    parser.add_argument("--influence", default="", help="block influence Parquet (static)")
+    parser.add_argument("--influence", default="", help="block influence Parquet (static, static@<k>)")
+    parser.add_argument("--calibration", default="",
+                        help="router calibration JSON with the knob p (router@calibrated)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -172,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         entry = parse_entry(args.entry_json, settings.get("formats", {}))
         kind, knob = parse_method(args.method)
         method = method_name(kind, knob)
+        if knob == CALIBRATED:  # routes exactly as router@<p>; the rows keep the method name, knob = p
+            knob = read_calibration(args.calibration)
+            print(f"evaluate: {method}: knob p = {knob:g} from {args.calibration}")
         manifest = read_manifest(args.model_dir)
         if entry.lm_eval is not None:
-            rows = lm_eval_cell(args, entry, kind, knob, settings, manifest)
+            rows = lm_eval_cell(args, entry, kind, knob, settings, manifest, method)
             write_cell(args.out, rows)
             print(f"evaluate: {entry.name}/{method}: {len(rows)} documents, lm-eval {entry.lm_eval['metric']} "
                   f"{cell_accuracy(rows):.4f} -> {args.out}")
@@ -195,13 +216,14 @@ def main(argv: list[str] | None = None) -> int:
                           bool(settings.get("chat_template", manifest.get("chat_template", True))))
         policy = build_policy(kind, knob, args, ctx, settings, routers)
         fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
-                       "method": method, "settings": settings, "data": Path(args.data).name,
+                       "method": method, "knob": knob, "settings": settings, "data": Path(args.data).name,
                        "examples": [ex.id for ex in examples]}
         checkpoint = Checkpoint(f"{args.out}.progress.jsonl", fingerprint, key="example_id")
         if checkpoint.rows:
             print(f"evaluate: resuming, {len(checkpoint.rows)} of {len(examples)} examples already done")
         rows = evaluate_examples(ctx, examples, policy, done=checkpoint.rows, on_row=checkpoint.add,
-                                 progress=not args.no_progress, knob=knob)
+                                 progress=not args.no_progress,
+                                 knob=knob if kind == "router" else None)  # static@k's k is in the name
         write_cell(args.out, rows)
         checkpoint.close(remove=True)
     except (ArtifactError, ValueError, EvaluationError) as exc:

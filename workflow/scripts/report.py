@@ -5,11 +5,13 @@ skipped benchmarks, and writes to --out-dir (drllm.report.build_report):
 
   report.md                 Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, data sources
   summary.parquet           one row per benchmark x method (drllm.report.SUMMARY_SCHEMA)
-  accuracy_vs_layers.png, layer_actions.png, routing_consensus.png
+  frontier.parquet          accuracy-vs-layers frontier points, per benchmark and averaged (FRONTIER_SCHEMA)
+  accuracy_vs_layers.png, frontier.png (panels for the --in-domain-json benchmarks and the mean),
+  layer_actions.png, routing_consensus.png
 
 Example:
   python workflow/scripts/report.py --cells results/eval/smollm2-135m-instruct/*/*.parquet \\
-      --skipped-json '[{"benchmark": "mmlu", "reason": "no data source"}]' \\
+      --skipped-json '[{"benchmark": "mmlu", "reason": "no data source"}]' --in-domain-json '["arc_easy"]' \\
       --out-dir results/report/smollm2-135m-instruct
 """
 from __future__ import annotations
@@ -34,6 +36,17 @@ def parse_skipped(text: str) -> list[dict]:
     return validate_skipped(value)
 
 
+def parse_in_domain(text: str) -> list[str] | None:
+    """--in-domain-json: null (every benchmark) or a JSON list of benchmark names."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--in-domain-json is not valid JSON: {exc}") from exc
+    if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"--in-domain-json must be null or a list of benchmark names, got {value!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", required=True, help="evaluation cell Parquet files")
     parser.add_argument("--skipped-json", default="[]",
                         help='JSON list (or file) of {"benchmark": ..., "reason": ...} for benchmarks not evaluated')
+    parser.add_argument("--in-domain-json", default="null",
+                        help="JSON list of the benchmarks the routers were trained on (frontier panels); "
+                             "null = every benchmark")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     args = parser.parse_args(argv)
     try:
         skipped = parse_skipped(args.skipped_json)
-        paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed)
+        paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed,
+                             in_domain=parse_in_domain(args.in_domain_json))
     except (ArtifactError, ValueError) as exc:  # ArtifactError is a ValueError; both mean bad input
         print(f"report: error: {exc}", file=sys.stderr)
         return 2
