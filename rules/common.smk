@@ -65,12 +65,19 @@ EVAL_METHODS = (
     + [f"static@{k}" for k in EVAL.get("static_k", [])]
     + [f"random@{k}" for k in EVAL.get("random_k", [])]
 )
+# An entry's own `methods` list replaces the global one for that entry (e.g. a frontier sweep on one benchmark).
 EVAL_CELLS = [
     f"{EVAL_DIR}/{benchmark}/{method}.parquet"
     for benchmark, block in EVAL_ENTRIES.items()
-    for method in EVAL_METHODS
+    for method in block.get("methods", EVAL_METHODS)
     if "lm_eval" not in block or method.split("@")[0] in ("base", "router")
 ]
+
+
+def eval_entry_json(wc):
+    """The entry as evaluate.py reads it: which records, format and sample (not which cells exist)."""
+    entry = {key: value for key, value in EVAL_ENTRIES[wc.eval_benchmark].items() if key != "methods"}
+    return json.dumps({"name": wc.eval_benchmark, **entry}, sort_keys=True)
 
 
 def eval_cell_inputs(wc):
@@ -109,3 +116,14 @@ def eval_settings(wc):
         }
         settings["prefix_cache"] = SEARCH.get("prefix_cache", 8)
     return json.dumps(settings, sort_keys=True)
+
+
+# -- calibration (rules/train.smk) --------------------------------------------------------------------------
+# `samples: 0` disables a set (overlays cannot delete a key).
+CALIBRATE = {
+    **config["calibrate"],
+    "sets": {name: block for name, block in config["calibrate"]["sets"].items() if block.get("samples") != 0},
+}
+CALIBRATION_DATA = {
+    name: "resources/data/{benchmark}/{split}.parquet".format(**block) for name, block in sorted(CALIBRATE["sets"].items())
+}

@@ -44,7 +44,7 @@ rule evaluate:
     params:
         python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
-        entry=lambda wc: json.dumps({"name": wc.eval_benchmark, **EVAL_ENTRIES[wc.eval_benchmark]}, sort_keys=True),
+        entry=eval_entry_json,
         settings=eval_settings,
         routers=lambda wildcards, input: os.path.dirname(input.routers) if "routers" in input.keys() else "",
         router_cell=lambda wildcards, input: input.router_cell if "router_cell" in input.keys() else "",

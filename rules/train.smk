@@ -65,26 +65,12 @@ rule train_routers:
 
 
 # Calibration (drllm.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
-# `samples: 0` disables a set (overlays cannot delete a key).
-CALIBRATE = {
-    **config["calibrate"],
-    "sets": {name: block for name, block in config["calibrate"]["sets"].items() if block.get("samples") != 0},
-}
-
-
-def calibration_data(wildcards=None):
-    return {
-        name: "resources/data/{benchmark}/{split}.parquet".format(**block)
-        for name, block in sorted(CALIBRATE["sets"].items())
-    }
-
-
 rule calibrate_routers:
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         weights=f"{ROUTER_DIR}/routers.safetensors",
         prompts=expand("results/prompts/{task}.parquet", task=SEARCH_TASKS),
-        data=list(calibration_data().values()),
+        data=list(CALIBRATION_DATA.values()),
         script=f"{workflow.basedir}/workflow/scripts/calibrate_routers.py",
     output:
         f"{ROUTER_DIR}/calibration.json",
@@ -92,7 +78,7 @@ rule calibrate_routers:
         python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         routers=lambda wildcards, input: os.path.dirname(input.weights),
-        data=" ".join(f"{name}={path}" for name, path in calibration_data().items()),
+        data=" ".join(f"{name}={path}" for name, path in CALIBRATION_DATA.items()),
         settings=json.dumps(
             {
                 **CALIBRATE,
