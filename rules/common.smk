@@ -70,7 +70,8 @@ EVAL_CELLS = [
     f"{EVAL_DIR}/{benchmark}/{method}.parquet"
     for benchmark, block in EVAL_ENTRIES.items()
     for method in block.get("methods", EVAL_METHODS)
-    if "lm_eval" not in block or method.split("@")[0] in ("base", "router")
+    # lm-eval tasks: base, router and router@<p> (the calibrated knob is not passed to lm-eval cells)
+    if "lm_eval" not in block or (method.split("@")[0] in ("base", "router") and method != "router@calibrated")
 ]
 
 

@@ -57,7 +57,7 @@ def test_shards_identical_across_backends_and_worker_counts(smollm2_dir, prompt_
     summary = tmp_path / "summary.parquet"
     assert search_summary.main(["--manifest", str(manifest), "--shards", str(outputs["serial"]),
                                 "--out", str(summary)]) == 0
-    assert pl.read_parquet(summary)["prompts"].to_list() == [4]
+    assert pl.read_parquet(summary)["prompts"].to_list() == [4, 4]  # the task, then the `all` row
     assert (tmp_path / "summary.md").read_text().startswith("# Search summary")
 
 

@@ -166,15 +166,15 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     assert frame.height == 570 and {"id", "question", "choices", "gold_index"} <= set(frame.columns)
     assert (work / "logs" / "prepare_model" / "smollm2-135m-instruct.log").is_file()
     summary = pl.read_parquet(work / "results" / "search" / "smollm2-135m-instruct" / "summary.parquet")
-    assert sorted(summary["task"]) == ["arc_challenge", "arc_easy", "dart_1", "dart_2", "dart_3", "dart_4", "dart_5"]
+    assert sorted(summary["task"]) == ["all", "arc_challenge", "arc_easy", "squad"]
     assert summary.filter(pl.col("task") == "arc_easy")["prompts"].item() == 2
     routers = work / "results" / "routers" / "smollm2-135m-instruct"
     assert {"routers.safetensors", "router_config.json", "metrics.parquet", "training_curves.png",
-            "label_distribution.png"} <= {p.name for p in routers.iterdir()}
+            "label_distribution.png", "calibration.json"} <= {p.name for p in routers.iterdir()}
     assert pl.read_parquet(routers / "metrics.parquet").height == 25
     # evaluation: every benchmark x method cell, lm-eval tasks with the base and router methods only
     cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
-    methods = {"base", "router", "router@0.25", "static", "random", "oracle"}
+    methods = {"base", "router", "router@0.25", "router@calibrated", "static", "random", "oracle"}
     assert {(b, m) for b, m in cells.select("benchmark", "method").unique().iter_rows()} == \
         {(b, m) for b in ("arc_easy", "squad") for m in methods} | \
         {("local_mc", m) for m in ("base", "router", "router@0.25")}
@@ -189,22 +189,22 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     # nothing left to do on a second run
     assert "Nothing to be done" in snakemake("-n", *configs, cwd=work).stdout
     # a config change reruns exactly the stages it reaches through params:
-    routed_cells = 2 * 4  # router, router@0.25, static, random on 2 benchmarks
+    routed_cells = 2 * 5  # router, router@0.25, router@calibrated, static, random on 2 benchmarks
     for overlay, expected in [
         ({"train": {"epochs": 3}},
-         {"train_routers": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
+         {"train_routers": 1, "calibrate_routers": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
         # the oracle's MCTS is search.mcts with eval.oracle.mcts over it (tiny sets its simulations)
         ({"search": {"mcts": {"simulations": 5}}},
-         {"search_shard": 7, "search_summary": 1, "router_samples": 1, "train_routers": 1,
+         {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1, "calibrate_routers": 1,
           "evaluate": routed_cells + 2, "report": 1, "all": 1}),
         ({"search": {"mcts": {"length_penalty": 4.0}}},
-         {"search_shard": 7, "search_summary": 1, "router_samples": 1, "train_routers": 1,
+         {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1, "calibrate_routers": 1,
           "evaluate": routed_cells + 2 + 2, "report": 1, "all": 1}),  # + the two oracle cells
         ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
          {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1, "train_routers": 1,
-          "block_influence": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
+          "calibrate_routers": 1, "block_influence": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
         ({"eval": {"knobs": [0.5]}}, {"evaluate": 2 + 1, "report": 1, "all": 1}),
-        ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 6, "report": 1, "all": 1}),
+        ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 7, "report": 1, "all": 1}),
         ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, "report": 1, "all": 1}),
     ]:
         (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
