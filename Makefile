@@ -41,6 +41,7 @@ bench: install
 	$(PY) bench/search.py
 	$(PY) bench/train.py
 	$(PY) bench/inference.py
+	$(PY) bench/scoring.py
 
 clean-results:
 	rm -rf results .snakemake/incomplete

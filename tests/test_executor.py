@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_model
-from drllm.executor import PathExecutor, UnsupportedModelError, boundary_steps, positions_from_mask
+from drllm.executor import ChoiceBatch, PathExecutor, UnsupportedModelError, boundary_steps, positions_from_mask
 from drllm.paths import LayerPath, PathError
 
 SKIP_REPEAT = [(0, 0, 2, 3), (1, 1, 3, 3), (0, 2), (0, 1, 2, 2, 3)]
@@ -147,6 +147,28 @@ def test_batched_loglikelihood_equals_one_at_a_time_and_logits(kind):
     assert abs(together[1].logprob - expected) < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("path", [(0, 1, 2, 3), (0, 0, 2, 3), (1, 3)])
+def test_shared_context_scoring_equals_the_right_padded_pass(kind, path):
+    """Multiple choice (one context, several options) runs the context once and repeats its cache per option: the
+    same log-likelihoods as the right-padded pass over every full row (which keep_hidden forces)."""
+    executor = PathExecutor(tiny_model(kind))
+    gen = torch.Generator().manual_seed(7)
+    context = torch.randint(3, 97, (9,), generator=gen).tolist()  # longer than mistral's sliding window of 6
+    for lengths in [(1, 3, 2, 5), (1, 1, 1)]:  # mixed option lengths; one-token options only
+        requests = [(context, torch.randint(3, 97, (k,), generator=gen).tolist()) for k in lengths]
+        batch = ChoiceBatch.build(requests)
+        assert batch.shared_context == len(context) and batch.context_once
+        shared, state = executor.score(batch, path)
+        padded, _ = executor.score(batch, path, keep_hidden=True)
+        assert list(state.path) == list(path)
+        for a, b in zip(shared, padded):
+            assert abs(a.logprob - b.logprob) < 1e-4 and a.is_greedy == b.is_greedy and a.num_tokens == b.num_tokens
+    assert ChoiceBatch.build([(context, [5]), (context[:-1], [5])]).shared_context == 0  # contexts differ
+    long_options = ChoiceBatch.build([(context[:2], list(range(3, 20))), (context[:2], list(range(4, 20)))])
+    assert long_options.shared_context == 2 and not long_options.context_once  # no saving worth a second pass
+
+
 def test_resume_from_prefix_equals_full_run():
     model = tiny_model("qwen2")
     executor = PathExecutor(model)
@@ -192,12 +214,10 @@ def test_invalid_paths_and_models_fail_clearly():
 
 
 def test_choice_scoring_resumes_from_a_shared_prefix():
-    from drllm.executor import ChoiceBatch
-
     executor = PathExecutor(tiny_model("llama"))
     batch = ChoiceBatch.build([([1, 5, 6, 7], [8, 9]), ([1, 5, 6, 7], [10]), ([1, 5, 6, 7], [11, 12, 13])])
     _, parent = executor.score(batch, (0, 1, 2, 3), keep_hidden=True)
-    full, _ = executor.score(batch, (0, 1, 3, 3))
+    full, _ = executor.score(batch, (0, 1, 3, 3), keep_hidden=True)  # the right-padded pass, as resumed runs it
     resumed, _ = executor.score(batch, (0, 1, 3, 3), resume=parent, resume_step=2)
     assert [r.logprob for r in full] == [r.logprob for r in resumed]
     with pytest.raises(ValueError, match="request 1: empty continuation"):

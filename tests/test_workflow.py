@@ -225,6 +225,6 @@ def test_study_config_plans_the_study():
     jobs = planned_jobs(result)
     assert jobs["search_shard"] == 3 and jobs["calibrate_routers"] == 1 and jobs["report"] == 1
     for cell in ("arc_easy/router@calibrated", "arc_challenge/oracle", "arc_easy_frontier/static@4", "arc_easy/router",
-                 "arc_challenge_frontier/router@-0.1", "mmlu/router", "squad/base"):
+                 "arc_easy/random", "arc_challenge_frontier/router@-0.1", "mmlu/router", "gpqa/router", "squad/base"):
         assert f"results/eval/smollm2-135m-instruct/{cell}.parquet" in out, cell
-    assert "results/eval/smollm2-135m-instruct/gpqa/router.parquet" not in out  # per-entry methods
+    assert "results/eval/smollm2-135m-instruct/gsm8k/router.parquet" not in out  # per-entry methods

@@ -344,13 +344,17 @@ class PathExecutor:
     def score(self, batch: "ChoiceBatch", path: LayerPath | Sequence[int] | None = None, *,
               keep_hidden: bool = False, resume: RunState | None = None,
               resume_step: int = 0) -> tuple[list[LogLikelihood], RunState]:
-        """Log-likelihood of each continuation in `batch` along `path`, in one forward pass.
+        """Log-likelihood of each continuation in `batch` along `path`, in one forward pass (two when every row
+        shares its context and no state is kept for reuse: the context once, then the options' own tokens).
 
         With keep_hidden the returned state lets a later path that shares a prefix resume (search reuse).
         """
-        state = self.prefill(batch.input_ids, batch.attention_mask, path, logits="none", keep_hidden=keep_hidden,
-                             resume=resume, resume_step=resume_step)
-        final = state.last_hidden[batch.rows, batch.cols]
+        if batch.context_once and not keep_hidden and resume is None:
+            final, state = self._shared_context_hidden(batch, path)
+        else:
+            state = self.prefill(batch.input_ids, batch.attention_mask, path, logits="none",
+                                 keep_hidden=keep_hidden, resume=resume, resume_step=resume_step)
+            final = state.last_hidden[batch.rows, batch.cols]
         logprobs = torch.log_softmax(self.logits_from_hidden(final).float(), dim=-1)
         targets = batch.targets.to(self.device)
         picked = logprobs.gather(-1, targets[:, None])[:, 0]
@@ -361,6 +365,33 @@ class PathExecutor:
                                          bool(greedy[offset:offset + count].all()), count))
             offset += count
         return results, state
+
+    def _shared_context_hidden(self, batch: "ChoiceBatch", path) -> tuple[torch.Tensor, RunState]:
+        """The hidden states `score` reads, computed with the context once: one row runs the shared context
+        (filling a cache), the cache is repeated per option, and only the options' own tokens run after it.
+        Same values as the right-padded pass (up to float rounding) at a fraction of its cost when the context
+        is long and the options short (multiple choice)."""
+        context = batch.shared_context
+        options = len(batch.counts)
+        state = self.prefill(batch.input_ids[:1, :context], None, path, use_cache=True, logits="none")
+        last_context = state.last_hidden[0, -1]
+        width = batch.input_ids.shape[1] - context
+        if width == 0:  # every option is one token: all are read at the context's last position
+            return last_context.expand(len(batch.cols), -1), state
+        cache = state.cache
+        cache.batch_repeat_interleave(options)
+        tokens = batch.input_ids[:, context:].to(self.device)
+        mask = torch.cat([torch.ones((options, context), dtype=batch.attention_mask.dtype),
+                          batch.attention_mask[:, context:]], dim=-1).to(self.device)
+        position_ids = torch.arange(context, context + width, device=self.device).expand(options, -1)
+        hidden = self.decoder.embed_tokens(tokens)
+        masks, rotary = self._step_inputs(hidden, mask, position_ids, cache, state.path)
+        hidden, _ = self._run_steps(hidden, state.path, 0, masks, rotary, position_ids, cache, False)
+        rows, cols = batch.rows.to(self.device), batch.cols.to(self.device)
+        in_options = cols >= context
+        final = last_context.expand(len(cols), -1).clone()
+        final[in_options] = hidden[rows[in_options], cols[in_options] - context]
+        return final, state
 
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -390,6 +421,19 @@ class ChoiceBatch:
     cols: torch.Tensor
     targets: torch.Tensor
     counts: list[int]
+    shared_context: int = 0  # length of the context every row shares token for token (0: contexts differ)
+
+    @property
+    def context_once(self) -> bool:
+        """Whether `PathExecutor.score` should run the shared context once: only when that at least halves the
+        tokens computed, since the second pass costs its own per-layer overhead (measured on CPU, SmolLM2: GPQA
+        1.9x and MMLU 1.3x faster, ARC 1.2x; PIQA, with short goals and long solutions, 15% slower)."""
+        rows = len(self.counts)
+        if rows < 2 or not self.shared_context:
+            return False
+        padded = int(self.attention_mask.sum())
+        once = self.shared_context + padded - rows * self.shared_context
+        return padded >= 2 * once
 
     @classmethod
     def build(cls, requests: Sequence[tuple[Sequence[int], Sequence[int]]], first_index: int = 0) -> "ChoiceBatch":
@@ -409,8 +453,10 @@ class ChoiceBatch:
             rows += [row] * len(continuation)
             cols += range(len(context) - 1, len(context) - 1 + len(continuation))
             targets += list(continuation)
+        contexts = {tuple(context) for context, _ in requests}
+        shared = len(next(iter(contexts))) if len(contexts) == 1 else 0
         return cls(input_ids, attention_mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets),
-                   [len(continuation) for _, continuation in requests])
+                   [len(continuation) for _, continuation in requests], shared)
 
 
 def empty_cache() -> DynamicCache:
