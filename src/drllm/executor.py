@@ -426,13 +426,13 @@ class ChoiceBatch:
     @property
     def context_once(self) -> bool:
         """Whether `PathExecutor.score` should run the shared context once: only when that at least halves the
-        tokens computed, since the second pass costs its own per-layer overhead (measured on CPU, SmolLM2: GPQA
-        1.9x and MMLU 1.3x faster, ARC 1.2x; PIQA, with short goals and long solutions, 15% slower)."""
+        tokens computed, since the second pass costs its own per-layer overhead (bench/scoring.py, CPU, SmolLM2:
+        GPQA 1.7x, MMLU and ARC 1.2x faster; PIQA, with short goals and long solutions, 18% slower)."""
         rows = len(self.counts)
         if rows < 2 or not self.shared_context:
             return False
         padded = int(self.attention_mask.sum())
-        once = self.shared_context + padded - rows * self.shared_context
+        once = padded - (rows - 1) * self.shared_context
         return padded >= 2 * once
 
     @classmethod
