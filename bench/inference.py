@@ -2,10 +2,11 @@
 
 On the same chat prompts (ARC test questions in the letter format), interleaved so drift hits every side alike:
   * tokens/s of greedy generation of --new-tokens tokens (EOS ignored) at batch 1 and batch 8:
-    base (every layer) vs routed (routing on the prompt, batching by path), and the same routed paths run by the
-    plain executor (fixed path, no routing) to separate the routing cost from the path's cost
-  * router overhead: the routed prefill vs a fixed-path prefill along the same path, and the routers alone
-    (pooling + MLPs of all layers) as a share of one full forward of the prompt
+    base (every layer) vs routed (routing on the prompt, then the batch decodes as one, each row along its path),
+    the same routed paths without routing (mixed-path batch), and the paper's batching by path (each distinct
+    path decoded as its own batch by the plain executor), with the block calls per decoded token of each
+  * router overhead: the routed prefill vs a prefill along the same path without routing, and the routers alone
+    (pooling + MLPs + decisions of all layers) as a share of that prefill
 Routers: the trained ones (--routers, default results/routers/<model>) when present, else random routers made
 to skip (labelled so). --knob adds a control-knob setting that skips more.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from drllm import path_batch
 from drllm.benchmarks import load_benchmark
 from drllm.executor import PathExecutor
 from drllm.inference import RoutedModel, pad_left
@@ -91,13 +93,19 @@ def main(argv=None) -> int:
     for batch in [int(b) for b in args.batches.split(",")]:
         input_ids, attention_mask = pad_left(prompts[:batch], pad)
         times: dict[str, list[float]] = {name: [] for name in settings}
-        fixed_times: dict[str, list[float]] = {name: [] for name in settings if name != "base"}
+        mixed_times: dict[str, list[float]] = {name: [] for name in settings if name != "base"}
+        by_path_times: dict[str, list[float]] = {name: [] for name in settings if name != "base"}
         paths = {name: routed.route(input_ids, attention_mask) for name, routed in settings.items()}
         for name, routed in settings.items():  # warm-up
             routed.generate(input_ids, attention_mask, max_new_tokens=4, eos_token_id=[])
 
-        def fixed_paths(name):
-            """The routed paths without routing: the executor per distinct path (what routing decodes)."""
+        def mixed(name):
+            """The routed paths without routing, decoded as one mixed-path batch."""
+            state = path_batch.prefill(executor, input_ids, attention_mask, paths[name])
+            path_batch.continue_generation(executor, state, max_new_tokens=args.new_tokens, eos_token_id=[])
+
+        def by_path(name):
+            """The paper's batching by path: the executor decodes each distinct path's rows as their own batch."""
             for path in dict.fromkeys(paths[name]):
                 rows = [i for i, p in enumerate(paths[name]) if p == path]
                 executor.generate(input_ids[rows], attention_mask[rows], path, max_new_tokens=args.new_tokens,
@@ -108,45 +116,57 @@ def main(argv=None) -> int:
                 times[name].append(timed(lambda: routed.generate(input_ids, attention_mask,
                                                                  max_new_tokens=args.new_tokens,
                                                                  eos_token_id=[]), device))
-                if name in fixed_times:
-                    fixed_times[name].append(timed(lambda: fixed_paths(name), device))
+                if name in mixed_times:
+                    mixed_times[name].append(timed(lambda: mixed(name), device))
+                    by_path_times[name].append(timed(lambda: by_path(name), device))
         base = statistics.median(times["base"])
         tokens = batch * args.new_tokens
         base_tokens_per_s[batch] = tokens / base
         print(f"\nbatch {batch}:")
-        print(f"  {'setting':<14} {'mean layers':>11} {'paths':>5} {'tokens/s':>9} {'vs base':>8} "
-              f"{'ideal':>6} {'fixed-path tokens/s':>20}")
+        print(f"  {'setting':<14} {'mean layers':>11} {'paths':>5} {'block calls':>11} {'tokens/s':>9} "
+              f"{'vs base':>8} {'ideal':>6} {'vs ideal':>8} {'mixed, no routing':>17} {'by path':>8} "
+              f"{'by-path calls':>13}")
         for name in settings:
             elapsed = statistics.median(times[name])
             mean_layers = sum(len(p) for p in paths[name]) / batch
-            fixed = f"{tokens / statistics.median(fixed_times[name]):20.1f}" if name in fixed_times else " " * 20
-            print(f"  {name:<14} {mean_layers:11.2f} {len(set(paths[name])):5d} {tokens / elapsed:9.1f} "
-                  f"{base / elapsed:7.3f}x {executor.num_layers / max(mean_layers, 1e-9):5.3f}x {fixed}")
+            ideal = executor.num_layers / max(mean_layers, 1e-9)
+            calls = len(path_batch.PathBatch.of(paths[name]).steps)
+            by_path_calls = sum(len(p) for p in set(paths[name]))
+            extra = " " * 40
+            if name in mixed_times:
+                extra = (f"{tokens / statistics.median(mixed_times[name]):17.1f} "
+                         f"{tokens / statistics.median(by_path_times[name]):8.1f} {by_path_calls:13d}")
+            print(f"  {name:<14} {mean_layers:11.2f} {len(set(paths[name])):5d} {calls:11d} {tokens / elapsed:9.1f} "
+                  f"{base / elapsed:7.3f}x {ideal:5.3f}x {base / elapsed / ideal:7.3f}x {extra}")
 
-    # router overhead on one prompt: routed prefill vs fixed-path prefill, and the routers alone vs a forward
+    # router overhead on one prompt: routed prefill vs a prefill along the same path, and the routers alone
     ids = torch.tensor([prompts[0]], device=device)
     routed = settings["router"]
     path = routed.route(ids)[0]
-    state = executor.prefill(ids, None, None, keep_hidden=True, logits="last")
-    inputs = state.layer_inputs()
-    samples = {"routed prefill": [], "fixed-path prefill": [], "full forward": [], "routers alone": []}
-    for _ in range(max(5, args.repeats * 3)):
+    inputs = executor.prefill(ids, None, path, keep_hidden=True, logits="none").layer_inputs()
+    samples = {"routed prefill": [], "same path, no routing": [], "routers alone": []}
+
+    def routers_alone():
+        route = routed.routing(ids, None)
+        return [route(layer, inputs[layer]) for layer in range(executor.num_layers)]
+
+    for _ in range(max(7, args.repeats * 3)):
         samples["routed prefill"].append(timed(lambda: routed.prefill(ids, None, use_cache=True), device))
-        samples["fixed-path prefill"].append(timed(lambda: executor.prefill(ids, None, path, use_cache=True,
-                                                                            logits="last"), device))
-        samples["full forward"].append(timed(lambda: executor.prefill(ids, None, None, use_cache=True,
-                                                                      logits="last"), device))
-        samples["routers alone"].append(timed(lambda: [routers.route(layer, inputs[layer])
-                                                       for layer in range(executor.num_layers)], device))
+        samples["same path, no routing"].append(timed(lambda: executor.prefill(ids, None, path, use_cache=True,
+                                                                               logits="last"), device))
+        samples["routers alone"].append(timed(routers_alone, device))
     median = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"\nrouter overhead, prompt of {ids.shape[1]} tokens, routed path {len(path)} layers:")
+    print(f"\nrouter overhead, prompt of {ids.shape[1]} tokens, routed path {len(path)} layers "
+          f"(median of {len(samples['routed prefill'])}):")
     for name, value in median.items():
-        print(f"  {name:<20} {value * 1e3:8.2f} ms")
-    routing = median["routed prefill"] - median["fixed-path prefill"]
-    print(f"  routers alone / full forward: {median['routers alone'] / median['full forward']:.2%}   "
-          f"routed / fixed-path prefill: {median['routed prefill'] / median['fixed-path prefill']:.3f}x")
-    print(f"  routing cost ({routing * 1e3:.2f} ms, once per prompt) / base generation of {args.new_tokens} tokens "
-          f"at batch 1: {routing / (args.new_tokens / base_tokens_per_s[1]):.2%}" if 1 in base_tokens_per_s else "")
+        print(f"  {name:<22} {value * 1e3:8.2f} ms")
+    routing = median["routed prefill"] - median["same path, no routing"]
+    print(f"  routers alone / prefill: {median['routers alone'] / median['same path, no routing']:.2%}   "
+          f"routed / unrouted prefill: {median['routed prefill'] / median['same path, no routing']:.3f}x "
+          f"({routing / median['same path, no routing']:+.2%})")
+    if 1 in base_tokens_per_s:
+        print(f"  routing cost ({routing * 1e3:.2f} ms, once per prompt) / base generation of {args.new_tokens} "
+              f"tokens at batch 1: {routing / (args.new_tokens / base_tokens_per_s[1]):.2%}")
     return 0
 
 

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, **overrides):
-    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                              MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
     common = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -26,6 +26,10 @@ def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, **overrides)
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif kind == "mistral":
         model = MistralForCausalLM(MistralConfig(sliding_window=6, **common))
+    elif kind == "gemma3":  # sliding and full attention layers, rotary embeddings per attention type
+        types = ["sliding_attention", "sliding_attention", "full_attention"]
+        model = Gemma3ForCausalLM(Gemma3TextConfig(head_dim=16, sliding_window=4, **common,
+                                                   layer_types=[types[i % 3] for i in range(layers)]))
     else:
         raise ValueError(kind)
     return model.eval().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Routed inference: routing once on the prompt, fixed-path decoding, batching by path, the control knob."""
+"""Routed inference: routing once on the prompt, fixed-path decoding, mixed-path batches, the control knob."""
 from __future__ import annotations
 
 import pytest
@@ -28,7 +28,7 @@ def prompts(lengths=(5, 9, 12, 7, 9, 3), seed=0, vocab=97):
     return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
-@pytest.fixture(params=["llama", "qwen2"])
+@pytest.fixture(params=["llama", "qwen2", "gemma3"])
 def routed(request):
     executor = PathExecutor(tiny_model(request.param, layers=LAYERS))
     return RoutedModel(executor, decisive_routers())
@@ -79,7 +79,7 @@ def test_a_routed_batch_equals_its_prompts_one_at_a_time(routed):
 
 
 def test_batched_routing_computes_each_block_once_per_row(routed):
-    """Grouping by path wastes nothing: the blocks computed equal the sum of the rows' path lengths."""
+    """Mixed-path routing wastes nothing: the blocks computed equal the sum of the rows' path lengths."""
     calls = []
     executor = routed.executor
     original = executor.apply_block

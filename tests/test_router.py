@@ -117,6 +117,30 @@ def test_logit_voting_is_mean_of_window_logits():
     assert not torch.allclose(torch.softmax(logits[0], -1), torch.softmax(per_window[0], -1).mean(0))
 
 
+def test_voted_logits_equal_forward():
+    """The routing hot path averages windows before the (linear) output layer: the same logits."""
+    torch.manual_seed(2)
+    router = Router(6, 16)
+    torch.nn.init.normal_(router.fc1.bias)
+    torch.nn.init.normal_(router.fc2.bias)
+    means = torch.randn(3, 5, 6)
+    torch.testing.assert_close(router.voted_logits(means), router(means), atol=1e-6, rtol=1e-5)
+    window_mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] + [False] * 4])
+    weights = (window_mask.float() / window_mask.sum(-1, keepdim=True))[..., None]
+    torch.testing.assert_close(router.voted_logits(means, weights), router(means, window_mask), atol=1e-6,
+                               rtol=1e-5)
+
+
+def test_host_decision_equals_decide():
+    """The routing pass decides on the host (one sync per block) exactly as `decide` does on the device."""
+    from drllm.inference import greedy_action
+
+    ties = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [0.45, 0.1, 0.45], [0.5, 0.25, 0.25], [1 / 3] * 3])
+    probs = torch.cat([ties, apply_knob(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), 0.0),
+                       torch.rand(256, 3).softmax(-1)])
+    assert [greedy_action(row) for row in probs.tolist()] == decide(probs).tolist()
+
+
 def test_stack_forward_equals_per_router_calls():
     config = RouterConfig("tiny", num_layers=4, hidden_size=8, windows=3, hidden=16)
     stack = RouterStack(config, seed=0)

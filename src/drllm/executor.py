@@ -66,6 +66,7 @@ class Generation:
     layer_applications: torch.Tensor  # [B] prefill + every decode step the row needed
     path: LayerPath
     prefill: RunState
+    logprobs: torch.Tensor | None = None  # [B, n] log-probability of each new token, 0 after EOS
 
 
 @dataclass(frozen=True)
@@ -315,30 +316,46 @@ class PathExecutor:
         """
         if state.cache is None or state.logits is None:
             raise ValueError("continue_generation needs a prefill with use_cache=True and logits")
-        path = state.path
-        eos, pad_token_id = self.stop_tokens(eos_token_id, pad_token_id)
-        batch = state.input_ids.shape[0]
-        logits = state.logits[:, -1]
         decoding = dataclasses.replace(state, cache=_copy_cache(state.cache))
+        new, num_new, passes, logprobs = self.greedy_decode(
+            state.logits[:, -1], lambda tokens: self.decode_step(decoding, tokens), max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        return Generation(new, num_new, passes * len(state.path), state.path, state, logprobs)
+
+    def greedy_decode(self, logits: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor], *,
+                      max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
+                      pad_token_id: int | None = None):
+        """The greedy loop shared by fixed-path and mixed-path decoding. logits: [B, vocab] after the prompt;
+        step(tokens [B]) feeds one token per row and returns the next logits. Rows stop at their first EOS.
+
+        Returns (tokens [B, n] padded after EOS, tokens per row with EOS, forward passes per row with the
+        prefill, log-probability of each token [B, n] with 0 after EOS).
+        """
+        eos, pad_token_id = self.stop_tokens(eos_token_id, pad_token_id)
+        batch = logits.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         passes = torch.ones(batch, dtype=torch.long, device=self.device)  # the prefill
-        tokens = []
+        tokens, logprobs = [], []
         for index in range(max_new_tokens):
             next_tokens = logits.argmax(-1)
             next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
+            chosen = torch.log_softmax(logits.float(), dim=-1).gather(-1, next_tokens[:, None])[:, 0]
+            logprobs.append(chosen.masked_fill(finished, 0.0))
             tokens.append(next_tokens)
             finished = finished | torch.isin(next_tokens, eos)
             if index == max_new_tokens - 1 or bool(finished.all()):
                 break
             passes += (~finished).long()
-            logits = self.decode_step(decoding, next_tokens)
-        new = torch.stack(tokens, dim=1) if tokens else state.input_ids.new_zeros((batch, 0))
+            logits = step(next_tokens)
+        if not tokens:
+            empty = torch.zeros((batch, 0), dtype=torch.long, device=self.device)
+            return empty, empty.sum(-1), passes, empty.float()
+        new, logprobs = torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
         is_real = torch.ones_like(new, dtype=torch.bool)
         if len(eos):  # a row's tokens after its first EOS are padding
             hit = torch.isin(new, eos).long()
             is_real = (hit.cumsum(-1) - hit) == 0
-        num_new = is_real.long().sum(-1)
-        return Generation(new, num_new, passes * len(path), path, state)
+        return new, is_real.long().sum(-1), passes, logprobs.masked_fill(~is_real, 0.0)
 
     @torch.no_grad()
     def score(self, batch: "ChoiceBatch", path: LayerPath | Sequence[int] | None = None, *,

@@ -4,9 +4,13 @@ The routing pass is the prefill. Block by block, router l reads the residual str
 means over the prompt's real tokens) and picks skip (0 runs), execute (1) or repeat (2); the blocks it runs fill
 one KV-cache slot per executed step. The path is then fixed and decoding runs along it.
 
-Batches: rows that decide differently at some layer split into groups that go on separately, each with its own
-rows of the hidden states and of the cache. A prompt therefore routes exactly as it would alone, and decoding
-runs one batch per routed path (the paper's batching by path), with no wasted block applications.
+Batches stay one batch (drllm.path_batch): at each block every row's router decides, and only the rows that run
+the block are computed, each execution with its own cache slot holding exactly those rows. A prompt therefore
+routes and decodes exactly as it would alone, with no wasted block applications, and a batch whose prompts take
+different paths decodes as one batch rather than one batch per path.
+
+Routing cost per block: one pooling matmul over the batch, the router MLP, and one host sync (the decisions
+decide which rows run the block, so they must reach the host; the pooling matrix is built once per prompt).
 
 The control knob p (App. C) blends router probabilities with fixed actions: p = -0.5 is the plain router,
 p = 0.5 executes every block (the base model), p = -1 / 1 skips / repeats every block.
@@ -14,45 +18,21 @@ p = 0.5 executes every block (the base model), p = -1 / 1 skips / repeats every 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from drllm.executor import (Generation, LogLikelihood, PathExecutor, RunState, empty_cache, positions_from_mask,
-                            select_rows)
+from drllm import path_batch
+from drllm.executor import LogLikelihood, PathExecutor
+from drllm.path_batch import BatchGeneration as RoutedGeneration, BatchState
 from drllm.paths import LayerPath
-from drllm.router import RouterStack, apply_knob, decide, probabilities, window_assignment
+from drllm.router import EXECUTE, RouterStack, apply_knob, probabilities, window_assignment
 
 
-@dataclass
-class RoutedPrefill:
-    """One group of batch rows that share a routed path, prefilled along it."""
-
-    rows: list[int]            # positions of these rows in the input batch
-    state: RunState            # the group's prefill (its path, cache when asked, logits when asked)
-
-
-@dataclass
-class RoutedGeneration:
-    """Greedy generation of a batch, rows in input order. tokens: [B, n], padded after each row's end."""
-
-    tokens: torch.Tensor
-    num_new: torch.Tensor             # [B] tokens generated per row, EOS included
-    layer_applications: torch.Tensor  # [B] blocks computed: prefill + decode steps, times the row's path length
-    paths: list[LayerPath]
-
-
-@dataclass
-class _Group:
-    rows: torch.Tensor           # indices into the input batch
-    hidden: torch.Tensor
-    attention_mask: torch.Tensor | None
-    position_ids: torch.Tensor
-    steps: list[int]
-    cache: object
-    masks: dict
-    rotary: dict
+def greedy_action(probs: Sequence[float]) -> int:
+    """drllm.router.decide for one row of probabilities on the host: argmax, with a tie to execute going to execute."""
+    best = max(range(len(probs)), key=lambda action: (probs[action], -action))
+    return EXECUTE if probs[EXECUTE] >= probs[best] else best
 
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,83 +92,43 @@ class RoutedModel:
 
     # -- routing ---------------------------------------------------------------------------------------------
 
-    def _actions(self, layer: int, group: _Group, assign: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
-        means = torch.bmm(assign[group.rows], group.hidden.float())
-        probs = probabilities(self.routers[layer](means, window_mask[group.rows]))
-        if self.knob is not None:
-            probs = apply_knob(probs, self.knob)
-        return decide(probs)
+    def routing(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """route(layer, hidden) -> per-row runs of that block, for this batch (pooling matrix built once)."""
+        routers, knob = self.routers, self.knob
+        batch, length = input_ids.shape
+        assign, window_mask = window_assignment(attention_mask, batch, length, routers.config.windows, self.device)
+        weights = None  # logit voting over each row's valid windows, as Router.forward
+        if not bool(window_mask.all()):
+            weights = (window_mask.float() / window_mask.sum(-1, keepdim=True))[..., None]
 
-    def _split(self, group: _Group, local: torch.Tensor) -> _Group:
-        """The sub-group of `group` made of its rows `local` (hidden states and cache rows copied out)."""
-        mask = None if group.attention_mask is None else group.attention_mask[local]
-        hidden, position_ids = group.hidden[local], group.position_ids[local]
-        masks, rotary = self.executor.step_inputs(hidden, mask, position_ids)
-        cache = None if group.cache is None else select_rows(group.cache, local)
-        return _Group(group.rows[local], hidden, mask, position_ids, list(group.steps), cache, masks, rotary)
+        def route(layer: int, hidden: torch.Tensor) -> list[int]:
+            logits = routers[layer].voted_logits(torch.bmm(assign, hidden.float()), weights)
+            probs = probabilities(logits)
+            if knob is not None:
+                probs = apply_knob(probs, knob)
+            return [greedy_action(row) for row in probs.tolist()]  # the one host sync of the block
+
+        return route
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                use_cache: bool = True, logits: str = "last") -> list[RoutedPrefill]:
-        """Route and prefill a (left-padded) batch; one RoutedPrefill per distinct path, rows in input order."""
-        executor = self.executor
+                use_cache: bool = True, logits: str = "last") -> BatchState:
+        """Route and prefill a (left-padded) batch as one batch; `.paths()` of the result gives each row's path."""
+        if self.routers is None:
+            paths = [self.executor.default_path()] * input_ids.shape[0]
+            return path_batch.prefill(self.executor, input_ids, attention_mask, paths, use_cache=use_cache,
+                                      logits=logits)
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
-        if self.routers is None:
-            state = executor.prefill(input_ids, attention_mask, None, use_cache=use_cache, logits=logits)
-            return [RoutedPrefill(list(range(input_ids.shape[0])), state)]
-        batch, length = input_ids.shape
-        position_ids = positions_from_mask(attention_mask, length, self.device)
-        if position_ids.shape[0] != batch:
-            position_ids = position_ids.expand(batch, -1)
-        hidden = executor.decoder.embed_tokens(input_ids)
-        # the pooling matrix depends only on the prompt mask: one for every layer
-        assign, window_mask = window_assignment(attention_mask, batch, length, self.routers.config.windows,
-                                                self.device)
-        masks, rotary = executor.step_inputs(hidden, attention_mask, position_ids)
-        groups = [_Group(torch.arange(batch, device=self.device), hidden, attention_mask, position_ids, [],
-                         empty_cache() if use_cache else None, masks, rotary)]
-        for layer in range(self.num_layers):
-            next_groups = []
-            for group in groups:
-                actions = self._actions(layer, group, assign, window_mask)
-                choices = torch.unique(actions).tolist()
-                parts = [(choices[0], group)] if len(choices) == 1 else \
-                    [(action, self._split(group, (actions == action).nonzero()[:, 0])) for action in choices]
-                for runs, part in parts:
-                    for _ in range(runs):  # 0 skip, 1 execute, 2 repeat
-                        slot = len(part.steps)
-                        part.steps.append(layer)
-                        if part.cache is not None:
-                            part.cache.layers.append(executor.cache_slot(layer))
-                        part.hidden = executor.apply_block(part.hidden, layer, slot, part.masks, part.rotary,
-                                                           part.position_ids, part.cache)
-                    next_groups.append(part)
-            groups = next_groups
-        out = []
-        for group in groups:
-            rows = group.rows
-            if logits == "all":
-                group_logits = executor.logits_from_hidden(group.hidden)
-            elif logits == "last":
-                group_logits = executor.logits_from_hidden(group.hidden[:, -1:])
-            elif logits == "none":
-                group_logits = None
-            else:
-                raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
-            state = RunState(LayerPath(tuple(group.steps), self.num_layers), input_ids[rows], group.attention_mask,
-                             group.position_ids, group_logits, group.hidden, None, group.cache)
-            out.append(RoutedPrefill(rows.tolist(), state))
-        return sorted(out, key=lambda part: part.rows[0])
+        return path_batch.prefill(self.executor, input_ids, attention_mask,
+                                  route=self.routing(input_ids, attention_mask), use_cache=use_cache, logits=logits)
 
     def route(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[LayerPath]:
         """The routed path of each row (no cache, no logits)."""
-        paths: list[LayerPath | None] = [None] * input_ids.shape[0]
-        for part in self.prefill(input_ids, attention_mask, use_cache=False, logits="none"):
-            for row in part.rows:
-                paths[row] = part.state.path
-        return paths  # type: ignore[return-value]
+        if self.routers is None:
+            return [self.executor.default_path()] * input_ids.shape[0]
+        return self.prefill(input_ids, attention_mask, use_cache=False, logits="none").paths()
 
     def route_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[LayerPath]:
         """Route token id lists (one prompt each), in batches of similar lengths."""
@@ -209,27 +149,10 @@ class RoutedModel:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int = 32, eos_token_id: int | Sequence[int] | None = None,
                  pad_token_id: int | None = None) -> RoutedGeneration:
-        """Greedy generation: route on the prompt, then decode each routed path's rows as one batch."""
-        batch = input_ids.shape[0]
-        parts = self.prefill(input_ids, attention_mask, use_cache=True, logits="last")
-        generations: list[tuple[list[int], Generation]] = [
-            (part.rows, self.executor.continue_generation(part.state, max_new_tokens=max_new_tokens,
-                                                          eos_token_id=eos_token_id, pad_token_id=pad_token_id))
-            for part in parts]
-        _, pad_token_id = self.executor.stop_tokens(eos_token_id, pad_token_id)
-        width = max(gen.tokens.shape[1] for _, gen in generations)
-        tokens = torch.full((batch, width), pad_token_id, dtype=torch.long, device=self.device)
-        num_new = torch.zeros(batch, dtype=torch.long, device=self.device)
-        applications = torch.zeros(batch, dtype=torch.long, device=self.device)
-        paths: list[LayerPath | None] = [None] * batch
-        for rows, gen in generations:
-            index = torch.tensor(rows, device=self.device)
-            tokens[index, :gen.tokens.shape[1]] = gen.tokens
-            num_new[index] = gen.num_new
-            applications[index] = gen.layer_applications
-            for row in rows:
-                paths[row] = gen.path
-        return RoutedGeneration(tokens, num_new, applications, paths)  # type: ignore[arg-type]
+        """Greedy generation: route on the prompt, then decode the batch as one, each row along its path."""
+        state = self.prefill(input_ids, attention_mask, use_cache=True, logits="last")
+        return path_batch.continue_generation(self.executor, state, max_new_tokens=max_new_tokens,
+                                              eos_token_id=eos_token_id, pad_token_id=pad_token_id)
 
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16,

@@ -135,6 +135,15 @@ class Router(nn.Module):
         """window_means [B, W, d], window_mask [B, W] bool or None -> logits [B, 3] (logit voting)."""
         return _masked_window_mean(self.window_logits(window_means), window_mask)
 
+    def voted_logits(self, window_means: torch.Tensor, window_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` evaluated in fewer operations (the routing hot path): the output layer is linear, so the
+        window average can come before it. window_weights: [B, W, 1], each row's valid windows summing to 1, or
+        None when every window is valid. Equal to `forward` up to float rounding."""
+        fc1, fc2 = self.fc1, self.fc2
+        hidden = F.gelu(F.linear(window_means.to(fc1.weight.dtype), fc1.weight, fc1.bias), approximate="tanh")
+        hidden = hidden.mean(-2) if window_weights is None else (hidden * window_weights).sum(-2)
+        return F.linear(hidden, fc2.weight, fc2.bias)
+
 
 @dataclass
 class RouterConfig:

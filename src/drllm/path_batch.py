@@ -1,0 +1,233 @@
+"""Batches whose rows run different layer paths, computed together and exactly.
+
+A path runs each block 0, 1 or 2 times in block order, so a batch of paths is a list of steps (block, the rows
+that execute it this time), in block order: block l's first execution by every row whose path runs it, then its
+second by the rows that repeat it. Each step gathers its rows' hidden states, runs the block on them and
+scatters the result back; its KV-cache slot holds exactly those rows. A row's numbers are therefore those of the
+row alone along its path, while the batch pays for each distinct (block, execution) once, instead of once per
+distinct path as when every path decodes as its own batch (the paper's batching by path).
+
+Row subsets read the batch's masks and rotary embeddings by row, so this needs tensor masks (sdpa, eager and
+flash attention); a model whose mask builder returns another object (flex attention's BlockMask) is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from drllm.executor import UnsupportedModelError, empty_cache, positions_from_mask
+from drllm.paths import MAX_REPEATS, LayerPath
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """One execution of block `layer` by batch rows `rows` (ascending); `index` is None when every row runs it."""
+
+    layer: int
+    rows: tuple[int, ...]
+    index: torch.Tensor | None
+
+
+class PathBatch:
+    """The steps of a batch of rows, each on its own path: built from the paths, or grown step by step (routing)."""
+
+    def __init__(self, num_rows: int, num_layers: int, device: torch.device | str | None = None):
+        if num_rows < 1:
+            raise ValueError(f"a path batch needs at least one row, got {num_rows}")
+        self.num_rows, self.num_layers, self.device = num_rows, num_layers, device
+        self.steps: list[BatchStep] = []
+
+    @classmethod
+    def of(cls, paths: Sequence[LayerPath], device: torch.device | str | None = None) -> "PathBatch":
+        if not paths:
+            raise ValueError("a path batch needs at least one path")
+        num_layers = paths[0].num_layers
+        if any(path.num_layers != num_layers for path in paths):
+            raise ValueError(f"paths are for different layer counts: {sorted({p.num_layers for p in paths})}")
+        batch = cls(len(paths), num_layers, device)
+        counts = [path.counts() for path in paths]
+        for layer in range(num_layers):
+            for execution in range(1, MAX_REPEATS + 1):
+                batch.add(layer, [row for row, count in enumerate(counts) if count[layer] >= execution])
+        return batch
+
+    def add(self, layer: int, rows: Sequence[int]) -> BatchStep | None:
+        """Append the step `layer` run by `rows` (none: no step); returns it. Steps must keep block order."""
+        rows = tuple(sorted(int(row) for row in rows))
+        if not rows:
+            return None
+        if self.steps and layer < self.steps[-1].layer:
+            raise ValueError(f"step for block {layer} after block {self.steps[-1].layer}: block order must be kept")
+        index = None if len(rows) == self.num_rows else torch.tensor(rows, dtype=torch.long, device=self.device)
+        step = BatchStep(int(layer), rows, index)
+        self.steps.append(step)
+        return step
+
+    def paths(self) -> list[LayerPath]:
+        """Each row's path."""
+        layers: list[list[int]] = [[] for _ in range(self.num_rows)]
+        for step in self.steps:
+            for row in step.rows:
+                layers[row].append(step.layer)
+        return [LayerPath(tuple(row_layers), self.num_layers) for row_layers in layers]
+
+    def layers(self) -> list[int]:
+        """The blocks the batch runs, one entry per step (what decides the attention types needed)."""
+        return [step.layer for step in self.steps]
+
+    def row_steps(self) -> torch.Tensor:
+        """[rows] number of steps each row executes (its path length)."""
+        lengths = torch.zeros(self.num_rows, dtype=torch.long)
+        for step in self.steps:
+            lengths[list(step.rows)] += 1
+        return lengths
+
+
+class RowInputs:
+    """A forward's masks, rotary embeddings and positions, with their restriction to row subsets (memoised)."""
+
+    def __init__(self, masks: dict, rotary: dict, position_ids: torch.Tensor):
+        self.full = (masks, rotary, position_ids)
+        self._subsets: dict[tuple[int, ...], tuple] = {}
+
+    def rows(self, step: BatchStep) -> tuple:
+        if step.index is None:
+            return self.full
+        subset = self._subsets.get(step.rows)
+        if subset is None:
+            masks, rotary, position_ids = self.full
+            subset = ({kind: _take_rows(mask, step.index, "attention mask") for kind, mask in masks.items()},
+                      {kind: tuple(_take_rows(part, step.index, "rotary embedding") for part in pair)
+                       for kind, pair in rotary.items()},
+                      _take_rows(position_ids, step.index, "position ids"))
+            self._subsets[step.rows] = subset
+        return subset
+
+
+def _take_rows(value, index: torch.Tensor, what: str):
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        raise UnsupportedModelError(f"mixed-path batches select rows of the {what}; got a {type(value).__name__} "
+                                    "(use sdpa, eager or flash attention)")
+    if value.shape[0] == 1:  # broadcast over the batch (positions without padding)
+        return value
+    return value.index_select(0, index)
+
+
+def run_step(executor, hidden: torch.Tensor, step: BatchStep, slot: int, inputs: RowInputs, cache) -> torch.Tensor:
+    """Run one step: only its rows go through the block (cache slot `slot`), the others pass unchanged."""
+    masks, rotary, position_ids = inputs.rows(step)
+    if step.index is None:
+        return executor.apply_block(hidden, step.layer, slot, masks, rotary, position_ids, cache)
+    out = executor.apply_block(hidden.index_select(0, step.index), step.layer, slot, masks, rotary, position_ids,
+                               cache)
+    return hidden.index_copy(0, step.index, out)
+
+
+def run_steps(executor, hidden: torch.Tensor, batch: PathBatch, inputs: RowInputs, cache) -> torch.Tensor:
+    for slot, step in enumerate(batch.steps):
+        hidden = run_step(executor, hidden, step, slot, inputs, cache)
+    return hidden
+
+
+@dataclass
+class BatchState:
+    """A prefilled mixed-path batch, ready to decode: cache slot i holds the rows of `batch.steps[i]`."""
+
+    batch: PathBatch
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    logits: torch.Tensor | None
+    last_hidden: torch.Tensor
+    cache: object | None
+
+    def paths(self) -> list[LayerPath]:
+        return self.batch.paths()
+
+
+# route(layer, hidden entering it) -> how many times each row runs the block (0, 1 or 2)
+Router = Callable[[int, torch.Tensor], Sequence[int]]
+
+
+@torch.no_grad()
+def prefill(executor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            paths: Sequence[LayerPath] | None = None, *, route: Router | None = None, use_cache: bool = True,
+            logits: str = "last") -> BatchState:
+    """Run a (left-padded) batch along per-row `paths`, or along the paths `route` decides block by block."""
+    if (paths is None) == (route is None):
+        raise ValueError("give either the rows' paths or a route function")
+    input_ids = input_ids.to(executor.device)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(executor.device)
+    rows, length = input_ids.shape
+    if paths is not None:
+        if len(paths) != rows:
+            raise ValueError(f"{len(paths)} paths for a batch of {rows} rows")
+        counts = list(zip(*(executor.as_path(path).counts() for path in paths)))  # [layer][row]
+        route = lambda layer, hidden: counts[layer]  # noqa: E731
+    position_ids = positions_from_mask(attention_mask, length, executor.device)
+    hidden = executor.decoder.embed_tokens(input_ids)
+    inputs = RowInputs(*executor.step_inputs(hidden, attention_mask, position_ids), position_ids)
+    batch = PathBatch(rows, executor.num_layers, executor.device)
+    cache = empty_cache() if use_cache else None
+    for layer in range(executor.num_layers):
+        runs = route(layer, hidden)
+        for execution in range(1, MAX_REPEATS + 1):
+            step = batch.add(layer, [row for row, count in enumerate(runs) if count >= execution])
+            if step is None:
+                break
+            if cache is not None:
+                cache.layers.append(executor.cache_slot(layer))
+            hidden = run_step(executor, hidden, step, len(batch.steps) - 1, inputs, cache)
+    if logits == "all":
+        out_logits = executor.logits_from_hidden(hidden)
+    elif logits == "last":
+        out_logits = executor.logits_from_hidden(hidden[:, -1:])
+    elif logits == "none":
+        out_logits = None
+    else:
+        raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+    return BatchState(batch, input_ids, attention_mask, out_logits, hidden, cache)
+
+
+@torch.no_grad()
+def decode_step(executor, state: BatchState, next_tokens: torch.Tensor) -> torch.Tensor:
+    """Feed one token per row, each along its own path; returns logits [B, vocab]. Updates `state`."""
+    rows = next_tokens.shape[0]
+    if state.attention_mask is None:
+        state.attention_mask = torch.ones_like(state.input_ids)
+    state.attention_mask = torch.cat([state.attention_mask, state.attention_mask.new_ones((rows, 1))], dim=-1)
+    position_ids = state.attention_mask.long().sum(-1, keepdim=True) - 1
+    hidden = executor.decoder.embed_tokens(next_tokens.view(rows, 1).to(executor.device))
+    masks, rotary = executor.step_inputs(hidden, state.attention_mask, position_ids, state.cache,
+                                         state.batch.layers())
+    hidden = run_steps(executor, hidden, state.batch, RowInputs(masks, rotary, position_ids), state.cache)
+    return executor.logits_from_hidden(hidden)[:, -1]
+
+
+@dataclass
+class BatchGeneration:
+    """Greedy generation of a mixed-path batch, rows in input order. tokens: [B, n], padded after each row's end."""
+
+    tokens: torch.Tensor
+    num_new: torch.Tensor             # [B] tokens generated per row, EOS included
+    layer_applications: torch.Tensor  # [B] blocks computed: prefill + decode passes, times the row's path length
+    paths: list[LayerPath]
+    logprobs: torch.Tensor            # [B, n] log-probability of each new token, 0 after EOS
+
+
+@torch.no_grad()
+def continue_generation(executor, state: BatchState, *, max_new_tokens: int = 32,
+                        eos_token_id: int | Sequence[int] | None = None,
+                        pad_token_id: int | None = None) -> BatchGeneration:
+    """Greedy decoding of the whole batch at once, each row along its own path (consumes `state`'s cache)."""
+    if state.cache is None or state.logits is None:
+        raise ValueError("continue_generation needs a prefill with use_cache=True and logits")
+    tokens, num_new, passes, logprobs = executor.greedy_decode(
+        state.logits[:, -1], lambda next_tokens: decode_step(executor, state, next_tokens),
+        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    lengths = state.batch.row_steps().to(passes.device)
+    return BatchGeneration(tokens, num_new, passes * lengths, state.paths(), logprobs)

@@ -1,0 +1,112 @@
+"""Mixed-path batches: rows on different paths computed together equal each row alone along its path."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from drllm import path_batch
+from drllm.executor import PathExecutor
+from drllm.inference import pad_left
+from drllm.path_batch import PathBatch
+from drllm.paths import LayerPath
+
+LAYERS = 6
+# skips, repeats, the full path, a repeat at the first and last block, and no block at all
+COUNTS = [[1, 1, 1, 1, 1, 1], [1, 0, 2, 1, 0, 1], [2, 1, 1, 0, 0, 2], [0, 1, 1, 2, 1, 1], [0] * 6,
+          [1, 0, 1, 1, 2, 0]]
+PATHS = [LayerPath.from_counts(counts) for counts in COUNTS]
+
+
+def prompts(lengths=(5, 9, 12, 7, 9, 3), seed=0, vocab=97):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+@pytest.fixture(params=["llama", "qwen2", "gemma3"])
+def executor(request):
+    return PathExecutor(tiny_model(request.param, layers=LAYERS))
+
+
+def test_steps_rebuild_the_paths_in_block_order():
+    batch = PathBatch.of(PATHS)
+    assert batch.paths() == PATHS
+    assert [step.layer for step in batch.steps] == sorted(step.layer for step in batch.steps)
+    assert batch.row_steps().tolist() == [len(path) for path in PATHS]
+    # one step per distinct (block, execution); every row on a step that all rows run shares the full batch
+    assert len(batch.steps) == sum(max(counts[layer] for counts in COUNTS) for layer in range(LAYERS))
+    with pytest.raises(ValueError, match="block order"):
+        batch.add(0, [1])
+
+
+def test_mixed_generation_equals_each_row_alone_along_its_path(executor):
+    batch = prompts()
+    input_ids, attention_mask = pad_left(batch)
+    state = path_batch.prefill(executor, input_ids, attention_mask, PATHS)
+    together = path_batch.continue_generation(executor, state, max_new_tokens=8, eos_token_id=2)
+    assert together.paths == PATHS
+    for row, (ids, path) in enumerate(zip(batch, PATHS)):
+        alone = executor.generate(torch.tensor([ids]), None, path, max_new_tokens=8, eos_token_id=2)
+        count = int(alone.num_new[0])
+        assert int(together.num_new[row]) == count
+        assert together.tokens[row, :count].tolist() == alone.tokens[0, :count].tolist()
+        assert torch.allclose(together.logprobs[row, :count], alone.logprobs[0, :count], atol=1e-4)
+        assert int(together.layer_applications[row]) == int(alone.layer_applications[0])
+
+
+def test_mixed_prefill_logits_equal_each_row_alone(executor):
+    batch = prompts((4, 8, 8, 6, 5, 7), seed=1)
+    input_ids, attention_mask = pad_left(batch)
+    state = path_batch.prefill(executor, input_ids, attention_mask, PATHS, use_cache=False, logits="all")
+    for row, (ids, path) in enumerate(zip(batch, PATHS)):
+        alone = executor.prefill(torch.tensor([ids]), None, path)
+        assert torch.allclose(state.logits[row, -len(ids):], alone.logits[0], atol=1e-4)
+
+
+def test_a_decode_step_runs_each_block_execution_once_for_the_whole_batch(executor):
+    """Per decoded token the batch pays one block call per distinct (block, execution), and computes exactly
+    the rows' path lengths; decoding each distinct path as its own batch would pay one call per path step."""
+    input_ids, attention_mask = pad_left(prompts())
+    state = path_batch.prefill(executor, input_ids, attention_mask, PATHS)
+    calls = []
+    original = executor.apply_block
+
+    def counting(hidden, layer, *args, **kwargs):
+        calls.append(hidden.shape[0])
+        return original(hidden, layer, *args, **kwargs)
+
+    executor.apply_block = counting
+    try:
+        path_batch.decode_step(executor, state, torch.full((len(PATHS),), 5))
+    finally:
+        del executor.apply_block
+    assert len(calls) == len(state.batch.steps) < sum(len(path) for path in set(PATHS))
+    assert sum(calls) == sum(len(path) for path in PATHS)
+
+
+def test_path_count_must_match_the_batch(executor):
+    input_ids, attention_mask = pad_left(prompts())
+    with pytest.raises(ValueError, match="5 paths for a batch of 6 rows"):
+        path_batch.prefill(executor, input_ids, attention_mask, PATHS[:5])
+
+
+@pytest.mark.slow
+def test_mixed_smollm2_batch_equals_each_prompt_alone(smollm2):
+    """The real embedded model: chat prompts on different paths (skips, a repeat) decoded as one batch."""
+    model, tokenizer = smollm2[:2]
+    executor = PathExecutor(model)
+    full = list(range(30))
+    paths = [LayerPath(tuple(full), 30), LayerPath(tuple(l for l in full if l not in (20, 24, 27)), 30),
+             LayerPath(tuple(sorted(full + [14])), 30), LayerPath(tuple(l for l in full if l not in (3, 25)), 30)]
+    texts = ["What is the capital of France?", "Name a prime number larger than ten.", "Say hello.",
+             "Which planet is largest?"]
+    batch = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=False) for text in texts]
+    input_ids, attention_mask = pad_left(batch, tokenizer.pad_token_id or 0)
+    state = path_batch.prefill(executor, input_ids, attention_mask, paths)
+    together = path_batch.continue_generation(executor, state, max_new_tokens=12)
+    for row, (ids, path) in enumerate(zip(batch, paths)):
+        alone = executor.generate(torch.tensor([ids]), None, path, max_new_tokens=12)
+        count = int(alone.num_new[0])
+        assert together.tokens[row, :count].tolist() == alone.tokens[0, :count].tolist()
+        assert torch.allclose(together.logprobs[row, :count], alone.logprobs[0, :count], atol=1e-3)
