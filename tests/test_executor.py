@@ -74,9 +74,15 @@ def test_default_path_reproduces_generate(kind):
     model = tiny_model(kind)
     executor = PathExecutor(model)
     ids, mask = batch(seed=1)
-    theirs = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False)[:, ids.shape[1]:]
-    ours = executor.generate(ids, mask, max_new_tokens=12).tokens
-    assert torch.equal(ours, theirs)
+    generated = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, output_scores=True,
+                               return_dict_in_generate=True)
+    theirs = generated.sequences[:, ids.shape[1]:]
+    ours = executor.generate(ids, mask, max_new_tokens=12)
+    assert torch.equal(ours.tokens, theirs)
+    # each token's log-probability, as generate()'s scores give it (no EOS in these tiny runs' first 12 tokens)
+    scores = torch.stack(generated.scores, 1).log_softmax(-1).gather(-1, theirs[..., None])[..., 0]
+    real = ours.logprobs != 0
+    assert torch.allclose(ours.logprobs[real], scores[real], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])

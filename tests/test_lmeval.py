@@ -3,6 +3,9 @@ tokenisation equals lm-eval's HFLM, simple_evaluate runs offline on local tasks,
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -288,6 +291,47 @@ def test_registered_under_drllm():
     from lm_eval.api.registry import get_model
 
     assert get_model("drllm") is DrLLM
+
+
+@pytest.mark.slow
+def test_lm_evals_own_models_stay_usable_after_the_import(smollm2_dir, tmp_path):
+    """A fresh interpreter: `import drllm.lmeval` first, then lm-eval's own `hf` model by name, then `drllm`."""
+    choice, _ = local_tasks(tmp_path)
+    script = f"""
+import json, sys
+import drllm.lmeval, lm_eval
+from lm_eval.tasks import TaskManager
+task = json.loads(sys.argv[1])
+for model in ("hf", "drllm"):
+    results = lm_eval.simple_evaluate(model=model, model_args="pretrained={smollm2_dir},device=cpu,dtype=float32",
+                                      tasks=[task], task_manager=TaskManager(include_defaults=False), limit=2)
+    print(model, json.dumps(results["results"]["drllm_local_mc"]["acc,none"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(choice)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = dict(line.split() for line in done.stdout.splitlines() if line.startswith(("hf ", "drllm ")))
+    assert scores["hf"] == scores["drllm"]  # the same model, every layer: the same accuracy
+
+
+@pytest.mark.slow
+def test_the_lm_eval_command_line_runs_the_drllm_model_on_an_included_task(smollm2_dir, routers_dir, tmp_path):
+    """`drllm-lm-eval` takes lm-eval's own arguments (--include_path for a task config over local files)."""
+    choice, _ = local_tasks(tmp_path)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "drllm_local_mc.yaml").write_text(json.dumps(choice))  # JSON is YAML
+    command = Path(sys.executable).parent / "drllm-lm-eval"
+    assert command.is_file(), f"{command} missing: reinstall the package (make install)"
+    done = subprocess.run([str(command), "--model", "drllm", "--model_args",
+                           f"pretrained={smollm2_dir},routers={routers_dir},device=cpu,dtype=float32",
+                           "--tasks", "drllm_local_mc", "--include_path", str(tasks), "--limit", "3",
+                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (written,) = (tmp_path / "out").rglob("results_*.json")
+    results = json.loads(written.read_text())
+    assert results["results"]["drllm_local_mc"]["sample_len"] == 3
+    assert results["config"]["drllm"]["routers"] == str(routers_dir)
 
 
 @pytest.fixture

@@ -1,12 +1,17 @@
 """lm-evaluation-harness adapter: evaluate a frozen model with (or without) its Dr.LLM routers.
 
-Importing this module registers the model type ``drllm`` with lm-eval, so either of these works (the lm-eval CLI
-runs in another process and cannot see it; use the Python API)::
+Importing this module registers the model type ``drllm`` with lm-eval next to lm-eval's own models (``hf``,
+``vllm``... stay usable in the same process), so either of these works::
 
     import drllm.lmeval, lm_eval
     lm_eval.simple_evaluate(model="drllm", model_args="pretrained=resources/models/m,routers=results/routers",
                             tasks=["arc_easy"])
     lm_eval.simple_evaluate(model=drllm.lmeval.DrLLM(pretrained=..., routers=...), tasks=[...])
+
+On the command line, ``drllm-lm-eval`` is lm-eval's own CLI with ``drllm`` registered (`main`)::
+
+    drllm-lm-eval --model drllm --model_args pretrained=resources/models/m,routers=results/routers/m \
+        --tasks arc_challenge,gsm8k,mmlu
 
 Model arguments: ``pretrained`` (a materialised model directory, drllm.models; required), ``routers`` (a router
 directory; omitted or empty = the base model, every layer once), ``knob`` (the control knob p in [-1, 1]; needs
@@ -32,6 +37,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import lm_eval.models  # noqa: F401  lm-eval's own models: get_model only imports them into an empty registry
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -466,3 +472,14 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
                             "score": float(sample[metric]), "path": path, "requests": len(arguments),
                             "new_tokens": new_tokens})
     return records
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`drllm-lm-eval`: lm-eval's command line (same arguments, same output) with the drllm model registered."""
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
