@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models (milliseconds per forward) and the real embedded SmolLM2."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -33,6 +34,28 @@ def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, **overrides)
     else:
         raise ValueError(kind)
     return model.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def block_calls(executor):
+    """Record the batch size of every block call `executor` makes inside the block."""
+    calls = []
+    original = executor.apply_block
+
+    def counting(hidden, layer, *args, **kwargs):
+        calls.append(hidden.shape[0])
+        return original(hidden, layer, *args, **kwargs)
+
+    executor.apply_block = counting
+    try:
+        yield calls
+    finally:
+        del executor.apply_block
+
+
+def random_prompts(lengths=(5, 9, 12, 7, 9, 3), seed=0, vocab=97):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
 @pytest.fixture(params=["llama", "qwen2"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import block_calls, random_prompts as prompts, tiny_model
 from drllm.artifacts import ArtifactError
 from drllm.executor import PathExecutor
 from drllm.inference import RoutedModel, pad_left
@@ -21,11 +21,6 @@ def decisive_routers(layers=LAYERS, hidden=64, seed=3, scale=30.0, base_model="t
         for router in stack.routers:
             router.fc2.weight.mul_(scale)
     return stack
-
-
-def prompts(lengths=(5, 9, 12, 7, 9, 3), seed=0, vocab=97):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])
@@ -80,20 +75,9 @@ def test_a_routed_batch_equals_its_prompts_one_at_a_time(routed):
 
 def test_batched_routing_computes_each_block_once_per_row(routed):
     """Mixed-path routing wastes nothing: the blocks computed equal the sum of the rows' path lengths."""
-    calls = []
-    executor = routed.executor
-    original = executor.apply_block
-
-    def counting(hidden, layer, *args, **kwargs):
-        calls.append(hidden.shape[0])
-        return original(hidden, layer, *args, **kwargs)
-
-    executor.apply_block = counting
-    try:
-        input_ids, attention_mask = pad_left(prompts())
+    input_ids, attention_mask = pad_left(prompts())
+    with block_calls(routed.executor) as calls:
         paths = routed.route(input_ids, attention_mask)
-    finally:
-        del executor.apply_block
     assert sum(calls) == sum(len(path) for path in paths)
 
 

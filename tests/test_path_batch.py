@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import block_calls, random_prompts as prompts, tiny_model
 from drllm import path_batch
 from drllm.executor import PathExecutor
 from drllm.inference import pad_left
@@ -16,11 +16,6 @@ LAYERS = 6
 COUNTS = [[1, 1, 1, 1, 1, 1], [1, 0, 2, 1, 0, 1], [2, 1, 1, 0, 0, 2], [0, 1, 1, 2, 1, 1], [0] * 6,
           [1, 0, 1, 1, 2, 0]]
 PATHS = [LayerPath.from_counts(counts) for counts in COUNTS]
-
-
-def prompts(lengths=(5, 9, 12, 7, 9, 3), seed=0, vocab=97):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])
@@ -68,18 +63,8 @@ def test_a_decode_step_runs_each_block_execution_once_for_the_whole_batch(execut
     the rows' path lengths; decoding each distinct path as its own batch would pay one call per path step."""
     input_ids, attention_mask = pad_left(prompts())
     state = path_batch.prefill(executor, input_ids, attention_mask, PATHS)
-    calls = []
-    original = executor.apply_block
-
-    def counting(hidden, layer, *args, **kwargs):
-        calls.append(hidden.shape[0])
-        return original(hidden, layer, *args, **kwargs)
-
-    executor.apply_block = counting
-    try:
+    with block_calls(executor) as calls:
         path_batch.decode_step(executor, state, torch.full((len(PATHS),), 5))
-    finally:
-        del executor.apply_block
     assert len(calls) == len(state.batch.steps) < sum(len(path) for path in set(PATHS))
     assert sum(calls) == sum(len(path) for path in PATHS)
 

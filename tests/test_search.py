@@ -1,6 +1,7 @@
 """The length-aware MCTS over layer paths, with scripted rewards (no model)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -324,3 +325,44 @@ def test_evaluation_budget_caps_real_evaluations():
     assert result.evaluations == 12 == len(calls)
     with pytest.raises(ValueError, match="max_evaluations"):
         MCTSConfig(max_evaluations=0).validate()
+
+
+def probe_values(rule: dict) -> list:
+    """Values on and just beside every bound, type and enum of one JSON-schema property."""
+    types = rule.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    values: list = [True, "text"] + (list(rule["enum"]) if "enum" in rule else [])
+    step = 1 if "integer" in types else 0.25
+    for key in ("minimum", "maximum", "exclusiveMinimum"):
+        if key in rule:
+            values += [rule[key] - step, rule[key], rule[key] + step]
+    if "null" in types:
+        values.append(None)
+    if "integer" in types:
+        values = [int(v) if isinstance(v, float) else v for v in values]
+    return values
+
+
+def test_config_schema_and_mcts_config_agree_on_every_bound():
+    """config/schema.yaml's MCTS block (search.mcts and eval.oracle.mcts) accepts exactly what MCTSConfig does,
+    so no config passes validation and then fails once a job starts."""
+    import jsonschema
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    block = schema["$defs"]["mcts"]
+    assert set(block["properties"]) == {field.name for field in dataclasses.fields(MCTSConfig)}
+    validator = jsonschema.Draft202012Validator(block)
+    for name, rule in block["properties"].items():
+        for value in probe_values(rule):
+            try:
+                MCTSConfig.from_dict({name: value})
+                accepted = True
+            except ValueError:
+                accepted = False
+            assert validator.is_valid({name: value}) == accepted, f"search.mcts.{name}: {value!r}"
+    for path in (("properties", "search", "properties", "mcts"),
+                 ("properties", "eval", "properties", "oracle", "properties", "mcts")):
+        node = schema
+        for key in path:
+            node = node[key]
+        assert node == {"$ref": "#/$defs/mcts"}, path
