@@ -50,8 +50,7 @@ def timed(fn, device) -> float:
 def load_routers(args, manifest, device) -> tuple[RouterStack, str]:
     directory = Path(args.routers or f"results/routers/{manifest['name']}")
     if (directory / "routers.safetensors").is_file():
-        stack = RouterStack.from_pretrained(directory, expected_model=manifest["name"],
-                                            expected_layers=int(manifest["num_layers"]), device=device)
+        stack = RouterStack.for_model(directory, manifest, device=device)
         return stack, f"trained ({directory})"
     stack = RouterStack(RouterConfig(manifest["name"], int(manifest["num_layers"]), int(manifest["hidden_size"])),
                         seed=0)

@@ -40,6 +40,7 @@ rule train_routers:
         weights=f"{ROUTER_DIR}/routers.safetensors",
         config=f"{ROUTER_DIR}/router_config.json",
         metrics=f"{ROUTER_DIR}/metrics.parquet",
+        card=f"{ROUTER_DIR}/README.md",
         curves=report(f"{ROUTER_DIR}/training_curves.png", category="Routers"),
         labels=report(f"{ROUTER_DIR}/label_distribution.png", category="Routers"),
     params:

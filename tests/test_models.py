@@ -1,6 +1,7 @@
 """Model assets: config validation, the local from_pretrained path, materialise + reload, clear failures."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
@@ -47,6 +48,7 @@ def test_local_directory_materialises_and_reloads_identically(tmp_path):
     manifest = materialize(ModelSpec(name="tiny", source="local", path=str(source)), out)
     assert manifest["num_layers"] == 4 and manifest["architecture"] == "LlamaForCausalLM"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert manifest["weights_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     reloaded, tokenizer, again = load_model(out, device="cpu", dtype="float32")
     assert again == read_manifest(out)
     ids = torch.tensor([[1, 5, 9, 33]])

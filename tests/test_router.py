@@ -215,6 +215,25 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(means), stack(means))
 
 
+def test_routers_are_tied_to_the_base_models_revision_and_weights(tmp_path, monkeypatch):
+    config = RouterConfig("tiny-llama", num_layers=3, hidden_size=8, hidden=16, base_model_revision="abc123",
+                          base_model_sha256="f" * 64)
+    RouterStack(config).save_pretrained(tmp_path)
+    manifest = {"name": "tiny-llama", "num_layers": 3, "hidden_size": 8, "revision": "abc123",
+                "weights_sha256": "f" * 64}
+    assert RouterStack.for_model(tmp_path, manifest).config == config
+    assert RouterStack.for_model(tmp_path, {**manifest, "revision": None, "weights_sha256": None}).config == config
+    with pytest.raises(ArtifactError, match="'tiny-llama' revision 'abc123', not 'def456'"):
+        RouterStack.for_model(tmp_path, {**manifest, "revision": "def456"})
+    with pytest.raises(ArtifactError, match=r"weights \(sha256\) 'f{64}', not '0{64}'"):
+        RouterStack.for_model(tmp_path, {**manifest, "weights_sha256": "0" * 64})
+    # not a local directory: an "owner/name" source is a hub repository, downloaded with huggingface_hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArtifactError, match="routers 'someone/no-such-routers': no such local directory"):
+        RouterStack.from_pretrained("someone/no-such-routers")
+
+
 def test_load_failures_are_clear(tmp_path):
     with pytest.raises(ArtifactError, match="router_config.json not found"):
         RouterStack.from_pretrained(tmp_path)

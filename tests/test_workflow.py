@@ -1,6 +1,7 @@
 """The Snakemake DAG: lint, dry runs, schema validation, and the assets stage end to end on a tiny config."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -170,7 +171,11 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     assert summary.filter(pl.col("task") == "arc_easy")["prompts"].item() == 2
     routers = work / "results" / "routers" / "smollm2-135m-instruct"
     assert {"routers.safetensors", "router_config.json", "metrics.parquet", "training_curves.png",
-            "label_distribution.png", "calibration.json"} <= {p.name for p in routers.iterdir()}
+            "label_distribution.png", "calibration.json", "README.md"} <= {p.name for p in routers.iterdir()}
+    manifest = json.loads((work / "resources" / "models" / "smollm2-135m-instruct" / "drllm_model.json").read_text())
+    card = (routers / "README.md").read_text()
+    assert manifest["weights_sha256"] in card and "# Dr.LLM routers for smollm2-135m-instruct" in card
+    assert json.loads((routers / "router_config.json").read_text())["base_model_sha256"] == manifest["weights_sha256"]
     assert pl.read_parquet(routers / "metrics.parquet").height == 25
     # evaluation: every benchmark x method cell, lm-eval tasks with the base and router methods only
     cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")

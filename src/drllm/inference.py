@@ -69,17 +69,15 @@ class RoutedModel:
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, routers_dir: str | os.PathLike | None = None, *,
                         device: str = "auto", dtype: str = "auto", knob: float | None = None) -> "RoutedModel":
-        """Load a materialised model directory (drllm.models) and, if given, the routers trained for it."""
+        """Load a materialised model directory (drllm.models) and, if given, the routers trained for it (a local
+        directory or a hub repository id); routers trained for another model, revision or weights are refused."""
         from drllm.models import load_model
 
         model, tokenizer, manifest = load_model(model_dir, device=device, dtype=dtype)
         executor = PathExecutor(model)
         routers = None
         if routers_dir is not None:
-            routers = RouterStack.from_pretrained(routers_dir, expected_model=manifest["name"],
-                                                  expected_layers=executor.num_layers,
-                                                  expected_hidden_size=executor.config.hidden_size,
-                                                  device=executor.device)
+            routers = RouterStack.for_model(routers_dir, manifest, device=executor.device)
         return cls(executor, routers, knob, tokenizer)
 
     @property

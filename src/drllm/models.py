@@ -139,9 +139,21 @@ def materialize(spec: ModelSpec, out_dir: str | os.PathLike) -> dict[str, Any]:
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "chat_template": bool(spec.chat_template and tokenizer.chat_template),
+        "weights_sha256": weights_sha256(out_dir),
     }
     write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def weights_sha256(model_dir: str | os.PathLike) -> str:
+    """SHA-256 of a materialised directory's model.safetensors: what routers record to be tied to these weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:

@@ -32,6 +32,7 @@ SKIP, EXECUTE, REPEAT = 0, 1, 2
 CLASSES = ("skip", "execute", "repeat")
 WEIGHTS_FILE = "routers.safetensors"
 CONFIG_FILE = "router_config.json"
+CARD_FILE = "README.md"   # the model card (drllm.router_card)
 FORMAT_VERSION = 1
 
 
@@ -152,6 +153,8 @@ class RouterConfig:
     base_model: str
     num_layers: int
     hidden_size: int
+    base_model_revision: str | None = None  # the base model's revision and weights hash (drllm.models manifest):
+    base_model_sha256: str | None = None    # loading checks them when both sides know them
     windows: int = 8
     hidden: int = 128
     label_counts: list[int] | None = None  # training labels per class (skip, execute, repeat)
@@ -165,6 +168,9 @@ class RouterConfig:
                 raise ValueError(f"router config: {name} must be a positive integer, got {value!r}")
         if not isinstance(self.base_model, str) or not self.base_model:
             raise ValueError(f"router config: base_model must be a non-empty string, got {self.base_model!r}")
+        for name in ("base_model_revision", "base_model_sha256"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"router config: {name} must be a string or null, got {getattr(self, name)!r}")
         if self.label_counts is not None:
             if len(self.label_counts) != len(CLASSES):
                 raise ValueError(f"router config: label_counts needs {len(CLASSES)} entries, got {self.label_counts}")
@@ -253,14 +259,27 @@ class RouterStack(nn.Module):
         write_json(out_dir / CONFIG_FILE, self.config.to_dict())
 
     @classmethod
+    def for_model(cls, directory: str | os.PathLike, manifest: dict[str, Any],
+                  device: str | torch.device = "cpu") -> "RouterStack":
+        """Load routers checked against a materialised model's manifest (drllm.models): name, layers, width,
+        revision and weights hash."""
+        return cls.from_pretrained(directory, expected_model=manifest["name"],
+                                   expected_layers=int(manifest["num_layers"]),
+                                   expected_hidden_size=int(manifest["hidden_size"]), device=device,
+                                   expected_revision=manifest.get("revision"),
+                                   expected_sha256=manifest.get("weights_sha256"))
+
+    @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, expected_model: str | None = None,
                         expected_layers: int | None = None, expected_hidden_size: int | None = None,
-                        device: str | torch.device = "cpu") -> "RouterStack":
-        """Load a saved stack; ArtifactError if files are missing or it was trained for another model/shape."""
+                        device: str | torch.device = "cpu", expected_revision: str | None = None,
+                        expected_sha256: str | None = None) -> "RouterStack":
+        """Load a saved stack from a local directory or a Hugging Face hub repository id ("owner/name");
+        ArtifactError if files are missing or it was trained for another model, revision, weights or shape."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        directory = resolve_router_dir(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -276,6 +295,11 @@ class RouterStack(nn.Module):
         if expected_model is not None and config.base_model != expected_model:
             raise ArtifactError(f"routers in {directory} were trained for model {config.base_model!r}, "
                                 f"not {expected_model!r}")
+        for what, theirs, ours in (("revision", config.base_model_revision, expected_revision),
+                                   ("weights (sha256)", config.base_model_sha256, expected_sha256)):
+            if theirs is not None and ours is not None and theirs != ours:
+                raise ArtifactError(f"routers in {directory} were trained for {config.base_model!r} {what} "
+                                    f"{theirs!r}, not {ours!r}")
         if expected_layers is not None and config.num_layers != expected_layers:
             raise ArtifactError(f"routers in {directory} were trained for {config.num_layers} layers, "
                                 f"but the model has {expected_layers}")
@@ -294,6 +318,21 @@ class RouterStack(nn.Module):
                                 f"({config.num_layers} layers, d={config.hidden_size}, h={config.hidden}): "
                                 f"{exc}") from exc
         return stack.to(device).eval()
+
+
+def resolve_router_dir(source: str | os.PathLike) -> Path:
+    """A router directory: `source` itself when it exists locally, else a hub repository id downloaded with
+    huggingface_hub (only the router files and the model card)."""
+    path = Path(source)
+    if path.exists() or os.path.isabs(str(source)) or str(source).count("/") != 1:
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(source), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]))
+    except Exception as exc:  # the hub's errors: not found, offline, gated
+        raise ArtifactError(f"routers {str(source)!r}: no such local directory, and the hub repository could not be "
+                            f"downloaded ({type(exc).__name__}: {exc})") from exc
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise ValueError(f"--data has no records file for calibration set(s) {missing}")
         manifest = read_manifest(args.model_dir)
-        routers = RouterStack.from_pretrained(args.routers, expected_model=manifest["name"],
-                                              expected_layers=int(manifest["num_layers"]),
-                                              expected_hidden_size=int(manifest["hidden_size"]))
+        routers = RouterStack.for_model(args.routers, manifest)
         prompt_rows = [row for path in args.prompts for row in read_prompts(path)]
         chosen_sets = []
         for calibration_set in sets:

@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "router":
             if not args.routers:
                 raise ValueError(f"method {method!r} needs --routers (a trained router directory)")
-            routers = RouterStack.from_pretrained(args.routers, expected_model=manifest["name"],
-                                                  expected_layers=int(manifest["num_layers"]),
-                                                  expected_hidden_size=int(manifest["hidden_size"]))
+            routers = RouterStack.for_model(args.routers, manifest)
         model, tokenizer, _ = load_model(args.model_dir, device=args.device, dtype=args.dtype)
         ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
                           bool(settings.get("chat_template", manifest.get("chat_template", True))))

@@ -10,6 +10,8 @@ cache with one forward pass per sample, trains the routers on it and writes to -
   train_summary.json                         class counts and weights, split sizes, schedule, selected epoch,
                                              notes, timings
   training_curves.png, label_distribution.png
+  README.md                                  the model card (drllm.router_card): base model, revision and weights
+                                             hash, label statistics, training settings, the selected epoch's fit
 
 Example:
   python workflow/scripts/train_routers.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -30,6 +32,7 @@ import torch
 from drllm.artifacts import ArtifactError, atomic_path, write_json
 from drllm.models import read_manifest, resolve_device, resolve_dtype
 from drllm.router import CLASSES, RouterConfig, RouterStack
+from drllm.router_card import write_card
 from drllm.training import (TrainConfig, build_feature_cache, label_counts, pick_cache_device, read_samples,
                             selected_row, split_samples, train_class_weights, train_routers, validate_samples,
                             write_metrics)
@@ -188,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
         stack = RouterStack(RouterConfig(base_model=manifest["name"], num_layers=num_layers, hidden_size=hidden_size,
+                                         base_model_revision=manifest.get("revision"),
+                                         base_model_sha256=manifest.get("weights_sha256"),
                                          windows=config.windows, hidden=config.hidden, label_counts=counts,
                                          training=config.to_dict()), seed=config.seed)
         stack.to(resolve_device(args.device))
@@ -205,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cache_bytes": cache.nbytes, "selected_epoch": history.selected_epoch,
                         "selected": selected_row(history.epochs), "final": history.epochs[-1]})
         write_json(out / "train_summary.json", summary)
+        write_card(out, stack.config, manifest, [list(s.labels) for s in samples], summary["selected"])
         plot_curves(out / "training_curves.png", history.epochs)
         plot_label_distribution(out / "label_distribution.png", [list(s.labels) for s in samples],
                                 f"{manifest['name']}: label shares per layer ({len(samples)} samples)")
