@@ -100,7 +100,9 @@ class RoutedModel:
             weights = (window_mask.float() / window_mask.sum(-1, keepdim=True))[..., None]
 
         def route(layer: int, hidden: torch.Tensor) -> list[int]:
-            logits = routers[layer].voted_logits(torch.bmm(assign, hidden.float()), weights)
+            if hidden.dtype != torch.float32:  # pooling in float32, as window_mean_pool
+                hidden = hidden.float()
+            logits = routers[layer].voted_logits(torch.bmm(assign, hidden), weights)
             probs = probabilities(logits)
             if knob is not None:
                 probs = apply_knob(probs, knob)

@@ -141,7 +141,9 @@ class Router(nn.Module):
         window average can come before it. window_weights: [B, W, 1], each row's valid windows summing to 1, or
         None when every window is valid. Equal to `forward` up to float rounding."""
         fc1, fc2 = self.fc1, self.fc2
-        hidden = F.gelu(F.linear(window_means.to(fc1.weight.dtype), fc1.weight, fc1.bias), approximate="tanh")
+        if window_means.dtype != fc1.weight.dtype:
+            window_means = window_means.to(fc1.weight.dtype)
+        hidden = F.gelu(F.linear(window_means, fc1.weight, fc1.bias), approximate="tanh")
         hidden = hidden.mean(-2) if window_weights is None else (hidden * window_weights).sum(-2)
         return F.linear(hidden, fc2.weight, fc2.bias)
 
