@@ -324,7 +324,7 @@ def test_the_lm_eval_command_line_runs_the_drllm_model_on_an_included_task(smoll
     command = Path(sys.executable).parent / "drllm-lm-eval"
     assert command.is_file(), f"{command} missing: reinstall the package (make install)"
     done = subprocess.run([str(command), "--model", "drllm", "--model_args",
-                           f"pretrained={smollm2_dir},routers={routers_dir},device=cpu,dtype=float32",
+                           f"pretrained={smollm2_dir},routers={routers_dir},dtype=float32", "--device", "cpu",
                            "--tasks", "drllm_local_mc", "--include_path", str(tasks), "--limit", "3",
                            "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
