@@ -155,13 +155,13 @@ class RouterConfig:
     base_model: str
     num_layers: int
     hidden_size: int
-    base_model_revision: str | None = None  # the base model's revision and weights hash (drllm.models manifest):
-    base_model_sha256: str | None = None    # loading checks them when both sides know them
     windows: int = 8
     hidden: int = 128
     label_counts: list[int] | None = None  # training labels per class (skip, execute, repeat)
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    base_model_revision: str | None = None  # the base model's revision and weights hash (drllm.models manifest):
+    base_model_sha256: str | None = None    # loading checks them when both sides know them
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "windows", "hidden"):
