@@ -295,23 +295,22 @@ def test_registered_under_drllm():
 
 @pytest.mark.slow
 def test_lm_evals_own_models_stay_usable_after_the_import(smollm2_dir, tmp_path):
-    """A fresh interpreter: `import drllm.lmeval` first, then lm-eval's own `hf` model by name, then `drllm`."""
+    """A fresh interpreter: `import drllm.lmeval` first, then lm-eval's own `hf` model by name (its scores equal
+    drllm's on the base model: test_loglikelihood_equals_lm_evals_hf_backend)."""
     choice, _ = local_tasks(tmp_path)
     script = f"""
 import json, sys
 import drllm.lmeval, lm_eval
 from lm_eval.tasks import TaskManager
-task = json.loads(sys.argv[1])
-for model in ("hf", "drllm"):
-    results = lm_eval.simple_evaluate(model=model, model_args="pretrained={smollm2_dir},device=cpu,dtype=float32",
-                                      tasks=[task], task_manager=TaskManager(include_defaults=False), limit=2)
-    print(model, json.dumps(results["results"]["drllm_local_mc"]["acc,none"]))
+results = lm_eval.simple_evaluate(model="hf", model_args="pretrained={smollm2_dir},device=cpu,dtype=float32",
+                                  tasks=[json.loads(sys.argv[1])], task_manager=TaskManager(include_defaults=False),
+                                  limit=2)
+print("acc", results["results"]["drllm_local_mc"]["acc,none"])
 """
     done = subprocess.run([sys.executable, "-c", script, json.dumps(choice)], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    scores = dict(line.split() for line in done.stdout.splitlines() if line.startswith(("hf ", "drllm ")))
-    assert scores["hf"] == scores["drllm"]  # the same model, every layer: the same accuracy
+    assert any(line.startswith("acc ") for line in done.stdout.splitlines())
 
 
 @pytest.mark.slow
