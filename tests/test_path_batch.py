@@ -31,7 +31,7 @@ def test_steps_rebuild_the_paths_in_block_order():
     # one step per distinct (block, execution); every row on a step that all rows run shares the full batch
     assert len(batch.steps) == sum(max(counts[layer] for counts in COUNTS) for layer in range(LAYERS))
     with pytest.raises(ValueError, match="block order"):
-        batch.add(0, [1])
+        batch.add_block(0, [1] * len(PATHS))
 
 
 def test_mixed_generation_equals_each_row_alone_along_its_path(executor):

@@ -212,6 +212,16 @@ class PathExecutor:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def output_logits(self, hidden: torch.Tensor, which: str) -> torch.Tensor | None:
+        """A prefill's logits: "all" positions, the "last" one, or "none"."""
+        if which == "all":
+            return self.logits_from_hidden(hidden)
+        if which == "last":
+            return self.logits_from_hidden(hidden[:, -1:])
+        if which == "none":
+            return None
+        raise ValueError(f"logits must be 'all', 'last' or 'none', got {which!r}")
+
     # -- public API ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -241,14 +251,8 @@ class PathExecutor:
         hidden, kept = self._run_steps(hidden, path, resume_step, masks, rotary, position_ids, cache, keep_hidden)
         if keep_hidden and resume_step > 0:
             kept = list(resume.hidden[:resume_step]) + kept
-        out_logits = None
-        if logits == "all":
-            out_logits = self.logits_from_hidden(hidden)
-        elif logits == "last":
-            out_logits = self.logits_from_hidden(hidden[:, -1:])
-        elif logits != "none":
-            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
-        return RunState(path, input_ids, attention_mask, position_ids, out_logits, hidden, kept, cache)
+        return RunState(path, input_ids, attention_mask, position_ids, self.output_logits(hidden, logits), hidden, kept,
+                        cache)
 
     def _resume_hidden(self, resume: RunState, step: int, path: LayerPath, input_ids, cache) -> torch.Tensor:
         if resume.hidden is None:

@@ -115,14 +115,11 @@ class RoutedModel:
                 use_cache: bool = True, logits: str = "last") -> BatchState:
         """Route and prefill a (left-padded) batch as one batch; `.paths()` of the result gives each row's path."""
         if self.routers is None:
-            paths = [self.executor.default_path()] * input_ids.shape[0]
-            return path_batch.prefill(self.executor, input_ids, attention_mask, paths, use_cache=use_cache,
-                                      logits=logits)
-        input_ids = input_ids.to(self.device)
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(self.device)
-        return path_batch.prefill(self.executor, input_ids, attention_mask,
-                                  route=self.routing(input_ids, attention_mask), use_cache=use_cache, logits=logits)
+            paths, route = [self.executor.default_path()] * input_ids.shape[0], None
+        else:
+            paths, route = None, self.routing(input_ids, attention_mask)
+        return path_batch.prefill(self.executor, input_ids, attention_mask, paths, route=route, use_cache=use_cache,
+                                  logits=logits)
 
     def route(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[LayerPath]:
         """The routed path of each row (no cache, no logits)."""

@@ -47,23 +47,24 @@ class PathBatch:
         if any(path.num_layers != num_layers for path in paths):
             raise ValueError(f"paths are for different layer counts: {sorted({p.num_layers for p in paths})}")
         batch = cls(len(paths), num_layers, device)
-        counts = [path.counts() for path in paths]
-        for layer in range(num_layers):
-            for execution in range(1, MAX_REPEATS + 1):
-                batch.add(layer, [row for row, count in enumerate(counts) if count[layer] >= execution])
+        for layer, runs in enumerate(zip(*(path.counts() for path in paths))):
+            batch.add_block(layer, runs)
         return batch
 
-    def add(self, layer: int, rows: Sequence[int]) -> BatchStep | None:
-        """Append the step `layer` run by `rows` (none: no step); returns it. Steps must keep block order."""
-        rows = tuple(sorted(int(row) for row in rows))
-        if not rows:
-            return None
-        if self.steps and layer < self.steps[-1].layer:
-            raise ValueError(f"step for block {layer} after block {self.steps[-1].layer}: block order must be kept")
-        index = None if len(rows) == self.num_rows else torch.tensor(rows, dtype=torch.long, device=self.device)
-        step = BatchStep(int(layer), rows, index)
-        self.steps.append(step)
-        return step
+    def add_block(self, layer: int, runs: Sequence[int]) -> list[BatchStep]:
+        """Append block `layer`'s executions, `runs[row]` (0, 1 or 2) per row: the first by every row that runs it,
+        then the repeat. Returns the new steps; blocks must come in order."""
+        if self.steps and layer <= self.steps[-1].layer:
+            raise ValueError(f"block {layer} after block {self.steps[-1].layer}: block order must be kept")
+        steps = []
+        for execution in range(1, MAX_REPEATS + 1):
+            rows = tuple(row for row, count in enumerate(runs) if count >= execution)
+            if not rows:
+                break
+            index = None if len(rows) == self.num_rows else torch.tensor(rows, dtype=torch.long, device=self.device)
+            steps.append(BatchStep(int(layer), rows, index))
+        self.steps += steps
+        return steps
 
     def paths(self) -> list[LayerPath]:
         """Each row's path."""
@@ -166,31 +167,20 @@ def prefill(executor, input_ids: torch.Tensor, attention_mask: torch.Tensor | No
     if paths is not None:
         if len(paths) != rows:
             raise ValueError(f"{len(paths)} paths for a batch of {rows} rows")
-        counts = list(zip(*(executor.as_path(path).counts() for path in paths)))  # [layer][row]
-        route = lambda layer, hidden: counts[layer]  # noqa: E731
+        runs = list(zip(*(executor.as_path(path).counts() for path in paths)))  # [layer][row]
+        route = lambda layer, hidden: runs[layer]  # noqa: E731
     position_ids = positions_from_mask(attention_mask, length, executor.device)
     hidden = executor.decoder.embed_tokens(input_ids)
     inputs = RowInputs(*executor.step_inputs(hidden, attention_mask, position_ids), position_ids)
     batch = PathBatch(rows, executor.num_layers, executor.device)
     cache = empty_cache() if use_cache else None
     for layer in range(executor.num_layers):
-        runs = route(layer, hidden)
-        for execution in range(1, MAX_REPEATS + 1):
-            step = batch.add(layer, [row for row, count in enumerate(runs) if count >= execution])
-            if step is None:
-                break
+        first_slot = len(batch.steps)
+        for slot, step in enumerate(batch.add_block(layer, route(layer, hidden)), start=first_slot):
             if cache is not None:
                 cache.layers.append(executor.cache_slot(layer))
-            hidden = run_step(executor, hidden, step, len(batch.steps) - 1, inputs, cache)
-    if logits == "all":
-        out_logits = executor.logits_from_hidden(hidden)
-    elif logits == "last":
-        out_logits = executor.logits_from_hidden(hidden[:, -1:])
-    elif logits == "none":
-        out_logits = None
-    else:
-        raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
-    return BatchState(batch, input_ids, attention_mask, out_logits, hidden, cache)
+            hidden = run_step(executor, hidden, step, slot, inputs, cache)
+    return BatchState(batch, input_ids, attention_mask, executor.output_logits(hidden, logits), hidden, cache)
 
 
 @torch.no_grad()

@@ -210,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                         "cache_bytes": cache.nbytes, "selected_epoch": history.selected_epoch,
                         "selected": selected_row(history.epochs), "final": history.epochs[-1]})
         write_json(out / "train_summary.json", summary)
-        write_card(out, stack.config, manifest, [list(s.labels) for s in samples], summary["selected"])
+        labels = [list(s.labels) for s in samples]
+        write_card(out, stack.config, manifest, labels, summary["selected"])
         plot_curves(out / "training_curves.png", history.epochs)
-        plot_label_distribution(out / "label_distribution.png", [list(s.labels) for s in samples],
+        plot_label_distribution(out / "label_distribution.png", labels,
                                 f"{manifest['name']}: label shares per layer ({len(samples)} samples)")
         print(f"train_routers: wrote {out}")
     except (ArtifactError, ValueError) as exc:
