@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO
 from drllm.paths import LayerPath, PathError
 from drllm.search import (Action, MCTSConfig, Node, Tree, early_stop_reached, legal_actions, run_search,
-                          select_child, select_label, ucb_score, widening_limit)
+                          run_searches, search_steps, select_child, select_label, ucb_score, widening_limit)
 
 L = 8
 NO_STOP = dict(early_stop=False)
@@ -273,6 +273,38 @@ def test_run_search_label_matches_rule():
     assert correct
     best = min(correct, key=lambda item: (len(item[1]), item[1].unique_layers, item[0]))[1]
     assert result.best_path == best
+
+
+def test_searches_in_lockstep_equal_each_search_alone():
+    """Prompts searched side by side (one evaluate_many call per round) give each prompt's one-at-a-time result,
+    whatever the width; searches of different lengths finish at different rounds."""
+    def prompt_reward(prompt):  # each prompt has its own reward landscape
+        return lambda path: float((sum((i + 1) * (layer + 3) for i, layer in enumerate(path)) + prompt) % 10 < 3)
+
+    settings = [(MCTSConfig(simulations=30 + 7 * prompt, mode="chain" if prompt == 4 else "branching",
+                            early_stop=prompt % 2 == 0), 100 + prompt) for prompt in range(6)]
+    alone = [run_search(prompt_reward(prompt), L, config, seed) for prompt, (config, seed) in enumerate(settings)]
+    for width in (1, 2, 6):
+        rounds, results = [], []
+        for start in range(0, len(settings), width):
+            chunk = list(range(start, min(start + width, len(settings))))
+
+            def evaluate_many(batch, chunk=chunk):
+                rounds.append(len(batch))
+                return [prompt_reward(chunk[index])(path) for index, path in batch]
+
+            results += run_searches(evaluate_many, [search_steps(L, *settings[p]) for p in chunk])
+        for got, want in zip(results, alone):
+            assert (got.evaluated, got.best_path, got.simulations, got.stopped_early, got.tree.to_records()) == \
+                (want.evaluated, want.best_path, want.simulations, want.stopped_early, want.tree.to_records())
+        assert sum(rounds) == sum(result.evaluations for result in alone)
+        if width == 6:
+            assert rounds[0] == 6 and len(rounds) == max(result.evaluations for result in alone)
+
+
+def test_lockstep_rejects_a_wrong_number_of_rewards():
+    with pytest.raises(ValueError, match="returned 1 rewards for 2 paths"):
+        run_searches(lambda batch: [1.0], [search_steps(4, MCTSConfig(), 0), search_steps(4, MCTSConfig(), 1)])
 
 
 def test_bad_rewards_are_rejected():

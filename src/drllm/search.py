@@ -46,12 +46,16 @@ Label
 
 Determinism: the same callback, config and seed give the identical result; all randomness comes from one
 `numpy.random.default_rng(seed)`.
+
+Driving it: `search_steps` is the search as a coroutine (it yields each path to evaluate and takes the reward
+back), so its whole state is the suspended search; `run_search` drives one with a callback, `run_searches`
+drives several in lockstep with one batched callback per round, each giving exactly its `run_search` result.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 import numpy as np
 
@@ -338,18 +342,17 @@ def select_label(evaluated: list[tuple[LayerPath, float]]) -> LayerPath | None:
 
 
 class Memo:
-    """path -> reward, evaluating each distinct path once and keeping the evaluation order."""
+    """path -> reward, asking for each distinct path's reward once and keeping the evaluation order."""
 
-    def __init__(self, evaluate: Evaluate):
-        self.evaluate = evaluate
+    def __init__(self) -> None:
         self.rewards: dict[tuple[int, ...], float] = {}
         self.evaluated: list[tuple[LayerPath, float]] = []
 
-    def __call__(self, path: LayerPath) -> tuple[float, bool]:
-        """(reward, whether this was a real evaluation)."""
+    def reward(self, path: LayerPath) -> Generator[LayerPath, float, tuple[float, bool]]:
+        """(reward, whether it was really evaluated): a new path is yielded and its reward sent back."""
         if path.layers in self.rewards:
             return self.rewards[path.layers], False
-        reward = check_reward(self.evaluate(path), path)
+        reward = check_reward((yield path), path)
         self.rewards[path.layers] = reward
         self.evaluated.append((path, reward))
         return reward, True
@@ -401,15 +404,16 @@ class SearchResult:
         return self.tree.num_nodes
 
 
-def simulate(tree: Tree, memo: Memo, config: MCTSConfig, rng: np.random.Generator) -> tuple[LayerPath, float, bool]:
+def simulate(tree: Tree, memo: Memo, config: MCTSConfig,
+             rng: np.random.Generator) -> Generator[LayerPath, float, tuple[LayerPath, float, bool]]:
     """One simulation: select, expand one node (or stop at a terminal one), back-propagate.
-    Returns (path evaluated or revisited, its reward, whether evaluate was really called)."""
+    Returns (path evaluated or revisited, its reward, whether it was really evaluated)."""
     index = 0
     while True:
         if may_expand(tree, index, config):
             child = expand(tree, index, config, rng)
             path = tree.nodes[child].path
-            reward, fresh = memo(path)
+            reward, fresh = yield from memo.reward(path)
             backpropagate(tree, child, reward)
             return path, reward, fresh
         if not tree.nodes[index].children:  # terminal: no children and no legal actions
@@ -420,20 +424,25 @@ def simulate(tree: Tree, memo: Memo, config: MCTSConfig, rng: np.random.Generato
         index = select_child(tree, index, config, rng)
 
 
-def run_search(evaluate: Evaluate, num_layers: int, config: MCTSConfig, seed: int) -> SearchResult:
-    """Length-aware MCTS from the default path of a `num_layers`-block model; see the module docstring."""
+SearchSteps = Generator[LayerPath, float, SearchResult]
+
+
+def search_steps(num_layers: int, config: MCTSConfig, seed: int) -> SearchSteps:
+    """The search as a coroutine: yields each path it needs evaluated, takes the path's reward back through
+    `send`, and returns the `SearchResult`. The search's state lives in the suspended coroutine, so a driver
+    can advance many prompts' searches side by side (`run_searches`)."""
     config.validate()
     rng = np.random.default_rng(seed)
-    memo = Memo(evaluate)
+    memo = Memo()
     tree = Tree(num_layers)
     root = LayerPath.default(num_layers)
     tree.add(root, None, None)
-    root_reward, _ = memo(root)
+    root_reward, _ = yield from memo.reward(root)
     backpropagate(tree, 0, root_reward)
     default_correct = is_correct(root_reward)
     simulations, stopped = 0, False
     while simulations < config.simulations:
-        path, reward, fresh = simulate(tree, memo, config, rng)
+        path, reward, fresh = yield from simulate(tree, memo, config, rng)
         simulations += 1
         if fresh and early_stop_reached(default_correct, path, reward, config):
             stopped = True
@@ -443,3 +452,44 @@ def run_search(evaluate: Evaluate, num_layers: int, config: MCTSConfig, seed: in
     return SearchResult(default_correct=default_correct, best_path=select_label(memo.evaluated),
                         evaluated=list(memo.evaluated), simulations=simulations,
                         evaluations=len(memo.evaluated), stopped_early=stopped, tree=tree)
+
+
+def run_search(evaluate: Evaluate, num_layers: int, config: MCTSConfig, seed: int) -> SearchResult:
+    """Length-aware MCTS from the default path of a `num_layers`-block model; see the module docstring."""
+    steps = search_steps(num_layers, config, seed)
+    try:
+        path = next(steps)
+        while True:
+            path = steps.send(evaluate(path))
+    except StopIteration as done:
+        return done.value
+
+
+EvaluateMany = Callable[[list[tuple[int, LayerPath]]], Sequence[float]]
+
+
+def run_searches(evaluate_many: EvaluateMany, searches: Sequence[SearchSteps]) -> list[SearchResult]:
+    """Advance several searches in lockstep: each round, the next path of every unfinished search is evaluated
+    in one call `evaluate_many([(search index, path), ...]) -> rewards` (e.g. one batched forward pass over
+    several prompts). Each search sees exactly the rewards it would see alone, so its result is the same as
+    `run_search` with the same seed, whatever the number of searches run together."""
+    results: list[SearchResult | None] = [None] * len(searches)
+    pending: dict[int, LayerPath] = {}
+
+    def advance(index: int, reward: float | None) -> None:
+        try:
+            pending[index] = next(searches[index]) if reward is None else searches[index].send(reward)
+        except StopIteration as done:
+            pending.pop(index, None)
+            results[index] = done.value
+
+    for index in range(len(searches)):
+        advance(index, None)
+    while pending:
+        batch = sorted(pending.items())
+        rewards = list(evaluate_many(batch))
+        if len(rewards) != len(batch):
+            raise ValueError(f"evaluate_many returned {len(rewards)} rewards for {len(batch)} paths")
+        for (index, _), reward in zip(batch, rewards):
+            advance(index, reward)
+    return results  # type: ignore[return-value]
