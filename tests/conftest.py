@@ -65,14 +65,17 @@ def tiny(request):
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
-    """The embedded SmolLM2 materialised once per session (or reused from resources/ if the demo made it)."""
-    from drllm.models import MANIFEST, ModelSpec, materialize
+    """The embedded SmolLM2 materialised once per session through `source: gguf` at the packaged file (the
+    embedded source is that same spec: test_models checks it), or reused from resources/ if the demo made it
+    from the same GGUF file with the current manifest."""
+    from drllm.models import MANIFEST, ModelSpec, embedded_gguf, file_sha256, materialize, read_manifest
 
+    gguf = embedded_gguf()
     prepared = REPO / "resources" / "models" / "smollm2-135m-instruct"
-    if (prepared / MANIFEST).is_file():
+    if (prepared / MANIFEST).is_file() and read_manifest(prepared).get("gguf_sha256") == file_sha256(gguf):
         return prepared
     out = tmp_path_factory.mktemp("smollm2")
-    materialize(ModelSpec(name="smollm2-135m-instruct", source="embedded"), out)
+    materialize(ModelSpec(name="smollm2-135m-instruct", source="gguf", path=str(gguf)), out)
     return out
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_model
-from drllm.models import ModelAssetError, ModelSpec, load_model, materialize, read_manifest
+from drllm.models import ModelAssetError, ModelSpec, embedded_gguf, load_model, materialize, read_manifest
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import prepare_model  # noqa: E402
@@ -33,6 +33,63 @@ def local_model_dir(tmp_path):
     return path, model
 
 
+def write_tiny_gguf(path, arch: str = "llama", layers: int = 2, seed: int = 0, tokenizer: bool = True):
+    """A tiny random GGUF file written with the `gguf` package: `llama` (a model the executor drives), `gpt2`
+    (one transformers loads but the executor cannot drive: no .layers) or any other name (metadata only)."""
+    import gguf
+    import numpy as np
+
+    dim, ffn, vocab = 8, 32, 16
+    context = 1024 if arch == "gpt2" else 64  # transformers reads no n_positions from a gpt2 GGUF: its default
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(layers)
+    writer.add_context_length(context)
+    writer.add_embedding_length(dim)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(2)
+    writer.add_vocab_size(vocab)
+    if tokenizer:
+        tokens = ["<|endoftext|>", *"abcdefghijklmn", "ab"]  # byte-level BPE vocabulary: letters and one merge
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list(tokens)
+        writer.add_token_merges(["a b"])
+        writer.add_token_types([3] + [1] * (len(tokens) - 1))
+        writer.add_bos_token_id(0)
+        writer.add_eos_token_id(0)
+
+    def tensor(name, *shape):
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32) * 0.2)
+
+    tensor("token_embd.weight", vocab, dim)
+    tensor("output.weight", vocab, dim)
+    if arch == "llama":
+        writer.add_head_count_kv(1)
+        writer.add_rope_dimension_count(dim // 2)
+        writer.add_layer_norm_rms_eps(1e-5)
+        tensor("output_norm.weight", dim)
+        for i in range(layers):
+            for name, shape in (("attn_norm", (dim,)), ("attn_q", (dim, dim)), ("attn_k", (dim // 2, dim)),
+                                ("attn_v", (dim // 2, dim)), ("attn_output", (dim, dim)), ("ffn_norm", (dim,)),
+                                ("ffn_gate", (ffn, dim)), ("ffn_up", (ffn, dim)), ("ffn_down", (dim, ffn))):
+                tensor(f"blk.{i}.{name}.weight", *shape)
+    elif arch == "gpt2":
+        writer.add_layer_norm_eps(1e-5)
+        tensor("position_embd.weight", context, dim)
+        tensor("output_norm.weight", dim)
+        tensor("output_norm.bias", dim)
+        for i in range(layers):
+            for name, shape in (("attn_norm", (dim,)), ("attn_qkv", (3 * dim, dim)), ("attn_output", (dim, dim)),
+                                ("ffn_norm", (dim,)), ("ffn_up", (ffn, dim)), ("ffn_down", (dim, ffn))):
+                tensor(f"blk.{i}.{name}.weight", *shape)
+                tensor(f"blk.{i}.{name}.bias", shape[0])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def test_spec_validation_names_the_field():
     with pytest.raises(ModelAssetError, match="model.name"):
         ModelSpec.from_config({"source": "embedded"})
@@ -40,6 +97,70 @@ def test_spec_validation_names_the_field():
         ModelSpec.from_config({"name": "x", "source": "ftp"})
     with pytest.raises(ModelAssetError, match="model.path is required"):
         ModelSpec.from_config({"name": "x", "source": "hub"})
+    with pytest.raises(ModelAssetError, match="model.path is required when model.source is 'gguf'"):
+        ModelSpec.from_config({"name": "x", "source": "gguf"})
+
+
+def test_the_embedded_source_is_the_gguf_source_at_the_packaged_file():
+    embedded = ModelSpec.from_config({"name": "m", "source": "embedded", "chat_template": False})
+    packaged = str(embedded_gguf())
+    assert packaged.endswith(".gguf")
+    assert embedded.resolved() == ModelSpec(name="m", source="gguf", path=packaged, chat_template=False)
+    gguf = ModelSpec.from_config({"name": "m", "source": "gguf", "path": "/models/x.gguf"})
+    assert gguf.resolved() is gguf
+
+
+@pytest.mark.slow
+def test_the_packaged_gguf_materialises_through_the_gguf_source(smollm2_dir, smollm2):
+    """The session's SmolLM2 went through `source: gguf` (conftest): its manifest names the GGUF file and hash."""
+    manifest = read_manifest(smollm2_dir)
+    assert manifest["source"] in ("gguf", "embedded") and manifest["path"] == str(embedded_gguf())
+    assert manifest["gguf_sha256"] == hashlib.sha256(embedded_gguf().read_bytes()).hexdigest()
+    assert manifest["num_layers"] == 30 and manifest["architecture"] == "LlamaForCausalLM"
+    _, tokenizer = smollm2
+    assert tokenizer.decode(tokenizer.encode("The capital of France")) == "The capital of France"
+
+
+def test_a_gguf_file_materialises_and_reloads_identically(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    out = tmp_path / "materialised"
+    manifest = materialize(ModelSpec.from_config({"name": "tiny", "source": "gguf", "path": str(gguf)}), out)
+    assert (manifest["source"], manifest["path"], manifest["num_layers"]) == ("gguf", str(gguf), 2)
+    assert manifest["gguf_sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=torch.float32)
+    reloaded, tokenizer, _ = load_model(out, device="cpu", dtype="float32")
+    ids = torch.tensor([tokenizer.encode("abc ab")])
+    assert ids.shape[1] >= 3 and torch.equal(reloaded(ids).logits, direct(ids).logits)
+
+
+def test_bad_gguf_files_fail_fast_naming_model_path(tmp_path):
+    def spec(path):
+        return ModelSpec(name="x", source="gguf", path=str(path))
+
+    out = tmp_path / "out"
+    with pytest.raises(ModelAssetError, match=r"model.path '.*missing.gguf' does not exist"):
+        materialize(spec(tmp_path / "missing.gguf"), out)
+    (tmp_path / "dir.gguf").mkdir()
+    with pytest.raises(ModelAssetError, match=r"model.path '.*dir.gguf' is a directory.*source 'local'"):
+        materialize(spec(tmp_path / "dir.gguf"), out)
+    (tmp_path / "weights.bin").write_bytes(b"GGUF")
+    with pytest.raises(ModelAssetError, match=r"model.path '.*weights.bin' is not a .gguf file"):
+        materialize(spec(tmp_path / "weights.bin"), out)
+    (tmp_path / "text.gguf").write_text("not a model")
+    with pytest.raises(ModelAssetError, match=r"model.path '.*text.gguf' is not a GGUF file: it starts with b'not "):
+        materialize(spec(tmp_path / "text.gguf"), out)
+    unknown = write_tiny_gguf(tmp_path / "rwkv.gguf", "rwkv6")
+    with pytest.raises(ModelAssetError, match=r"model.path '.*rwkv.gguf': transformers cannot load.*rwkv6.*'llama'"):
+        materialize(spec(unknown), out)
+    gpt2 = write_tiny_gguf(tmp_path / "gpt2.gguf", "gpt2")  # transformers loads it; the executor cannot drive it
+    with pytest.raises(ModelAssetError, match=r"model.path '.*gpt2.gguf': the path executor cannot drive.*GPT2LM"):
+        materialize(spec(gpt2), out)
+    untokenized = write_tiny_gguf(tmp_path / "no-tokenizer.gguf", tokenizer=False)
+    with pytest.raises(ModelAssetError, match=r"model.path '.*no-tokenizer.gguf': no usable tokenizer"):
+        materialize(spec(untokenized), out)
+    assert not out.exists()  # nothing written for a model that cannot be used
 
 
 def test_local_directory_materialises_and_reloads_identically(tmp_path):
@@ -100,3 +221,6 @@ def test_prepare_model_cli(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert prepare_model.main(["--model-json", '{"name": "x", "source": "zip"}', "--out-dir", str(out)]) == 2
     assert "model.source" in capsys.readouterr().err
+    block = {"name": "x", "source": "gguf", "path": str(tmp_path / "none.gguf")}
+    assert prepare_model.main(["--model-json", json.dumps(block), "--out-dir", str(out)]) == 2
+    assert "model.path" in capsys.readouterr().err

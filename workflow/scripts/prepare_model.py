@@ -18,7 +18,7 @@ from drllm.models import ModelSpec, materialize
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-json", required=True,
-                        help="the config's model block as JSON: name, source (embedded|hub|local), path, revision")
+                        help="the config's model block as JSON: name, source (embedded|gguf|hub|local), path, revision")
     parser.add_argument("--out-dir", required=True, help="directory to write (resources/models/<name>)")
     args = parser.parse_args(argv)
     try:
