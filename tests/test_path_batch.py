@@ -6,7 +6,7 @@ import torch
 
 from conftest import block_calls, random_prompts as prompts, tiny_model
 from drllm import path_batch
-from drllm.executor import PathExecutor
+from drllm.executor import ChoiceBatch, PathExecutor
 from drllm.inference import pad_left
 from drllm.path_batch import PathBatch
 from drllm.paths import LayerPath
@@ -95,3 +95,42 @@ def test_mixed_smollm2_batch_equals_each_prompt_alone(smollm2):
         count = int(alone.num_new[0])
         assert together.tokens[row, :count].tolist() == alone.tokens[0, :count].tolist()
         assert torch.allclose(together.logprobs[row, :count], alone.logprobs[0, :count], atol=1e-3)
+
+
+def choice_batches(seed=0, vocab=97):
+    """Option batches of different widths and option counts (some with a shared context)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(n):
+        return torch.randint(3, vocab, (n,), generator=generator).tolist()
+
+    shapes = [(7, [1, 3, 2, 4]), (3, [2, 2]), (11, [1, 1, 5]), (5, [6])]
+    return [ChoiceBatch.build([(ids(context), ids(option)) for option in options]) for context, options in shapes]
+
+
+def test_scoring_several_batches_together_equals_each_alone_with_resumes(executor):
+    batches = choice_batches()
+    earlier = [executor.score(batch, PATHS[number], keep_hidden=True)[1] for number, batch in enumerate(batches)]
+    targets = [PATHS[0], PATHS[3], PATHS[5], LayerPath((1, 2, 3, 4, 5), LAYERS)]
+    requests = []
+    for number, (batch, path) in enumerate(zip(batches, targets)):
+        step = path.common_prefix(earlier[number].path) if number != 1 else 0  # one request from scratch
+        requests.append(path_batch.ScoreRequest(batch, path, earlier[number] if step else None, step))
+    assert [request.resume_step for request in requests] == [6, 0, 1, 3]  # 6: nothing left to run
+    together = path_batch.score_together(executor, requests, keep_hidden=True)
+    for request, (scored, state) in zip(requests, together):
+        alone, alone_state = executor.score(request.batch, request.path, keep_hidden=True)
+        assert [r.num_tokens for r in scored] == [r.num_tokens for r in alone]
+        assert torch.allclose(torch.tensor([r.logprob for r in scored]), torch.tensor([r.logprob for r in alone]),
+                              atol=1e-4)
+        assert [r.is_greedy for r in scored] == [r.is_greedy for r in alone]
+        assert len(state.hidden) == len(alone_state.hidden) == len(request.path) + 1
+        for got, want in zip(state.hidden, alone_state.hidden):
+            assert torch.allclose(got, want, atol=1e-4)
+        # the state resumes like score's own
+        later = PATHS[4] if request.path is not PATHS[4] else PATHS[1]
+        step = later.common_prefix(request.path)
+        resumed, _ = executor.score(request.batch, later, resume=state, resume_step=step)
+        fresh, _ = executor.score(request.batch, later)
+        assert torch.allclose(torch.tensor([r.logprob for r in resumed]), torch.tensor([r.logprob for r in fresh]),
+                              atol=1e-4)

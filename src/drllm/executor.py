@@ -376,6 +376,10 @@ class PathExecutor:
             state = self.prefill(batch.input_ids, batch.attention_mask, path, logits="none",
                                  keep_hidden=keep_hidden, resume=resume, resume_step=resume_step)
             final = state.last_hidden[batch.rows, batch.cols]
+        return self.continuation_loglikelihoods(final, batch), state
+
+    def continuation_loglikelihoods(self, final: torch.Tensor, batch: "ChoiceBatch") -> list[LogLikelihood]:
+        """Each continuation's log-likelihood from the hidden states at its positions (`batch.rows, batch.cols`)."""
         logprobs = torch.log_softmax(self.logits_from_hidden(final).float(), dim=-1)
         targets = batch.targets.to(self.device)
         picked = logprobs.gather(-1, targets[:, None])[:, 0]
@@ -385,7 +389,7 @@ class PathExecutor:
             results.append(LogLikelihood(float(picked[offset:offset + count].sum()),
                                          bool(greedy[offset:offset + count].all()), count))
             offset += count
-        return results, state
+        return results
 
     def _shared_context_hidden(self, batch: "ChoiceBatch", path) -> tuple[torch.Tensor, RunState]:
         """The hidden states `score` reads, computed with the context once: one row runs the shared context

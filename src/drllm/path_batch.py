@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from drllm.executor import UnsupportedModelError, empty_cache, positions_from_mask
+from drllm.executor import (ChoiceBatch, LogLikelihood, RunState, UnsupportedModelError, empty_cache,
+                            positions_from_mask)
 from drllm.paths import MAX_REPEATS, LayerPath
 
 
@@ -221,3 +222,79 @@ def continue_generation(executor, state: BatchState, *, max_new_tokens: int = 32
         max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     lengths = state.batch.row_steps().to(passes.device)
     return BatchGeneration(tokens, num_new, passes * lengths, state.paths(), logprobs)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One `PathExecutor.score` call: an option batch along `path`, resumed at `resume_step` of `resume`."""
+
+    batch: ChoiceBatch
+    path: LayerPath
+    resume: RunState | None = None
+    resume_step: int = 0
+
+
+@torch.no_grad()
+def score_together(executor, requests: Sequence[ScoreRequest],
+                   keep_hidden: bool = False) -> list[tuple[list[LogLikelihood], RunState]]:
+    """`executor.score` for several option batches at once (e.g. several prompts in a search round), each along
+    its own path and from its own resume step: their rows, right-padded to the widest, form one mixed-path
+    batch in which every row runs only its path's remaining steps. Same values as scoring each alone, up to
+    float rounding; with keep_hidden each returned state can be resumed like `score`'s."""
+    if not requests:
+        return []
+    paths = [executor.as_path(request.path) for request in requests]
+    starts = [request.resume_step if request.resume is not None else 0 for request in requests]
+    offsets, widths = [], []
+    rows = 0
+    for request in requests:
+        offsets.append(rows)
+        rows += request.batch.input_ids.shape[0]
+        widths.append(request.batch.input_ids.shape[1])
+    width = max(widths)
+    input_ids = torch.zeros((rows, width), dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    for request, offset, request_width in zip(requests, offsets, widths):
+        count = request.batch.input_ids.shape[0]
+        input_ids[offset:offset + count, :request_width] = request.batch.input_ids
+        attention_mask[offset:offset + count, :request_width] = request.batch.attention_mask
+    input_ids, attention_mask = input_ids.to(executor.device), attention_mask.to(executor.device)
+    position_ids = positions_from_mask(attention_mask, width, executor.device)
+    hidden = executor.decoder.embed_tokens(input_ids)
+    spans = [slice(offset, offset + request.batch.input_ids.shape[0]) for request, offset in zip(requests, offsets)]
+    kept: list[list[torch.Tensor]] = []
+    for request, path, start, span, request_width in zip(requests, paths, starts, spans, widths):
+        own_ids = request.batch.input_ids.to(executor.device)
+        if start > 0:
+            entering = executor._resume_hidden(request.resume, start, path, own_ids, None)
+            hidden[span, :request_width] = entering
+            kept.append(list(request.resume.hidden[:start]) + [entering] if keep_hidden else [])
+        else:
+            kept.append([hidden[span, :request_width].clone()] if keep_hidden else [])
+    # (block, execution) -> the requests that still run it, in block order
+    runs: dict[tuple[int, int], list[int]] = {}
+    for number, (path, start) in enumerate(zip(paths, starts)):
+        seen: dict[int, int] = {}
+        for step, layer in enumerate(path):
+            seen[layer] = seen.get(layer, 0) + 1
+            if step >= start:
+                runs.setdefault((layer, seen[layer]), []).append(number)
+    inputs = RowInputs(*executor.step_inputs(hidden, attention_mask, position_ids, None, sorted(
+        {layer for layer, _ in runs})), position_ids)
+    for (layer, _), numbers in sorted(runs.items()):
+        step_rows = tuple(row for number in numbers for row in range(spans[number].start, spans[number].stop))
+        index = None if len(step_rows) == rows else torch.tensor(step_rows, dtype=torch.long, device=executor.device)
+        hidden = run_step(executor, hidden, BatchStep(layer, step_rows, index), 0, inputs, None)
+        if keep_hidden:
+            for number in numbers:
+                kept[number].append(hidden[spans[number], :widths[number]].clone())
+    results = []
+    for request, path, span, request_width, own_kept in zip(requests, paths, spans, widths, kept):
+        last = hidden[span, :request_width]
+        scored = executor.continuation_loglikelihoods(last[request.batch.rows, request.batch.cols], request.batch)
+        own_mask = request.batch.attention_mask.to(executor.device)
+        state = RunState(path, request.batch.input_ids.to(executor.device), own_mask,
+                         positions_from_mask(own_mask, request_width, executor.device), None, last,
+                         own_kept if keep_hidden else None, None)
+        results.append((scored, state))
+    return results

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from drllm.executor import PathExecutor, RunState
 from drllm.paths import LayerPath
@@ -133,9 +133,19 @@ class PathRewarder:
         key = tuple(path)
         if key in self.outcomes:
             return self.outcomes[key]
-        resume, step = self._best_prefix(path) if self.cache_size else (None, 0)
+        resume, step = self.resume_point(path)
         outcome, state = self.format.evaluate(self.executor, self.encoded, path, keep_hidden=self.cache_size > 0,
                                               resume=resume, resume_step=step)
+        self.record(path, outcome, state, step)
+        return outcome
+
+    def resume_point(self, path: LayerPath) -> tuple[RunState | None, int]:
+        """The kept run sharing the longest prefix with `path`, and how many steps it saves."""
+        return self._best_prefix(path) if self.cache_size else (None, 0)
+
+    def record(self, path: LayerPath, outcome: Outcome, state: RunState, step: int) -> None:
+        """Count an evaluation of `path` resumed at `step`, keep its run state for reuse and its outcome."""
+        key = tuple(path)
         self.stats.evaluations += 1
         self.stats.forward_passes += max(1, outcome.new_tokens) if self.encoded.kind == "generate" else 1
         self.stats.reused_steps += step
@@ -147,7 +157,6 @@ class PathRewarder:
             while len(self.states) > self.cache_size:
                 self.states.popitem(last=False)
         self.outcomes[key] = outcome
-        return outcome
 
     def reference(self) -> Outcome:
         """The full model's outcome (default path): what the robust reward compares against."""
@@ -160,3 +169,29 @@ class PathRewarder:
 
     def __call__(self, path: LayerPath) -> float:
         return 1.0 if self.correct(path) else 0.0
+
+
+def rewards_together(items: Sequence[tuple[PathRewarder, LayerPath]]) -> list[float]:
+    """The reward of each (prompt's rewarder, path), as calling each rewarder alone would give (up to float
+    rounding): the multiple-choice prompts' paths are scored as one mixed-path batch, each resumed from its own
+    kept prefix (`drllm.path_batch.score_together`); generation prompts are evaluated one after another."""
+    from drllm.path_batch import ScoreRequest, score_together
+
+    if len({id(rewarder) for rewarder, _ in items}) != len(items):
+        raise ValueError("rewards_together takes at most one path per rewarder (the second would miss the "
+                         "first's kept prefix)")
+    batched = [(rewarder, path) for rewarder, path in items
+               if rewarder.encoded.kind == "choices" and tuple(path) not in rewarder.outcomes]
+    executors = {id(rewarder.executor) for rewarder, _ in batched}
+    if len(executors) > 1:
+        raise ValueError("rewards_together needs every rewarder on the same executor")
+    if batched:
+        points = [rewarder.resume_point(path) for rewarder, path in batched]
+        requests = [ScoreRequest(rewarder.encoded.batch, path, resume, step)
+                    for (rewarder, path), (resume, step) in zip(batched, points)]
+        keep_hidden = any(rewarder.cache_size for rewarder, _ in batched)
+        scored = score_together(batched[0][0].executor, requests, keep_hidden=keep_hidden)
+        for (rewarder, path), (_, step), (results, state) in zip(batched, points, scored):
+            outcome = rewarder.format.grade_scores(rewarder.encoded, results, len(state.path))
+            rewarder.record(path, outcome, state, step)
+    return [rewarder(path) for rewarder, path in items]

@@ -540,13 +540,15 @@ class ClozeFormat(AnswerFormat):
         self._check(encoded)
         results, state = executor.score(encoded.batch, path, keep_hidden=keep_hidden, resume=resume,
                                         resume_step=resume_step)
+        return self.grade_scores(encoded, results, len(state.path)), state
+
+    def grade_scores(self, encoded: Encoded, results: Sequence, path_length: int) -> Outcome:
+        """The outcome from the options' log-likelihoods (`PathExecutor.score`'s results) along a path."""
         scores = self.scores([r.logprob for r in results], encoded.options)
         choice = max(range(len(scores)), key=lambda i: scores[i])  # first of ties, like numpy argmax
-        correct = choice == encoded.gold
-        outcome = Outcome(correct=correct, prediction=encoded.options[choice],
-                          layer_applications=len(state.path) * encoded.rows, new_tokens=0, choice=choice,
-                          scores=tuple(scores))
-        return outcome, state
+        return Outcome(correct=choice == encoded.gold, prediction=encoded.options[choice],
+                       layer_applications=path_length * encoded.rows, new_tokens=0, choice=choice,
+                       scores=tuple(scores))
 
 
 FORMATS: dict[str, type[AnswerFormat]] = {cls.name: cls for cls in (LetterFormat, ClozeFormat, BoxedFormat,
