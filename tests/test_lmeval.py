@@ -314,23 +314,49 @@ print("acc", results["results"]["drllm_local_mc"]["acc,none"])
 
 
 @pytest.mark.slow
-def test_the_lm_eval_command_line_runs_the_drllm_model_on_an_included_task(smollm2_dir, routers_dir, tmp_path):
-    """`drllm-lm-eval` takes lm-eval's own arguments (--include_path for a task config over local files)."""
+def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(smollm2_dir, routers_dir, tmp_path):
+    """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path) and the
+    shipped DART stand-in at level 1 through `--include_path "$(python -m drllm.lmeval_tasks)"`, whose documents,
+    prompts and grades are the pipeline's (drllm.benchmarks records, BoxedFormat prompt and grading)."""
+    from transformers import AutoTokenizer
+
+    from drllm.benchmarks import load_benchmark
+    from drllm.tasks import BoxedFormat, render_prompt
+
     choice, _ = local_tasks(tmp_path)
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "drllm_local_mc.yaml").write_text(json.dumps(choice))  # JSON is YAML
-    command = Path(sys.executable).parent / "drllm-lm-eval"
+    local_yaml = tmp_path / "drllm_local_mc.yaml"
+    local_yaml.write_text(json.dumps(choice))  # JSON is YAML
+    bindir = Path(sys.executable).parent
+    command = bindir / "drllm-lm-eval"
     assert command.is_file(), f"{command} missing: reinstall the package (make install)"
+    shipped = subprocess.run([sys.executable, "-m", "drllm.lmeval_tasks"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert (Path(shipped) / "dart" / "dart_offline_level1.yaml").is_file()
     done = subprocess.run([str(command), "--model", "drllm", "--model_args",
                            f"pretrained={smollm2_dir},routers={routers_dir},dtype=float32", "--device", "cpu",
-                           "--tasks", "drllm_local_mc", "--include_path", str(tasks), "--limit", "3",
+                           "--tasks", f"{local_yaml},dart_offline_level1", "--include_path", shipped,
+                           "--limit", "2", "--apply_chat_template", "--log_samples",
                            "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (written,) = (tmp_path / "out").rglob("results_*.json")
     results = json.loads(written.read_text())
-    assert results["results"]["drllm_local_mc"]["sample_len"] == 3
+    assert results["results"]["drllm_local_mc"]["sample_len"] == 2
     assert results["config"]["drllm"]["routers"] == str(routers_dir)
+    dart = results["results"]["dart_offline_level1"]
+    assert dart["sample_len"] == 2 and 0.0 <= dart["math_equiv,none"] <= 1.0
+    (samples,) = (tmp_path / "out").rglob("samples_dart_offline_level1_*.jsonl")
+    logged = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
+    expected = load_benchmark("dart", "test", levels=[1], limit=2)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    boxed = BoxedFormat()
+    for sample, example in zip(logged, expected, strict=True):
+        assert sample["doc"]["id"] == example.id and sample["target"] == example.answer
+        prompt = sample["arguments"]["gen_args_0"]["arg_0"]
+        assert prompt == render_prompt(tokenizer, boxed.prompt(example), chat_template=True)[0]
+        assert sample["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"] == boxed.max_new_tokens
+        encoded = boxed.encode(example, tokenizer)
+        graded = boxed.grade(encoded, sample["resps"][0][0], layer_applications=0, new_tokens=0)
+        assert sample["math_equiv"] == float(graded.correct)
 
 
 @pytest.fixture
@@ -385,3 +411,101 @@ def test_routers_for_another_model_are_refused(smollm2_dir, tmp_path):
         DrLLM(pretrained=str(smollm2_dir), routers=str(tmp_path / "other"), device="cpu")
     with pytest.raises(ArtifactError, match="run the assets stage first"):
         DrLLM(pretrained=str(tmp_path))
+
+
+# -- 6. the shipped task configs (drllm.lmeval_tasks) ---------------------------------------------------------------
+
+def dart_utils():
+    """The DART tasks' utils.py, loaded from its file as lm-eval's `!function utils.x` loads it."""
+    import importlib.util
+
+    from drllm.lmeval_tasks import PATH
+
+    spec = importlib.util.spec_from_file_location("dart_task_utils", PATH / "dart" / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_dart_tasks_are_indexed_by_level_with_groups():
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from drllm.lmeval_tasks import PATH
+
+    manager = TaskManager(include_path=str(PATH), include_defaults=False)
+    levels = [f"dart_level{n}" for n in range(1, 6)]
+    offline = [f"dart_offline_level{n}" for n in range(1, 6)]
+    assert set(levels + offline) <= set(manager.all_subtasks)
+    assert {"dart", "dart_offline"} <= set(manager.all_groups)
+    assert manager.task_index["dart_offline"].cfg["task"] == offline
+    for name in levels + offline:  # each config as lm-eval reads it (includes merged, !function resolved)
+        config = load_yaml(manager.task_index[name].yaml_path)
+        assert config["dataset_kwargs"] == {"level": int(name[-1]), "split": "test"}
+        assert config["custom_dataset"].__name__ == ("offline_docs" if "offline" in name else "hub_docs")
+        assert config["generation_kwargs"]["max_gen_toks"] == 15 and config["output_type"] == "generate_until"
+
+
+def test_dart_grading_is_drllms_boxed_math_equivalence():
+    utils = dart_utils()
+    doc = {"question": "What is 1/2 as a decimal?", "answers": ["0.5"]}
+    assert utils.doc_to_text(doc) == "What is 1/2 as a decimal?\nThe final answer MUST BE put in \\boxed{} and no explanation."
+    assert utils.process_results(doc, ["\\boxed{\\frac{1}{2}}"]) == {"math_equiv": 1.0}
+    assert utils.process_results(doc, ["first \\boxed{2}, then \\boxed{0.50}"]) == {"math_equiv": 1.0}  # the last
+    assert utils.process_results(doc, ["\\boxed{0.25}"]) == {"math_equiv": 0.0}
+    assert utils.process_results(doc, ["0.5"]) == {"math_equiv": 0.0}  # no \\boxed{}: not graded as an answer
+
+
+def test_dart_hub_tasks_read_a_pool_as_the_pipeline_does(tmp_path):
+    """hub_docs on a local file in the DART pool's format (repeated queries, nested level): de-duplicated, the
+    level kept, the evaluation half of the partition, equal to drllm.benchmarks' records."""
+    from drllm.benchmarks import dart_half, load_benchmark
+
+    rows = []
+    for i in range(40):
+        query = f"Compute {i} + {i}."
+        for _ in range(2):  # the pool has several responses per query
+            rows.append({"query": query, "gt_ans": str(2 * i), "query_metadata": {"level": 1 + i % 5, "type": "Algebra"}})
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    hub = {"path": "json", "data_files": str(pool), "split": "train", "partition": True,
+           "cache_dir": str(tmp_path / "hf-cache")}
+    docs = dart_utils().hub_docs(level=2, hub=hub, pretrained="ignored")["test"]  # model args arrive as metadata
+    expected = load_benchmark("dart", "test", hub=hub, levels=[2])
+    assert docs["id"] == [example.id for example in expected] and len(docs) > 0
+    assert all(level == 2 for level in docs["level"]) and len(set(docs["question"])) == len(docs)
+    assert all(dart_half(question) == "test" for question in docs["question"])
+    assert docs["answers"] == [[example.answer] for example in expected]
+
+
+def test_evaluate_task_finds_the_shipped_tasks_by_name(monkeypatch, tmp_path):
+    """The pipeline's lm_eval entries (evaluate_task) index drllm.lmeval_tasks, so `task: dart_offline_level1`
+    needs no include_path (a task config mapping here: lm-eval's ~15k default tasks stay unindexed, seconds)."""
+    import lm_eval
+
+    seen = {}
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", capture)
+    lm = DrLLM.__new__(DrLLM)  # the task manager is built before the model is used
+    with pytest.raises(RuntimeError, match="captured"):
+        lmeval.evaluate_task(lm, local_tasks(tmp_path)[0], "acc")
+    assert {"dart_offline_level3", "dart_level5", "dart", "dart_offline"} <= set(seen["task_manager"].all_tasks)
+
+
+def test_drllm_lm_eval_includes_the_shipped_tasks_unless_given_a_path(monkeypatch):
+    import lm_eval.__main__
+
+    from drllm.lmeval_tasks import PATH
+
+    calls = []
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: calls.append(sys.argv[1:]))
+    monkeypatch.setattr(sys, "argv", ["drllm-lm-eval"])
+    lmeval.main(["--tasks", "dart_offline"])
+    lmeval.main(["--tasks", "mine", "--include_path", "/my/tasks"])
+    lmeval.main(["--config", "run.yaml"])  # its own include_path, if any, is not overridden
+    assert calls == [["--tasks", "dart_offline", "--include_path", str(PATH)],
+                     ["--tasks", "mine", "--include_path", "/my/tasks"], ["--config", "run.yaml"]]

@@ -13,6 +13,10 @@ On the command line, ``drllm-lm-eval`` is lm-eval's own CLI with ``drllm`` regis
     drllm-lm-eval --model drllm --model_args pretrained=resources/models/m,routers=results/routers/m \
         --tasks arc_challenge,gsm8k,mmlu
 
+It also finds drllm's own task configs (`drllm.lmeval_tasks`: ``dart_level1``..5 / group ``dart`` from the hub,
+``dart_offline_level1``..5 / ``dart_offline`` from the packaged stand-in) unless ``--include_path`` is given;
+``python -m drllm.lmeval_tasks`` prints their directory for lm-eval's own ``--include_path``.
+
 Model arguments: ``pretrained`` (a materialised model directory, drllm.models; required), ``routers`` (a router
 directory; omitted or empty = the base model, every layer once), ``knob`` (the control knob p in [-1, 1]; needs
 routers), ``device`` / ``dtype`` ("auto"), ``batch_size`` (8), ``max_length`` (the model's
@@ -433,7 +437,8 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
                   include_path: str | None = None, apply_chat_template: bool = False) -> list[dict]:
     """Run one lm-eval task through `lm` and return one record per document, in document order.
 
-    task: a registered task name or a task config dict (e.g. a local json dataset). metric: the per-sample
+    task: a registered task name (lm-eval's, drllm.lmeval_tasks' such as dart_offline_level1, or one under
+    `include_path`) or a task config dict (e.g. a local json dataset). metric: the per-sample
     metric to report as the score (acc, acc_norm, exact_match, f1...). Each record: example_id (doc_id),
     prediction (the chosen option index, or the filtered generation), gold (lm-eval's target), score, path (routed
     on the first request's context, as the adapter routes it), requests (sequences scored or generated) and
@@ -442,7 +447,11 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path, include_defaults=isinstance(task, str) or bool(include_path))
+    from drllm.lmeval_tasks import PATH as TASKS_PATH
+
+    # drllm's own task configs (DART by level) by name; a user's include_path comes later and wins a name clash
+    paths = [str(TASKS_PATH), *([str(include_path)] if include_path else [])]
+    manager = TaskManager(include_path=paths, include_defaults=isinstance(task, str) or bool(include_path))
     lm.reset_path_log()
     results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=True,
                                       random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -475,11 +484,17 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`drllm-lm-eval`: lm-eval's command line (same arguments, same output) with the drllm model registered."""
+    """`drllm-lm-eval`: lm-eval's command line (same arguments, same output) with the drllm model registered and,
+    unless `--include_path` is given, drllm's task configs included (drllm.lmeval_tasks: DART by level)."""
     import sys
 
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    from drllm.lmeval_tasks import PATH as TASKS_PATH
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    given = ("--include_path", "--config", "-C")  # a config file may name its own include_path
+    if not any(arg in given or arg.startswith(("--include_path=", "--config=")) for arg in args):
+        args += ["--include_path", str(TASKS_PATH)]
+    sys.argv = [sys.argv[0], *args]
     cli_evaluate()
