@@ -24,13 +24,17 @@ rule prepare_model:
         "{params.python} {input.script} --model-json {params.model:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
+# A `data:` entry with a `kind` declares its own benchmark (drllm.custom_benchmarks): its local source file is an
+# input, so editing the file reruns the stage; the block rides in params, so editing it does too (without
+# `splits`: adding a split leaves the others alone).
 rule prepare_data:
     input:
         script=f"{workflow.basedir}/workflow/scripts/prepare_data.py",
+        source=data_source_files,
     output:
         "resources/data/{benchmark}/{split}.parquet",
     params:
-        hub=lambda wc: json.dumps(config["data"].get(wc.benchmark, {}).get("hub") or {}, sort_keys=True),
+        data=data_block_json,
         python=PYTHON,
     log:
         "logs/prepare_data/{benchmark}-{split}.log",
@@ -43,4 +47,4 @@ rule prepare_data:
         "../envs/drllm.yaml"
     shell:
         "{params.python} {input.script} --benchmark {wildcards.benchmark} --split {wildcards.split} "
-        "--hub-json {params.hub:q} --out {output} > {log} 2>&1"
+        "--data-json {params.data:q} --out {output} > {log} 2>&1"

@@ -14,6 +14,37 @@ DATA_FILES = [
     for benchmark, block in config["data"].items()
     for split in block["splits"]
 ]
+# Benchmarks declared by config (`kind`, `source`, `fields`) and the formats reading them: checked here, so a bad
+# block stops the run before any job, naming the key. Without drllm in this interpreter (snakemake outside the
+# venv) the data stage checks the blocks instead.
+try:
+    from drllm.custom_benchmarks import check_config
+except ImportError:
+    CONFIG_DECLARED = None
+else:
+    CONFIG_DECLARED = check_config(config)
+# Search tasks and calibration sets read records of a `data:` entry (eval entries without one are reported skipped).
+for _section, _blocks in (("search.tasks", config["search"]["tasks"]), ("calibrate.sets", config["calibrate"]["sets"])):
+    for _name, _block in _blocks.items():
+        if _block.get("samples") != 0 and _block["benchmark"] not in config["data"]:
+            raise ValueError(
+                f"config {_section}.{_name}.benchmark: {_block['benchmark']!r} has no data.{_block['benchmark']} "
+                f"entry (data entries: {sorted(config['data'])})"
+            )
+
+
+def data_source_files(wc):
+    """The local file a config-declared benchmark's split reads (none for built-ins and hub sources)."""
+    block = config["data"].get(wc.benchmark, {})
+    if "kind" not in block or CONFIG_DECLARED is None:
+        return []
+    return CONFIG_DECLARED[wc.benchmark].source_files(wc.split)
+
+
+def data_block_json(wc):
+    """The `data.<benchmark>` block as prepare_data reads it, without `splits` (adding a split redoes no other)."""
+    block = {key: value for key, value in config["data"].get(wc.benchmark, {}).items() if key != "splits"}
+    return json.dumps(block, sort_keys=True)
 
 
 def rule_resources(name):

@@ -4,11 +4,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from drllm.artifacts import ArtifactError
 from drllm.benchmarks import (
@@ -397,3 +399,350 @@ def test_cli_errors_exit_2(tmp_path, capsys, argv, message):
     assert load_cli().main([*argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- config-declared
+
+MC_ROWS = [
+    {"q": "Which of these is a gas?", "options": ["rock", "steam", "ice"], "gold": 1},
+    {"q": "What do bees make?", "options": ["silk", "honey", "wool", "milk"], "gold": 1},
+    {"q": "How many legs does a spider have?", "options": ["six", "eight", "four"], "gold": 1},
+    {"q": "Which animal barks?", "options": ["cat", "dog"], "gold": 1},
+]
+MC_BLOCK = {"kind": "multiple_choice", "source": {"path": "my_mc.jsonl"},
+            "fields": {"question": "q", "choices": "options", "answer": "gold"}, "splits": ["test"]}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def declared(tmp_path, block=None, rows=MC_ROWS, name="my_mc.jsonl"):
+    """A config-declared block over `rows` written to tmp_path/name (the path in the block is made absolute)."""
+    block = json.loads(json.dumps(block or MC_BLOCK))
+    write_jsonl(tmp_path / name, rows)
+    block["source"]["path"] = str(tmp_path / block["source"]["path"])
+    return block
+
+
+def test_declared_multiple_choice_reads_every_file_format_alike(tmp_path):
+    from drllm.custom_benchmarks import load_custom
+
+    expected = [(f"{i:05d}", row["q"], row["options"], row["gold"]) for i, row in enumerate(MC_ROWS)]
+    jsonl = load_custom("my_mc", "test", declared(tmp_path))
+    assert [(ex.id, ex.question, ex.choices, ex.gold_index) for ex in jsonl] == expected
+    check_examples(jsonl, "my_mc", "test")
+    assert jsonl[0].source.endswith("my_mc.jsonl") and jsonl[0].answer == "steam"
+
+    (tmp_path / "mc.json").write_text(json.dumps(MC_ROWS))
+    as_json = load_custom("my_mc", "test", {**MC_BLOCK, "source": {"path": str(tmp_path / "mc.json")}})
+    # CSV: one column per option (a cell holds text), letters as the answer, empty cells are missing values
+    lines = ["question,A,B,C,answer,topic"] + [f"Pick {i},x{i},y{i},z{i},{'ABC'[i % 3]}," for i in range(4)]
+    (tmp_path / "mc.csv").write_text("\n".join(lines) + "\n")
+    as_csv = load_custom("my_mc", "test", {"kind": "multiple_choice", "source": {"path": str(tmp_path / "mc.csv")},
+                                           "fields": {"question": "question", "choices": ["A", "B", "C"],
+                                                      "answer": "answer", "subset": "topic"},
+                                           "answer_format": "letter"})
+    assert [(ex.gold_index, ex.answer, ex.subset) for ex in as_csv] == [(0, "x0", None), (1, "y1", None),
+                                                                        (2, "z2", None), (0, "x3", None)]
+    # Parquet with ARC's nested layout: dotted paths, the answer looked up among the labels, the row's own id
+    arc = [{"id": f"Q{i}", "question": {"stem": row["q"]}, "answerKey": "ABCD"[row["gold"]],
+            "choices": {"text": row["options"], "label": list("ABCD"[:len(row["options"])])}}
+           for i, row in enumerate(MC_ROWS)]
+    pq.write_table(pa.Table.from_pylist(arc), tmp_path / "mc.parquet")
+    as_parquet = load_custom("my_mc", "test", {
+        "kind": "multiple_choice", "source": {"path": str(tmp_path / "mc.parquet")}, "answer_format": "label",
+        "fields": {"id": "id", "question": "question.stem", "choices": "choices.text", "labels": "choices.label",
+                   "answer": "answerKey"}})
+    for examples in (as_json, as_parquet):
+        assert [(ex.question, ex.choices, ex.gold_index) for ex in examples] == [e[1:] for e in expected]
+    assert [ex.id for ex in as_parquet] == ["Q0", "Q1", "Q2", "Q3"]
+    text = load_custom("my_mc", "test", declared(tmp_path, {**MC_BLOCK, "answer_format": "text"},
+                                                 [{**row, "gold": row["options"][1]} for row in MC_ROWS]))
+    assert [ex.gold_index for ex in text] == [1, 1, 1, 1]
+
+
+def test_declared_qa_and_math(tmp_path):
+    from drllm.custom_benchmarks import load_custom
+
+    qa_rows = [{"passage": "Paris is in France.", "ask": "Where is Paris?", "gold": ["France", "in France", "France"]},
+               {"passage": "Ice is cold.", "ask": "What is cold?", "gold": "Ice"}]
+    qa = load_custom("my_qa", "validation", declared(tmp_path, {
+        "kind": "qa", "source": {"path": "qa.jsonl"},
+        "fields": {"question": "ask", "context": "passage", "answer": "gold"}}, qa_rows, "qa.jsonl"))
+    check_examples(qa, "my_qa", "validation")
+    assert [(ex.answer, ex.answers, ex.context) for ex in qa] == [
+        ("France", ["France", "in France"], "Paris is in France."), ("Ice", ["Ice"], "Ice is cold.")]
+    math_rows = [{"problem": "Half of one?", "worked": r"So $\boxed{\frac{1}{2}}$.", "difficulty": "Level 2"},
+                 {"problem": "1+1?", "worked": r"\boxed{2}", "difficulty": 1}]
+    math = load_custom("my_math", "test", declared(tmp_path, {
+        "kind": "math", "source": {"path": "math.jsonl"},
+        "fields": {"question": "problem", "solution": "worked", "level": "difficulty"}}, math_rows, "math.jsonl"))
+    assert [(ex.answer, ex.level, ex.choices) for ex in math] == [(r"\frac{1}{2}", 2, []), ("2", 1, [])]
+
+
+def test_declared_partition_and_per_split_files(tmp_path):
+    from drllm.custom_benchmarks import CustomBenchmark, load_custom
+
+    rows = [{"q": f"Question number {i}?", "options": ["a", "b"], "gold": i % 2} for i in range(400)]
+    rows.append(dict(rows[7]))  # a repeated question lands in the same part as its twin
+    block = declared(tmp_path, {**MC_BLOCK, "splits": ["train", "test"], "fields": {**MC_BLOCK["fields"]},
+                                "partition": {"test": 0.25, "train": 0.75}}, rows)
+    parts = {split: load_custom("my_mc", split, block) for split in ("train", "test")}
+    assert sorted(ex.id for ex in parts["train"] + parts["test"]) == [f"{i:05d}" for i in range(401)]
+    assert not {ex.question for ex in parts["train"]} & {ex.question for ex in parts["test"]}
+    assert 70 < len(parts["test"]) < 130, "about a quarter"
+    reordered = {**block, "partition": {"train": 0.75, "test": 0.25}}
+    assert load_custom("my_mc", "test", reordered) == parts["test"], "the YAML order of the parts does not matter"
+    # one file per split through {split}; the data stage's input is that file
+    for split in ("train", "test"):
+        write_jsonl(tmp_path / f"mc_{split}.jsonl", MC_ROWS[:2] if split == "train" else MC_ROWS[2:])
+    per_split = {**MC_BLOCK, "splits": ["train", "test"], "source": {"path": str(tmp_path / "mc_{split}.jsonl")}}
+    assert [ex.question for ex in load_custom("my_mc", "test", per_split)] == [r["q"] for r in MC_ROWS[2:]]
+    assert CustomBenchmark.from_config("my_mc", per_split).source_files("train") == [str(tmp_path / "mc_train.jsonl")]
+
+
+def test_declared_hub_source_goes_through_load_dataset(tmp_path):
+    """The hub path (datasets.load_dataset) on a local file with datasets' json builder: no network needed."""
+    from drllm.custom_benchmarks import CustomBenchmark, load_custom
+
+    path = write_jsonl(tmp_path / "hub.jsonl", MC_ROWS)
+    block = {**MC_BLOCK, "source": {"hub": "json", "data_files": str(path), "split": "train"}}
+    examples = load_custom("my_mc", "test", block)
+    assert [ex.gold_index for ex in examples] == [1, 1, 1, 1] and examples[0].source == "hub:json:train"
+    assert CustomBenchmark.from_config("my_mc", block).source_files("test") == []
+
+
+@pytest.mark.parametrize("rows, block, message", [
+    ([{"q": "Q?", "options": ["a", "b"], "gold": 0}, {"q": "Q2?", "choices": ["a", "b"], "gold": 0}], {},
+     r"data\.my_mc\.fields\.choices: \S*my_mc\.jsonl line 2: no column 'options'; the row has columns "
+     r"\['choices', 'gold', 'q'\]"),
+    ([{"q": "Q?", "options": ["a", "b"], "gold": 0}, {"q": "Q2?", "options": ["a", "b"], "gold": 2}], {},
+     r"data\.my_mc\.fields\.answer: \S*my_mc\.jsonl line 2: gold index 2 \(column 'gold'\) is out of range for "
+     r"2 choices \(0\.\.1\)"),
+    ([{"q": "Q?", "options": ["a", "b"], "gold": "C"}], {"answer_format": "letter"},
+     r"line 1: letter C \(column 'gold'\) is out of range"),
+    ([{"q": "Q?", "options": ["a", "b"], "gold": "c"}], {"answer_format": "text"},
+     r"fields\.answer: .*line 1: answer 'c' \(column 'gold'\) is not one of the choices \['a', 'b'\]"),
+    ([{"q": "Q?", "options": ["a", "b"], "gold": "first"}], {}, r"holds 'first', expected a 0-based choice index"),
+    ([{"q": "", "options": ["a", "b"], "gold": 0}], {}, r"fields\.question: .*line 1: column 'q' is empty"),
+    ([{"q": "Q?", "options": "a|b", "gold": 0}], {}, r"fields\.choices: .*holds a string, expected a list"),
+    ([{"q": "Q?", "options": ["a"], "gold": 0, "k": "x"}, {"q": "R?", "options": ["a"], "gold": 0, "k": "x"}],
+     {"fields": {**MC_BLOCK["fields"], "id": "k"}}, r"fields\.id: .*line 2: id 'x' repeats line 1"),
+    ([], {}, r"data\.my_mc\.source: \S*my_mc\.jsonl has no rows"),
+])
+def test_declared_bad_rows_name_the_field_the_file_and_the_row(tmp_path, rows, block, message):
+    from drllm.custom_benchmarks import BenchmarkConfigError, load_custom
+
+    with pytest.raises(BenchmarkConfigError, match=message):
+        load_custom("my_mc", "test", declared(tmp_path, {**MC_BLOCK, **block}, rows))
+
+
+def test_declared_bad_files(tmp_path):
+    from drllm.custom_benchmarks import BenchmarkConfigError, load_custom
+
+    (tmp_path / "bad.jsonl").write_text('{"q": "fine", "options": ["a"], "gold": 0}\n{"q": broken\n')
+    with pytest.raises(BenchmarkConfigError, match=r"bad\.jsonl line 2: not valid JSON"):
+        load_custom("my_mc", "test", {**MC_BLOCK, "source": {"path": str(tmp_path / "bad.jsonl")}})
+    (tmp_path / "obj.json").write_text('{"rows": []}')
+    with pytest.raises(BenchmarkConfigError, match=r"obj\.json: expected a JSON array of row objects"):
+        load_custom("my_mc", "test", {**MC_BLOCK, "source": {"path": str(tmp_path / "obj.json")}})
+    (tmp_path / "empty.csv").write_text("q,options,gold\n")
+    with pytest.raises(BenchmarkConfigError, match=r"empty\.csv has no rows"):
+        load_custom("my_mc", "test", {**MC_BLOCK, "source": {"path": str(tmp_path / "empty.csv")}})
+    with pytest.raises(BenchmarkConfigError, match=r"data\.my_mc\.source\.path: \S*nope\.jsonl does not exist"):
+        load_custom("my_mc", "test", {**MC_BLOCK, "source": {"path": str(tmp_path / "nope.jsonl")}})
+    tiny = declared(tmp_path, {**MC_BLOCK, "partition": {"train": 0.999, "test": 0.001}}, MC_ROWS[:1])
+    with pytest.raises(BenchmarkConfigError, match=r"split 'test' has no rows: .*partition"):
+        load_custom("my_mc", "test", tiny)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"kind": "mcq"}, r"data\.my_mc\.kind must be one of \['multiple_choice', 'qa', 'math'\]"),
+    ({"fields": {"question": "q", "choices": "options"}}, r"data\.my_mc\.fields: missing \['answer'\]"),
+    ({"fields": {"question": "q", "choices": "options", "answer": "gold", "gold": "x"}},
+     r"data\.my_mc\.fields: unknown field\(s\) \['gold'\]"),
+    ({"fields": {"question": ["q"], "choices": "options", "answer": "gold"}},
+     r"data\.my_mc\.fields\.question must be a column name"),
+    ({"answer_format": "label"}, r"answer_format 'label' and fields\.labels go together"),
+    ({"source": {"path": "x.txt"}}, r"data\.my_mc\.source\.path must end in one of"),
+    ({"source": {"path": "x.jsonl", "hub": "a/b"}}, r"data\.my_mc\.source needs exactly one of"),
+    ({"source": {"path": "x.jsonl", "split": "train"}}, r"apply to a hub source only"),
+    ({"splits": ["train", "test"]}, r"data\.my_mc: splits \['train', 'test'\] would all read the same data"),
+    ({"splits": ["train", "test"], "source": {"hub": "a/b", "split": "train"}}, r"would all read the same data"),
+    ({"splits": ["train", "dev"], "partition": {"train": 0.5, "test": 0.5}},
+     r"data\.my_mc\.splits \['dev'\] are not parts of data\.my_mc\.partition"),
+    ({"partition": {"train": 0.5, "test": 0.6}}, r"data\.my_mc\.partition: shares must add up to 1, got 1\.1"),
+    ({"partition": {"train": 1.0}}, r"data\.my_mc\.partition must map two or more"),
+    ({"answer_fromat": "index"}, r"data\.my_mc: unknown key\(s\) \['answer_fromat'\]"),
+])
+def test_declared_bad_blocks_name_the_key(change, message):
+    from drllm.custom_benchmarks import BenchmarkConfigError, CustomBenchmark
+
+    with pytest.raises(BenchmarkConfigError, match=message):
+        CustomBenchmark.from_config("my_mc", {**MC_BLOCK, **change})
+    with pytest.raises(BenchmarkConfigError, match=r"answer_format applies to kind multiple_choice only"):
+        CustomBenchmark.from_config("q", {"kind": "qa", "source": {"path": "q.csv"}, "answer_format": "index",
+                                          "fields": {"question": "q", "answer": "a"}})
+
+
+def test_declared_benchmark_readers_need_a_format_of_its_kind():
+    from drllm.custom_benchmarks import BenchmarkConfigError, check_config
+
+    qa = {"kind": "qa", "source": {"path": "qa.jsonl"}, "fields": {"question": "q", "answer": "a"}, "splits": ["test"]}
+    config = {"data": {"my_mc": MC_BLOCK, "my_qa": qa, "arc_easy": {"splits": ["test"], "hub": None}},
+              "search": {"tasks": {"mc": {"benchmark": "my_mc", "format": "cloze", "samples": 2},
+                                   "off": {"benchmark": "my_qa", "format": "cloze", "samples": 0}}},
+              "eval": {"benchmarks": {"qa": {"benchmark": "my_qa", "format": "qa"},
+                                      "arc": {"benchmark": "arc_easy", "format": "letter"}}}}
+    assert set(check_config(config)) == {"my_mc", "my_qa"}
+    config["eval"]["benchmarks"]["qa"]["format"] = "letter"
+    with pytest.raises(BenchmarkConfigError, match=r"eval\.benchmarks\.qa\.format: 'letter' cannot read data\.my_qa "
+                                                   r"\(kind 'qa' is read by the formats \['qa'\]\)"):
+        check_config(config)
+
+
+def test_cli_declared_benchmark(tmp_path, capsys):
+    cli = load_cli()
+    block = declared(tmp_path)
+    out = tmp_path / "out" / "test.parquet"
+    assert cli.main(["--benchmark", "my_mc", "--split", "test", "--data-json", json.dumps(block),
+                     "--out", str(out)]) == 0
+    assert [ex.answer for ex in read_examples(out)] == ["steam", "honey", "eight", "dog"]
+    assert "4 examples of my_mc/test" in capsys.readouterr().out
+    bad = {**block, "fields": {**block["fields"], "answer": "answer"}}
+    assert cli.main(["--benchmark", "my_mc", "--split", "test", "--data-json", json.dumps(bad),
+                     "--out", str(tmp_path / "bad.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "data.my_mc.fields.answer" in err and "line 1: no column 'answer'" in err
+    assert not (tmp_path / "bad.parquet").exists()
+    # a built-in's block configures its hub source, as --hub-json does
+    hub = hub_json(tmp_path, [{"question": "1+1?", "answer": "#### 2"}])
+    assert cli.main(["--benchmark", "gsm8k", "--split", "test", "--data-json", json.dumps({"hub": hub}),
+                     "--out", str(tmp_path / "g.parquet")]) == 0
+    assert read_examples(tmp_path / "g.parquet")[0].answer == "2"
+
+
+# ---------------------------------------------------------------------------------------------- the README's example
+
+README_SECTION = "### Your own benchmark, by configuration only"
+
+
+def readme_example():
+    """The README's own-dataset example: its config overlay and its sample JSON-lines rows."""
+    section = (ROOT / "README.md").read_text().split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+    overlay = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    sample = [json.loads(line) for line in section.split("```json\n", 1)[1].split("```", 1)[0].splitlines()]
+    return overlay, sample
+
+
+def write_readme_dataset(root, overlay, sample, questions=24):
+    """The README's file, its sample rows followed by ARC-Easy questions in the same layout (the README's fields)."""
+    [(name, block)] = overlay["data"].items()
+    fields = block["fields"]
+    assert all(set(row) == {fields["question"], fields["choices"], fields["answer"]} for row in sample), \
+        "the README's sample rows and its fields mapping disagree"
+    rows = sample + [{fields["question"]: ex.question, fields["choices"]: ex.choices, fields["answer"]: ex.gold_index}
+                     for ex in load_benchmark("arc_easy", "validation", limit=questions)]
+    path = root / block["source"]["path"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(path, rows)
+    return name, block
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"drllm_stage_{name}", ROOT / "workflow" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def merged(base, overlay):
+    """`overlay` over `base` as Snakemake merges config files: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
+    """The README's overlay validates (bad blocks do not, naming the key), and a dry run plans its data, search
+    and evaluation jobs."""
+    import copy
+    import subprocess
+    import sys
+
+    from snakemake.utils import validate
+
+    schema = str(ROOT / "config" / "schema.yaml")
+    overlay, sample = readme_example()
+    name, block = write_readme_dataset(tmp_path, overlay, sample, questions=4)
+    config = merged(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), overlay)
+    validate(copy.deepcopy(config), schema)
+    for bad, message in [({"answr": "label"}, "'answr' is not one of"), ({"question": 3}, "3 is not valid")]:
+        broken = merged(config, {"data": {name: {"fields": bad}}})
+        with pytest.raises(Exception, match=message) as info:
+            validate(broken, schema)
+        assert f"['data']['{name}']['fields']" in str(info.value)
+    without_kind = copy.deepcopy(config)
+    del without_kind["data"][name]["kind"]
+    with pytest.raises(Exception, match="'kind' is a required property"):
+        validate(without_kind, schema)
+
+    for item in ["Snakefile", "rules", "workflow", "config", "envs"]:
+        (tmp_path / item).symlink_to(ROOT / item)
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(overlay))
+    # config/tiny.yaml selects its own eval entries; the README's config evaluates every entry (select: null)
+    (tmp_path / "select.yaml").write_text(yaml.safe_dump({"eval": {"select": [name]}}))
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "-p", "--forceall",
+                             "--configfile", "config/tiny.yaml", "my.yaml", "select.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    task = next(t for t, b in overlay["search"]["tasks"].items() if b["benchmark"] == name)
+    for split in block["splits"]:
+        assert f"--benchmark {name} --split {split} --data-json" in out
+    assert re.search(rf"input: \S+/prepare_data\.py, {re.escape(block['source']['path'])}\n", out), "the file is an input"
+    assert f"--records resources/data/{name}/train.parquet --task {task}" in out
+    assert f"results/search/smollm2-135m-instruct/{task}/shard-0.parquet" in out
+    assert f"results/eval/smollm2-135m-instruct/{name}/base.parquet" in out
+
+
+@pytest.mark.slow
+def test_readme_example_searches_and_evaluates_on_the_real_model(tmp_path, monkeypatch, smollm2_dir, capsys):
+    """The README's dataset through the stage scripts as the rules call them: records, prompts, a tiny search,
+    an evaluation cell, on the embedded SmolLM2."""
+    from drllm.evaluation import read_cell
+    from drllm.shards import read_shard
+
+    overlay, sample = readme_example()
+    monkeypatch.chdir(tmp_path)  # the README's path is relative to where the pipeline runs
+    name, block = write_readme_dataset(tmp_path, overlay, sample)
+    data_json = json.dumps({key: value for key, value in block.items() if key != "splits"})  # as the rule does
+    for split in block["splits"]:
+        assert load_cli().main(["--benchmark", name, "--split", split, "--data-json", data_json,
+                                "--out", f"resources/data/{name}/{split}.parquet"]) == 0, capsys.readouterr().err
+    parts = {split: read_examples(f"resources/data/{name}/{split}.parquet") for split in block["splits"]}
+    assert sum(map(len, parts.values())) == 26 and all(parts.values())
+    [(task, search_task)] = [(t, b) for t, b in overlay["search"]["tasks"].items() if b["benchmark"] == name]
+    [eval_entry] = [{"name": e, **b} for e, b in overlay["eval"]["benchmarks"].items() if b["benchmark"] == name]
+    assert load_script("select_prompts").main([
+        "--records", f"resources/data/{name}/{search_task['split']}.parquet", "--task", task,
+        "--format", search_task["format"], "--samples", "2", "--out", "prompts.parquet"]) == 0
+    settings = {"mcts": {"simulations": 2, "max_evaluations": 2}, "seed": 0, "formats": {"cloze": {"normalize": "chars"}}}
+    assert load_script("search").main(["--model-dir", str(smollm2_dir), "--prompts", "prompts.parquet",
+                                       "--settings-json", json.dumps(settings), "--backend", "serial", "--cpus", "2",
+                                       "--device", "cpu", "--out", "shard.parquet"]) == 0
+    shard = read_shard("shard.parquet")
+    assert len(shard) == 2 and all(row["benchmark"] == name and row["evaluations"] >= 1 for row in shard)
+    train_ids = {ex.id for ex in parts[search_task["split"]]}
+    assert {row["prompt_id"] for row in shard} <= train_ids
+    assert load_script("evaluate").main([
+        "--model-dir", str(smollm2_dir), "--data", f"resources/data/{name}/{eval_entry['split']}.parquet",
+        "--entry-json", json.dumps({**eval_entry, "samples": 2}), "--method", "base", "--device", "cpu",
+        "--no-progress", "--out", "base.parquet"]) == 0
+    cell = read_cell("base.parquet")
+    assert len(cell) == 2 and {row["benchmark"] for row in cell} == {name} and {r["metric"] for r in cell} == {"acc_norm"}
+    assert {row["example_id"] for row in cell} <= {ex.id for ex in parts[eval_entry["split"]]}
+    assert not train_ids & {ex.id for ex in parts[eval_entry["split"]]}

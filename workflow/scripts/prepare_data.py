@@ -4,7 +4,13 @@
         --out results/data/dart/train.parquet
     python workflow/scripts/prepare_data.py --benchmark arc_easy --split train \
         --hub-json '{"path": "allenai/ai2_arc", "name": "ARC-Easy", "split": "train"}' --out arc_easy.parquet
+    python workflow/scripts/prepare_data.py --benchmark my_mc --split test --out my_mc_test.parquet \
+        --data-json '{"kind": "multiple_choice", "source": {"path": "data/my_mc.jsonl"},
+                      "fields": {"question": "q", "choices": "options", "answer": "gold"},
+                      "partition": {"train": 0.5, "test": 0.5}}'
 
+--data-json is a config `data.<name>` block (the pipeline passes it without `splits`): one with a `kind` declares
+its own benchmark (drllm.custom_benchmarks), any other configures a built-in (`hub`, as --hub-json).
 Prints one summary line on success; on a data or argument problem prints the reason on stderr and exits 2.
 """
 from __future__ import annotations
@@ -15,6 +21,7 @@ import sys
 
 from drllm.artifacts import ArtifactError
 from drllm.benchmarks import BENCHMARKS, load_benchmark, summarize, write_examples
+from drllm.custom_benchmarks import KINDS, is_config_declared, load_custom
 
 
 def parse_hub(text: str | None) -> dict | None:
@@ -32,6 +39,19 @@ def parse_hub(text: str | None) -> dict | None:
     return hub
 
 
+def parse_data_block(text: str | None) -> dict | None:
+    """'' or None -> None; otherwise a JSON object (a config `data.<name>` block)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        block = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"--data-json is not valid JSON: {exc}") from exc
+    if not isinstance(block, dict):
+        raise ArtifactError(f"--data-json must be a JSON object, got {type(block).__name__}")
+    return block
+
+
 def parse_levels(text: str | None) -> list[int] | None:
     """'1,2,5' -> [1, 2, 5]; '' or None -> None."""
     if text is None or not text.strip():
@@ -43,10 +63,15 @@ def parse_levels(text: str | None) -> list[int] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--benchmark", required=True, help=f"one of {', '.join(BENCHMARKS)}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", required=True,
+                        help=f"a built-in ({', '.join(BENCHMARKS)}) or a name declared by --data-json")
     parser.add_argument("--split", required=True, help="split name (offline splits depend on the benchmark)")
-    parser.add_argument("--hub-json", default="", help="hub config as a JSON object; empty = offline data")
+    parser.add_argument("--hub-json", default="", help="built-ins: hub config as a JSON object; empty = offline data")
+    parser.add_argument("--data-json", default="",
+                        help=f"the config's data.<benchmark> block as a JSON object; with `kind` "
+                             f"({' | '.join(KINDS)}) it declares the benchmark (source, fields, partition)")
     parser.add_argument("--levels", default="", help="dart only: comma list of levels, e.g. 1,2,3")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N examples")
     parser.add_argument("--out", required=True, help="output .parquet path (written atomically)")
@@ -56,8 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        examples = load_benchmark(args.benchmark, args.split, hub=parse_hub(args.hub_json),
-                                  levels=parse_levels(args.levels), limit=args.limit)
+        hub, levels = parse_hub(args.hub_json), parse_levels(args.levels)
+        block = parse_data_block(args.data_json)
+        if is_config_declared(block):
+            if hub or levels:
+                raise ArtifactError(f"data.{args.benchmark} declares its own benchmark: --hub-json and --levels "
+                                    "do not apply (its source and fields are in --data-json)")
+            examples = load_custom(args.benchmark, args.split, block, limit=args.limit)
+        else:
+            hub = hub or (block or {}).get("hub") or None
+            examples = load_benchmark(args.benchmark, args.split, hub=hub, levels=levels, limit=args.limit)
         if not examples:
             raise ArtifactError(f"{args.benchmark}/{args.split}: no examples selected (levels/limit too strict?)")
         write_examples(args.out, examples)
