@@ -703,7 +703,8 @@ def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
     task = next(t for t, b in overlay["search"]["tasks"].items() if b["benchmark"] == name)
     for split in block["splits"]:
         assert f"--benchmark {name} --split {split} --data-json" in out
-    assert re.search(rf"input: \S+/prepare_data\.py, {re.escape(block['source']['path'])}\n", out), "the file is an input"
+    source = re.escape(block["source"]["path"])
+    assert re.search(rf"input: \S+/prepare_data\.py, {source}\n", out), "the file is an input of the data stage"
     assert f"--records resources/data/{name}/train.parquet --task {task}" in out
     assert f"results/search/smollm2-135m-instruct/{task}/shard-0.parquet" in out
     assert f"results/eval/smollm2-135m-instruct/{name}/base.parquet" in out
@@ -730,7 +731,8 @@ def test_readme_example_searches_and_evaluates_on_the_real_model(tmp_path, monke
     assert load_script("select_prompts").main([
         "--records", f"resources/data/{name}/{search_task['split']}.parquet", "--task", task,
         "--format", search_task["format"], "--samples", "2", "--out", "prompts.parquet"]) == 0
-    settings = {"mcts": {"simulations": 2, "max_evaluations": 2}, "seed": 0, "formats": {"cloze": {"normalize": "chars"}}}
+    settings = {"mcts": {"simulations": 2, "max_evaluations": 2}, "seed": 0,
+                "formats": {"cloze": {"normalize": "chars"}}}
     assert load_script("search").main(["--model-dir", str(smollm2_dir), "--prompts", "prompts.parquet",
                                        "--settings-json", json.dumps(settings), "--backend", "serial", "--cpus", "2",
                                        "--device", "cpu", "--out", "shard.parquet"]) == 0
@@ -743,6 +745,6 @@ def test_readme_example_searches_and_evaluates_on_the_real_model(tmp_path, monke
         "--entry-json", json.dumps({**eval_entry, "samples": 2}), "--method", "base", "--device", "cpu",
         "--no-progress", "--out", "base.parquet"]) == 0
     cell = read_cell("base.parquet")
-    assert len(cell) == 2 and {row["benchmark"] for row in cell} == {name} and {r["metric"] for r in cell} == {"acc_norm"}
+    assert len(cell) == 2 and {(row["benchmark"], row["metric"]) for row in cell} == {(name, "acc_norm")}
     assert {row["example_id"] for row in cell} <= {ex.id for ex in parts[eval_entry["split"]]}
     assert not train_ids & {ex.id for ex in parts[eval_entry["split"]]}

@@ -184,13 +184,12 @@ class CustomBenchmark:
                     f"{type(row).__name__}")
             mapper = _RowMapper(self, origin, location, row)
             example = mapper.example(split, f"{index:05d}", source.describe())
-            if self.partition is not None and _part(self.partition, example.question) != split:
-                continue
-            if example.id in seen:
+            if example.id in seen:  # over the whole source, whichever parts the two rows fall in
                 raise BenchmarkConfigError(
                     f"{self.where}.fields.id: {origin} {location}: id {example.id!r} repeats {seen[example.id]}")
             seen[example.id] = location
-            examples.append(example)
+            if self.partition is None or _part(self.partition, example.question) == split:
+                examples.append(example)
         if not examples:
             raise BenchmarkConfigError(
                 f"{self.where}: split {split!r} has no rows: {self.where}.partition {self.partition} gives it none "
