@@ -176,6 +176,7 @@ def test_unknown_benchmark_lists_known():
     with pytest.raises(ArtifactError, match="known benchmarks") as info:
         load_benchmark("hellaswag", "test")
     assert "arc_easy" in str(info.value) and "agieval" in str(info.value)
+    assert "data.hellaswag with kind, source and fields" in str(info.value)
 
 
 def test_unknown_split_lists_available():

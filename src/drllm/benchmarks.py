@@ -729,7 +729,8 @@ HUB_EXAMPLES = {name: b.hub_example for name, b in BENCHMARKS.items()}
 
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise ArtifactError(f"unknown benchmark {name!r}; known benchmarks: {sorted(BENCHMARKS)}")
+        raise ArtifactError(f"unknown benchmark {name!r}; known benchmarks: {sorted(BENCHMARKS)}, or declare it in the "
+                            f"config: data.{name} with kind, source and fields (drllm.custom_benchmarks)")
     return BENCHMARKS[name]
 
 
