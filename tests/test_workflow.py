@@ -191,6 +191,28 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     assert all((report / name).stat().st_size > 0 for name in
                ("accuracy_vs_layers.png", "layer_actions.png", "routing_consensus.png", "summary.parquet"))
     assert (work / "logs" / "evaluate" / "smollm2-135m-instruct" / "squad" / "oracle.log").is_file()
+    # provenance: every Parquet artifact names the stage, config, model and grader that made it
+    from drllm.artifacts import read_provenance
+
+    records = {path.relative_to(work): read_provenance(path)
+               for path in sorted([*(work / "resources").rglob("*.parquet"), *(work / "results").rglob("*.parquet")])}
+    assert [str(path) for path, record in records.items() if record is None] == []
+    by_stage = {}
+    for path, record in records.items():
+        by_stage.setdefault(record["stage"], []).append(record)
+        if record["stage"] not in ("prepare_data", "select_prompts"):
+            assert record["model"]["weights_sha256"] == manifest["weights_sha256"], path
+    assert set(by_stage) == {"prepare_data", "select_prompts", "search", "search_summary", "router_samples",
+                             "train_routers", "block_influence", "evaluate", "report"}
+    assert by_stage["train_routers"][0]["config"]["epochs"] == 25
+    [search_summary] = by_stage["search_summary"]
+    assert [entry["files"] for entry in search_summary["inputs"]] == [3]  # the 3 shards agree
+    assert search_summary["inputs"][0]["config_sha256"] == by_stage["search"][0]["config_sha256"]
+    graders = {record["config"]["entry"]["name"]: set(record["grader"]) for record in by_stage["evaluate"]}
+    assert graders == {"arc_easy": {"drllm.tasks", "math_verify"}, "squad": {"drllm.tasks", "math_verify"},
+                       "local_mc": {"lm_eval"}}
+    assert {record["artifact"] for record in by_stage["report"]} == {"report summary", "frontier points"}
+    assert sum(entry["files"] for entry in by_stage["report"][0]["inputs"]) == len(by_stage["evaluate"])
     # nothing left to do on a second run
     assert "Nothing to be done" in snakemake("-n", *configs, cwd=work).stdout
     # a config change reruns exactly the stages it reaches through params:

@@ -2,11 +2,13 @@
 
 Every stage writes through these helpers: a file appears under its final name only once it is complete
 (temp file in the same directory, fsync, rename), and a Parquet table is checked against its schema by the
-same code that writes and reads it.
+same code that writes and reads it. A Parquet artifact may also carry its provenance (what made it) in the
+file's key-value metadata under PROVENANCE_KEY; drllm.provenance builds it, this module checks and stores it.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -80,8 +82,10 @@ def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
         raise ArtifactError(f"{name}: columns do not match the schema: {exc}") from exc
 
 
-def write_parquet(path: str | os.PathLike, table: pa.Table | list[dict], schema: pa.Schema, name: str) -> None:
-    """Validate against `schema` and write atomically."""
+def write_parquet(path: str | os.PathLike, table: pa.Table | list[dict], schema: pa.Schema, name: str,
+                  provenance: dict | None = None) -> None:
+    """Validate against `schema` and write atomically; `provenance` (drllm.provenance.stage_provenance) is
+    validated and stored in the file's metadata with `artifact` = `name`."""
     if not isinstance(table, pa.Table):
         rows = list(table)
         for index, row in enumerate(rows):  # from_pylist would silently fill a missing key with null
@@ -94,6 +98,9 @@ def write_parquet(path: str | os.PathLike, table: pa.Table | list[dict], schema:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
             raise ArtifactError(f"{name}: rows do not match the schema: {exc}") from exc
     table = conform(table, schema, name)
+    if provenance is not None:
+        record = validate_provenance({**provenance, "artifact": name}, name)
+        table = table.replace_schema_metadata({PROVENANCE_KEY: canonical_json(record).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -107,4 +114,83 @@ def read_parquet(path: str | os.PathLike, schema: pa.Schema, name: str) -> pa.Ta
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ArtifactError(f"{name} {path} is not a readable Parquet file: {exc}") from exc
+    _provenance_of(table.schema, f"{name} {path}")  # artifacts from before provenance have none: still readable
     return conform(table, schema, f"{name} {path}")
+
+
+# -- provenance ---------------------------------------------------------------------------------------------
+# What made an artifact, as canonical JSON under this key of the Parquet key-value metadata. Deliberately no
+# timestamp or hostname: the same config must give byte-identical artifacts (issue 12).
+PROVENANCE_KEY = b"drllm"
+PROVENANCE_VERSION = 1
+# field -> allowed JSON types; `inputs` (the merged provenance of the files a stage combined) is optional
+PROVENANCE_FIELDS = {
+    "provenance_version": (int,),
+    "stage": (str,),              # the pipeline stage (rule) that wrote the file
+    "artifact": (str,),           # what the file is: the name write_parquet validated it under
+    "drllm_version": (str,),
+    "config": (dict,),            # the configuration the stage received, as its rule passes it
+    "config_sha256": (str,),      # SHA-256 of canonical_json(config)
+    "model": (dict, type(None)),  # name, source, path, revision, weights_sha256; null for model-free stages
+    "grader": (dict, type(None)),  # component -> version for stages whose rows are graded answers
+}
+MODEL_FIELDS = ("name", "source", "path", "revision", "weights_sha256")
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value (sorted keys, no spaces, ASCII), so equal configs hash equally on any machine."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def config_sha256(config: Any) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def validate_provenance(record: Any, where: str) -> dict:
+    """Return `record` if it is a complete provenance record, else raise naming the field and the file."""
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{where}: provenance must be a JSON object, got {type(record).__name__}")
+    missing = [key for key in PROVENANCE_FIELDS if key not in record]
+    if missing:
+        raise ArtifactError(f"{where}: provenance lacks {missing}; expected {list(PROVENANCE_FIELDS)}")
+    for key, types in PROVENANCE_FIELDS.items():
+        if not isinstance(record[key], types):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ArtifactError(f"{where}: provenance {key!r} must be {expected}, got {record[key]!r}")
+    if record["config_sha256"] != config_sha256(record["config"]):
+        raise ArtifactError(f"{where}: provenance config_sha256 {record['config_sha256']} is not the hash of its "
+                            f"config ({config_sha256(record['config'])})")
+    model = record["model"]
+    if model is not None and (set(model) != set(MODEL_FIELDS) or not isinstance(model["name"], str)):
+        raise ArtifactError(f"{where}: provenance model must have exactly {list(MODEL_FIELDS)} with a name, "
+                            f"got {model!r}")
+    grader = record["grader"]
+    if grader is not None and not all(isinstance(v, str) for v in grader.values()):
+        raise ArtifactError(f"{where}: provenance grader must map components to version strings, got {grader!r}")
+    inputs = record.get("inputs", [])
+    if not isinstance(inputs, list) or not all(isinstance(entry, dict) for entry in inputs):
+        raise ArtifactError(f"{where}: provenance inputs must be a list of objects, got {inputs!r}")
+    return record
+
+
+def _provenance_of(schema: pa.Schema, where: str) -> dict | None:
+    raw = (schema.metadata or {}).get(PROVENANCE_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{where}: provenance metadata is not valid JSON: {exc}") from exc
+    return validate_provenance(record, where)
+
+
+def read_provenance(path: str | os.PathLike, name: str = "artifact") -> dict | None:
+    """The provenance stored in a Parquet file (validated), or None if the file has none."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{name} not found: {path}")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ArtifactError(f"{name} {path} is not a readable Parquet file: {exc}") from exc
+    return _provenance_of(schema, f"{name} {path}")

@@ -63,8 +63,8 @@ def influence_rows(model: str, influence: list[float], prompts: int, tokens: int
              "tokens": tokens} for layer, value in enumerate(influence)]
 
 
-def write_influence(path, rows: list[dict]) -> None:
-    write_parquet(path, rows, INFLUENCE_SCHEMA, "block influence")
+def write_influence(path, rows: list[dict], provenance: dict | None = None) -> None:
+    write_parquet(path, rows, INFLUENCE_SCHEMA, "block influence", provenance)
 
 
 def read_influence(path, model: str, num_layers: int) -> list[dict]:

@@ -121,14 +121,14 @@ EXAMPLE_SCHEMA = pa.schema([
 ])
 
 
-def write_examples(path: str | os.PathLike, examples: Iterable[Example]) -> None:
+def write_examples(path: str | os.PathLike, examples: Iterable[Example], provenance: dict | None = None) -> None:
     """Write examples atomically as Parquet, validated against EXAMPLE_SCHEMA."""
     examples = list(examples)
     for ex in examples:
         if not isinstance(ex, Example):
             raise ArtifactError(f"examples: expected Example records, got {type(ex).__name__}")
     _check_unique_ids(examples, "examples")
-    write_parquet(path, [ex.to_dict() for ex in examples], EXAMPLE_SCHEMA, "examples")
+    write_parquet(path, [ex.to_dict() for ex in examples], EXAMPLE_SCHEMA, "examples", provenance)
 
 
 def read_examples(path: str | os.PathLike) -> list[Example]:

@@ -52,8 +52,9 @@ EVAL_SCHEMA = pa.schema([
 ])
 
 
-def write_cell(path, rows: list[dict]) -> None:
-    write_parquet(path, sorted(rows, key=lambda r: r["example_index"]), EVAL_SCHEMA, "evaluation cell")
+def write_cell(path, rows: list[dict], provenance: dict | None = None) -> None:
+    write_parquet(path, sorted(rows, key=lambda r: r["example_index"]), EVAL_SCHEMA, "evaluation cell",
+                  provenance)
 
 
 def read_cell(path) -> list[dict]:

@@ -645,9 +645,10 @@ def load_cells(cell_paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]
 
 
 def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir, seed: int = 0,
-                 in_domain: Iterable[str] | None = None) -> dict:
+                 in_domain: Iterable[str] | None = None, provenance: dict | None = None) -> dict:
     """Read the cells, write report.md, summary.parquet, frontier.parquet and the PNGs into out_dir; return their
-    paths. `in_domain`: the benchmarks the frontier figure shows panels for (None = every benchmark)."""
+    paths. `in_domain`: the benchmarks the frontier figure shows panels for (None = every benchmark);
+    `provenance`: stored in both Parquet tables (drllm.provenance)."""
     skipped = validate_skipped(skipped)
     rows, empty = load_cells(cell_paths)
     summary = summarize_cells(rows, seed=seed)
@@ -659,9 +660,9 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     plot_layer_actions(rows, paths["layer_actions"])
     plot_routing_consensus(rows, paths["routing_consensus"])
     paths["summary"] = out_dir / "summary.parquet"
-    write_parquet(paths["summary"], summary, SUMMARY_SCHEMA, "report summary")
+    write_parquet(paths["summary"], summary, SUMMARY_SCHEMA, "report summary", provenance)
     paths["frontier_points"] = out_dir / "frontier.parquet"
-    write_parquet(paths["frontier_points"], frontier, FRONTIER_SCHEMA, "frontier points")
+    write_parquet(paths["frontier_points"], frontier, FRONTIER_SCHEMA, "frontier points", provenance)
     paths["report"] = out_dir / "report.md"
     write_text(paths["report"], render_markdown(summary, skipped, [paths[n] for n in FIGURES],
                                                 consensus=routing_consensus(rows), empty_cells=empty,

@@ -88,16 +88,16 @@ def prompt_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_prompts(path, rows: list[dict]) -> None:
-    write_parquet(path, rows, PROMPT_SCHEMA, "prompt set")
+def write_prompts(path, rows: list[dict], provenance: dict | None = None) -> None:
+    write_parquet(path, rows, PROMPT_SCHEMA, "prompt set", provenance)
 
 
 def read_prompts(path) -> list[dict]:
     return read_parquet(path, PROMPT_SCHEMA, "prompt set").to_pylist()
 
 
-def write_shard(path, rows: list[dict]) -> None:
-    write_parquet(path, sorted(rows, key=lambda r: r["prompt_index"]), SHARD_SCHEMA, "search shard")
+def write_shard(path, rows: list[dict], provenance: dict | None = None) -> None:
+    write_parquet(path, sorted(rows, key=lambda r: r["prompt_index"]), SHARD_SCHEMA, "search shard", provenance)
 
 
 def read_shard(path, model: str | None = None, num_layers: int | None = None) -> list[dict]:
@@ -195,8 +195,8 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
     return summary
 
 
-def write_summary(path, summary: list[dict]) -> None:
-    write_parquet(path, summary, SUMMARY_SCHEMA, "search summary")
+def write_summary(path, summary: list[dict], provenance: dict | None = None) -> None:
+    write_parquet(path, summary, SUMMARY_SCHEMA, "search summary", provenance)
 
 
 def format_summary(summary: list[dict]) -> str:

@@ -56,6 +56,9 @@ from drllm.executor import ChoiceBatch, PathExecutor, RunState
 from drllm.metrics import exact_match, gsm8k_equal, gsm8k_strict, max_over_golds, token_f1
 from drllm.paths import LayerPath
 
+# Bump when a prompt, an answer extraction or a grading rule below changes: artifacts record it (drllm.provenance),
+# so scores made by different grading can be told apart.
+GRADER_VERSION = 1
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 BOXED_INSTRUCTION = "The final answer MUST BE put in \\boxed{} and no explanation."
 GSM8K_INSTRUCTION = ("Let's think step by step. At the end, write the final answer as a number on its own "

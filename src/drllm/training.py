@@ -109,9 +109,9 @@ def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict],
     return samples
 
 
-def write_samples(path, samples: Sequence[TrainingSample]) -> None:
+def write_samples(path, samples: Sequence[TrainingSample], provenance: dict | None = None) -> None:
     rows = [{"prompt_id": s.prompt_id, "input_ids": list(s.input_ids), "labels": list(s.labels)} for s in samples]
-    write_parquet(path, rows, SAMPLES_SCHEMA, "training samples")
+    write_parquet(path, rows, SAMPLES_SCHEMA, "training samples", provenance)
 
 
 def read_samples(path) -> list[TrainingSample]:
@@ -119,14 +119,14 @@ def read_samples(path) -> list[TrainingSample]:
     return [TrainingSample(r["prompt_id"], list(r["input_ids"]), list(r["labels"])) for r in table.to_pylist()]
 
 
-def write_metrics(path, rows: Sequence[dict]) -> None:
+def write_metrics(path, rows: Sequence[dict], provenance: dict | None = None) -> None:
     """One row per epoch; exactly one row has `selected` true (the routers that were saved)."""
     flags = [row.get("selected") for row in rows]
     if any(not isinstance(flag, bool) for flag in flags) or sum(flags) != 1:
         raise ArtifactError(f"training metrics: the 'selected' column must be true on exactly one row and false "
                             f"on the others, got {flags}")
     write_parquet(path, [{name: row.get(name) for name in METRIC_COLUMNS} for row in rows], METRICS_SCHEMA,
-                  "training metrics")
+                  "training metrics", provenance)
 
 
 def read_metrics(path) -> list[dict]:

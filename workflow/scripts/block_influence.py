@@ -18,6 +18,7 @@ from drllm.artifacts import ArtifactError
 from drllm.baselines import block_influence, influence_rows, write_influence
 from drllm.executor import PathExecutor
 from drllm.models import load_model
+from drllm.provenance import stage_provenance
 from drllm.shards import read_prompts
 from drllm.tasks import get_format
 from drllm.workers import example_from_row
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=chat_template)
                 prompts.append(encoded.prompt_ids)
         influence, tokens = block_influence(PathExecutor(model), prompts)
-        write_influence(args.out, influence_rows(manifest["name"], influence, len(prompts), tokens))
+        write_influence(args.out, influence_rows(manifest["name"], influence, len(prompts), tokens),
+                        stage_provenance("block_influence", settings, manifest))
     except (ArtifactError, ValueError) as exc:
         print(f"block_influence: error: {exc}", file=sys.stderr)
         return 2

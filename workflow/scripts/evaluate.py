@@ -32,6 +32,7 @@ from drllm.evaluation import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntr
 from drllm.executor import PathExecutor
 from drllm.inference import RoutedModel
 from drllm.models import load_model, read_manifest
+from drllm.provenance import stage_provenance
 from drllm.router import RouterStack
 from drllm.search import MCTSConfig
 from drllm.shards import Checkpoint, derived_seed
@@ -194,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             knob = read_calibration(args.calibration)
             print(f"evaluate: {method}: knob p = {knob:g} from {args.calibration}")
         manifest = read_manifest(args.model_dir)
+        provenance = stage_provenance(
+            "evaluate", {"entry": json.loads(args.entry_json), "method": args.method, "settings": settings},
+            manifest, graders=["lm_eval"] if entry.lm_eval is not None else ["drllm"])
         if entry.lm_eval is not None:
             rows = lm_eval_cell(args, entry, kind, knob, settings, manifest, method)
-            write_cell(args.out, rows)
+            write_cell(args.out, rows, provenance)
             print(f"evaluate: {entry.name}/{method}: {len(rows)} documents, lm-eval {entry.lm_eval['metric']} "
                   f"{cell_accuracy(rows):.4f} -> {args.out}")
             return 0
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = evaluate_examples(ctx, examples, policy, done=checkpoint.rows, on_row=checkpoint.add,
                                  progress=not args.no_progress,
                                  knob=knob if kind == "router" else None)  # static@k's k is in the name
-        write_cell(args.out, rows)
+        write_cell(args.out, rows, provenance)
         checkpoint.close(remove=True)
     except (ArtifactError, ValueError, EvaluationError) as exc:
         if checkpoint is not None:

@@ -22,6 +22,7 @@ import sys
 from drllm.artifacts import ArtifactError
 from drllm.benchmarks import BENCHMARKS, load_benchmark, summarize, write_examples
 from drllm.custom_benchmarks import KINDS, is_config_declared, load_custom
+from drllm.provenance import stage_provenance
 
 
 def parse_hub(text: str | None) -> dict | None:
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             examples = load_benchmark(args.benchmark, args.split, hub=hub, levels=levels, limit=args.limit)
         if not examples:
             raise ArtifactError(f"{args.benchmark}/{args.split}: no examples selected (levels/limit too strict?)")
-        write_examples(args.out, examples)
+        config = {"benchmark": args.benchmark, "split": args.split, "data": block, "hub": hub, "levels": levels,
+                  "limit": args.limit}
+        write_examples(args.out, examples, stage_provenance("prepare_data", config))
     except ArtifactError as exc:
         print(f"prepare_data: error: {exc}", file=sys.stderr)
         return 2

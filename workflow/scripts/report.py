@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from drllm.artifacts import ArtifactError, read_json
+from drllm.provenance import stage_provenance
 from drllm.report import build_report, validate_skipped
 
 
@@ -62,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         skipped = parse_skipped(args.skipped_json)
-        paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed,
-                             in_domain=parse_in_domain(args.in_domain_json))
+        in_domain = parse_in_domain(args.in_domain_json)
+        provenance = stage_provenance("report", {"skipped": skipped, "in_domain": in_domain, "seed": args.seed},
+                                      inputs=args.cells)
+        paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed, in_domain=in_domain,
+                             provenance=provenance)
     except (ArtifactError, ValueError) as exc:  # ArtifactError is a ValueError; both mean bad input
         print(f"report: error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from drllm.artifacts import ArtifactError
 from drllm.models import read_manifest
+from drllm.provenance import stage_provenance
 from drllm.shards import read_prompts, read_shard
 from drllm.training import samples_from_search, write_samples
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if not samples:
             raise ArtifactError(f"no kept prompts in {len(results)} search results: nothing to train on "
                                 "(search more prompts, or a model that answers some of them)")
-        write_samples(args.out, samples)
+        # the shards are listed as inputs: their grader labelled these samples
+        write_samples(args.out, samples, stage_provenance("router_samples", settings, manifest, inputs=args.shards))
     except (ArtifactError, ValueError) as exc:
         print(f"router_samples: error: {exc}", file=sys.stderr)
         return 2

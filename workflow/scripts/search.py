@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from drllm.artifacts import ArtifactError
 from drllm.models import read_manifest
+from drllm.provenance import stage_provenance
 from drllm.shards import Checkpoint, read_prompts, write_shard
 from drllm.tasks import FORMATS
 from drllm.workers import SearchSettings, run_ray, run_serial
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--workers must be >= 1")
         manifest = read_manifest(args.model_dir)
         settings = parse_settings(args.settings_json, manifest)
+        provenance = stage_provenance("search", json.loads(args.settings_json), manifest, graders=["drllm"])
         prompts = read_prompts(args.prompts)
         rows = [row for row in prompts if row["prompt_index"] % args.num_shards == args.shard]
         unknown = sorted({row["format"] for row in prompts} - set(FORMATS))
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               "rerun the same command to resume", file=sys.stderr)
         return 130
     bar.close()
-    write_shard(args.out, [checkpoint.rows[row["id"]] for row in rows])
+    write_shard(args.out, [checkpoint.rows[row["id"]] for row in rows], provenance)
     checkpoint.close(remove=True)
     kept = sum(checkpoint.rows[row["id"]]["kept"] for row in rows)
     print(f"[{label}] wrote {len(rows)} prompts ({kept} kept) -> {args.out}", flush=True)

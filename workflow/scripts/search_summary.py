@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from drllm.artifacts import ArtifactError, read_json, write_text
+from drllm.provenance import stage_provenance
 from drllm.shards import format_summary, read_shard, summarize, write_summary
 
 
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             raise ArtifactError(f"the shards {args.shards} hold no prompts")
         summary = summarize(rows)
-        write_summary(args.out, summary)
+        # the stage takes no config; every shard's provenance is listed (one entry when they all agree)
+        write_summary(args.out, summary, stage_provenance("search_summary", {}, manifest, inputs=args.shards))
     except ArtifactError as exc:
         print(f"search_summary: error: {exc}", file=sys.stderr)
         return 2

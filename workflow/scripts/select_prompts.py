@@ -11,6 +11,7 @@ import sys
 
 from drllm.artifacts import ArtifactError
 from drllm.benchmarks import read_examples
+from drllm.provenance import stage_provenance
 from drllm.shards import select_prompts, write_prompts
 
 
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
         records = [example.to_dict() for example in read_examples(args.records)]
         rows = select_prompts(records, args.task, args.format, args.samples, args.seed, levels or None)
-        write_prompts(args.out, rows)
+        config = {"task": args.task, "format": args.format, "samples": args.samples, "seed": args.seed,
+                  "levels": levels}
+        write_prompts(args.out, rows, stage_provenance("select_prompts", config))
     except (ArtifactError, ValueError) as exc:
         print(f"select_prompts: error: {exc}", file=sys.stderr)
         return 2

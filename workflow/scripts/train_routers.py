@@ -31,6 +31,7 @@ import torch
 
 from drllm.artifacts import ArtifactError, atomic_path, write_json
 from drllm.models import read_manifest, resolve_device, resolve_dtype
+from drllm.provenance import stage_provenance
 from drllm.router import CLASSES, RouterConfig, RouterStack
 from drllm.router_card import write_card
 from drllm.training import (TrainConfig, build_feature_cache, label_counts, pick_cache_device, read_samples,
@@ -38,7 +39,7 @@ from drllm.training import (TrainConfig, build_feature_cache, label_counts, pick
                             write_metrics)
 
 
-def parse_config(text: str) -> TrainConfig:
+def read_config_block(text: str) -> dict:
     """--config-json: a JSON object, or the path of a file holding one."""
     stripped = text.strip()
     if not stripped.startswith("{"):
@@ -49,7 +50,7 @@ def parse_config(text: str) -> TrainConfig:
     block = json.loads(stripped)
     if not isinstance(block, dict):
         raise ValueError("--config-json must be a JSON object")
-    return TrainConfig.from_dict(block)
+    return block
 
 
 def load_base(model_dir: str, device: str, dtype: str):
@@ -149,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        config = parse_config(args.config_json)
+        config_block = read_config_block(args.config_json)
+        config = TrainConfig.from_dict(config_block)
         manifest = read_manifest(args.model_dir)
+        provenance = stage_provenance("train_routers", config_block, manifest)
         num_layers, hidden_size = int(manifest["num_layers"]), int(manifest["hidden_size"])
         samples = read_samples(args.samples)
         validate_samples(samples, num_layers)
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.out_dir)
         stack.save_pretrained(out)
-        write_metrics(out / "metrics.parquet", history.epochs)
+        write_metrics(out / "metrics.parquet", history.epochs, provenance)
         summary = {key: value for key, value in history.to_dict().items() if key not in ("epochs", "step_losses")}
         summary.update({"model": manifest["name"], "num_layers": num_layers, "hidden_size": hidden_size,
                         "router_parameters": stack.num_parameters(), "config": config.to_dict(),
