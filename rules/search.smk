@@ -60,6 +60,7 @@ rule search_shard:
         backend=SEARCH["backend"],
         workers=SEARCH["workers"],
         ray_address=SEARCH.get("ray_address") or "",
+        max_retries=SEARCH["max_retries"],
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
         gpus=config.get("resources", {}).get("search", {}).get("gpus", 0),
@@ -76,7 +77,8 @@ rule search_shard:
         "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --settings-json {params.settings:q} "
         "--backend {params.backend} --workers {params.workers} --cpus {threads} --gpus {params.gpus} "
-        "--ray-address '{params.ray_address}' --device {params.device} --dtype {params.dtype} "
+        "--ray-address '{params.ray_address}' --max-retries {params.max_retries} "
+        "--device {params.device} --dtype {params.dtype} "
         "--out {output} > {log} 2>&1"
 
 

@@ -1,13 +1,21 @@
-"""The search stage end to end on the real SmolLM2: CLI, backends, resume, failures, summary."""
+"""The search stage end to end on the real SmolLM2: CLI, backends, resume, failures, summary, a joined Ray cluster."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import polars as pl
+import psutil
 import pytest
 
 from conftest import REPO
@@ -40,10 +48,17 @@ def without_timing(path):
     return pl.read_parquet(path).drop("wall_seconds")
 
 
-def test_shards_identical_across_backends_and_worker_counts(smollm2_dir, prompt_file, tmp_path):
-    outputs = {}
-    for name, extra in {"serial": ["--backend", "serial"],
-                        "ray1": ["--backend", "ray", "--workers", "1"],
+@pytest.fixture(scope="module")
+def serial_shard(smollm2_dir, prompt_file, tmp_path_factory):
+    """All 4 prompts searched by the serial backend: the reference every other backend must reproduce."""
+    out = tmp_path_factory.mktemp("serial") / "serial.parquet"
+    assert run_cli(smollm2_dir, prompt_file, out, "--backend", "serial") == 0
+    return out
+
+
+def test_shards_identical_across_backends_and_worker_counts(smollm2_dir, prompt_file, serial_shard, tmp_path):
+    outputs = {"serial": serial_shard}
+    for name, extra in {"ray1": ["--backend", "ray", "--workers", "1"],
                         "ray2": ["--backend", "ray", "--workers", "2"]}.items():
         outputs[name] = tmp_path / f"{name}.parquet"
         assert run_cli(smollm2_dir, prompt_file, outputs[name], *extra) == 0
@@ -51,7 +66,7 @@ def test_shards_identical_across_backends_and_worker_counts(smollm2_dir, prompt_
     assert serial.height == 4 and serial["evaluations"].min() >= 2
     assert serial.equals(without_timing(outputs["ray1"]))
     assert serial.equals(without_timing(outputs["ray2"]))
-    assert not (tmp_path / "serial.parquet.progress.jsonl").exists()
+    assert not (serial_shard.parent / "serial.parquet.progress.jsonl").exists()
     # the Table 2 summary reads the shards back
     manifest = smollm2_dir / "drllm_model.json"
     summary = tmp_path / "summary.parquet"
@@ -135,3 +150,114 @@ def test_router_samples_re_encode_the_searched_prompts(smollm2_dir, prompt_file,
     pl.read_parquet(prompt_file).with_columns(pl.lit("letter").alias("format")).write_parquet(letter)
     assert router_samples.main(args[:2] + ["--prompts", str(letter)] + args[4:]) == 2
     assert "differs from the one searched" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def session_processes(session: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session:
+                found.append(process)
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real Ray head (`ray start --head`) as a user would start one; yields (address, its process session).
+
+    Its own session, temp dir and ports keep it apart from any other Ray on the machine (`ray stop` would stop
+    them all); teardown ends every process of that session, whatever the tests did.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: AF_UNIX socket paths are limited to 107 bytes
+    log = open(os.path.join(temp_dir, "head.log"), "w+")
+    port = free_port()
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+                             f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                             "--disable-usage-stats"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in (text := Path(log.name).read_text()):
+            assert head.poll() is None and time.monotonic() < deadline, f"ray start --head failed:\n{text}"
+            time.sleep(0.2)
+        node_ip = re.search(r"Local node IP: (\S+)", text).group(1)
+        yield f"{node_ip}:{port}", head.pid
+    finally:
+        head.terminate()  # `ray start --block` stops its processes on SIGTERM
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        for process in session_processes(head.pid):  # whatever survived, e.g. a worker the raylet left behind
+            process.kill()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class WorkerKiller(threading.Thread):
+    """SIGKILLs the first search worker of the cluster seen running a prompt (Ray titles it `ray::SearchWorker.run`):
+    the loss always hits a prompt in flight, with no timing guess."""
+
+    def __init__(self, session: int):
+        super().__init__(daemon=True)
+        self.session, self.killed, self.stop = session, None, threading.Event()
+
+    def run(self):
+        raylet = next(p for p in session_processes(self.session) if p.name() == "raylet")  # workers' parent
+        while not self.stop.wait(0.1):
+            for process in raylet.children():
+                try:
+                    if process.cmdline()[:1] == ["ray::SearchWorker.run"]:
+                        process.kill()
+                        self.killed = process.pid
+                        return
+                except psutil.Error:
+                    pass
+
+
+def run_killing_a_worker(ray_head, *args):
+    address, session = ray_head
+    killer = WorkerKiller(session)
+    killer.start()
+    try:
+        code = run_cli(*args, "--backend", "ray", "--workers", "1", "--ray-address", address,
+                       "--shard", "3", "--num-shards", "4")
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.killed is not None, "no search worker was seen running a prompt"
+    return code
+
+
+def test_joined_ray_cluster_replaces_a_killed_worker(smollm2_dir, prompt_file, serial_shard, ray_head, tmp_path,
+                                                     capsys):
+    """The shard job joins a running Ray cluster through --ray-address (search.ray_address); its worker is
+    SIGKILLed mid-prompt (as by preemption or the OOM killer): a new worker takes the prompt, the rows are the
+    serial run's."""
+    expected = without_timing(serial_shard).filter(pl.col("prompt_index") == 3)
+    prompt_id = expected["prompt_id"].item()
+    out = tmp_path / "joined.parquet"
+    assert run_killing_a_worker(ray_head, smollm2_dir, prompt_file, out) == 0
+    err = capsys.readouterr().err
+    assert f"lost the worker searching prompt {prompt_id} (ActorDiedError); starting a replacement, retry 1/2" in err
+    assert err.count("worker ready") == 2
+    assert without_timing(out).equals(expected)
+
+
+def test_a_prompt_losing_workers_past_max_retries_fails_naming_it(smollm2_dir, prompt_file, serial_shard, ray_head,
+                                                                  tmp_path, capsys):
+    prompt_id = pl.read_parquet(serial_shard).filter(pl.col("prompt_index") == 3)["prompt_id"].item()
+    out = tmp_path / "lost.parquet"
+    assert run_killing_a_worker(ray_head, smollm2_dir, prompt_file, out, "--max-retries", "0") == 1
+    err = capsys.readouterr().err
+    assert f"search: error: prompt {prompt_id}: its Ray search worker died 1 time(s); max_retries=0" in err
+    assert not out.exists() and "rerun the same command to resume" in err

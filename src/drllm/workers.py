@@ -6,12 +6,16 @@ Results never depend on the backend or the number of workers: each prompt's sear
 Ray: the driver reads the safetensors weights once as numpy arrays and puts them in the object store; every
 actor maps them zero-copy into its model (frozen weights are never written), so N workers hold one copy of the
 weights. `ray_address` joins an existing cluster (e.g. one started inside a SLURM allocation); otherwise a local
-Ray starts with exactly the job's CPUs and GPUs.
+Ray starts with exactly the job's CPUs and GPUs. A worker that dies (preempted node, OOM kill) is replaced and its
+prompt searched again, a bounded number of times (`max_retries`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -115,6 +119,10 @@ class SearchWorker:
     def run(self, row: dict) -> dict:
         return search_prompt(self.executor, self.tokenizer, row, self.settings)
 
+    def location(self) -> str:
+        """Where this worker runs (process and host), for logs; answering also tells the driver the model is loaded."""
+        return f"pid {os.getpid()} on {socket.gethostname()}"
+
     def memory(self) -> dict:
         """Resident and unique (not shared) memory of this process, in MiB."""
         import psutil
@@ -165,13 +173,29 @@ def run_serial(rows: list[dict], model_dir: str, settings: SearchSettings, devic
         yield worker.run(row)
 
 
+class WorkerLostError(RuntimeError):
+    """A prompt's Ray worker died more often than `max_retries` allows (or could not start at all)."""
+
+
+def _log(message: str) -> None:
+    print(f"search workers: {message}", file=sys.stderr, flush=True)
+
+
 def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: str, dtype: str, workers: int,
-            cpus: int, gpus: int = 0, address: str | None = None, memory_report: list | None = None) -> Iterator[dict]:
-    """Search `rows` on `workers` Ray actors; yields results as they finish (order varies, content does not)."""
+            cpus: int, gpus: int = 0, address: str | None = None, memory_report: list | None = None,
+            max_retries: int = 2) -> Iterator[dict]:
+    """Search `rows` on `workers` Ray actors; yields results as they finish (order varies, content does not).
+
+    A worker that dies (killed, OOM, node preempted) is replaced by a new actor and its prompt is searched again,
+    at most `max_retries` times per prompt; results are unchanged since each prompt's search is seeded on its own.
+    """
     import ray
+    from ray.exceptions import RayActorError, WorkerCrashedError
 
     if not rows:
         return
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
     started_here = not ray.is_initialized()
     if started_here:
         if address:
@@ -179,21 +203,58 @@ def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: 
         else:  # a short temp dir: AF_UNIX socket paths are limited to 107 bytes
             ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                      _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    actors: list = []
     try:
         weights = ray.put(shared_weight_arrays(model_dir))
         threads = max(1, cpus // workers)
         actor_class = ray.remote(num_cpus=threads, num_gpus=(gpus / workers) if gpus else 0)(SearchWorker)
-        actors = [actor_class.remote(model_dir, settings, device, dtype, threads, weights) for _ in range(workers)]
-        pending, queue = {}, list(rows)
-        for actor in actors:
-            if queue:
-                pending[actor.run.remote(queue.pop(0))] = actor
-        while pending:
+
+        # pending: future -> (actor, row); row None marks a `location` call, which answers once the model is loaded
+        pending: dict = {}
+        queue, retries, lost_loading = list(rows), {}, 0
+
+        def start_actor() -> None:
+            actor = actor_class.remote(model_dir, settings, device, dtype, threads, weights)
+            actors.append(actor)
+            pending[actor.location.remote()] = (actor, None)
+
+        for _ in range(workers):
+            start_actor()
+        while pending and (queue or any(row is not None for _, row in pending.values())):
             done, _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(done[0])
-            if queue:
-                pending[actor.run.remote(queue.pop(0))] = actor
-            yield ray.get(done[0])
+            actor, row = pending.pop(done[0])
+            try:
+                value = ray.get(done[0])
+            except (RayActorError, WorkerCrashedError) as exc:
+                if getattr(exc, "actor_init_failed", False):  # an error in SearchWorker.__init__: not transient
+                    raise WorkerLostError(f"a Ray search worker failed to load the model: {exc}") from exc
+                actors.remove(actor)
+                ray.kill(actor)
+                if row is None:
+                    lost_loading += 1
+                    if lost_loading > max_retries * workers:
+                        raise WorkerLostError(f"{lost_loading} Ray search workers died while loading the model "
+                                              f"(allowed: max_retries {max_retries} x {workers} workers)") from exc
+                    _log(f"lost a worker while it loaded the model ({type(exc).__name__}); starting a replacement")
+                else:
+                    retries[row["id"]] = retries.get(row["id"], 0) + 1
+                    if retries[row["id"]] > max_retries:
+                        raise WorkerLostError(
+                            f"prompt {row['id']}: its Ray search worker died {retries[row['id']]} time(s); "
+                            f"max_retries={max_retries} (search.max_retries); last error: {type(exc).__name__}: "
+                            f"{exc}") from exc
+                    _log(f"lost the worker searching prompt {row['id']} ({type(exc).__name__}); starting a "
+                         f"replacement, retry {retries[row['id']]}/{max_retries}")
+                    queue.insert(0, row)
+                start_actor()
+                continue
+            if queue:  # the next prompt goes out before this result is handed on
+                next_row = queue.pop(0)
+                pending[actor.run.remote(next_row)] = (actor, next_row)
+            if row is None:
+                _log(f"worker ready ({value})")
+            else:
+                yield value
         if memory_report is not None:
             memory_report.extend(ray.get([actor.memory.remote() for actor in actors]))
     finally:

@@ -2,6 +2,8 @@
 
 Prompt i of the prompt set belongs to shard i mod num_shards. Finished prompts are checkpointed as they come
 (<out>.progress.jsonl), so a killed job resumes where it stopped; Ctrl-C stops cleanly with them kept.
+With Ray, a lost worker (preemption, OOM kill) is replaced and its prompt searched again, up to --max-retries
+times per prompt.
 
 Example:
   python workflow/scripts/search.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -23,7 +25,7 @@ from drllm.models import read_manifest
 from drllm.provenance import stage_provenance
 from drllm.shards import Checkpoint, read_prompts, write_shard
 from drllm.tasks import FORMATS
-from drllm.workers import SearchSettings, run_ray, run_serial
+from drllm.workers import SearchSettings, WorkerLostError, run_ray, run_serial
 
 BACKENDS = ("serial", "ray")
 
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=1, help="CPUs of this job (Ray gets exactly these)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs of this job (Ray gets exactly these)")
     parser.add_argument("--ray-address", default="", help="join this Ray cluster instead of starting one")
+    parser.add_argument("--max-retries", type=int, default=2,
+                        help="times one prompt is searched again after its Ray worker died (a new worker replaces it)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", required=True, help="shard Parquet to write")
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--shard {args.shard} is outside 0..{args.num_shards - 1}")
         if args.workers < 1:
             raise ValueError("--workers must be >= 1")
+        if args.max_retries < 0:
+            raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
         manifest = read_manifest(args.model_dir)
         settings = parse_settings(args.settings_json, manifest)
         provenance = stage_provenance("search", json.loads(args.settings_json), manifest, graders=["drllm"])
@@ -95,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         results = run_serial(todo, args.model_dir, settings, args.device, args.dtype, threads=args.cpus)
     else:
         results = run_ray(todo, args.model_dir, settings, args.device, args.dtype, workers=args.workers,
-                          cpus=args.cpus, gpus=args.gpus, address=args.ray_address or None)
+                          cpus=args.cpus, gpus=args.gpus, address=args.ray_address or None,
+                          max_retries=args.max_retries)
     started = time.perf_counter()
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=label, unit="prompt",
                disable=not sys.stderr.isatty())
@@ -114,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{label}] interrupted: {len(checkpoint.rows)} finished prompts kept in {checkpoint.path}; "
               "rerun the same command to resume", file=sys.stderr)
         return 130
+    except WorkerLostError as exc:
+        bar.close()
+        checkpoint.close()
+        print(f"search: error: {exc}\n[{label}] {len(checkpoint.rows)} finished prompts kept in {checkpoint.path}; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 1
     bar.close()
     write_shard(args.out, [checkpoint.rows[row["id"]] for row in rows], provenance)
     checkpoint.close(remove=True)
