@@ -3,6 +3,8 @@
 Example:
   python workflow/scripts/prepare_model.py --model-json '{"name": "smollm2-135m-instruct", "source": "embedded"}' \\
       --out-dir resources/models/smollm2-135m-instruct
+  python workflow/scripts/prepare_model.py --model-json '{"name": "my-model", "source": "gguf", "path": "/models/m.gguf"}' \\
+      --out-dir resources/models/my-model
 """
 from __future__ import annotations
 
