@@ -21,6 +21,8 @@ def test_script_is_valid_bash_with_sbatch_directives():
     # head on the first node, the other nodes join it, every `ray start` stays in the foreground of its job step
     assert re.search(r'srun --nodes=1 --ntasks=1 -w "\$head" "\$ray" start --head --block', text)
     assert re.search(r'srun --nodes=1 --ntasks=1 -w "\$node" "\$ray" start --block --address="\$address"', text)
+    # one authentication mode for head, workers and search jobs (test_search_stage joins a head set up this way)
+    assert "export RAY_AUTH_MODE=token" in text and "export RAY_AUTH_TOKEN" in text
 
 
 def test_overlay_it_writes_joins_the_cluster_through_existing_config_keys():

@@ -1,9 +1,12 @@
 """The search stage end to end on the real SmolLM2: CLI, backends, resume, failures, summary, a joined Ray cluster."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -169,13 +172,22 @@ def session_processes(session: int) -> list[psutil.Process]:
     return found
 
 
+@dataclasses.dataclass
+class RayHead:
+    address: str   # what search.ray_address / --ray-address take
+    session: int   # the process session of all its processes
+    env: dict      # the environment of processes that join it
+
+
 @pytest.fixture(scope="module")
 def ray_head():
-    """A real Ray head (`ray start --head`) as a user would start one; yields (address, its process session).
+    """A real Ray head (`ray start --head`) as a user would start one, with token authentication as the sbatch
+    script sets it (one token, in the environment: no ~/.ray/auth_token written).
 
     Its own session, temp dir and ports keep it apart from any other Ray on the machine (`ray stop` would stop
     them all); teardown ends every process of that session, whatever the tests did.
     """
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: AF_UNIX socket paths are limited to 107 bytes
     log = open(os.path.join(temp_dir, "head.log"), "w+")
     port = free_port()
@@ -183,14 +195,14 @@ def ray_head():
                              "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=false",
                              f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
                              "--disable-usage-stats"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in (text := Path(log.name).read_text()):
             assert head.poll() is None and time.monotonic() < deadline, f"ray start --head failed:\n{text}"
             time.sleep(0.2)
         node_ip = re.search(r"Local node IP: (\S+)", text).group(1)
-        yield f"{node_ip}:{port}", head.pid
+        yield RayHead(f"{node_ip}:{port}", head.pid, env)
     finally:
         head.terminate()  # `ray start --block` stops its processes on SIGTERM
         try:
@@ -212,8 +224,12 @@ class WorkerKiller(threading.Thread):
         self.session, self.killed, self.stop = session, None, threading.Event()
 
     def run(self):
-        raylet = next(p for p in session_processes(self.session) if p.name() == "raylet")  # workers' parent
-        while not self.stop.wait(0.1):
+        raylet = None
+        for process in session_processes(self.session):  # the workers' parent
+            with contextlib.suppress(psutil.Error):
+                if process.name() == "raylet":
+                    raylet = process
+        while raylet is not None and not self.stop.wait(0.1):
             for process in raylet.children():
                 try:
                     if process.cmdline()[:1] == ["ray::SearchWorker.run"]:
@@ -224,40 +240,43 @@ class WorkerKiller(threading.Thread):
                     pass
 
 
-def run_killing_a_worker(ray_head, *args):
-    address, session = ray_head
-    killer = WorkerKiller(session)
+def search_killing_a_worker(ray_head, smollm2_dir, prompt_file, out, *extra):
+    """The search stage's CLI (its own process, as the search rule runs it) joins the cluster; one worker is
+    SIGKILLed mid-prompt, as by preemption or the OOM killer."""
+    killer = WorkerKiller(ray_head.session)
     killer.start()
     try:
-        code = run_cli(*args, "--backend", "ray", "--workers", "1", "--ray-address", address,
-                       "--shard", "3", "--num-shards", "4")
+        result = subprocess.run(
+            [sys.executable, str(REPO / "workflow" / "scripts" / "search.py"), "--model-dir", str(smollm2_dir),
+             "--prompts", str(prompt_file), "--settings-json", SETTINGS, "--out", str(out), "--cpus", "2",
+             "--backend", "ray", "--workers", "1", "--ray-address", ray_head.address, "--shard", "3",
+             "--num-shards", "4", *extra], env=ray_head.env, capture_output=True, text=True, timeout=300)
     finally:
         killer.stop.set()
         killer.join()
-    assert killer.killed is not None, "no search worker was seen running a prompt"
-    return code
+    assert killer.killed is not None, f"no search worker was seen running a prompt:\n{result.stderr}"
+    return result
 
 
-def test_joined_ray_cluster_replaces_a_killed_worker(smollm2_dir, prompt_file, serial_shard, ray_head, tmp_path,
-                                                     capsys):
-    """The shard job joins a running Ray cluster through --ray-address (search.ray_address); its worker is
-    SIGKILLed mid-prompt (as by preemption or the OOM killer): a new worker takes the prompt, the rows are the
-    serial run's."""
+def test_joined_ray_cluster_replaces_a_killed_worker(smollm2_dir, prompt_file, serial_shard, ray_head, tmp_path):
+    """Joined through --ray-address (search.ray_address), the job loses its worker mid-prompt: a new worker takes
+    the prompt and the rows are the serial run's."""
     expected = without_timing(serial_shard).filter(pl.col("prompt_index") == 3)
     prompt_id = expected["prompt_id"].item()
     out = tmp_path / "joined.parquet"
-    assert run_killing_a_worker(ray_head, smollm2_dir, prompt_file, out) == 0
-    err = capsys.readouterr().err
-    assert f"lost the worker searching prompt {prompt_id} (ActorDiedError); starting a replacement, retry 1/2" in err
-    assert err.count("worker ready") == 2
+    result = search_killing_a_worker(ray_head, smollm2_dir, prompt_file, out)
+    assert result.returncode == 0, result.stderr
+    assert (f"lost the worker searching prompt {prompt_id} (ActorDiedError); starting a replacement, retry 1/2"
+            in result.stderr)
+    assert result.stderr.count("worker ready") == 2
     assert without_timing(out).equals(expected)
 
 
 def test_a_prompt_losing_workers_past_max_retries_fails_naming_it(smollm2_dir, prompt_file, serial_shard, ray_head,
-                                                                  tmp_path, capsys):
+                                                                  tmp_path):
     prompt_id = pl.read_parquet(serial_shard).filter(pl.col("prompt_index") == 3)["prompt_id"].item()
     out = tmp_path / "lost.parquet"
-    assert run_killing_a_worker(ray_head, smollm2_dir, prompt_file, out, "--max-retries", "0") == 1
-    err = capsys.readouterr().err
-    assert f"search: error: prompt {prompt_id}: its Ray search worker died 1 time(s); max_retries=0" in err
-    assert not out.exists() and "rerun the same command to resume" in err
+    result = search_killing_a_worker(ray_head, smollm2_dir, prompt_file, out, "--max-retries", "0")
+    assert result.returncode == 1, result.stderr
+    assert f"search: error: prompt {prompt_id}: its Ray search worker died 1 time(s); max_retries=0" in result.stderr
+    assert not out.exists() and "rerun the same command to resume" in result.stderr

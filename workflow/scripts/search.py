@@ -25,7 +25,7 @@ from drllm.models import read_manifest
 from drllm.provenance import stage_provenance
 from drllm.shards import Checkpoint, read_prompts, write_shard
 from drllm.tasks import FORMATS
-from drllm.workers import SearchSettings, WorkerLostError, run_ray, run_serial
+from drllm.workers import RayClusterError, SearchSettings, run_ray, run_serial
 
 BACKENDS = ("serial", "ray")
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{label}] interrupted: {len(checkpoint.rows)} finished prompts kept in {checkpoint.path}; "
               "rerun the same command to resume", file=sys.stderr)
         return 130
-    except WorkerLostError as exc:
+    except RayClusterError as exc:
         bar.close()
         checkpoint.close()
         print(f"search: error: {exc}\n[{label}] {len(checkpoint.rows)} finished prompts kept in {checkpoint.path}; "
