@@ -61,6 +61,7 @@ rule search_shard:
         workers=SEARCH["workers"],
         ray_address=SEARCH.get("ray_address") or "",
         max_retries=SEARCH["max_retries"],
+        batch_prompts=SEARCH["batch_prompts"],
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
         gpus=config.get("resources", {}).get("search", {}).get("gpus", 0),
@@ -77,7 +78,7 @@ rule search_shard:
         "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --settings-json {params.settings:q} "
         "--backend {params.backend} --workers {params.workers} --cpus {threads} --gpus {params.gpus} "
-        "--ray-address '{params.ray_address}' --max-retries {params.max_retries} "
+        "--ray-address '{params.ray_address}' --max-retries {params.max_retries} --batch-prompts {params.batch_prompts} "
         "--device {params.device} --dtype {params.dtype} "
         "--out {output} > {log} 2>&1"
 

@@ -108,7 +108,14 @@ def choice_batches(seed=0, vocab=97):
     return [ChoiceBatch.build([(ids(context), ids(option)) for option in options]) for context, options in shapes]
 
 
-def test_scoring_several_batches_together_equals_each_alone_with_resumes(executor):
+def test_width_groups_bound_the_padding():
+    assert path_batch.width_groups([4, 10, 10, 15], [1, 1, 1, 1], 0.25) == [[0], [1, 2], [3]]
+    assert path_batch.width_groups([10, 4, 15], [2, 9, 2], 0.0) == [[1], [0], [2]]
+    assert path_batch.width_groups([10, 4, 15], [2, 9, 2], float("inf")) == [[1, 0, 2]]
+
+
+@pytest.mark.parametrize("max_padding", [0.25, float("inf")])  # several groups, one mixed batch
+def test_scoring_several_batches_together_equals_each_alone_with_resumes(executor, max_padding):
     batches = choice_batches()
     earlier = [executor.score(batch, PATHS[number], keep_hidden=True)[1] for number, batch in enumerate(batches)]
     targets = [PATHS[0], PATHS[3], PATHS[5], LayerPath((1, 2, 3, 4, 5), LAYERS)]
@@ -117,7 +124,7 @@ def test_scoring_several_batches_together_equals_each_alone_with_resumes(executo
         step = path.common_prefix(earlier[number].path) if number != 1 else 0  # one request from scratch
         requests.append(path_batch.ScoreRequest(batch, path, earlier[number] if step else None, step))
     assert [request.resume_step for request in requests] == [6, 0, 1, 3]  # 6: nothing left to run
-    together = path_batch.score_together(executor, requests, keep_hidden=True)
+    together = path_batch.score_together(executor, requests, keep_hidden=True, max_padding=max_padding)
     for request, (scored, state) in zip(requests, together):
         alone, alone_state = executor.score(request.batch, request.path, keep_hidden=True)
         assert [r.num_tokens for r in scored] == [r.num_tokens for r in alone]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 import psutil
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
@@ -61,14 +62,17 @@ def serial_shard(smollm2_dir, prompt_file, tmp_path_factory):
 
 def test_shards_identical_across_backends_and_worker_counts(smollm2_dir, prompt_file, serial_shard, tmp_path):
     outputs = {"serial": serial_shard}
-    for name, extra in {"ray1": ["--backend", "ray", "--workers", "1"],
-                        "ray2": ["--backend", "ray", "--workers", "2"]}.items():
+    # prompts searched in lockstep (--batch-prompts) give the rows of one prompt at a time
+    for name, extra in {"ray1": ["--backend", "ray", "--workers", "1", "--batch-prompts", "4"],
+                        "ray2": ["--backend", "ray", "--workers", "2", "--batch-prompts", "2"]}.items():
         outputs[name] = tmp_path / f"{name}.parquet"
         assert run_cli(smollm2_dir, prompt_file, outputs[name], *extra) == 0
     serial = without_timing(outputs["serial"])
     assert serial.height == 4 and serial["evaluations"].min() >= 2
     assert serial.equals(without_timing(outputs["ray1"]))
     assert serial.equals(without_timing(outputs["ray2"]))
+    provenance = {name: pq.read_schema(path).metadata[b"drllm"] for name, path in outputs.items()}
+    assert provenance["serial"] == provenance["ray1"] == provenance["ray2"]
     assert not (serial_shard.parent / "serial.parquet.progress.jsonl").exists()
     # the Table 2 summary reads the shards back
     manifest = smollm2_dir / "drllm_model.json"
@@ -216,7 +220,7 @@ def ray_head():
 
 
 class WorkerKiller(threading.Thread):
-    """SIGKILLs the first search worker of the cluster seen running a prompt (Ray titles it `ray::SearchWorker.run`):
+    """SIGKILLs the first search worker of the cluster seen running a prompt (Ray titles it `ray::SearchWorker.run_many`):
     the loss always hits a prompt in flight, with no timing guess."""
 
     def __init__(self, session: int):
@@ -232,7 +236,7 @@ class WorkerKiller(threading.Thread):
         while raylet is not None and not self.stop.wait(0.1):
             for process in raylet.children():
                 try:
-                    if process.cmdline()[:1] == ["ray::SearchWorker.run"]:
+                    if process.cmdline()[:1] == ["ray::SearchWorker.run_many"]:
                         process.kill()
                         self.killed = process.pid
                         return
@@ -278,5 +282,5 @@ def test_a_prompt_losing_workers_past_max_retries_fails_naming_it(smollm2_dir, p
     out = tmp_path / "lost.parquet"
     result = search_killing_a_worker(ray_head, smollm2_dir, prompt_file, out, "--max-retries", "0")
     assert result.returncode == 1, result.stderr
-    assert f"search: error: prompt {prompt_id}: its Ray search worker died 1 time(s); max_retries=0" in result.stderr
+    assert f"search: error: prompt {prompt_id}: the Ray search worker died 1 time(s); max_retries=0" in result.stderr
     assert not out.exists() and "rerun the same command to resume" in result.stderr

@@ -234,13 +234,40 @@ class ScoreRequest:
     resume_step: int = 0
 
 
+def width_groups(widths: Sequence[int], rows: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Indices grouped by similar width (ascending): a group grows while its padded tokens (widest x rows) stay
+    within (1 + max_padding) x its real tokens (width x rows per member)."""
+    order = sorted(range(len(widths)), key=lambda index: widths[index])
+    groups: list[list[int]] = []
+    for index in order:
+        if groups:
+            group = groups[-1] + [index]
+            padded = widths[index] * sum(rows[i] for i in group)
+            if padded <= (1 + max_padding) * sum(widths[i] * rows[i] for i in group):
+                groups[-1] = group
+                continue
+        groups.append([index])
+    return groups
+
+
 @torch.no_grad()
-def score_together(executor, requests: Sequence[ScoreRequest],
-                   keep_hidden: bool = False) -> list[tuple[list[LogLikelihood], RunState]]:
+def score_together(executor, requests: Sequence[ScoreRequest], keep_hidden: bool = False,
+                   max_padding: float = 0.25) -> list[tuple[list[LogLikelihood], RunState]]:
     """`executor.score` for several option batches at once (e.g. several prompts in a search round), each along
-    its own path and from its own resume step: their rows, right-padded to the widest, form one mixed-path
-    batch in which every row runs only its path's remaining steps. Same values as scoring each alone, up to
-    float rounding; with keep_hidden each returned state can be resumed like `score`'s."""
+    its own path and from its own resume step. Requests of similar width (padding at most `max_padding` of the
+    real tokens) form one mixed-path batch, right-padded, in which every row runs only its path's remaining
+    steps. Same values as scoring each alone, up to float rounding; with keep_hidden each returned state can be
+    resumed like `score`'s."""
+    results: list = [None] * len(requests)
+    shapes = [request.batch.input_ids.shape for request in requests]
+    for group in width_groups([width for _, width in shapes], [rows for rows, _ in shapes], max_padding):
+        for index, result in zip(group, _score_group(executor, [requests[i] for i in group], keep_hidden)):
+            results[index] = result
+    return results
+
+
+def _score_group(executor, requests: Sequence[ScoreRequest],
+                 keep_hidden: bool) -> list[tuple[list[LogLikelihood], RunState]]:
     if not requests:
         return []
     paths = [executor.as_path(request.path) for request in requests]

@@ -27,8 +27,8 @@ import torch
 
 from drllm.benchmarks import EXAMPLE_SCHEMA, Example
 from drllm.executor import PathExecutor
-from drllm.rewards import PathRewarder, RewardConfig
-from drllm.search import MCTSConfig, run_search
+from drllm.rewards import PathRewarder, RewardConfig, rewards_together
+from drllm.search import MCTSConfig, run_searches, search_steps
 from drllm.shards import derived_seed, prompt_hash
 from drllm.tasks import get_format
 
@@ -64,14 +64,33 @@ def example_from_row(row: dict) -> Example:
 
 def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: SearchSettings) -> dict:
     """Run the MCTS on one prompt row; returns one shard row (see drllm.shards.SHARD_SCHEMA)."""
+    return search_prompts(executor, tokenizer, [row], settings)[0]
+
+
+def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings: SearchSettings) -> list[dict]:
+    """Search several prompts in lockstep: each round, the next path of every unfinished search is evaluated in
+    one batch (`drllm.rewards.rewards_together`: multiple-choice prompts as one mixed-path batch). Each prompt's
+    search is seeded on its own, so the rows equal searching the prompts one at a time (timing aside).
+    `wall_seconds` shares the batch's time evenly among its prompts."""
     started = time.perf_counter()
-    answer_format = get_format(row["format"], **settings.formats.get(row["format"], {}))
-    encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=settings.chat_template)
     reward = settings.reward_config()
-    rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
-                            reuse_prefix=settings.prefix_cache > 0, reward=reward)
-    seed = derived_seed(settings.seed, row["task"], row["id"])
-    result = run_search(rewarder, executor.num_layers, settings.mcts_config(), seed)
+    config = settings.mcts_config()
+    prompts = []
+    for row in rows:
+        answer_format = get_format(row["format"], **settings.formats.get(row["format"], {}))
+        encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=settings.chat_template)
+        rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
+                                reuse_prefix=settings.prefix_cache > 0, reward=reward)
+        prompts.append((row, encoded, rewarder, derived_seed(settings.seed, row["task"], row["id"])))
+    results = run_searches(lambda batch: rewards_together([(prompts[index][2], path) for index, path in batch]),
+                           [search_steps(executor.num_layers, config, seed) for *_, seed in prompts])
+    seconds = (time.perf_counter() - started) / max(1, len(rows))
+    return [_shard_row(executor, settings, row, encoded, rewarder, result, seed, reward, seconds)
+            for (row, encoded, rewarder, seed), result in zip(prompts, results)]
+
+
+def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, encoded, rewarder: PathRewarder,
+               result, seed: int, reward: RewardConfig, seconds: float) -> dict:
     default = tuple(range(executor.num_layers))
     best = result.best_path
     return {
@@ -94,7 +113,7 @@ def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: Search
         "evaluated": [{"path": str(path), "reward": reward} for path, reward in result.evaluated],
         "max_fanout": result.max_fanout, "max_depth": result.max_depth,
         "reward": reward.describe(),
-        "wall_seconds": time.perf_counter() - started, "seed": seed,
+        "wall_seconds": seconds, "seed": seed,
         "search_config": settings.to_json(),
     }
 
@@ -118,6 +137,10 @@ class SearchWorker:
 
     def run(self, row: dict) -> dict:
         return search_prompt(self.executor, self.tokenizer, row, self.settings)
+
+    def run_many(self, rows: list[dict]) -> list[dict]:
+        """Search `rows` in lockstep (one batched evaluation per round); same rows as `run` on each."""
+        return search_prompts(self.executor, self.tokenizer, rows, self.settings)
 
     def location(self) -> str:
         """Where this worker runs (process and host), for logs; answering also tells the driver the model is loaded."""
@@ -166,11 +189,18 @@ def _model_from_shared(model_dir: str, arrays: dict, device: str, dtype: str):
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
+def batches(rows: list[dict], width: int) -> list[list[dict]]:
+    """Consecutive groups of `width` prompts, searched in lockstep."""
+    if width < 1:
+        raise ValueError(f"batch_prompts must be >= 1, got {width}")
+    return [rows[start:start + width] for start in range(0, len(rows), width)]
+
+
 def run_serial(rows: list[dict], model_dir: str, settings: SearchSettings, device: str, dtype: str,
-               threads: int = 0) -> Iterator[dict]:
+               threads: int = 0, batch_prompts: int = 1) -> Iterator[dict]:
     worker = SearchWorker(model_dir, settings, device=device, dtype=dtype, threads=threads)
-    for row in rows:
-        yield worker.run(row)
+    for batch in batches(rows, batch_prompts):
+        yield from worker.run_many(batch)
 
 
 class RayClusterError(RuntimeError):
@@ -202,10 +232,11 @@ def _log(message: str) -> None:
 
 def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: str, dtype: str, workers: int,
             cpus: int, gpus: int = 0, address: str | None = None, memory_report: list | None = None,
-            max_retries: int = 2) -> Iterator[dict]:
-    """Search `rows` on `workers` Ray actors; yields results as they finish (order varies, content does not).
+            max_retries: int = 2, batch_prompts: int = 1) -> Iterator[dict]:
+    """Search `rows` on `workers` Ray actors, `batch_prompts` prompts per call searched in lockstep; yields
+    results as they finish (order varies, content does not).
 
-    A worker that dies (killed, OOM, node preempted) is replaced by a new actor and its prompt is searched again,
+    A worker that dies (killed, OOM, node preempted) is replaced by a new actor and its prompts are searched again,
     at most `max_retries` times per prompt; results are unchanged since each prompt's search is seeded on its own.
     """
     import ray
@@ -228,9 +259,9 @@ def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: 
         threads = max(1, cpus // workers)
         actor_class = ray.remote(num_cpus=threads, num_gpus=(gpus / workers) if gpus else 0)(SearchWorker)
 
-        # pending: future -> (actor, row); row None marks a `location` call, which answers once the model is loaded
+        # pending: future -> (actor, batch); batch None marks a `location` call, which answers once the model is loaded
         pending: dict = {}
-        queue, retries, lost_loading = list(rows), {}, 0
+        queue, retries, lost_loading = batches(rows, batch_prompts), {}, 0
 
         def start_actor() -> None:
             actor = actor_class.remote(model_dir, settings, device, dtype, threads, weights)
@@ -239,9 +270,9 @@ def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: 
 
         for _ in range(workers):
             start_actor()
-        while pending and (queue or any(row is not None for _, row in pending.values())):
+        while pending and (queue or any(batch is not None for _, batch in pending.values())):
             done, _ = ray.wait(list(pending), num_returns=1)
-            actor, row = pending.pop(done[0])
+            actor, batch = pending.pop(done[0])
             try:
                 value = ray.get(done[0])
             except (RayActorError, WorkerCrashedError) as exc:
@@ -249,31 +280,33 @@ def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: 
                     raise WorkerLostError(f"a Ray search worker failed to load the model: {exc}") from exc
                 actors.remove(actor)
                 ray.kill(actor)
-                if row is None:
+                if batch is None:
                     lost_loading += 1
                     if lost_loading > max_retries * workers:
                         raise WorkerLostError(f"{lost_loading} Ray search workers died while loading the model "
                                               f"(allowed: max_retries {max_retries} x {workers} workers)") from exc
                     _log(f"lost a worker while it loaded the model ({type(exc).__name__}); starting a replacement")
                 else:
-                    retries[row["id"]] = retries.get(row["id"], 0) + 1
-                    if retries[row["id"]] > max_retries:
+                    prompts = ("prompt " if len(batch) == 1 else "prompts ") + ", ".join(row["id"] for row in batch)
+                    key = batch[0]["id"]
+                    retries[key] = retries.get(key, 0) + 1
+                    if retries[key] > max_retries:
                         raise WorkerLostError(
-                            f"prompt {row['id']}: its Ray search worker died {retries[row['id']]} time(s); "
+                            f"{prompts}: the Ray search worker died {retries[key]} time(s); "
                             f"max_retries={max_retries} (search.max_retries); last error: {type(exc).__name__}: "
                             f"{exc}") from exc
-                    _log(f"lost the worker searching prompt {row['id']} ({type(exc).__name__}); starting a "
-                         f"replacement, retry {retries[row['id']]}/{max_retries}")
-                    queue.insert(0, row)
+                    _log(f"lost the worker searching {prompts} ({type(exc).__name__}); starting a "
+                         f"replacement, retry {retries[key]}/{max_retries}")
+                    queue.insert(0, batch)
                 start_actor()
                 continue
-            if queue:  # the next prompt goes out before this result is handed on
-                next_row = queue.pop(0)
-                pending[actor.run.remote(next_row)] = (actor, next_row)
-            if row is None:
+            if queue:  # the next prompts go out before these results are handed on
+                next_batch = queue.pop(0)
+                pending[actor.run_many.remote(next_batch)] = (actor, next_batch)
+            if batch is None:
                 _log(f"worker ready ({value})")
             else:
-                yield value
+                yield from value
         if memory_report is not None:
             memory_report.extend(ray.get([actor.memory.remote() for actor in actors]))
     finally:
