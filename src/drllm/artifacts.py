@@ -107,13 +107,7 @@ def write_parquet(path: str | os.PathLike, table: pa.Table | list[dict], schema:
 
 def read_parquet(path: str | os.PathLike, schema: pa.Schema, name: str) -> pa.Table:
     """Read a Parquet artifact and check it against `schema`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{name} not found: {path}")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ArtifactError(f"{name} {path} is not a readable Parquet file: {exc}") from exc
+    table = _read(pq.read_table, path, name)
     _provenance_of(table.schema, f"{name} {path}")  # artifacts from before provenance have none: still readable
     return conform(table, schema, f"{name} {path}")
 
@@ -186,11 +180,15 @@ def _provenance_of(schema: pa.Schema, where: str) -> dict | None:
 
 def read_provenance(path: str | os.PathLike, name: str = "artifact") -> dict | None:
     """The provenance stored in a Parquet file (validated), or None if the file has none."""
+    return _provenance_of(_read(pq.read_schema, path, name), f"{name} {path}")
+
+
+def _read(reader, path: str | os.PathLike, name: str):
+    """`reader(path)` (a table or a schema), with a missing or unreadable file named in the error."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{name} not found: {path}")
     try:
-        schema = pq.read_schema(path)
+        return reader(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ArtifactError(f"{name} {path} is not a readable Parquet file: {exc}") from exc
-    return _provenance_of(schema, f"{name} {path}")

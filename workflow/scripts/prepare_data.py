@@ -25,32 +25,19 @@ from drllm.custom_benchmarks import KINDS, is_config_declared, load_custom
 from drllm.provenance import stage_provenance
 
 
-def parse_hub(text: str | None) -> dict | None:
-    """'' or None -> None; otherwise a JSON object (the `hub:` config)."""
+def parse_json_object(text: str | None, flag: str) -> dict | None:
+    """'' or None (or JSON null / {}) -> None; otherwise the JSON object given to `flag`."""
     if text is None or not text.strip():
         return None
     try:
-        hub = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"--hub-json is not valid JSON: {exc}") from exc
-    if hub is None or hub == {}:
+        raise ArtifactError(f"{flag} is not valid JSON: {exc}") from exc
+    if value is None or value == {}:
         return None
-    if not isinstance(hub, dict):
-        raise ArtifactError(f"--hub-json must be a JSON object, got {type(hub).__name__}")
-    return hub
-
-
-def parse_data_block(text: str | None) -> dict | None:
-    """'' or None -> None; otherwise a JSON object (a config `data.<name>` block)."""
-    if text is None or not text.strip():
-        return None
-    try:
-        block = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"--data-json is not valid JSON: {exc}") from exc
-    if not isinstance(block, dict):
-        raise ArtifactError(f"--data-json must be a JSON object, got {type(block).__name__}")
-    return block
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{flag} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def parse_levels(text: str | None) -> list[int] | None:
@@ -82,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        hub, levels = parse_hub(args.hub_json), parse_levels(args.levels)
-        block = parse_data_block(args.data_json)
+        hub, levels = parse_json_object(args.hub_json, "--hub-json"), parse_levels(args.levels)
+        block = parse_json_object(args.data_json, "--data-json")
         if is_config_declared(block):
             if hub or levels:
                 raise ArtifactError(f"data.{args.benchmark} declares its own benchmark: --hub-json and --levels "
