@@ -1,5 +1,6 @@
 # drllm: Dr.LLM dynamic layer routing as a Snakemake DAG.
 #   assets (model + benchmark records) -> prompts -> MCTS search -> router training -> evaluation -> report
+#   -> release (the routers with a complete model card)
 # Run: snakemake --cores all            (embedded default, config/config.yaml)
 #      snakemake --cores all --configfile config/paper.yaml --profile slurm
 from snakemake.utils import min_version, validate
@@ -28,3 +29,4 @@ rule all:
         f"results/routers/{MODEL}/routers.safetensors",
         f"results/routers/{MODEL}/calibration.json",
         f"results/report/report.md",
+        f"results/release/{MODEL}/README.md",

@@ -53,3 +53,42 @@ rule report:
     shell:
         "{params.python} {input.script} --cells {input.cells:q} --skipped-json {params.skipped:q} "
         "--in-domain-json {params.in_domain:q} --seed {params.seed} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Release: the routers as one shareable directory whose model card carries the search settings, the search summary
+# and the evaluation table (drllm.router_card.release_card).
+RELEASE_DIR = f"results/release/{MODEL}"
+
+
+rule release_routers:
+    input:
+        weights=f"{ROUTER_DIR}/routers.safetensors",
+        router_config=f"{ROUTER_DIR}/router_config.json",
+        card=f"{ROUTER_DIR}/README.md",
+        calibration=f"{ROUTER_DIR}/calibration.json",
+        shards=SEARCH_SHARDS,
+        search_summary=f"results/search/{MODEL}/summary.md",
+        report_summary=f"{REPORT_DIR}/summary.parquet",
+        script=f"{workflow.basedir}/workflow/scripts/release_routers.py",
+    output:
+        weights=f"{RELEASE_DIR}/routers.safetensors",
+        router_config=f"{RELEASE_DIR}/router_config.json",
+        calibration=f"{RELEASE_DIR}/calibration.json",
+        card=report(f"{RELEASE_DIR}/README.md", caption="../workflow/report/release_card.rst", category="Routers"),
+    params:
+        python=PYTHON,
+        router_dir=lambda wildcards, input: os.path.dirname(input.weights),
+        out_dir=lambda wildcards, output: os.path.dirname(output.weights),
+    log:
+        f"logs/release_routers/{MODEL}.log",
+    benchmark:
+        f"benchmarks/release_routers/{MODEL}.tsv"
+    threads: 1
+    resources:
+        **rule_resources("release_routers"),
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "{params.python} {input.script} --router-dir {params.router_dir} --shards {input.shards:q} "
+        "--search-summary {input.search_summary} --report-summary {input.report_summary} "
+        "--out-dir {params.out_dir} > {log} 2>&1"

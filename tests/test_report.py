@@ -14,8 +14,10 @@ from drllm.evaluation import write_cell
 from drllm.metrics import bootstrap_interval, wilson_interval
 from drllm.report import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, SUMMARY_SCHEMA, Z95, build_report,
                           frontier_points, scores_by_level, load_cells, order_methods, summarize_cells)
+from drllm.router_card import release_card
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+import release_routers  # noqa: E402
 import report as report_cli  # noqa: E402
 
 L = 4
@@ -284,3 +286,35 @@ def test_cli_in_domain_argument(tmp_path, capsys):
     assert table.filter(pl.col("benchmark") == "squad")["in_domain"].to_list() == [False, False]
     assert report_cli.main(["--cells", str(cells[0]), "--out-dir", str(out), "--in-domain-json", '"arc"']) == 2
     assert "--in-domain-json must be null or a list of benchmark names" in capsys.readouterr().err
+
+
+def test_release_card_completes_the_training_card():
+
+    card = "# Dr.LLM routers for m\n\n## Labels\n\n12 samples\n\n## Evaluation\n\nSee the report.\n"
+
+    def row(method, score, delta=None):
+        return {"benchmark": "arc_easy", "method": method, "n": 50, "score": score, "ci_low": score - 0.1,
+                "ci_high": score + 0.1, "delta_vs_base": delta, "delta_ci_low": None if delta is None else delta - 0.05,
+                "delta_ci_high": None if delta is None else delta + 0.05, "num_layers": 30,
+                "mean_path_length": 30.0 if method == "base" else 27.5, "mean_layers_saved": 0.0 if method == "base"
+                else 2.5}
+
+    settings = ['{"seed": 0, "mcts": {"simulations": 50}}'] * 3 + ['{"mcts": {"simulations": 50}, "seed": 1}']
+    text = release_card(card, settings, "# Search summary\n\n| task | kept |\n|---|---|\n| arc_easy | 9 |\n",
+                        [row("router@0.25", 0.52, -0.01), row("base", 0.53), row("static@2", 0.5, -0.03)])
+    assert text.startswith("# Dr.LLM routers for m\n\n## Labels\n\n12 samples\n\n## Search")
+    assert "See the report." not in text and text.count("```json") == 2  # one block per distinct setting
+    table = text.split("## Evaluation")[1]
+    assert "| arc_easy | base | 50 | 53.0 (43.0, 63.0) |  | 30.00 of 30 | 0.00 |" in table
+    assert "| arc_easy | router@0.25 | 50 | 52.0 (42.0, 62.0) | -1.0 (-6.0, +4.0) | 27.50 of 30 | 2.50 |" in table
+    assert table.index("| base |") < table.index("| router@0.25 |") and "static@2" not in table
+    with pytest.raises(ArtifactError, match="no '## Evaluation' section"):
+        release_card("# card\n", settings, "", [])
+
+
+def test_release_script_names_a_missing_router_file(tmp_path, capsys):
+    (tmp_path / "routers").mkdir()
+    assert release_routers.main(["--router-dir", str(tmp_path / "routers"), "--shards", "x.parquet",
+                                 "--search-summary", "s.md", "--report-summary", "r.parquet",
+                                 "--out-dir", str(tmp_path / "out")]) == 2
+    assert "routers.safetensors missing" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -177,6 +177,13 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     assert manifest["weights_sha256"] in card and "# Dr.LLM routers for smollm2-135m-instruct" in card
     assert json.loads((routers / "router_config.json").read_text())["base_model_sha256"] == manifest["weights_sha256"]
     assert pl.read_parquet(routers / "metrics.parquet").height == 25
+    release = work / "results" / "release" / "smollm2-135m-instruct"
+    assert {p.name for p in release.iterdir()} == {"routers.safetensors", "router_config.json", "calibration.json",
+                                                   "README.md"}
+    released = (release / "README.md").read_text()
+    assert released.startswith(card[:card.index("## Evaluation")]) and '"simulations": 4' in released
+    assert "| arc_easy | base | 3 |" in released and "| arc_easy | router@calibrated | 3 |" in released
+    assert "## Search" in released and "| arc_easy |" in released.split("## Search")[1].split("## Evaluation")[0]
     # evaluation: every benchmark x method cell, lm-eval tasks with the base and router methods only
     cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
     methods = {"base", "router", "router@0.25", "router@calibrated", "static", "random", "oracle"}
@@ -217,22 +224,23 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     assert "Nothing to be done" in snakemake("-n", *configs, cwd=work).stdout
     # a config change reruns exactly the stages it reaches through params:
     routed_cells = 2 * 5  # router, router@0.25, router@calibrated, static, random on 2 benchmarks
+    reported = {"report": 1, "release_routers": 1, "all": 1}
     for overlay, expected in [
         ({"train": {"epochs": 3}},
-         {"train_routers": 1, "calibrate_routers": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
+         {"train_routers": 1, "calibrate_routers": 1, "evaluate": routed_cells + 2, **reported}),
         # the oracle's MCTS is search.mcts with eval.oracle.mcts over it (tiny sets its simulations)
         ({"search": {"mcts": {"simulations": 5}}},
          {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1, "calibrate_routers": 1,
-          "evaluate": routed_cells + 2, "report": 1, "all": 1}),
+          "evaluate": routed_cells + 2, **reported}),
         ({"search": {"mcts": {"length_penalty": 4.0}}},
          {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1, "calibrate_routers": 1,
-          "evaluate": routed_cells + 2 + 2, "report": 1, "all": 1}),  # + the two oracle cells
+          "evaluate": routed_cells + 2 + 2, **reported}),  # + the two oracle cells
         ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
          {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1, "train_routers": 1,
-          "calibrate_routers": 1, "block_influence": 1, "evaluate": routed_cells + 2, "report": 1, "all": 1}),
-        ({"eval": {"knobs": [0.5]}}, {"evaluate": 2 + 1, "report": 1, "all": 1}),
-        ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 7, "report": 1, "all": 1}),
-        ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, "report": 1, "all": 1}),
+          "calibrate_routers": 1, "block_influence": 1, "evaluate": routed_cells + 2, **reported}),
+        ({"eval": {"knobs": [0.5]}}, {"evaluate": 2 + 1, **reported}),
+        ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 7, **reported}),
+        ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, **reported}),
     ]:
         (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
         result = snakemake("-n", *configs, "overlay.yaml", cwd=work)
