@@ -39,6 +39,7 @@ lock:
 bench: install
 	$(PY) bench/executor.py
 	$(PY) bench/search.py
+	$(PY) bench/search_batch.py
 	$(PY) bench/train.py
 	$(PY) bench/inference.py
 	$(PY) bench/scoring.py
