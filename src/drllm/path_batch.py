@@ -312,9 +312,9 @@ def _score_group(executor, requests: Sequence[ScoreRequest],
         step_rows = tuple(row for number in numbers for row in range(spans[number].start, spans[number].stop))
         index = None if len(step_rows) == rows else torch.tensor(step_rows, dtype=torch.long, device=executor.device)
         hidden = run_step(executor, hidden, BatchStep(layer, step_rows, index), 0, inputs, None)
-        if keep_hidden:
+        if keep_hidden:  # views, not copies: every step makes a new tensor, so they stay valid
             for number in numbers:
-                kept[number].append(hidden[spans[number], :widths[number]].clone())
+                kept[number].append(hidden[spans[number], :widths[number]])
     results = []
     for request, path, span, request_width, own_kept in zip(requests, paths, spans, widths, kept):
         last = hidden[span, :request_width]
