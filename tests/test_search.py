@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 
@@ -398,3 +399,24 @@ def test_config_schema_and_mcts_config_agree_on_every_bound():
         for key in path:
             node = node[key]
         assert node == {"$ref": "#/$defs/mcts"}, path
+
+
+def test_search_settings_are_validated_once_naming_the_field():
+    from drllm.workers import SearchSettings
+
+    manifest = {"name": "m", "num_layers": 4, "chat_template": False}
+    settings = SearchSettings.from_dict({"mcts": {"simulations": 7}, "formats": {"cloze": {"normalize": "none"}}},
+                                        manifest)
+    assert settings.mcts_config().simulations == 7 and settings.mcts_config() is settings.mcts_config()
+    assert settings.chat_template is False and settings.prefix_cache == 8 and settings.reward_config().kind == "binary"
+    assert json.loads(settings.to_json())["mcts"] == {"simulations": 7}  # search_config records the keys given
+    assert SearchSettings.from_dict({"chat_template": True}, manifest).chat_template is True
+    for block, message in [({"mcts_typo": {}}, r"unknown search setting\(s\) \['mcts_typo'\]"),
+                           ({"mcts": {"min_saving": 0}}, "min_saving must be >= 1"),
+                           ({"prefix_cache": -1}, "search.prefix_cache must be >= 0"),
+                           ({"seed": "1"}, "search.seed must be an integer"),
+                           ({"chat_template": "yes"}, "chat_template must be true or false"),
+                           ({"formats": {"cloze": {"normalise": "chars"}}}, r"unknown option\(s\) \['normalise'\]"),
+                           ({"reward": {"kind": "fuzzy"}}, "search reward: kind must be one of")]:
+        with pytest.raises(ValueError, match=message):
+            SearchSettings.from_dict(block, manifest)

@@ -231,6 +231,16 @@ def weights_sha256(model_dir: str | os.PathLike) -> str:
     return file_sha256(Path(model_dir) / "model.safetensors")
 
 
+def chat_template_for(setting: Any, manifest: dict[str, Any]) -> bool:
+    """Whether prompts get the chat template: the config's `chat_template` when set, else what the materialised
+    model says (an instruct model with a template: yes; a base model: plain text)."""
+    if setting is None:
+        return bool(manifest.get("chat_template", True))
+    if not isinstance(setting, bool):
+        raise ValueError(f"chat_template must be true or false, got {setting!r}")
+    return setting
+
+
 def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(model_dir) / MANIFEST
     if not path.is_file():

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +27,7 @@ import torch
 
 from drllm.benchmarks import EXAMPLE_SCHEMA, Example
 from drllm.executor import PathExecutor
+from drllm.models import chat_template_for
 from drllm.rewards import PathRewarder, RewardConfig, rewards_together
 from drllm.search import MCTSConfig, run_searches, search_steps
 from drllm.shards import derived_seed, prompt_hash
@@ -35,7 +36,13 @@ from drllm.tasks import get_format
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Everything a worker needs besides the model; JSON-serialisable for the shard's `search_config`."""
+    """Everything a worker needs besides the model; JSON-serialisable for the shard's `search_config`.
+
+    Built once per stage by `from_dict` from the search keys of the config's `search:` block; the MCTS, reward
+    and answer-format settings are validated when the object is made (a bad value fails naming its field before
+    any worker starts) and kept as objects (`mcts_config()`, `reward_config()`). `mcts` and `reward` also keep
+    the keys as given, which is what `search_config` records.
+    """
 
     model: str
     num_layers: int
@@ -46,13 +53,44 @@ class SearchSettings:
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-format options
     reward: dict[str, Any] = field(default_factory=dict)  # drllm.rewards.RewardConfig fields; {} = binary
 
+    def __post_init__(self) -> None:
+        for name, kind in (("seed", int), ("prefix_cache", int), ("chat_template", bool)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"search.{name} must be {'an integer' if kind is int else 'true or false'}, "
+                                 f"got {value!r}")
+        if self.prefix_cache < 0:
+            raise ValueError(f"search.prefix_cache must be >= 0, got {self.prefix_cache}")
+        for name in ("mcts", "formats", "reward"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"search.{name} must be a mapping, got {getattr(self, name)!r}")
+        for name, options in self.formats.items():
+            if not isinstance(options, dict):
+                raise ValueError(f"search.formats.{name} must be a mapping of options, got {options!r}")
+            get_format(name, **options)  # unknown formats or options fail here, naming them
+        object.__setattr__(self, "_mcts", MCTSConfig.from_dict(self.mcts))
+        object.__setattr__(self, "_reward", RewardConfig.from_dict(self.reward))
+
+    @classmethod
+    def from_dict(cls, block: dict[str, Any] | None, manifest: dict[str, Any]) -> "SearchSettings":
+        """The settings from the search keys of the config's `search:` block (as the search rule passes them) and
+        the materialised model's manifest; unknown keys fail naming them, absent ones take the defaults above
+        (chat_template: the model's own, see drllm.models.chat_template_for)."""
+        block = dict(block or {})
+        known = [f.name for f in fields(cls) if f.name not in ("model", "num_layers")]
+        unknown = sorted(set(block) - set(known))
+        if unknown:
+            raise ValueError(f"unknown search setting(s) {unknown}; expected some of {known}")
+        block["chat_template"] = chat_template_for(block.get("chat_template"), manifest)
+        block.setdefault("mcts", {})
+        block["reward"] = block.get("reward") or {}
+        return cls(model=manifest["name"], num_layers=manifest["num_layers"], **block)
+
     def reward_config(self) -> RewardConfig:
-        return RewardConfig.from_dict(self.reward)
+        return self._reward
 
     def mcts_config(self) -> MCTSConfig:
-        config = MCTSConfig.from_dict(self.mcts)
-        config.validate()
-        return config
+        return self._mcts
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

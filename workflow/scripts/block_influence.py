@@ -17,7 +17,7 @@ import sys
 from drllm.artifacts import ArtifactError
 from drllm.baselines import block_influence, influence_rows, write_influence
 from drllm.executor import PathExecutor
-from drllm.models import load_model
+from drllm.models import chat_template_for, load_model
 from drllm.provenance import stage_provenance
 from drllm.shards import read_prompts
 from drllm.tasks import get_format
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(settings, dict):
             raise ValueError("--settings-json must be a JSON object")
         model, tokenizer, manifest = load_model(args.model_dir, device=args.device, dtype=args.dtype)
-        chat_template = bool(settings.get("chat_template", manifest.get("chat_template", True)))
+        chat_template = chat_template_for(settings.get("chat_template"), manifest)
         formats = settings.get("formats", {})
         prompts = []
         for path in args.prompts:

@@ -25,14 +25,14 @@ from drllm.calibration import (CalibrationConfig, CalibrationSet, calibration_cu
                                curve_records)
 from drllm.evaluation import sample_examples
 from drllm.executor import PathExecutor
-from drllm.models import load_model, read_manifest
+from drllm.models import chat_template_for, load_model, read_manifest
 from drllm.router import RouterStack
 from drllm.shards import read_prompts
 
 KEYS = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template"}
 
 
-def parse_config(text: str) -> tuple[CalibrationConfig, list[CalibrationSet], bool]:
+def parse_config(text: str) -> tuple[CalibrationConfig, list[CalibrationSet], bool | None]:
     try:
         block = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -48,7 +48,7 @@ def parse_config(text: str) -> tuple[CalibrationConfig, list[CalibrationSet], bo
     formats = block.get("formats") or {}
     sets = [CalibrationSet.from_config(name, spec, formats) for name, spec in sorted(sets_block.items())]
     config = CalibrationConfig.from_dict({k: block[k] for k in ("max_drop", "knobs", "seed") if k in block})
-    return config, sets, bool(block.get("chat_template", True))
+    return config, sets, block.get("chat_template")  # None: the model's own (chat_template_for)
 
 
 def parse_data(items: list[str]) -> dict[str, str]:
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise ValueError(f"--data has no records file for calibration set(s) {missing}")
         manifest = read_manifest(args.model_dir)
+        chat_template = chat_template_for(chat_template, manifest)
         routers = RouterStack.for_model(args.routers, manifest)
         prompt_rows = [row for path in args.prompts for row in read_prompts(path)]
         chosen_sets = []

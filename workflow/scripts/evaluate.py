@@ -31,7 +31,7 @@ from drllm.evaluation import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntr
                               sample_examples, write_cell)
 from drllm.executor import PathExecutor
 from drllm.inference import RoutedModel
-from drllm.models import load_model, read_manifest
+from drllm.models import chat_template_for, load_model, read_manifest
 from drllm.provenance import stage_provenance
 from drllm.router import RouterStack
 from drllm.search import MCTSConfig
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             routers = RouterStack.for_model(args.routers, manifest)
         model, tokenizer, _ = load_model(args.model_dir, device=args.device, dtype=args.dtype)
         ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
-                          bool(settings.get("chat_template", manifest.get("chat_template", True))))
+                          chat_template_for(settings.get("chat_template"), manifest))
         policy = build_policy(kind, knob, args, ctx, settings, routers)
         fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
                        "method": method, "knob": knob, "settings": settings, "data": Path(args.data).name,

@@ -15,7 +15,7 @@ import sys
 from transformers import AutoTokenizer
 
 from drllm.artifacts import ArtifactError
-from drllm.models import read_manifest
+from drllm.models import chat_template_for, read_manifest
 from drllm.provenance import stage_provenance
 from drllm.shards import read_prompts, read_shard
 from drllm.training import samples_from_search, write_samples
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [row for path in args.prompts for row in read_prompts(path)]
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
         samples = samples_from_search(results, prompts, tokenizer, settings.get("formats"),
-                                      bool(settings.get("chat_template", manifest.get("chat_template", True))))
+                                      chat_template_for(settings.get("chat_template"), manifest))
         if not samples:
             raise ArtifactError(f"no kept prompts in {len(results)} search results: nothing to train on "
                                 "(search more prompts, or a model that answers some of them)")

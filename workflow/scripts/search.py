@@ -34,18 +34,7 @@ def parse_settings(text: str, manifest: dict) -> SearchSettings:
     block = json.loads(text)
     if not isinstance(block, dict):
         raise ValueError("--settings-json must be a JSON object")
-    known = {"mcts", "seed", "chat_template", "prefix_cache", "formats", "reward"}
-    unknown = sorted(set(block) - known)
-    if unknown:
-        raise ValueError(f"unknown search setting(s) {unknown}; expected {sorted(known)}")
-    settings = SearchSettings(model=manifest["name"], num_layers=manifest["num_layers"],
-                              mcts=block.get("mcts", {}), seed=int(block.get("seed", 0)),
-                              chat_template=bool(block.get("chat_template", manifest.get("chat_template", True))),
-                              prefix_cache=int(block.get("prefix_cache", 8)), formats=block.get("formats", {}),
-                              reward=block.get("reward") or {})
-    settings.mcts_config()  # fail now, naming the field, rather than inside a worker
-    settings.reward_config()
-    return settings
+    return SearchSettings.from_dict(block, manifest)
 
 
 def main(argv: list[str] | None = None) -> int:
