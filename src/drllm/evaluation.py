@@ -21,6 +21,7 @@ import pyarrow as pa
 from drllm.artifacts import ArtifactError, read_json, read_parquet, write_parquet
 from drllm.executor import PathExecutor
 from drllm.paths import LayerPath
+from drllm.search import MCTSConfig
 from drllm.shards import derived_seed
 from drllm.tasks import AnswerFormat, Encoded, Outcome
 
@@ -124,6 +125,42 @@ def read_calibration(path) -> float:
     if isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0:
         raise ArtifactError(f"router calibration file {path}: 'knob' must be a number in [-1, 1], got {knob!r}")
     return float(knob)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The settings an evaluation cell reads (the rules pass only its method's: rules/common.smk `eval_settings`),
+    built and validated once by `from_dict`."""
+
+    seed: int = 0
+    chat_template: bool | None = None     # None: the model's own (drllm.models.chat_template_for)
+    formats: dict = field(default_factory=dict)
+    oracle_samples: int | None = None     # oracle cells: search only the first N sampled examples
+    oracle_mcts: MCTSConfig = field(default_factory=MCTSConfig)  # search.mcts with eval.oracle.mcts over it
+    prefix_cache: int = 8                 # oracle cells: the search's prefix reuse
+
+    @classmethod
+    def from_dict(cls, block: dict | None) -> "EvalSettings":
+        block = dict(block or {})
+        known = ["seed", "chat_template", "formats", "oracle", "prefix_cache"]
+        unknown = sorted(set(block) - set(known))
+        if unknown:
+            raise ValueError(f"unknown evaluation setting(s) {unknown}; expected some of {known}")
+        oracle = block.pop("oracle", None) or {}
+        if not isinstance(oracle, dict) or set(oracle) - {"samples", "mcts"}:
+            raise ValueError(f"evaluation setting oracle must be a mapping of samples and mcts, got {oracle!r}")
+        settings = cls(**block, oracle_samples=oracle.get("samples"),
+                       oracle_mcts=MCTSConfig.from_dict(oracle.get("mcts")))
+        for name in ("seed", "prefix_cache"):
+            value = getattr(settings, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"evaluation setting {name} must be an integer >= 0, got {value!r}")
+        samples = settings.oracle_samples
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"evaluation setting oracle.samples must be an integer >= 1 or null, got {samples!r}")
+        if not isinstance(settings.formats, dict):
+            raise ValueError(f"evaluation setting formats must be a mapping, got {settings.formats!r}")
+        return settings
 
 
 @dataclass(frozen=True)

@@ -26,32 +26,26 @@ from drllm.artifacts import ArtifactError
 from drllm.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
                              read_influence, static_path)
 from drllm.benchmarks import read_examples
-from drllm.evaluation import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntry, EvaluationError, cell_accuracy,
-                              evaluate_examples, method_name, parse_method, read_calibration, read_cell,
-                              sample_examples, write_cell)
+from drllm.evaluation import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntry, EvalSettings, EvaluationError,
+                              cell_accuracy, evaluate_examples, method_name, parse_method, read_calibration,
+                              read_cell, sample_examples, write_cell)
 from drllm.executor import PathExecutor
 from drllm.inference import RoutedModel
 from drllm.models import chat_template_for, load_model, read_manifest
 from drllm.provenance import stage_provenance
 from drllm.router import RouterStack
-from drllm.search import MCTSConfig
 from drllm.shards import Checkpoint, derived_seed
 from drllm.tasks import get_format
 
-SETTINGS = {"seed", "chat_template", "formats", "oracle", "prefix_cache", "batch_size"}
-
-
-def parse_settings(text: str) -> dict:
+def parse_settings(text: str) -> tuple[dict, EvalSettings]:
+    """The settings as given (recorded in provenance and the checkpoint) and validated (what the cell uses)."""
     try:
-        settings = json.loads(text)
+        block = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--settings-json is not valid JSON: {exc}") from exc
-    if not isinstance(settings, dict):
+    if not isinstance(block, dict):
         raise ValueError("--settings-json must be a JSON object")
-    unknown = sorted(set(settings) - SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown evaluation setting(s) {unknown}; expected {sorted(SETTINGS)}")
-    return settings
+    return block, EvalSettings.from_dict(block)
 
 
 def parse_entry(text: str, formats: dict) -> EvalEntry:
@@ -71,14 +65,14 @@ def router_rows_by_id(path: str | None, method: str) -> dict[str, dict]:
     return {row["example_id"]: row for row in read_cell(path)}
 
 
-def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, routers):
+def build_policy(kind: str, knob, args, ctx: CellContext, settings: EvalSettings, routers):
     """The function giving each example's path (or path and outcome) for this method.
 
     `knob` is parse_method's parameter, with router@calibrated's already read from the file: the router's p,
     static@k's / random@k's k, or None (static and random then match the router cell).
     """
     executor = ctx.executor
-    seed = int(settings.get("seed", 0))
+    seed = settings.seed
     if kind == "base":
         return lambda index, example, encoded: executor.default_path()
     if kind == "router":
@@ -109,10 +103,7 @@ def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, router
             return random_path(executor.num_layers, remove, random_seed(seed, ctx.entry.name, example.id))
         return random_policy
     if kind == "oracle":
-        oracle = settings.get("oracle", {})
-        mcts = MCTSConfig.from_dict(oracle.get("mcts", {}))
-        mcts.validate()
-        prefix_cache = int(settings.get("prefix_cache", 8))
+        mcts, prefix_cache = settings.oracle_mcts, settings.prefix_cache
 
         def oracle_policy(index, example, encoded):
             path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,
@@ -122,7 +113,7 @@ def build_policy(kind: str, knob, args, ctx: CellContext, settings: dict, router
     raise ValueError(f"unknown method kind {kind!r}")
 
 
-def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manifest: dict,
+def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: EvalSettings, manifest: dict,
                  method: str) -> list[dict]:
     """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
     from drllm.lmeval import DrLLM, evaluate_task
@@ -138,7 +129,7 @@ def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: dict, manife
     spec = entry.lm_eval
     try:
         records = evaluate_task(lm, spec["task"], spec["metric"], limit=entry.samples,
-                                seed=int(settings.get("seed", 0)), include_path=spec.get("include_path"),
+                                seed=settings.seed, include_path=spec.get("include_path"),
                                 apply_chat_template=bool(spec.get("apply_chat_template", False)))
     except Exception as exc:  # lm-eval raises many types; name the cell
         raise EvaluationError(f"{entry.name}/{method}: lm-eval failed: "
@@ -187,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = None
     try:
-        settings = parse_settings(args.settings_json)
-        entry = parse_entry(args.entry_json, settings.get("formats", {}))
+        given, settings = parse_settings(args.settings_json)
+        entry = parse_entry(args.entry_json, settings.formats)
         kind, knob = parse_method(args.method)
         method = method_name(kind, knob)
         if knob == CALIBRATED:  # routes exactly as router@<p>; the rows keep the method name, knob = p
@@ -196,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"evaluate: {method}: knob p = {knob:g} from {args.calibration}")
         manifest = read_manifest(args.model_dir)
         provenance = stage_provenance(
-            "evaluate", {"entry": json.loads(args.entry_json), "method": args.method, "settings": settings},
+            "evaluate", {"entry": json.loads(args.entry_json), "method": args.method, "settings": given},
             manifest, graders=["lm_eval"] if entry.lm_eval is not None else ["drllm"])
         if entry.lm_eval is not None:
             rows = lm_eval_cell(args, entry, kind, knob, settings, manifest, method)
@@ -205,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cell_accuracy(rows):.4f} -> {args.out}")
             return 0
         answer_format = get_format(entry.format, **entry.options)
-        examples = sample_examples(read_examples(args.data), entry, int(settings.get("seed", 0)))
-        if kind == "oracle" and settings.get("oracle", {}).get("samples"):
-            examples = examples[:int(settings["oracle"]["samples"])]
+        examples = sample_examples(read_examples(args.data), entry, settings.seed)
+        if kind == "oracle" and settings.oracle_samples:
+            examples = examples[:settings.oracle_samples]
         routers = None
         if kind == "router":
             if not args.routers:
@@ -215,10 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             routers = RouterStack.for_model(args.routers, manifest)
         model, tokenizer, _ = load_model(args.model_dir, device=args.device, dtype=args.dtype)
         ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
-                          chat_template_for(settings.get("chat_template"), manifest))
+                          chat_template_for(settings.chat_template, manifest))
         policy = build_policy(kind, knob, args, ctx, settings, routers)
         fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
-                       "method": method, "knob": knob, "settings": settings, "data": Path(args.data).name,
+                       "method": method, "knob": knob, "settings": given, "data": Path(args.data).name,
                        "examples": [ex.id for ex in examples]}
         checkpoint = Checkpoint(f"{args.out}.progress.jsonl", fingerprint, key="example_id")
         if checkpoint.rows:
