@@ -90,7 +90,7 @@ rule search_summary:
         script=f"{workflow.basedir}/workflow/scripts/search_summary.py",
     output:
         table=f"results/search/{MODEL}/summary.parquet",
-        markdown=report(f"results/search/{MODEL}/summary.md", category="Search"),
+        markdown=report(f"results/search/{MODEL}/summary.md", caption="../workflow/report/search_summary.rst", category="Search"),
     params:
         python=PYTHON,
     log:

@@ -41,8 +41,8 @@ rule train_routers:
         config=f"{ROUTER_DIR}/router_config.json",
         metrics=f"{ROUTER_DIR}/metrics.parquet",
         card=f"{ROUTER_DIR}/README.md",
-        curves=report(f"{ROUTER_DIR}/training_curves.png", category="Routers"),
-        labels=report(f"{ROUTER_DIR}/label_distribution.png", category="Routers"),
+        curves=report(f"{ROUTER_DIR}/training_curves.png", caption="../workflow/report/training_curves.rst", category="Routers"),
+        labels=report(f"{ROUTER_DIR}/label_distribution.png", caption="../workflow/report/label_distribution.rst", category="Routers"),
     params:
         python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
