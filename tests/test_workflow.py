@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,15 @@ def planned_jobs(result) -> dict[str, int]:
 def test_lint_is_clean():
     result = snakemake("--lint")
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+def test_every_report_output_has_a_caption_that_exists():
+    for rule_file in sorted((REPO / "rules").glob("*.smk")):
+        text = rule_file.read_text()
+        for call in re.findall(r"report\((.*?)\)\s*,\s*\n", text, flags=re.S):
+            caption = re.search(r'caption="([^"]+)"', call)
+            assert caption, f"{rule_file.name}: report({call.strip()[:60]}...) has no caption"
+            assert (rule_file.parent / caption.group(1)).resolve().is_file(), caption.group(1)
 
 
 def test_dry_run_of_default_config_plans_the_assets():
