@@ -164,13 +164,44 @@ def lm_eval_overlay(work) -> dict:
                      "benchmarks": {"local_mc": {"lm_eval": {"task": task, "metric": "acc_norm"}}}}}
 
 
-@pytest.mark.slow
-def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
-    work = workdir_copy(tmp_path)
+ROUTED_CELLS = 2 * 5  # router, router@0.25, router@calibrated, static, random on 2 benchmarks
+REPORTED = {"report": 1, "release_routers": 1, "all": 1}
+# a config change reruns exactly the stages it reaches through params:
+RERUNS = {
+    "train.epochs": ({"train": {"epochs": 3}},
+                     {"train_routers": 1, "calibrate_routers": 1, "evaluate": ROUTED_CELLS + 2, **REPORTED}),
+    # the oracle's MCTS is search.mcts with eval.oracle.mcts over it (tiny sets its simulations)
+    "search.mcts.simulations": ({"search": {"mcts": {"simulations": 5}}},
+                                {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1,
+                                 "calibrate_routers": 1, "evaluate": ROUTED_CELLS + 2, **REPORTED}),
+    "search.mcts.length_penalty": ({"search": {"mcts": {"length_penalty": 4.0}}},
+                                   {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1,
+                                    "calibrate_routers": 1, "evaluate": ROUTED_CELLS + 2 + 2,  # + 2 oracle cells
+                                    **REPORTED}),
+    "search.tasks.samples": ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
+                             {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1,
+                              "train_routers": 1, "calibrate_routers": 1, "block_influence": 1,
+                              "evaluate": ROUTED_CELLS + 2, **REPORTED}),
+    "eval.knobs": ({"eval": {"knobs": [0.5]}}, {"evaluate": 2 + 1, **REPORTED}),
+    "eval.benchmarks.samples": ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 7, **REPORTED}),
+    "eval.oracle.mcts": ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, **REPORTED}),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny config (plus an lm-eval task on a local file) run once, end to end, for the tests below."""
+    work = workdir_copy(tmp_path_factory.mktemp("tiny"))
     (work / "lm_eval.yaml").write_text(yaml.safe_dump(lm_eval_overlay(work)))
     configs = ["--configfile", "config/tiny.yaml", "lm_eval.yaml"]
     snakemake("--cores", "2", *configs, cwd=work)
-    assert (work / "resources" / "models" / "smollm2-135m-instruct" / "drllm_model.json").is_file()
+    manifest = json.loads((work / "resources" / "models" / "smollm2-135m-instruct" / "drllm_model.json").read_text())
+    return work, configs, manifest
+
+
+@pytest.mark.slow
+def test_tiny_run_assets_search_and_routers(tiny_run):
+    work, _, manifest = tiny_run
     import polars as pl
 
     frame = pl.read_parquet(work / "resources" / "data" / "arc_easy" / "validation.parquet")
@@ -182,11 +213,16 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     routers = work / "results" / "routers" / "smollm2-135m-instruct"
     assert {"routers.safetensors", "router_config.json", "metrics.parquet", "training_curves.png",
             "label_distribution.png", "calibration.json", "README.md"} <= {p.name for p in routers.iterdir()}
-    manifest = json.loads((work / "resources" / "models" / "smollm2-135m-instruct" / "drllm_model.json").read_text())
     card = (routers / "README.md").read_text()
     assert manifest["weights_sha256"] in card and "# Dr.LLM routers for smollm2-135m-instruct" in card
     assert json.loads((routers / "router_config.json").read_text())["base_model_sha256"] == manifest["weights_sha256"]
     assert pl.read_parquet(routers / "metrics.parquet").height == 25
+
+
+@pytest.mark.slow
+def test_tiny_run_release_card(tiny_run):
+    work, _, _ = tiny_run
+    card = (work / "results" / "routers" / "smollm2-135m-instruct" / "README.md").read_text()
     release = work / "results" / "release" / "smollm2-135m-instruct"
     assert {p.name for p in release.iterdir()} == {"routers.safetensors", "router_config.json", "calibration.json",
                                                    "README.md"}
@@ -194,7 +230,14 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     assert released.startswith(card[:card.index("## Evaluation")]) and '"simulations": 4' in released
     assert "| arc_easy | base | 3 |" in released and "| arc_easy | router@calibrated | 3 |" in released
     assert "## Search" in released and "| arc_easy |" in released.split("## Search")[1].split("## Evaluation")[0]
-    # evaluation: every benchmark x method cell, lm-eval tasks with the base and router methods only
+
+
+@pytest.mark.slow
+def test_tiny_run_evaluation_and_report(tiny_run):
+    """Every benchmark x method cell (lm-eval tasks: the base and router methods only) and the report."""
+    work, _, _ = tiny_run
+    import polars as pl
+
     cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
     methods = {"base", "router", "router@0.25", "router@calibrated", "static", "random", "oracle"}
     assert {(b, m) for b, m in cells.select("benchmark", "method").unique().iter_rows()} == \
@@ -208,7 +251,12 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
     assert all((report / name).stat().st_size > 0 for name in
                ("accuracy_vs_layers.png", "layer_actions.png", "routing_consensus.png", "summary.parquet"))
     assert (work / "logs" / "evaluate" / "smollm2-135m-instruct" / "squad" / "oracle.log").is_file()
-    # provenance: every Parquet artifact names the stage, config, model and grader that made it
+
+
+@pytest.mark.slow
+def test_tiny_run_provenance(tiny_run):
+    """Every Parquet artifact names the stage, config, model and grader that made it."""
+    work, _, manifest = tiny_run
     from drllm.artifacts import read_provenance
 
     records = {path.relative_to(work): read_provenance(path)
@@ -230,31 +278,20 @@ def test_tiny_config_runs_end_to_end_to_the_report(tmp_path):
                        "local_mc": {"lm_eval"}}
     assert {record["artifact"] for record in by_stage["report"]} == {"report summary", "frontier points"}
     assert sum(entry["files"] for entry in by_stage["report"][0]["inputs"]) == len(by_stage["evaluate"])
-    # nothing left to do on a second run
+
+
+@pytest.mark.slow
+def test_tiny_run_leaves_nothing_to_do(tiny_run):
+    work, configs, _ = tiny_run
     assert "Nothing to be done" in snakemake("-n", *configs, cwd=work).stdout
-    # a config change reruns exactly the stages it reaches through params:
-    routed_cells = 2 * 5  # router, router@0.25, router@calibrated, static, random on 2 benchmarks
-    reported = {"report": 1, "release_routers": 1, "all": 1}
-    for overlay, expected in [
-        ({"train": {"epochs": 3}},
-         {"train_routers": 1, "calibrate_routers": 1, "evaluate": routed_cells + 2, **reported}),
-        # the oracle's MCTS is search.mcts with eval.oracle.mcts over it (tiny sets its simulations)
-        ({"search": {"mcts": {"simulations": 5}}},
-         {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1, "calibrate_routers": 1,
-          "evaluate": routed_cells + 2, **reported}),
-        ({"search": {"mcts": {"length_penalty": 4.0}}},
-         {"search_shard": 3, "search_summary": 1, "router_samples": 1, "train_routers": 1, "calibrate_routers": 1,
-          "evaluate": routed_cells + 2 + 2, **reported}),  # + the two oracle cells
-        ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
-         {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1, "train_routers": 1,
-          "calibrate_routers": 1, "block_influence": 1, "evaluate": routed_cells + 2, **reported}),
-        ({"eval": {"knobs": [0.5]}}, {"evaluate": 2 + 1, **reported}),
-        ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 7, **reported}),
-        ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, **reported}),
-    ]:
-        (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-        result = snakemake("-n", *configs, "overlay.yaml", cwd=work)
-        assert planned_jobs(result) == expected, overlay
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay, expected", list(RERUNS.values()), ids=list(RERUNS))
+def test_a_config_change_reruns_exactly_the_stages_it_reaches(tiny_run, overlay, expected):
+    work, configs, _ = tiny_run
+    (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    assert planned_jobs(snakemake("-n", *configs, "overlay.yaml", cwd=work)) == expected
 
 
 def test_study_config_plans_the_study():
