@@ -4,6 +4,8 @@
 rule prepare_model:
     input:
         script=f"{workflow.basedir}/workflow/scripts/prepare_model.py",
+        # a local GGUF file is an input: replacing it rematerialises the model (and reruns what depends on it)
+        gguf=[config["model"]["path"]] if config["model"].get("source") == "gguf" else [],
     output:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         weights=f"{MODEL_DIR}/model.safetensors",

@@ -61,6 +61,19 @@ def test_every_report_output_has_a_caption_that_exists():
             assert (rule_file.parent / caption.group(1)).resolve().is_file(), caption.group(1)
 
 
+def test_a_gguf_model_file_is_an_input_of_the_assets_stage(tmp_path):
+    work = workdir_copy(tmp_path)
+    (work / "my.gguf").write_bytes(b"GGUF")  # a dry run only plans: the file is not read
+    (work / "gguf.yaml").write_text(yaml.safe_dump({"model": {"name": "mine", "source": "gguf", "path": "my.gguf"}}))
+    out = snakemake("-n", "resources/models/mine/drllm_model.json", "--configfile", "config/tiny.yaml",
+                    "gguf.yaml", cwd=work).stdout
+    assert "input: workflow/scripts/prepare_model.py, my.gguf" in out.replace(str(work) + "/", "")
+    (work / "my.gguf").unlink()
+    missing = snakemake("-n", "resources/models/mine/drllm_model.json", "--configfile", "config/tiny.yaml",
+                        "gguf.yaml", cwd=work, check=False)
+    assert missing.returncode != 0 and "my.gguf" in missing.stdout + missing.stderr
+
+
 def test_dry_run_of_default_config_plans_the_assets():
     result = snakemake("-n", "--forceall", "--quiet", "rules")
     out = result.stdout + result.stderr
