@@ -372,7 +372,7 @@ def probe_values(rule: dict) -> list:
     if "null" in types:
         values.append(None)
     if "integer" in types:
-        values = [int(v) if isinstance(v, float) else v for v in values]
+        values = [int(v) if isinstance(v, float) else v for v in values] + [-1, 0]
     return values
 
 
@@ -420,3 +420,34 @@ def test_search_settings_are_validated_once_naming_the_field():
                            ({"reward": {"kind": "fuzzy"}}, "search reward: kind must be one of")]:
         with pytest.raises(ValueError, match=message):
             SearchSettings.from_dict(block, manifest)
+
+
+def test_config_schema_and_stage_settings_agree_on_every_bound():
+    """The search and evaluation settings objects accept exactly what config/schema.yaml accepts for the keys
+    they read (the MCTS block has its own test above)."""
+    import jsonschema
+
+    from drllm.evaluation import EvalSettings
+    from drllm.workers import SearchSettings
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
+    manifest = {"name": "m", "num_layers": 4}
+    search, evaluation = schema["search"]["properties"], schema["eval"]["properties"]
+    probes = [(f"search.{name}", search[name], lambda value, name=name: SearchSettings.from_dict({name: value},
+                                                                                                 manifest))
+              for name in ("seed", "prefix_cache", "chat_template")]
+    probes += [(f"search.reward.{name}", rule,
+                lambda value, name=name: SearchSettings.from_dict({"reward": {name: value}}, manifest))
+               for name, rule in search["reward"]["properties"].items()]
+    probes += [("eval.seed", evaluation["seed"], lambda value: EvalSettings.from_dict({"seed": value})),
+               ("eval.oracle.samples", evaluation["oracle"]["properties"]["samples"],
+                lambda value: EvalSettings.from_dict({"oracle": {"samples": value}}))]
+    for where, rule, build in probes:
+        validator = jsonschema.Draft202012Validator(rule)
+        for value in probe_values(rule):
+            try:
+                build(value)
+                accepted = True
+            except ValueError:
+                accepted = False
+            assert validator.is_valid(value) == accepted, f"{where}: {value!r}"

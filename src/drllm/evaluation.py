@@ -151,10 +151,11 @@ class EvalSettings:
             raise ValueError(f"evaluation setting oracle must be a mapping of samples and mcts, got {oracle!r}")
         settings = cls(**block, oracle_samples=oracle.get("samples"),
                        oracle_mcts=MCTSConfig.from_dict(oracle.get("mcts")))
-        for name in ("seed", "prefix_cache"):
-            value = getattr(settings, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"evaluation setting {name} must be an integer >= 0, got {value!r}")
+        if isinstance(settings.seed, bool) or not isinstance(settings.seed, int):
+            raise ValueError(f"evaluation setting seed must be an integer, got {settings.seed!r}")
+        prefix_cache = settings.prefix_cache
+        if isinstance(prefix_cache, bool) or not isinstance(prefix_cache, int) or prefix_cache < 0:
+            raise ValueError(f"evaluation setting prefix_cache must be an integer >= 0, got {prefix_cache!r}")
         samples = settings.oracle_samples
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
             raise ValueError(f"evaluation setting oracle.samples must be an integer >= 1 or null, got {samples!r}")
