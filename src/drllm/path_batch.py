@@ -289,15 +289,15 @@ def _score_group(executor, requests: Sequence[ScoreRequest],
     position_ids = positions_from_mask(attention_mask, width, executor.device)
     hidden = executor.decoder.embed_tokens(input_ids)
     spans = [slice(offset, offset + request.batch.input_ids.shape[0]) for request, offset in zip(requests, offsets)]
+    own_ids = [request.batch.input_ids.to(executor.device) for request in requests]
     kept: list[list[torch.Tensor]] = []
-    for request, path, start, span, request_width in zip(requests, paths, starts, spans, widths):
-        own_ids = request.batch.input_ids.to(executor.device)
-        if start > 0:
-            entering = executor._resume_hidden(request.resume, start, path, own_ids, None)
+    for request, path, start, span, request_width, ids in zip(requests, paths, starts, spans, widths, own_ids):
+        if start > 0:  # other requests' rows are written below, never these: the views stay valid
+            entering = executor._resume_hidden(request.resume, start, path, ids, None)
             hidden[span, :request_width] = entering
             kept.append(list(request.resume.hidden[:start]) + [entering] if keep_hidden else [])
         else:
-            kept.append([hidden[span, :request_width].clone()] if keep_hidden else [])
+            kept.append([hidden[span, :request_width]] if keep_hidden else [])
     # (block, execution) -> the requests that still run it, in block order
     runs: dict[tuple[int, int], list[int]] = {}
     for number, (path, start) in enumerate(zip(paths, starts)):
@@ -316,11 +316,11 @@ def _score_group(executor, requests: Sequence[ScoreRequest],
             for number in numbers:
                 kept[number].append(hidden[spans[number], :widths[number]])
     results = []
-    for request, path, span, request_width, own_kept in zip(requests, paths, spans, widths, kept):
+    for request, path, span, request_width, own_kept, ids in zip(requests, paths, spans, widths, kept, own_ids):
         last = hidden[span, :request_width]
         scored = executor.continuation_loglikelihoods(last[request.batch.rows, request.batch.cols], request.batch)
         own_mask = request.batch.attention_mask.to(executor.device)
-        state = RunState(path, request.batch.input_ids.to(executor.device), own_mask,
+        state = RunState(path, ids, own_mask,
                          positions_from_mask(own_mask, request_width, executor.device), None, last,
                          own_kept if keep_hidden else None, None)
         results.append((scored, state))
