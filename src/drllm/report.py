@@ -279,7 +279,7 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
@@ -367,7 +367,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
             if m != "base" and deltas:
                 text += f" (Δ {100 * float(np.mean(deltas)):+.1f})"
             average.append(text)
-        out += [_table(["benchmark", "metric", "n", *methods], body + [average]), "",
+        out += [markdown_table(["benchmark", "metric", "n", *methods], body + [average]), "",
                 "The average is the unweighted mean over benchmarks where the method exists (k/N when not all).", ""]
     else:
         out += ["_No evaluation results._", ""]
@@ -386,7 +386,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
             if m != "base" and ratios:
                 text += f" ({float(np.mean(ratios)):.2f}×)"
             average.append(text)
-        out += [_table(["benchmark", "L", *methods], body + [average]), ""]
+        out += [markdown_table(["benchmark", "L", *methods], body + [average]), ""]
 
     mean_points = [p for p in frontier or [] if p["benchmark"] == MEAN_BENCHMARK]
     if mean_points:
@@ -396,13 +396,13 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
                 "`frontier.parquet` and `frontier.png`.", ""]
         body = [[p["method"], str(p["benchmarks"]), f"{p['mean_layers']:.1f}",
                  f"{_pct(p['score'])} ±{_pct((p['ci_high'] - p['ci_low']) / 2)}"] for p in mean_points]
-        out += [_table(["method", "benchmarks", "layers", "score"], body), ""]
+        out += [markdown_table(["method", "benchmarks", "layers", "score"], body), ""]
 
     out += ["## Routing consensus (router)", ""]
     if consensus:
         body = [[c["benchmark"], str(c["n"]), str(c["distinct_paths"]), f"{100 * c['top_path_share']:.1f}%"]
                 for c in consensus]
-        out += [_table(["benchmark", "n", "distinct routed paths", "examples on the most common path"], body), ""]
+        out += [markdown_table(["benchmark", "n", "distinct routed paths", "examples on the most common path"], body), ""]
     else:
         out += ["_No router results._", ""]
 
@@ -412,7 +412,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
         keys = sorted({(r["benchmark"], r["level"]) for r in by_level})
         out += ["## By difficulty level", "",
                 "Mean score in % (n) per level, for benchmarks whose examples carry one (DART / MATH).", ""]
-        out += [_table(["benchmark", "level", *level_methods],
+        out += [markdown_table(["benchmark", "level", *level_methods],
                        [[b, str(level), *[f"{_pct(scores[b, level, m]['score'])} ({scores[b, level, m]['n']})"
                                           if (b, level, m) in scores else "–" for m in level_methods]]
                         for b, level in keys]), ""]

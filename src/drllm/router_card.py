@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from drllm.artifacts import ArtifactError, write_text
+from drllm.report import markdown_table
 from drllm.router import CARD_FILE, CLASSES, RouterConfig
 
 EVALUATION_HEADING = "## Evaluation"
@@ -98,14 +99,15 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
     head = card[:card.index(EVALUATION_HEADING)]
     settings = [json.dumps(json.loads(text), indent=2, sort_keys=True) for text in sorted(set(search_settings))]
     rows = [row for row in evaluation if row["method"] == "base" or row["method"].startswith("router")]
-    table = ["| benchmark | method | n | score (95% CI) | Δ vs base (paired 95% CI) | blocks run (of L) | saved |",
-             "|---|---|---|---|---|---|---|"]
+    body = []
     for row in sorted(rows, key=lambda r: (r["benchmark"], r["method"] != "base", r["method"])):
         delta = "" if row["method"] == "base" or row.get("delta_vs_base") is None else \
             f"{100 * row['delta_vs_base']:+.1f} ({100 * row['delta_ci_low']:+.1f}, {100 * row['delta_ci_high']:+.1f})"
-        table.append(f"| {row['benchmark']} | {row['method']} | {row['n']} | {100 * row['score']:.1f} "
-                     f"({100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}) | {delta} | "
-                     f"{row['mean_path_length']:.2f} of {row['num_layers']} | {row['mean_layers_saved']:.2f} |")
+        body.append([row["benchmark"], row["method"], str(row["n"]),
+                     f"{100 * row['score']:.1f} ({100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f})", delta,
+                     f"{row['mean_path_length']:.2f} of {row['num_layers']}", f"{row['mean_layers_saved']:.2f}"])
+    table = markdown_table(["benchmark", "method", "n", "score (95% CI)", "Δ vs base (paired 95% CI)",
+                            "blocks run (of L)", "saved"], body)
     return head + "\n".join([
         "## Search",
         "",
@@ -120,6 +122,6 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
         "Scores in % (metric per benchmark as in the report); Δ: paired difference to the base model on the same "
         "items; router@p: the control knob p, router@calibrated: p chosen on validation prompts.",
         "",
-        *(table if rows else ["No base or router cells were evaluated."]),
+        table if rows else "No base or router cells were evaluated.",
         "",
     ])
