@@ -21,7 +21,7 @@ import pyarrow as pa
 from drllm.artifacts import ArtifactError, read_json, read_parquet, write_parquet
 from drllm.executor import PathExecutor
 from drllm.paths import LayerPath
-from drllm.search import MCTSConfig
+from drllm.search import MCTSConfig, check_int
 from drllm.shards import derived_seed
 from drllm.tasks import AnswerFormat, Encoded, Outcome
 
@@ -151,11 +151,8 @@ class EvalSettings:
             raise ValueError(f"evaluation setting oracle must be a mapping of samples and mcts, got {oracle!r}")
         settings = cls(**block, oracle_samples=oracle.get("samples"),
                        oracle_mcts=MCTSConfig.from_dict(oracle.get("mcts")))
-        if isinstance(settings.seed, bool) or not isinstance(settings.seed, int):
-            raise ValueError(f"evaluation setting seed must be an integer, got {settings.seed!r}")
-        prefix_cache = settings.prefix_cache
-        if isinstance(prefix_cache, bool) or not isinstance(prefix_cache, int) or prefix_cache < 0:
-            raise ValueError(f"evaluation setting prefix_cache must be an integer >= 0, got {prefix_cache!r}")
+        check_int(settings.seed, "evaluation setting seed")
+        check_int(settings.prefix_cache, "evaluation setting prefix_cache", 0)
         samples = settings.oracle_samples
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
             raise ValueError(f"evaluation setting oracle.samples must be an integer >= 1 or null, got {samples!r}")

@@ -125,11 +125,16 @@ class MCTSConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
+def check_int(value: Any, where: str, minimum: int | None = None) -> None:
+    """ValueError naming `where` unless `value` is an integer (not a bool) >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"MCTS config: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"MCTS config: {name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{where} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{where} must be >= {minimum}, got {value!r}")
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    check_int(value, f"MCTS config: {name}", minimum)
 
 
 def _check_real(value: Any, name: str, low: float, high: float | None = None) -> None:

@@ -29,7 +29,7 @@ from drllm.benchmarks import EXAMPLE_SCHEMA, Example
 from drllm.executor import PathExecutor
 from drllm.models import chat_template_for
 from drllm.rewards import PathRewarder, RewardConfig, rewards_together
-from drllm.search import MCTSConfig, run_searches, search_steps
+from drllm.search import MCTSConfig, check_int, run_searches, search_steps
 from drllm.shards import derived_seed, prompt_hash
 from drllm.tasks import get_format
 
@@ -54,13 +54,10 @@ class SearchSettings:
     reward: dict[str, Any] = field(default_factory=dict)  # drllm.rewards.RewardConfig fields; {} = binary
 
     def __post_init__(self) -> None:
-        for name, kind in (("seed", int), ("prefix_cache", int), ("chat_template", bool)):
-            value = getattr(self, name)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ValueError(f"search.{name} must be {'an integer' if kind is int else 'true or false'}, "
-                                 f"got {value!r}")
-        if self.prefix_cache < 0:
-            raise ValueError(f"search.prefix_cache must be >= 0, got {self.prefix_cache}")
+        check_int(self.seed, "search.seed")
+        check_int(self.prefix_cache, "search.prefix_cache", 0)
+        if not isinstance(self.chat_template, bool):
+            raise ValueError(f"search.chat_template must be true or false, got {self.chat_template!r}")
         for name in ("mcts", "formats", "reward"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"search.{name} must be a mapping, got {getattr(self, name)!r}")
