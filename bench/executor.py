@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from drllm.executor import PathExecutor
-from drllm.models import load_model, resolve_device, resolve_dtype
-from drllm.paths import LayerPath
+from drllm.core.executor import PathExecutor
+from drllm.core.models import load_model, resolve_device, resolve_dtype
+from drllm.core.paths import LayerPath
 
 SHAPES = {
     # num_hidden_layers, hidden_size, intermediate_size, heads, kv heads, vocab

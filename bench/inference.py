@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from drllm import path_batch
-from drllm.benchmarks import load_benchmark
-from drllm.executor import PathExecutor
-from drllm.inference import RoutedModel, pad_left
-from drllm.models import load_model, read_manifest, resolve_device
-from drllm.router import RouterConfig, RouterStack
-from drllm.tasks import get_format
+from drllm.core import path_batch
+from drllm.data.benchmarks import load_benchmark
+from drllm.core.executor import PathExecutor
+from drllm.routing.inference import RoutedModel, pad_left
+from drllm.core.models import load_model, read_manifest, resolve_device
+from drllm.routing.router import RouterConfig, RouterStack
+from drllm.formats.answers import get_format
 
 
 def sync(device):

@@ -1,7 +1,7 @@
 """Label ablation on the real model: search modes x rewards on the same prompts, side by side in one run.
 
 For each of the paper's literal expansion (no widening), progressive widening (our default) and the authors'
-non-branching chain, each with the binary (paper) and the robust reward (drllm.rewards), on the same prompts and
+non-branching chain, each with the binary (paper) and the robust reward (drllm.search.rewards), on the same prompts and
 seeds: kept share, mean layers saved by the labels, W->C share, the skip/execute/repeat mix, evaluations per
 prompt, and how many labels the other reward would reject ("lucky" labels: correct under binary but not under
 robust; the label-noise hypothesis of issue 10). Paper: 1.82 layers saved, W->C ~30%, 3.5/95.4/1.1%.
@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from drllm.benchmarks import load_benchmark
-from drllm.executor import PathExecutor
-from drllm.models import load_model
-from drllm.rewards import PathRewarder, RewardConfig
-from drllm.search import MCTSConfig, run_search
-from drllm.shards import derived_seed
-from drllm.tasks import get_format
+from drllm.data.benchmarks import load_benchmark
+from drllm.core.executor import PathExecutor
+from drllm.core.models import load_model
+from drllm.search.rewards import PathRewarder, RewardConfig
+from drllm.search.mcts import MCTSConfig, run_search
+from drllm.search.shards import derived_seed
+from drllm.formats.answers import get_format
 
 MODES = {"literal (no widening)": {"widening": None}, "widening 0.5": {"widening": 0.5},
          "chain (authors)": {"mode": "chain"}}

@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from drllm.executor import PathExecutor
-from drllm.models import load_model
-from drllm.router import CLASSES, RouterConfig, RouterStack
-from drllm.training import TrainConfig, build_feature_cache, classification_metrics, label_counts, read_samples, \
+from drllm.core.executor import PathExecutor
+from drllm.core.models import load_model
+from drllm.routing.router import CLASSES, RouterConfig, RouterStack
+from drllm.routing.training import TrainConfig, build_feature_cache, classification_metrics, label_counts, read_samples, \
     train_routers
 
 EXECUTE = CLASSES.index("execute")

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from drllm.benchmarks import load_benchmark
-from drllm.executor import PathExecutor
-from drllm.models import load_model
-from drllm.tasks import get_format
+from drllm.data.benchmarks import load_benchmark
+from drllm.core.executor import PathExecutor
+from drllm.core.models import load_model
+from drllm.formats.answers import get_format
 
 SETS = [("arc_easy", "test"), ("arc_challenge", "test"), ("mmlu", "test"), ("gpqa", "test"), ("piqa", "validation")]
 

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from drllm.benchmarks import load_benchmark
-from drllm.models import read_manifest
-from drllm.shards import select_prompts
-from drllm.workers import SearchSettings, SearchWorker, run_ray
+from drllm.data.benchmarks import load_benchmark
+from drllm.core.models import read_manifest
+from drllm.search.shards import select_prompts
+from drllm.search.workers import SearchSettings, SearchWorker, run_ray
 
 
 def prompt_rows(benchmark: str, split: str, answer_format: str, count: int, seed: int) -> list[dict]:

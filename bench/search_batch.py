@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from drllm.artifacts import write_json
-from drllm.benchmarks import load_benchmark
-from drllm.models import MANIFEST, read_manifest
-from drllm.shards import TIMING_COLUMNS, select_prompts
-from drllm.workers import SearchSettings, SearchWorker
+from drllm.core.artifacts import write_json
+from drllm.data.benchmarks import load_benchmark
+from drllm.core.models import MANIFEST, read_manifest
+from drllm.search.shards import TIMING_COLUMNS, select_prompts
+from drllm.search.workers import SearchSettings, SearchWorker
 
 # Llama-3.2-3B's block shape (config.json of meta-llama/Llama-3.2-3B-Instruct); the vocabulary is the embedded
 # model's tokenizer's, since the prompts are encoded with it.

@@ -6,7 +6,7 @@ Same samples, same seed, same schedule on both sides (METHOD.md §5 settings: ef
   * full-forward epoch: train_full_forward, which runs the frozen model along the labelled paths every micro-batch
 and checks that both give the same step losses.
 
-Samples: real ARC-Easy validation questions in the search's letter format (drllm.tasks, chat template), labelled
+Samples: real ARC-Easy validation questions in the search's letter format (drllm.formats.answers, chat template), labelled
 with the default path minus one or two random layers (synthetic labels, realistic prompts and path shapes).
 For machines without the model or the data: --write-prompts saves the tokenised prompts, --prompts-file reads
 them back, and --shape uses random weights in a named shape (timing does not depend on weight values).
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from drllm.executor import PathExecutor
-from drllm.models import MANIFEST, ModelSpec, load_model, materialize, resolve_device, resolve_dtype
-from drllm.router import RouterConfig, RouterStack
-from drllm.training import (TrainConfig, TrainingSample, build_feature_cache, pick_cache_device, read_samples,
+from drllm.core.executor import PathExecutor
+from drllm.core.models import MANIFEST, ModelSpec, load_model, materialize, resolve_device, resolve_dtype
+from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.training import (TrainConfig, TrainingSample, build_feature_cache, pick_cache_device, read_samples,
                             teacher_forced_features, train_full_forward, train_routers, write_samples)
 
 DEFAULT_MODEL = Path("resources/models/smollm2-135m-instruct")
@@ -56,7 +56,7 @@ def model_dir(path: str | None) -> Path:
 
 def encode(example, tokenizer) -> list[int]:
     try:
-        from drllm.tasks import get_format
+        from drllm.formats.answers import get_format
 
         return list(get_format("letter").encode(example, tokenizer, chat_template=True).input_ids)
     except ImportError:  # tasks.py not there: the same prompt by hand
@@ -68,7 +68,7 @@ def encode(example, tokenizer) -> list[int]:
 
 
 def arc_prompts(tokenizer, count: int) -> list[tuple[str, list[int]]]:
-    from drllm.benchmarks import load_benchmark
+    from drllm.data.benchmarks import load_benchmark
 
     return [(example.id, encode(example, tokenizer))
             for example in load_benchmark("arc_easy", "validation", limit=count)]

@@ -26,7 +26,7 @@ rule prepare_model:
         "{params.python} {input.script} --model-json {params.model:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
-# A `data:` entry with a `kind` declares its own benchmark (drllm.custom_benchmarks): its local source file is an
+# A `data:` entry with a `kind` declares its own benchmark (drllm.data.declared): its local source file is an
 # input, so editing the file reruns the stage; the block rides in params, so editing it does too (without
 # `splits`: adding a split leaves the others alone).
 rule prepare_data:

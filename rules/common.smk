@@ -18,7 +18,7 @@ DATA_FILES = [
 # block stops the run before any job, naming the key. Without drllm in this interpreter (snakemake outside the
 # venv) the data stage checks the blocks instead.
 try:
-    from drllm.custom_benchmarks import check_config
+    from drllm.data.declared import check_config
 except ImportError:
     CONFIG_DECLARED = None
 else:

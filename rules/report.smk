@@ -56,7 +56,7 @@ rule report:
 
 
 # Release: the routers as one shareable directory whose model card carries the search settings, the search summary
-# and the evaluation table (drllm.router_card.release_card).
+# and the evaluation table (drllm.routing.card.release_card).
 RELEASE_DIR = f"results/release/{MODEL}"
 
 

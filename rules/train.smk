@@ -65,7 +65,7 @@ rule train_routers:
         "--dtype {params.dtype} > {log} 2>&1"
 
 
-# Calibration (drllm.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
+# Calibration (drllm.routing.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
 rule calibrate_routers:
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",

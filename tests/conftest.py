@@ -68,7 +68,7 @@ def smollm2_dir(tmp_path_factory):
     """The embedded SmolLM2 materialised once per session through `source: gguf` at the packaged file (the
     embedded source is that same spec: test_models checks it), or reused from resources/ if the demo made it
     from the same GGUF file with the current manifest."""
-    from drllm.models import MANIFEST, ModelSpec, embedded_gguf, file_sha256, materialize, read_manifest
+    from drllm.core.models import MANIFEST, ModelSpec, embedded_gguf, file_sha256, materialize, read_manifest
 
     gguf = embedded_gguf()
     prepared = REPO / "resources" / "models" / "smollm2-135m-instruct"
@@ -81,7 +81,7 @@ def smollm2_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_dir):
-    from drllm.models import load_model
+    from drllm.core.models import load_model
 
     model, tokenizer, manifest = load_model(smollm2_dir, device="cpu", dtype="float32")
     return model, tokenizer

@@ -1,4 +1,4 @@
-"""Parquet artifacts: schema-checked writes and the provenance every artifact carries (drllm.provenance)."""
+"""Parquet artifacts: schema-checked writes and the provenance every artifact carries (drllm.core.provenance)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
-from drllm.artifacts import (PROVENANCE_KEY, ArtifactError, read_parquet, read_provenance, validate_provenance,
+from drllm.core.artifacts import (PROVENANCE_KEY, ArtifactError, read_parquet, read_provenance, validate_provenance,
                              write_parquet)
-from drllm.provenance import stage_provenance
+from drllm.core.provenance import stage_provenance
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import prepare_data  # noqa: E402
@@ -39,7 +39,7 @@ def test_provenance_round_trips_through_the_file_metadata(tmp_path):
     assert record["config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert record["model"] == {"name": "tiny-model", "source": "hub", "path": "owner/tiny-model",
                                "revision": "abc123", "weights_sha256": "f" * 64}
-    from drllm.tasks import GRADER_VERSION
+    from drllm.formats.answers import GRADER_VERSION
 
     assert record["grader"] == {"drllm.tasks": str(GRADER_VERSION),
                                 "math_verify": importlib.metadata.version("math-verify")}

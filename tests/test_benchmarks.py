@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from drllm.artifacts import ArtifactError
-from drllm.benchmarks import (
+from drllm.core.artifacts import ArtifactError
+from drllm.data.benchmarks import (
     BENCHMARKS,
     EXAMPLE_SCHEMA,
     DataUnavailableError,
@@ -193,7 +193,7 @@ def test_registry_names():
 
 
 def test_missing_package_names_pip_package(monkeypatch):
-    import drllm.benchmarks as bm
+    import drllm.data.benchmarks as bm
 
     real = importlib.util.find_spec
     monkeypatch.setattr(bm.importlib.util, "find_spec",
@@ -428,7 +428,7 @@ def declared(tmp_path, block=None, rows=MC_ROWS, name="my_mc.jsonl"):
 
 
 def test_declared_multiple_choice_reads_every_file_format_alike(tmp_path):
-    from drllm.custom_benchmarks import load_custom
+    from drllm.data.declared import load_custom
 
     expected = [(f"{i:05d}", row["q"], row["options"], row["gold"]) for i, row in enumerate(MC_ROWS)]
     jsonl = load_custom("my_mc", "test", declared(tmp_path))
@@ -465,7 +465,7 @@ def test_declared_multiple_choice_reads_every_file_format_alike(tmp_path):
 
 
 def test_declared_qa_and_math(tmp_path):
-    from drllm.custom_benchmarks import load_custom
+    from drllm.data.declared import load_custom
 
     qa_rows = [{"passage": "Paris is in France.", "ask": "Where is Paris?", "gold": ["France", "in France", "France"]},
                {"passage": "Ice is cold.", "ask": "What is cold?", "gold": "Ice"}]
@@ -484,7 +484,7 @@ def test_declared_qa_and_math(tmp_path):
 
 
 def test_declared_partition_and_per_split_files(tmp_path):
-    from drllm.custom_benchmarks import CustomBenchmark, load_custom
+    from drllm.data.declared import CustomBenchmark, load_custom
 
     rows = [{"q": f"Question number {i}?", "options": ["a", "b"], "gold": i % 2} for i in range(400)]
     rows.append(dict(rows[7]))  # a repeated question lands in the same part as its twin
@@ -506,7 +506,7 @@ def test_declared_partition_and_per_split_files(tmp_path):
 
 def test_declared_hub_source_goes_through_load_dataset(tmp_path):
     """The hub path (datasets.load_dataset) on a local file with datasets' json builder: no network needed."""
-    from drllm.custom_benchmarks import CustomBenchmark, load_custom
+    from drllm.data.declared import CustomBenchmark, load_custom
 
     path = write_jsonl(tmp_path / "hub.jsonl", MC_ROWS)
     block = {**MC_BLOCK, "source": {"hub": "json", "data_files": str(path), "split": "train"}}
@@ -534,14 +534,14 @@ def test_declared_hub_source_goes_through_load_dataset(tmp_path):
     ([], {}, r"data\.my_mc\.source: \S*my_mc\.jsonl has no rows"),
 ])
 def test_declared_bad_rows_name_the_field_the_file_and_the_row(tmp_path, rows, block, message):
-    from drllm.custom_benchmarks import BenchmarkConfigError, load_custom
+    from drllm.data.declared import BenchmarkConfigError, load_custom
 
     with pytest.raises(BenchmarkConfigError, match=message):
         load_custom("my_mc", "test", declared(tmp_path, {**MC_BLOCK, **block}, rows))
 
 
 def test_declared_bad_files(tmp_path):
-    from drllm.custom_benchmarks import BenchmarkConfigError, load_custom
+    from drllm.data.declared import BenchmarkConfigError, load_custom
 
     (tmp_path / "bad.jsonl").write_text('{"q": "fine", "options": ["a"], "gold": 0}\n{"q": broken\n')
     with pytest.raises(BenchmarkConfigError, match=r"bad\.jsonl line 2: not valid JSON"):
@@ -579,7 +579,7 @@ def test_declared_bad_files(tmp_path):
     ({"answer_fromat": "index"}, r"data\.my_mc: unknown key\(s\) \['answer_fromat'\]"),
 ])
 def test_declared_bad_blocks_name_the_key(change, message):
-    from drllm.custom_benchmarks import BenchmarkConfigError, CustomBenchmark
+    from drllm.data.declared import BenchmarkConfigError, CustomBenchmark
 
     with pytest.raises(BenchmarkConfigError, match=message):
         CustomBenchmark.from_config("my_mc", {**MC_BLOCK, **change})
@@ -589,7 +589,7 @@ def test_declared_bad_blocks_name_the_key(change, message):
 
 
 def test_declared_benchmark_readers_need_a_format_of_its_kind():
-    from drllm.custom_benchmarks import BenchmarkConfigError, check_config
+    from drllm.data.declared import BenchmarkConfigError, check_config
 
     qa = {"kind": "qa", "source": {"path": "qa.jsonl"}, "fields": {"question": "q", "answer": "a"}, "splits": ["test"]}
     config = {"data": {"my_mc": MC_BLOCK, "my_qa": qa, "arc_easy": {"splits": ["test"], "hub": None}},
@@ -715,8 +715,8 @@ def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
 def test_readme_example_searches_and_evaluates_on_the_real_model(tmp_path, monkeypatch, smollm2_dir, capsys):
     """The README's dataset through the stage scripts as the rules call them: records, prompts, a tiny search,
     an evaluation cell, on the embedded SmolLM2."""
-    from drllm.evaluation import read_cell
-    from drllm.shards import read_shard
+    from drllm.evaluation.cells import read_cell
+    from drllm.search.shards import read_shard
 
     overlay, sample = readme_example()
     monkeypatch.chdir(tmp_path)  # the README's path is relative to where the pipeline runs

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 
-from drllm.calibration import (BASE_KNOB, CalibrationConfig, CalibrationSet, CurvePoint, choose_operating_point)
+from drllm.routing.calibration import (BASE_KNOB, CalibrationConfig, CalibrationSet, CurvePoint, choose_operating_point)
 
 
 def curve(table):
@@ -70,10 +70,10 @@ def test_calibration_stage_on_the_real_model(smollm2_dir, tmp_path, capsys):
 
     import torch
 
-    from drllm.benchmarks import load_benchmark, write_examples
-    from drllm.models import read_manifest
-    from drllm.router import RouterConfig, RouterStack
-    from drllm.shards import select_prompts, write_prompts
+    from drllm.data.benchmarks import load_benchmark, write_examples
+    from drllm.core.models import read_manifest
+    from drllm.routing.router import RouterConfig, RouterStack
+    from drllm.search.shards import select_prompts, write_prompts
 
     sys.path.insert(0, str(REPO / "workflow" / "scripts"))
     calibrate = importlib.import_module("calibrate_routers")

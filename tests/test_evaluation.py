@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_model
-from drllm.artifacts import ArtifactError
-from drllm.baselines import (block_influence, influence_rows, matched_removals, random_path, random_seed,
+from drllm.core.artifacts import ArtifactError
+from drllm.evaluation.baselines import (block_influence, influence_rows, matched_removals, random_path, random_seed,
                              read_influence, static_path, write_influence)
-from drllm.benchmarks import Example, load_benchmark, write_examples
-from drllm.evaluation import (CALIBRATED, EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
+from drllm.data.benchmarks import Example, load_benchmark, write_examples
+from drllm.evaluation.cells import (CALIBRATED, EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
                               method_name, parse_method, read_calibration, read_cell, sample_examples)
-from drllm.executor import PathExecutor
-from drllm.paths import LayerPath
-from drllm.router import RouterConfig, RouterStack
-from drllm.shards import select_prompts, write_prompts
-from drllm.tasks import get_format
+from drllm.core.executor import PathExecutor
+from drllm.core.paths import LayerPath
+from drllm.routing.router import RouterConfig, RouterStack
+from drllm.search.shards import select_prompts, write_prompts
+from drllm.formats.answers import get_format
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import block_influence as influence_cli  # noqa: E402
@@ -199,7 +199,7 @@ def test_every_method_on_the_real_model(cell_inputs, smollm2_dir, capsys):
 @pytest.mark.slow
 def test_a_killed_cell_resumes_without_redoing_examples(cell_inputs, smollm2_dir, capsys, monkeypatch):
     root = cell_inputs
-    from drllm import tasks
+    from drllm.formats import answers as tasks
 
     original, calls = tasks.ClozeFormat.evaluate, []
 
@@ -262,7 +262,7 @@ TINY_INFLUENCE = [0.4, 0.05, 0.3, 0.02, 0.2, 0.9]  # ranks 3, 1, 5, 0, 2, 4 -> r
 def tiny_inputs(tmp_path_factory):
     """A materialised tiny llama (byte tokenizer), cloze records, routers and a block influence file."""
     from test_tasks import byte_tokenizer, mc_example
-    from drllm.models import ModelSpec, materialize
+    from drllm.core.models import ModelSpec, materialize
 
     root = tmp_path_factory.mktemp("tiny_eval")
     source = root / "hf"

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_model
-from drllm.executor import ChoiceBatch, PathExecutor, UnsupportedModelError, boundary_steps, positions_from_mask
-from drllm.paths import LayerPath, PathError
+from drllm.core.executor import ChoiceBatch, PathExecutor, UnsupportedModelError, boundary_steps, positions_from_mask
+from drllm.core.paths import LayerPath, PathError
 
 SKIP_REPEAT = [(0, 0, 2, 3), (1, 1, 3, 3), (0, 2), (0, 1, 2, 2, 3)]
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import block_calls, random_prompts as prompts, tiny_model
-from drllm.artifacts import ArtifactError
-from drllm.executor import PathExecutor
-from drllm.inference import RoutedModel, pad_left
-from drllm.paths import LayerPath
-from drllm.router import RouterConfig, RouterStack, window_mean_pool
+from drllm.core.artifacts import ArtifactError
+from drllm.core.executor import PathExecutor
+from drllm.routing.inference import RoutedModel, pad_left
+from drllm.core.paths import LayerPath
+from drllm.routing.router import RouterConfig, RouterStack, window_mean_pool
 
 LAYERS = 6
 

@@ -1,4 +1,4 @@
-"""The lm-eval adapter (drllm.lmeval.DrLLM): scores and generations equal the executor's along the routed path,
+"""The lm-eval adapter (drllm.evaluation.lmeval.DrLLM): scores and generations equal the executor's along the routed path,
 tokenisation equals lm-eval's HFLM, simple_evaluate runs offline on local tasks, and bad arguments fail clearly."""
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import drllm.lmeval as lmeval
-from drllm.artifacts import ArtifactError
-from drllm.executor import PathExecutor
-from drllm.inference import RoutedModel
-from drllm.lmeval import DrLLM, cut_at_stop
-from drllm.models import read_manifest
-from drllm.router import RouterConfig, RouterStack
+import drllm.evaluation.lmeval as lmeval
+from drllm.core.artifacts import ArtifactError
+from drllm.core.executor import PathExecutor
+from drllm.routing.inference import RoutedModel
+from drllm.evaluation.lmeval import DrLLM, cut_at_stop
+from drllm.core.models import read_manifest
+from drllm.routing.router import RouterConfig, RouterStack
 
 PAIRS = [("The capital of France is", " Paris"),
          ("The capital of France is", " London"),
@@ -295,12 +295,12 @@ def test_registered_under_drllm():
 
 @pytest.mark.slow
 def test_lm_evals_own_models_stay_usable_after_the_import(smollm2_dir, tmp_path):
-    """A fresh interpreter: `import drllm.lmeval` first, then lm-eval's own `hf` model by name (its scores equal
+    """A fresh interpreter: `import drllm.evaluation.lmeval` first, then lm-eval's own `hf` model by name (its scores equal
     drllm's on the base model: test_loglikelihood_equals_lm_evals_hf_backend)."""
     choice, _ = local_tasks(tmp_path)
     script = f"""
 import json, sys
-import drllm.lmeval, lm_eval
+import drllm.evaluation.lmeval, lm_eval
 from lm_eval.tasks import TaskManager
 results = lm_eval.simple_evaluate(model="hf", model_args="pretrained={smollm2_dir},device=cpu,dtype=float32",
                                   tasks=[json.loads(sys.argv[1])], task_manager=TaskManager(include_defaults=False),
@@ -316,12 +316,12 @@ print("acc", results["results"]["drllm_local_mc"]["acc,none"])
 @pytest.mark.slow
 def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(smollm2_dir, routers_dir, tmp_path):
     """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path) and the
-    shipped DART stand-in at level 1 through `--include_path "$(python -m drllm.lmeval_tasks)"`, whose documents,
-    prompts and grades are the pipeline's (drllm.benchmarks records, BoxedFormat prompt and grading)."""
+    shipped DART stand-in at level 1 through `--include_path "$(python -m drllm.evaluation.lmeval_tasks)"`, whose documents,
+    prompts and grades are the pipeline's (drllm.data.benchmarks records, BoxedFormat prompt and grading)."""
     from transformers import AutoTokenizer
 
-    from drllm.benchmarks import load_benchmark
-    from drllm.tasks import BoxedFormat, render_prompt
+    from drllm.data.benchmarks import load_benchmark
+    from drllm.formats.answers import BoxedFormat, render_prompt
 
     choice, _ = local_tasks(tmp_path)
     local_yaml = tmp_path / "drllm_local_mc.yaml"
@@ -329,7 +329,7 @@ def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(sm
     bindir = Path(sys.executable).parent
     command = bindir / "drllm-lm-eval"
     assert command.is_file(), f"{command} missing: reinstall the package (make install)"
-    shipped = subprocess.run([sys.executable, "-m", "drllm.lmeval_tasks"], capture_output=True, text=True,
+    shipped = subprocess.run([sys.executable, "-m", "drllm.evaluation.lmeval_tasks"], capture_output=True, text=True,
                              check=True).stdout.strip()
     assert (Path(shipped) / "dart" / "dart_offline_level1.yaml").is_file()
     done = subprocess.run([str(command), "--model", "drllm", "--model_args",
@@ -413,13 +413,13 @@ def test_routers_for_another_model_are_refused(smollm2_dir, tmp_path):
         DrLLM(pretrained=str(tmp_path))
 
 
-# -- 6. the shipped task configs (drllm.lmeval_tasks) ---------------------------------------------------------------
+# -- 6. the shipped task configs (drllm.evaluation.lmeval_tasks) ---------------------------------------------------------------
 
 def dart_utils():
     """The DART tasks' utils.py, loaded from its file as lm-eval's `!function utils.x` loads it."""
     import importlib.util
 
-    from drllm.lmeval_tasks import PATH
+    from drllm.evaluation.lmeval_tasks import PATH
 
     spec = importlib.util.spec_from_file_location("dart_task_utils", PATH / "dart" / "utils.py")
     module = importlib.util.module_from_spec(spec)
@@ -431,7 +431,7 @@ def test_the_shipped_dart_tasks_are_indexed_by_level_with_groups():
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from drllm.lmeval_tasks import PATH
+    from drllm.evaluation.lmeval_tasks import PATH
 
     manager = TaskManager(include_path=str(PATH), include_defaults=False)
     levels = [f"dart_level{n}" for n in range(1, 6)]
@@ -458,8 +458,8 @@ def test_dart_grading_is_drllms_boxed_math_equivalence():
 
 def test_dart_hub_tasks_read_a_pool_as_the_pipeline_does(tmp_path):
     """hub_docs on a local file in the DART pool's format (repeated queries, nested level): de-duplicated, the
-    level kept, the evaluation half of the partition, equal to drllm.benchmarks' records."""
-    from drllm.benchmarks import dart_half, load_benchmark
+    level kept, the evaluation half of the partition, equal to drllm.data.benchmarks' records."""
+    from drllm.data.benchmarks import dart_half, load_benchmark
 
     rows = []
     for i in range(40):
@@ -479,7 +479,7 @@ def test_dart_hub_tasks_read_a_pool_as_the_pipeline_does(tmp_path):
 
 
 def test_evaluate_task_finds_the_shipped_tasks_by_name(monkeypatch, tmp_path):
-    """The pipeline's lm_eval entries (evaluate_task) index drllm.lmeval_tasks, so `task: dart_offline_level1`
+    """The pipeline's lm_eval entries (evaluate_task) index drllm.evaluation.lmeval_tasks, so `task: dart_offline_level1`
     needs no include_path (a task config mapping here: lm-eval's ~15k default tasks stay unindexed, seconds)."""
     import lm_eval
 
@@ -499,7 +499,7 @@ def test_evaluate_task_finds_the_shipped_tasks_by_name(monkeypatch, tmp_path):
 def test_drllm_lm_eval_includes_the_shipped_tasks_unless_given_a_path(monkeypatch):
     import lm_eval.__main__
 
-    from drllm.lmeval_tasks import PATH
+    from drllm.evaluation.lmeval_tasks import PATH
 
     calls = []
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: calls.append(sys.argv[1:]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_model
-from drllm.models import ModelAssetError, ModelSpec, embedded_gguf, load_model, materialize, read_manifest
+from drllm.core.models import ModelAssetError, ModelSpec, embedded_gguf, load_model, materialize, read_manifest
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import prepare_model  # noqa: E402
@@ -199,7 +199,7 @@ def test_unreachable_hub_model_says_what_to_check(tmp_path, monkeypatch):
 
 
 def test_cpu_fallbacks(monkeypatch):
-    from drllm.models import resolve_device, resolve_dtype
+    from drllm.core.models import resolve_device, resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto").type == "cpu"

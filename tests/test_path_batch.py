@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import block_calls, random_prompts as prompts, tiny_model
-from drllm import path_batch
-from drllm.executor import ChoiceBatch, PathExecutor
-from drllm.inference import pad_left
-from drllm.path_batch import PathBatch
-from drllm.paths import LayerPath
+from drllm.core import path_batch
+from drllm.core.executor import ChoiceBatch, PathExecutor
+from drllm.routing.inference import pad_left
+from drllm.core.path_batch import PathBatch
+from drllm.core.paths import LayerPath
 
 LAYERS = 6
 # skips, repeats, the full path, a repeat at the first and last block, and no block at all

@@ -1,6 +1,6 @@
 import pytest
 
-from drllm.paths import LayerPath, PathError
+from drllm.core.paths import LayerPath, PathError
 
 
 def test_default_and_counts_round_trip():

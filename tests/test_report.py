@@ -9,12 +9,12 @@ import polars as pl
 import pytest
 
 from conftest import REPO
-from drllm.artifacts import ArtifactError
-from drllm.evaluation import write_cell
-from drllm.metrics import bootstrap_interval, wilson_interval
-from drllm.report import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, SUMMARY_SCHEMA, Z95, build_report,
+from drllm.core.artifacts import ArtifactError
+from drllm.evaluation.cells import write_cell
+from drllm.evaluation.metrics import bootstrap_interval, wilson_interval
+from drllm.evaluation.report import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, SUMMARY_SCHEMA, Z95, build_report,
                           frontier_points, scores_by_level, load_cells, order_methods, summarize_cells)
-from drllm.router_card import release_card
+from drllm.routing.card import release_card
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import release_routers  # noqa: E402

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from drllm.rewards import RewardConfig, robust_choice_correct
-from drllm.tasks import Encoded, Outcome
+from drllm.search.rewards import RewardConfig, robust_choice_correct
+from drllm.formats.answers import Encoded, Outcome
 
 
 def choices(gold=0, fmt="cloze"):

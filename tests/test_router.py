@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from drllm.artifacts import ArtifactError
-from drllm.router import (CONFIG_FILE, WEIGHTS_FILE, Router, RouterConfig, RouterStack, apply_knob, decide,
+from drllm.core.artifacts import ArtifactError
+from drllm.routing.router import (CONFIG_FILE, WEIGHTS_FILE, Router, RouterConfig, RouterStack, apply_knob, decide,
                           router_parameter_count, window_mean_pool)
 
 
@@ -123,7 +123,7 @@ def test_logit_voting_is_mean_of_window_logits():
 
 def test_host_decision_equals_decide():
     """The routing pass decides on the host (one sync per block) exactly as `decide` does on the device."""
-    from drllm.inference import greedy_action
+    from drllm.routing.inference import greedy_action
 
     ties = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [0.45, 0.1, 0.45], [0.5, 0.25, 0.25], [1 / 3] * 3])
     probs = torch.cat([ties, apply_knob(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), 0.0),

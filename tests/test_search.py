@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from drllm.paths import LayerPath, PathError
-from drllm.search import (Action, MCTSConfig, Node, Tree, early_stop_reached, legal_actions, run_search,
+from drllm.core.paths import LayerPath, PathError
+from drllm.search.mcts import (Action, MCTSConfig, Node, Tree, early_stop_reached, legal_actions, run_search,
                           run_searches, search_steps, select_child, select_label, ucb_score, widening_limit)
 
 L = 8
@@ -350,7 +350,7 @@ def test_from_dict_rejects_unknown_keys_and_reads_the_config_file():
 
 
 def test_evaluation_budget_caps_real_evaluations():
-    from drllm.search import MCTSConfig, run_search
+    from drllm.search.mcts import MCTSConfig, run_search
 
     calls = []
     config = MCTSConfig(simulations=500, early_stop=False, max_evaluations=12)
@@ -402,7 +402,7 @@ def test_config_schema_and_mcts_config_agree_on_every_bound():
 
 
 def test_search_settings_are_validated_once_naming_the_field():
-    from drllm.workers import SearchSettings
+    from drllm.search.workers import SearchSettings
 
     manifest = {"name": "m", "num_layers": 4, "chat_template": False}
     settings = SearchSettings.from_dict({"mcts": {"simulations": 7}, "formats": {"cloze": {"normalize": "none"}}},
@@ -427,8 +427,8 @@ def test_config_schema_and_stage_settings_agree_on_every_bound():
     they read (the MCTS block has its own test above)."""
     import jsonschema
 
-    from drllm.evaluation import EvalSettings
-    from drllm.workers import SearchSettings
+    from drllm.evaluation.cells import EvalSettings
+    from drllm.search.workers import SearchSettings
 
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
     manifest = {"name": "m", "num_layers": 4}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from drllm.artifacts import ArtifactError
-from drllm.shards import Checkpoint, format_summary, read_shard, select_prompts, summarize, write_shard
+from drllm.core.artifacts import ArtifactError
+from drllm.search.shards import Checkpoint, format_summary, read_shard, select_prompts, summarize, write_shard
 
 
 def records(n=20):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drllm.executor import PathExecutor, positions_from_mask
-from drllm.models import read_manifest
-from drllm.paths import LayerPath
+from drllm.core.executor import PathExecutor, positions_from_mask
+from drllm.core.models import read_manifest
+from drllm.core.paths import LayerPath
 from test_executor import reassembled, uncached_greedy
 
 pytestmark = pytest.mark.slow

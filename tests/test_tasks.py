@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from drllm.benchmarks import Example
-from drllm.executor import Generation, PathExecutor
-from drllm.paths import LayerPath
-from drllm.tasks import (FORMATS, BoxedFormat, Encoded, LetterFormat, Outcome, encode_pair,
+from drllm.data.benchmarks import Example
+from drllm.core.executor import Generation, PathExecutor
+from drllm.core.paths import LayerPath
+from drllm.formats.answers import (FORMATS, BoxedFormat, Encoded, LetterFormat, Outcome, encode_pair,
                          extract_boxed, get_format, letter_phrase, math_equal, strict_letter)
 
 CHAT = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}" \
@@ -373,7 +373,7 @@ def test_outcome_and_encoded_are_frozen(tok):
 
 @pytest.mark.slow
 def test_smollm2_formats(smollm2):
-    from drllm.benchmarks import load_benchmark
+    from drllm.data.benchmarks import load_benchmark
 
     model_, tokenizer = smollm2
     executor = PathExecutor(model_)

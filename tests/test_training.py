@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_model
-from drllm.artifacts import ArtifactError, write_json
-from drllm.executor import PathExecutor
-from drllm.paths import LayerPath
-from drllm.router import RouterConfig, RouterStack, window_mean_pool
-from drllm.training import (METRIC_COLUMNS, METRICS_SCHEMA, FeatureCache, TrainConfig, TrainingSample, _train_loop,
+from drllm.core.artifacts import ArtifactError, write_json
+from drllm.core.executor import PathExecutor
+from drllm.core.paths import LayerPath
+from drllm.routing.router import RouterConfig, RouterStack, window_mean_pool
+from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, FeatureCache, TrainConfig, TrainingSample, _train_loop,
                             build_feature_cache, class_weights, focal_loss, label_counts, lr_multiplier,
                             read_metrics, read_samples, resolve_warmup, split_samples, teacher_forced_features,
                             train_class_weights, train_full_forward, train_routers, validate_samples, write_metrics,
@@ -362,7 +362,7 @@ def test_selection_on_real_validation_metrics():
 
 
 def evaluate_f1(stack, cache):
-    from drllm.training import evaluate_cache
+    from drllm.routing.training import evaluate_cache
 
     return evaluate_cache(stack, cache)["macro_f1"]
 
@@ -379,7 +379,7 @@ def test_no_validation_falls_back_to_the_last_epoch():
 
 
 def test_metrics_need_exactly_one_selected_row(tmp_path):
-    from drllm.artifacts import write_parquet
+    from drllm.core.artifacts import write_parquet
 
     config = TrainConfig(epochs=2, batch_size=4, hidden=8)
     rows = train_routers(new_stack(config, dim=16), synthetic_cache(8), config).epochs
@@ -409,7 +409,7 @@ def test_validation_metrics(executor):
 
 
 def test_classification_metrics_by_hand():
-    from drllm.training import classification_metrics
+    from drllm.routing.training import classification_metrics
 
     labels = torch.tensor([[0, 1], [1, 1], [2, 1]])
     predictions = torch.tensor([[0, 1], [1, 0], [1, 1]])

@@ -270,7 +270,7 @@ def test_tiny_run_evaluation_and_report(tiny_run):
 def test_tiny_run_provenance(tiny_run):
     """Every Parquet artifact names the stage, config, model and grader that made it."""
     work, _, manifest = tiny_run
-    from drllm.artifacts import read_provenance
+    from drllm.core.artifacts import read_provenance
 
     records = {path.relative_to(work): read_provenance(path)
                for path in sorted([*(work / "resources").rglob("*.parquet"), *(work / "results").rglob("*.parquet")])}

@@ -1,7 +1,7 @@
 """Static baseline calibration: ShortGPT block influence of every layer on the search's prompts.
 
 BI_l = 1 - mean cosine(hidden entering block l, hidden leaving it) over the calibration prompts' tokens along the
-full path (drllm.baselines). The static evaluation method removes the lowest-influence blocks.
+full path (drllm.evaluation.baselines). The static evaluation method removes the lowest-influence blocks.
 
 Example:
   python workflow/scripts/block_influence.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -14,14 +14,14 @@ import argparse
 import json
 import sys
 
-from drllm.artifacts import ArtifactError
-from drllm.baselines import block_influence, influence_rows, write_influence
-from drllm.executor import PathExecutor
-from drllm.models import chat_template_for, load_model
-from drllm.provenance import stage_provenance
-from drllm.shards import read_prompts
-from drllm.tasks import get_format
-from drllm.workers import example_from_row
+from drllm.core.artifacts import ArtifactError
+from drllm.evaluation.baselines import block_influence, influence_rows, write_influence
+from drllm.core.executor import PathExecutor
+from drllm.core.models import chat_template_for, load_model
+from drllm.core.provenance import stage_provenance
+from drllm.search.shards import read_prompts
+from drllm.formats.answers import get_format
+from drllm.search.workers import example_from_row
 
 
 def main(argv: list[str] | None = None) -> int:

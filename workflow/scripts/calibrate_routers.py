@@ -1,4 +1,4 @@
-"""Calibrate trained routers: choose the control knob p on held-out validation prompts (drllm.calibration).
+"""Calibrate trained routers: choose the control knob p on held-out validation prompts (drllm.routing.calibration).
 
 Each calibration set is a seeded sample of a benchmark split, with every prompt the search used removed (so the
 routers never saw them), routed at each knob of the grid and scored in its answer format. The chosen p (the
@@ -19,15 +19,15 @@ import argparse
 import json
 import sys
 
-from drllm.artifacts import ArtifactError, write_json
-from drllm.benchmarks import read_examples
-from drllm.calibration import (CalibrationConfig, CalibrationSet, calibration_curve, choose_operating_point,
+from drllm.core.artifacts import ArtifactError, write_json
+from drllm.data.benchmarks import read_examples
+from drllm.routing.calibration import (CalibrationConfig, CalibrationSet, calibration_curve, choose_operating_point,
                                curve_records)
-from drllm.evaluation import sample_examples
-from drllm.executor import PathExecutor
-from drllm.models import chat_template_for, load_model, read_manifest
-from drllm.router import RouterStack
-from drllm.shards import read_prompts
+from drllm.evaluation.cells import sample_examples
+from drllm.core.executor import PathExecutor
+from drllm.core.models import chat_template_for, load_model, read_manifest
+from drllm.routing.router import RouterStack
+from drllm.search.shards import read_prompts
 
 KEYS = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template"}
 

@@ -1,4 +1,4 @@
-"""Evaluation stage: one benchmark x one method -> one Parquet cell, one row per example (drllm.evaluation).
+"""Evaluation stage: one benchmark x one method -> one Parquet cell, one row per example (drllm.evaluation.cells).
 
 Methods: base | router | router@<p> (control knob p) | router@calibrated (p from --calibration) |
 static (needs --router-cell and --influence) | static@<k> (k layers removed; needs --influence) |
@@ -22,20 +22,20 @@ import sys
 import time
 from pathlib import Path
 
-from drllm.artifacts import ArtifactError
-from drllm.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
+from drllm.core.artifacts import ArtifactError
+from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
                              read_influence, static_path)
-from drllm.benchmarks import read_examples
-from drllm.evaluation import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntry, EvalSettings, EvaluationError,
+from drllm.data.benchmarks import read_examples
+from drllm.evaluation.cells import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntry, EvalSettings, EvaluationError,
                               cell_accuracy, evaluate_examples, method_name, parse_method, read_calibration,
                               read_cell, sample_examples, write_cell)
-from drllm.executor import PathExecutor
-from drllm.inference import RoutedModel
-from drllm.models import chat_template_for, load_model, read_manifest
-from drllm.provenance import stage_provenance
-from drllm.router import RouterStack
-from drllm.shards import Checkpoint, derived_seed
-from drllm.tasks import get_format
+from drllm.core.executor import PathExecutor
+from drllm.routing.inference import RoutedModel
+from drllm.core.models import chat_template_for, load_model, read_manifest
+from drllm.core.provenance import stage_provenance
+from drllm.routing.router import RouterStack
+from drllm.search.shards import Checkpoint, derived_seed
+from drllm.formats.answers import get_format
 
 def parse_settings(text: str) -> tuple[dict, EvalSettings]:
     """The settings as given (recorded in provenance and the checkpoint) and validated (what the cell uses)."""
@@ -116,7 +116,7 @@ def build_policy(kind: str, knob, args, ctx: CellContext, settings: EvalSettings
 def lm_eval_cell(args, entry: EvalEntry, kind: str, knob, settings: EvalSettings, manifest: dict,
                  method: str) -> list[dict]:
     """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
-    from drllm.lmeval import DrLLM, evaluate_task
+    from drllm.evaluation.lmeval import DrLLM, evaluate_task
 
     if kind not in LM_EVAL_METHODS:
         raise ValueError(f"method {method!r} does not apply to the lm-eval task {entry.name!r} "

@@ -1,4 +1,4 @@
-"""Write one benchmark split as a uniform examples Parquet file (see drllm.benchmarks).
+"""Write one benchmark split as a uniform examples Parquet file (see drllm.data.benchmarks).
 
     python workflow/scripts/prepare_data.py --benchmark dart --split train --levels 1,2 --limit 400 \
         --out results/data/dart/train.parquet
@@ -10,7 +10,7 @@
                       "partition": {"train": 0.5, "test": 0.5}}'
 
 --data-json is a config `data.<name>` block (the pipeline passes it without `splits`): one with a `kind` declares
-its own benchmark (drllm.custom_benchmarks), any other configures a built-in (`hub`, as --hub-json).
+its own benchmark (drllm.data.declared), any other configures a built-in (`hub`, as --hub-json).
 Prints one summary line on success; on a data or argument problem prints the reason on stderr and exits 2.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import argparse
 import json
 import sys
 
-from drllm.artifacts import ArtifactError
-from drllm.benchmarks import BENCHMARKS, load_benchmark, summarize, write_examples
-from drllm.custom_benchmarks import KINDS, is_config_declared, load_custom
-from drllm.provenance import stage_provenance
+from drllm.core.artifacts import ArtifactError
+from drllm.data.benchmarks import BENCHMARKS, load_benchmark, summarize, write_examples
+from drllm.data.declared import KINDS, is_config_declared, load_custom
+from drllm.core.provenance import stage_provenance
 
 
 def parse_json_object(text: str | None, flag: str) -> dict | None:

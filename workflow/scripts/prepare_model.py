@@ -13,8 +13,8 @@ import json
 import sys
 import time
 
-from drllm.artifacts import ArtifactError
-from drllm.models import ModelSpec, materialize
+from drllm.core.artifacts import ArtifactError
+from drllm.core.models import ModelSpec, materialize
 
 
 def main(argv: list[str] | None = None) -> int:

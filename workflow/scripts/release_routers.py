@@ -15,11 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from drllm.artifacts import ArtifactError, atomic_path, read_parquet, write_text
-from drllm.report import SUMMARY_SCHEMA
-from drllm.router import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
-from drllm.router_card import release_card
-from drllm.shards import read_shard
+from drllm.core.artifacts import ArtifactError, atomic_path, read_parquet, write_text
+from drllm.evaluation.report import SUMMARY_SCHEMA
+from drllm.routing.router import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+from drllm.routing.card import release_card
+from drllm.search.shards import read_shard
 
 CALIBRATION_FILE = "calibration.json"
 

@@ -1,10 +1,10 @@
 """Report: Tables 3 and 4 (score ± 95% CI, Δ vs base, executed layers), routing plots, Markdown, from eval cells.
 
-Reads the evaluation cells (one Parquet per benchmark x method, drllm.evaluation.EVAL_SCHEMA) and the list of
-skipped benchmarks, and writes to --out-dir (drllm.report.build_report):
+Reads the evaluation cells (one Parquet per benchmark x method, drllm.evaluation.cells.EVAL_SCHEMA) and the list of
+skipped benchmarks, and writes to --out-dir (drllm.evaluation.report.build_report):
 
   report.md                 Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, data sources
-  summary.parquet           one row per benchmark x method (drllm.report.SUMMARY_SCHEMA)
+  summary.parquet           one row per benchmark x method (drllm.evaluation.report.SUMMARY_SCHEMA)
   frontier.parquet          accuracy-vs-layers frontier points, per benchmark and averaged (FRONTIER_SCHEMA)
   accuracy_vs_layers.png, frontier.png (panels for the --in-domain-json benchmarks and the mean),
   layer_actions.png, routing_consensus.png
@@ -21,9 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-from drllm.artifacts import ArtifactError, read_json
-from drllm.provenance import stage_provenance
-from drllm.report import build_report, validate_skipped
+from drllm.core.artifacts import ArtifactError, read_json
+from drllm.core.provenance import stage_provenance
+from drllm.evaluation.report import build_report, validate_skipped
 
 
 def parse_skipped(text: str) -> list[dict]:

@@ -14,11 +14,11 @@ import sys
 
 from transformers import AutoTokenizer
 
-from drllm.artifacts import ArtifactError
-from drllm.models import chat_template_for, read_manifest
-from drllm.provenance import stage_provenance
-from drllm.shards import read_prompts, read_shard
-from drllm.training import samples_from_search, write_samples
+from drllm.core.artifacts import ArtifactError
+from drllm.core.models import chat_template_for, read_manifest
+from drllm.core.provenance import stage_provenance
+from drllm.search.shards import read_prompts, read_shard
+from drllm.routing.training import samples_from_search, write_samples
 
 
 def main(argv: list[str] | None = None) -> int:

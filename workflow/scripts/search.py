@@ -20,12 +20,12 @@ import time
 
 from tqdm import tqdm
 
-from drllm.artifacts import ArtifactError
-from drllm.models import read_manifest
-from drllm.provenance import stage_provenance
-from drllm.shards import Checkpoint, read_prompts, write_shard
-from drllm.tasks import FORMATS
-from drllm.workers import RayClusterError, SearchSettings, run_ray, run_serial
+from drllm.core.artifacts import ArtifactError
+from drllm.core.models import read_manifest
+from drllm.core.provenance import stage_provenance
+from drllm.search.shards import Checkpoint, read_prompts, write_shard
+from drllm.formats.answers import FORMATS
+from drllm.search.workers import RayClusterError, SearchSettings, run_ray, run_serial
 
 BACKENDS = ("serial", "ray")
 

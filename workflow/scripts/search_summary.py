@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from drllm.artifacts import ArtifactError, read_json, write_text
-from drllm.provenance import stage_provenance
-from drllm.shards import format_summary, read_shard, summarize, write_summary
+from drllm.core.artifacts import ArtifactError, read_json, write_text
+from drllm.core.provenance import stage_provenance
+from drllm.search.shards import format_summary, read_shard, summarize, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:

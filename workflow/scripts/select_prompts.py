@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.artifacts import ArtifactError
-from drllm.benchmarks import read_examples
-from drllm.provenance import stage_provenance
-from drllm.shards import select_prompts, write_prompts
+from drllm.core.artifacts import ArtifactError
+from drllm.data.benchmarks import read_examples
+from drllm.core.provenance import stage_provenance
+from drllm.search.shards import select_prompts, write_prompts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,16 @@
 """Train Dr.LLM routers on search labels with a frozen base model (METHOD.md §5).
 
-Reads training samples (Parquet, drllm.training.SAMPLES_SCHEMA: prompt_id, input_ids = the prompt tokens as the
+Reads training samples (Parquet, drllm.routing.training.SAMPLES_SCHEMA: prompt_id, input_ids = the prompt tokens as the
 search encoded them, labels = per-layer counts 0/1/2), splits them by prompt, builds the teacher-forced feature
 cache with one forward pass per sample, trains the routers on it and writes to --out-dir:
 
   routers.safetensors, router_config.json   the stack of the selected epoch (RouterStack.from_pretrained)
-  metrics.parquet                            one row per epoch (drllm.training.METRICS_SCHEMA; `selected` marks
+  metrics.parquet                            one row per epoch (drllm.routing.training.METRICS_SCHEMA; `selected` marks
                                              the epoch whose routers were saved)
   train_summary.json                         class counts and weights, split sizes, schedule, selected epoch,
                                              notes, timings
   training_curves.png, label_distribution.png
-  README.md                                  the model card (drllm.router_card): base model, revision and weights
+  README.md                                  the model card (drllm.routing.card): base model, revision and weights
                                              hash, label statistics, training settings, the selected epoch's fit
 
 Example:
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from drllm.artifacts import ArtifactError, atomic_path, write_json
-from drllm.models import read_manifest, resolve_device, resolve_dtype
-from drllm.provenance import stage_provenance
-from drllm.router import CLASSES, RouterConfig, RouterStack
-from drllm.router_card import write_card
-from drllm.training import (TrainConfig, build_feature_cache, label_counts, pick_cache_device, read_samples,
+from drllm.core.artifacts import ArtifactError, atomic_path, write_json
+from drllm.core.models import read_manifest, resolve_device, resolve_dtype
+from drllm.core.provenance import stage_provenance
+from drllm.routing.router import CLASSES, RouterConfig, RouterStack
+from drllm.routing.card import write_card
+from drllm.routing.training import (TrainConfig, build_feature_cache, label_counts, pick_cache_device, read_samples,
                             selected_row, split_samples, train_class_weights, train_routers, validate_samples,
                             write_metrics)
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True, help="materialised model (resources/models/<name>)")
     parser.add_argument("--samples", required=True, help="training samples Parquet (prompt_id, input_ids, labels)")
     parser.add_argument("--config-json", default="{}",
-                        help="training settings (drllm.training.TrainConfig keys) as JSON, or a JSON file")
+                        help="training settings (drllm.routing.training.TrainConfig keys) as JSON, or a JSON file")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="base model dtype: auto (bf16 on CUDA), float32, ...")
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_routers: error: {exc}", file=sys.stderr)
         return 2
 
-    from drllm.executor import PathExecutor
+    from drllm.core.executor import PathExecutor
 
     try:
         executor = PathExecutor(model)

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from drllm.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
 
 
 class DataUnavailableError(ArtifactError):
@@ -730,7 +730,7 @@ HUB_EXAMPLES = {name: b.hub_example for name, b in BENCHMARKS.items()}
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise ArtifactError(f"unknown benchmark {name!r}; known benchmarks: {sorted(BENCHMARKS)}, or declare it in the "
-                            f"config: data.{name} with kind, source and fields (drllm.custom_benchmarks)")
+                            f"config: data.{name} with kind, source and fields (drllm.data.declared)")
     return BENCHMARKS[name]
 
 

@@ -1,6 +1,6 @@
 """Report stage: the paper's Tables 3 and 4 from evaluation cells, with 95% intervals, plots and Markdown.
 
-Input: evaluation cells (one Parquet per benchmark x method, drllm.evaluation.EVAL_SCHEMA) and the list of
+Input: evaluation cells (one Parquet per benchmark x method, drllm.evaluation.cells.EVAL_SCHEMA) and the list of
 skipped benchmarks. Output (build_report): report.md, summary.parquet (SUMMARY_SCHEMA), frontier.parquet
 (FRONTIER_SCHEMA: the accuracy-vs-layers frontier's points) and four PNGs.
 Every number is computed from the cells; the bootstrap is seeded so the report is deterministic.
@@ -16,13 +16,13 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from drllm.artifacts import ArtifactError, atomic_path, write_parquet, write_text
-from drllm.evaluation import read_cell
-from drllm.metrics import bootstrap_interval, wilson_interval
+from drllm.core.artifacts import ArtifactError, atomic_path, write_parquet, write_text
+from drllm.evaluation.cells import read_cell
+from drllm.evaluation.metrics import bootstrap_interval, wilson_interval
 
 Z95 = 1.959963984540054          # two-sided 95% normal quantile
 RESAMPLES = 2000                 # bootstrap resamples per interval
-PLAIN_ROUTER_KNOB = -0.5         # drllm.router.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
+PLAIN_ROUTER_KNOB = -0.5         # drllm.routing.router.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
 ACTIONS = ("skip", "execute", "repeat")
 FIGURES = ("accuracy_vs_layers", "frontier", "layer_actions", "routing_consensus")
 MEAN_BENCHMARK = "(mean)"        # the frontier's across-benchmark rows (config names cannot hold parentheses)
@@ -648,7 +648,7 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
                  in_domain: Iterable[str] | None = None, provenance: dict | None = None) -> dict:
     """Read the cells, write report.md, summary.parquet, frontier.parquet and the PNGs into out_dir; return their
     paths. `in_domain`: the benchmarks the frontier figure shows panels for (None = every benchmark);
-    `provenance`: stored in both Parquet tables (drllm.provenance)."""
+    `provenance`: stored in both Parquet tables (drllm.core.provenance)."""
     skipped = validate_skipped(skipped)
     rows, empty = load_cells(cell_paths)
     summary = summarize_cells(rows, seed=seed)

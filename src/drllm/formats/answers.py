@@ -52,11 +52,11 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from drllm.executor import ChoiceBatch, PathExecutor, RunState
-from drllm.metrics import exact_match, gsm8k_equal, gsm8k_strict, max_over_golds, token_f1
-from drllm.paths import LayerPath
+from drllm.core.executor import ChoiceBatch, PathExecutor, RunState
+from drllm.evaluation.metrics import exact_match, gsm8k_equal, gsm8k_strict, max_over_golds, token_f1
+from drllm.core.paths import LayerPath
 
-# Bump when a prompt, an answer extraction or a grading rule below changes: artifacts record it (drllm.provenance),
+# Bump when a prompt, an answer extraction or a grading rule below changes: artifacts record it (drllm.core.provenance),
 # so scores made by different grading can be told apart.
 GRADER_VERSION = 1
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -3,21 +3,21 @@
 Importing this module registers the model type ``drllm`` with lm-eval next to lm-eval's own models (``hf``,
 ``vllm``... stay usable in the same process), so either of these works::
 
-    import drllm.lmeval, lm_eval
+    import drllm.evaluation.lmeval, lm_eval
     lm_eval.simple_evaluate(model="drllm", model_args="pretrained=resources/models/m,routers=results/routers",
                             tasks=["arc_easy"])
-    lm_eval.simple_evaluate(model=drllm.lmeval.DrLLM(pretrained=..., routers=...), tasks=[...])
+    lm_eval.simple_evaluate(model=drllm.evaluation.lmeval.DrLLM(pretrained=..., routers=...), tasks=[...])
 
 On the command line, ``drllm-lm-eval`` is lm-eval's own CLI with ``drllm`` registered (`main`)::
 
     drllm-lm-eval --model drllm --model_args pretrained=resources/models/m,routers=results/routers/m \
         --tasks arc_challenge,gsm8k,mmlu
 
-It also finds drllm's own task configs (`drllm.lmeval_tasks`: ``dart_level1``..5 / group ``dart`` from the hub,
+It also finds drllm's own task configs (`drllm.evaluation.lmeval_tasks`: ``dart_level1``..5 / group ``dart`` from the hub,
 ``dart_offline_level1``..5 / ``dart_offline`` from the packaged stand-in) unless ``--include_path`` is given;
-``python -m drllm.lmeval_tasks`` prints their directory for lm-eval's own ``--include_path``.
+``python -m drllm.evaluation.lmeval_tasks`` prints their directory for lm-eval's own ``--include_path``.
 
-Model arguments: ``pretrained`` (a materialised model directory, drllm.models; required), ``routers`` (a router
+Model arguments: ``pretrained`` (a materialised model directory, drllm.core.models; required), ``routers`` (a router
 directory; omitted or empty = the base model, every layer once), ``knob`` (the control knob p in [-1, 1]; needs
 routers), ``device`` / ``dtype`` ("auto"), ``batch_size`` (8), ``max_length`` (the model's
 max_position_embeddings capped at 4096), ``max_gen_toks`` (256), ``add_bos_token`` (None: the tokenizer's own
@@ -47,9 +47,9 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from drllm.executor import LogLikelihood
-from drllm.inference import RoutedModel, pad_left
-from drllm.paths import LayerPath
+from drllm.core.executor import LogLikelihood
+from drllm.routing.inference import RoutedModel, pad_left
+from drllm.core.paths import LayerPath
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ def cut_at_stop(text: str, until: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------
-# One lm-eval task as an evaluation cell (drllm.evaluation rows)
+# One lm-eval task as an evaluation cell (drllm.evaluation.cells rows)
 # --------------------------------------------------------------------------------------------------------
 
 def _prediction(filtered: Any) -> str:
@@ -437,7 +437,7 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
                   include_path: str | None = None, apply_chat_template: bool = False) -> list[dict]:
     """Run one lm-eval task through `lm` and return one record per document, in document order.
 
-    task: a registered task name (lm-eval's, drllm.lmeval_tasks' such as dart_offline_level1, or one under
+    task: a registered task name (lm-eval's, drllm.evaluation.lmeval_tasks' such as dart_offline_level1, or one under
     `include_path`) or a task config dict (e.g. a local json dataset). metric: the per-sample
     metric to report as the score (acc, acc_norm, exact_match, f1...). Each record: example_id (doc_id),
     prediction (the chosen option index, or the filtered generation), gold (lm-eval's target), score, path (routed
@@ -447,7 +447,7 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from drllm.lmeval_tasks import PATH as TASKS_PATH
+    from drllm.evaluation.lmeval_tasks import PATH as TASKS_PATH
 
     # drllm's own task configs (DART by level) by name; a user's include_path comes later and wins a name clash
     paths = [str(TASKS_PATH), *([str(include_path)] if include_path else [])]
@@ -485,12 +485,12 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`drllm-lm-eval`: lm-eval's command line (same arguments, same output) with the drllm model registered and,
-    unless `--include_path` is given, drllm's task configs included (drllm.lmeval_tasks: DART by level)."""
+    unless `--include_path` is given, drllm's task configs included (drllm.evaluation.lmeval_tasks: DART by level)."""
     import sys
 
     from lm_eval.__main__ import cli_evaluate
 
-    from drllm.lmeval_tasks import PATH as TASKS_PATH
+    from drllm.evaluation.lmeval_tasks import PATH as TASKS_PATH
 
     args = list(sys.argv[1:] if argv is None else argv)
     given = ("--include_path", "--config", "-C")  # a config file may name its own include_path

@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from drllm.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.benchmarks import EXAMPLE_SCHEMA
+from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.data.benchmarks import EXAMPLE_SCHEMA
 
 PROMPT_SCHEMA = pa.schema(
     [pa.field("task", pa.string(), nullable=False), pa.field("format", pa.string(), nullable=False),
@@ -51,7 +51,7 @@ SHARD_SCHEMA = pa.schema([
     pa.field("evaluated", pa.list_(EVALUATED)),                 # every evaluated path with its reward
     pa.field("max_fanout", pa.int64(), nullable=False),
     pa.field("max_depth", pa.int64(), nullable=False),
-    pa.field("reward", pa.string(), nullable=False),           # which reward judged the paths (drllm.rewards)
+    pa.field("reward", pa.string(), nullable=False),           # which reward judged the paths (drllm.search.rewards)
     pa.field("wall_seconds", pa.float64(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("search_config", pa.string(), nullable=False),     # JSON of the search settings

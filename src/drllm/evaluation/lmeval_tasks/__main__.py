@@ -1,4 +1,4 @@
 """Print the directory of drllm's lm-eval task configs (for lm-eval's --include_path)."""
-from drllm.lmeval_tasks import PATH
+from drllm.evaluation.lmeval_tasks import PATH
 
 print(PATH)

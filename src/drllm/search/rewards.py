@@ -24,9 +24,9 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
-from drllm.executor import PathExecutor, RunState
-from drllm.paths import LayerPath
-from drllm.tasks import AnswerFormat, Encoded, Outcome
+from drllm.core.executor import PathExecutor, RunState
+from drllm.core.paths import LayerPath
+from drllm.formats.answers import AnswerFormat, Encoded, Outcome
 
 
 REWARD_KINDS = ("binary", "robust")
@@ -174,8 +174,8 @@ class PathRewarder:
 def rewards_together(items: Sequence[tuple[PathRewarder, LayerPath]]) -> list[float]:
     """The reward of each (prompt's rewarder, path), as calling each rewarder alone would give (up to float
     rounding): the multiple-choice prompts' paths are scored as one mixed-path batch, each resumed from its own
-    kept prefix (`drllm.path_batch.score_together`); generation prompts are evaluated one after another."""
-    from drllm.path_batch import ScoreRequest, score_together
+    kept prefix (`drllm.core.path_batch.score_together`); generation prompts are evaluated one after another."""
+    from drllm.core.path_batch import ScoreRequest, score_together
 
     if len({id(rewarder) for rewarder, _ in items}) != len(items):
         raise ValueError("rewards_together takes at most one path per rewarder (the second would miss the "

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from drllm.artifacts import ArtifactError
-from drllm.benchmarks import DataUnavailableError, Example, _lookup, _parse_level, _unique, last_boxed, stable_hash
+from drllm.core.artifacts import ArtifactError
+from drllm.data.benchmarks import DataUnavailableError, Example, _lookup, _parse_level, _unique, last_boxed, stable_hash
 
 KINDS = {
     # kind: (required fields, optional fields)
@@ -52,7 +52,7 @@ KINDS = {
     "qa": (("question", "answer"), ("id", "context", "subset")),
     "math": (("question",), ("id", "subset", "level", "answer", "solution")),
 }
-# Which answer formats (drllm.tasks) read each kind's records.
+# Which answer formats (drllm.formats.answers) read each kind's records.
 KIND_FORMATS = {"multiple_choice": ("cloze", "letter"), "qa": ("qa",), "math": ("boxed", "gsm8k")}
 ANSWER_FORMATS = ("index", "letter", "text", "label")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

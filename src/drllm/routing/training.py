@@ -39,9 +39,9 @@ from typing import Any, Callable, Iterator, Sequence
 import pyarrow as pa
 import torch
 
-from drllm.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.paths import LayerPath
-from drllm.router import CLASSES, RouterStack, window_assignment
+from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.core.paths import LayerPath
+from drllm.routing.router import CLASSES, RouterStack, window_assignment
 
 # --------------------------------------------------------------------------------------------------------
 # Samples and schemas
@@ -86,9 +86,9 @@ class TrainingSample:
 def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict], tokenizer,
                         formats: dict | None = None, chat_template: bool = True) -> list[TrainingSample]:
     """Training samples from the kept search results: each prompt re-encoded exactly as the search read it."""
-    from drllm.tasks import get_format
-    from drllm.shards import prompt_hash
-    from drllm.workers import example_from_row
+    from drllm.formats.answers import get_format
+    from drllm.search.shards import prompt_hash
+    from drllm.search.workers import example_from_row
 
     prompts = {(row["task"], row["id"]): row for row in prompt_rows}
     samples = []

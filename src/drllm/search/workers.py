@@ -25,13 +25,13 @@ from typing import Any, Iterator
 
 import torch
 
-from drllm.benchmarks import EXAMPLE_SCHEMA, Example
-from drllm.executor import PathExecutor
-from drllm.models import chat_template_for
-from drllm.rewards import PathRewarder, RewardConfig, rewards_together
-from drllm.search import MCTSConfig, check_int, run_searches, search_steps
-from drllm.shards import derived_seed, prompt_hash
-from drllm.tasks import get_format
+from drllm.data.benchmarks import EXAMPLE_SCHEMA, Example
+from drllm.core.executor import PathExecutor
+from drllm.core.models import chat_template_for
+from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
+from drllm.search.mcts import MCTSConfig, check_int, run_searches, search_steps
+from drllm.search.shards import derived_seed, prompt_hash
+from drllm.formats.answers import get_format
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class SearchSettings:
     chat_template: bool = True
     prefix_cache: int = 8           # run states kept per prompt for prefix reuse; 0 disables reuse
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-format options
-    reward: dict[str, Any] = field(default_factory=dict)  # drllm.rewards.RewardConfig fields; {} = binary
+    reward: dict[str, Any] = field(default_factory=dict)  # drllm.search.rewards.RewardConfig fields; {} = binary
 
     def __post_init__(self) -> None:
         check_int(self.seed, "search.seed")
@@ -72,7 +72,7 @@ class SearchSettings:
     def from_dict(cls, block: dict[str, Any] | None, manifest: dict[str, Any]) -> "SearchSettings":
         """The settings from the search keys of the config's `search:` block (as the search rule passes them) and
         the materialised model's manifest; unknown keys fail naming them, absent ones take the defaults above
-        (chat_template: the model's own, see drllm.models.chat_template_for)."""
+        (chat_template: the model's own, see drllm.core.models.chat_template_for)."""
         block = dict(block or {})
         known = [f.name for f in fields(cls) if f.name not in ("model", "num_layers")]
         unknown = sorted(set(block) - set(known))
@@ -98,13 +98,13 @@ def example_from_row(row: dict) -> Example:
 
 
 def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: SearchSettings) -> dict:
-    """Run the MCTS on one prompt row; returns one shard row (see drllm.shards.SHARD_SCHEMA)."""
+    """Run the MCTS on one prompt row; returns one shard row (see drllm.search.shards.SHARD_SCHEMA)."""
     return search_prompts(executor, tokenizer, [row], settings)[0]
 
 
 def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings: SearchSettings) -> list[dict]:
     """Search several prompts in lockstep: each round, the next path of every unfinished search is evaluated in
-    one batch (`drllm.rewards.rewards_together`: multiple-choice prompts as one mixed-path batch). Each prompt's
+    one batch (`drllm.search.rewards.rewards_together`: multiple-choice prompts as one mixed-path batch). Each prompt's
     search is seeded on its own, so the rows equal searching the prompts one at a time (timing aside).
     `wall_seconds` shares the batch's time evenly among its prompts."""
     started = time.perf_counter()
@@ -158,7 +158,7 @@ class SearchWorker:
 
     def __init__(self, model_dir: str, settings: SearchSettings, device: str = "cpu", dtype: str = "auto",
                  threads: int = 0, shared_weights: dict | None = None):
-        from drllm.models import load_model
+        from drllm.core.models import load_model
 
         if threads:
             torch.set_num_threads(threads)
@@ -201,7 +201,7 @@ def _model_from_shared(model_dir: str, arrays: dict, device: str, dtype: str):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
-    from drllm.models import resolve_device, resolve_dtype
+    from drllm.core.models import resolve_device, resolve_dtype
 
     config = AutoConfig.from_pretrained(model_dir)
     with no_init_weights():

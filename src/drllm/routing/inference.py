@@ -4,7 +4,7 @@ The routing pass is the prefill. Block by block, router l reads the residual str
 means over the prompt's real tokens) and picks skip (0 runs), execute (1) or repeat (2); the blocks it runs fill
 one KV-cache slot per executed step. The path is then fixed and decoding runs along it.
 
-Batches stay one batch (drllm.path_batch): at each block every row's router decides, and only the rows that run
+Batches stay one batch (drllm.core.path_batch): at each block every row's router decides, and only the rows that run
 the block are computed, each execution with its own cache slot holding exactly those rows. A prompt therefore
 routes and decodes exactly as it would alone, with no wasted block applications, and a batch whose prompts take
 different paths decodes as one batch rather than one batch per path.
@@ -22,15 +22,15 @@ from typing import Sequence
 
 import torch
 
-from drllm import path_batch
-from drllm.executor import LogLikelihood, PathExecutor
-from drllm.path_batch import BatchGeneration as RoutedGeneration, BatchState
-from drllm.paths import LayerPath
-from drllm.router import EXECUTE, RouterStack, apply_knob, probabilities, window_assignment
+from drllm.core import path_batch
+from drllm.core.executor import LogLikelihood, PathExecutor
+from drllm.core.path_batch import BatchGeneration as RoutedGeneration, BatchState
+from drllm.core.paths import LayerPath
+from drllm.routing.router import EXECUTE, RouterStack, apply_knob, probabilities, window_assignment
 
 
 def greedy_action(probs: Sequence[float]) -> int:
-    """drllm.router.decide for one row of probabilities on the host: argmax, with a tie to execute going to execute."""
+    """drllm.routing.router.decide for one row of probabilities on the host: argmax, with a tie to execute going to execute."""
     best = max(range(len(probs)), key=lambda action: (probs[action], -action))
     return EXECUTE if probs[EXECUTE] >= probs[best] else best
 
@@ -69,9 +69,9 @@ class RoutedModel:
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, routers_dir: str | os.PathLike | None = None, *,
                         device: str = "auto", dtype: str = "auto", knob: float | None = None) -> "RoutedModel":
-        """Load a materialised model directory (drllm.models) and, if given, the routers trained for it (a local
+        """Load a materialised model directory (drllm.core.models) and, if given, the routers trained for it (a local
         directory or a hub repository id); routers trained for another model, revision or weights are refused."""
-        from drllm.models import load_model
+        from drllm.core.models import load_model
 
         model, tokenizer, manifest = load_model(model_dir, device=device, dtype=dtype)
         executor = PathExecutor(model)

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from drllm.artifacts import ArtifactError, write_text
-from drllm.report import markdown_table
-from drllm.router import CARD_FILE, CLASSES, RouterConfig
+from drllm.core.artifacts import ArtifactError, write_text
+from drllm.evaluation.report import markdown_table
+from drllm.routing.router import CARD_FILE, CLASSES, RouterConfig
 
 EVALUATION_HEADING = "## Evaluation"
 
@@ -57,7 +57,7 @@ def render_card(config: RouterConfig, manifest: dict[str, Any], labels: Sequence
         "## Use",
         "",
         "```python",
-        "from drllm.inference import RoutedModel",
+        "from drllm.routing.inference import RoutedModel",
         "routed = RoutedModel.from_pretrained(\"<materialised base model dir>\", \"<this directory or hub id>\")",
         "```",
         "",
@@ -93,7 +93,7 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
                  evaluation: Sequence[dict[str, Any]]) -> str:
     """The training card completed for release: its evaluation pointer replaced by the search settings (each
     distinct `search_config` of the shards), the search summary table and the evaluation table (base and router
-    rows of the report summary, drllm.report.SUMMARY_SCHEMA)."""
+    rows of the report summary, drllm.evaluation.report.SUMMARY_SCHEMA)."""
     if EVALUATION_HEADING not in card:
         raise ArtifactError(f"the router card has no '{EVALUATION_HEADING}' section to complete")
     head = card[:card.index(EVALUATION_HEADING)]

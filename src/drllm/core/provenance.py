@@ -1,7 +1,7 @@
 """Provenance of Parquet artifacts: the one helper every stage uses to say what made its file.
 
-`stage_provenance(stage, config, ...)` returns the record that `drllm.artifacts.write_parquet(...,
-provenance=...)` validates and stores under the file's metadata key b"drllm"; `drllm.artifacts.read_provenance`
+`stage_provenance(stage, config, ...)` returns the record that `drllm.core.artifacts.write_parquet(...,
+provenance=...)` validates and stores under the file's metadata key b"drllm"; `drllm.core.artifacts.read_provenance`
 reads it back. A record holds:
 
   stage, artifact       the stage that wrote the file and what the file is (write_parquet adds `artifact`)
@@ -27,7 +27,7 @@ import os
 from collections import Counter
 from typing import Any, Iterable
 
-from drllm.artifacts import (MODEL_FIELDS, PROVENANCE_VERSION, canonical_json, config_sha256, read_provenance,
+from drllm.core.artifacts import (MODEL_FIELDS, PROVENANCE_VERSION, canonical_json, config_sha256, read_provenance,
                              validate_provenance)
 
 GRADERS = ("drllm", "lm_eval")
@@ -51,14 +51,14 @@ def model_provenance(manifest: dict) -> dict:
 
 
 def grader_versions(graders: Iterable[str]) -> dict | None:
-    """Versions of what grades: "drllm" = the answer formats of drllm.tasks, "lm_eval" = lm-eval's metrics."""
+    """Versions of what grades: "drllm" = the answer formats of drllm.formats.answers, "lm_eval" = lm-eval's metrics."""
     graders = set(graders)
     unknown = sorted(graders - set(GRADERS))
     if unknown:
         raise ValueError(f"unknown grader(s) {unknown}; expected some of {list(GRADERS)}")
     versions = {}
     if "drllm" in graders:
-        from drllm.tasks import GRADER_VERSION  # imported here: drllm.tasks loads torch
+        from drllm.formats.answers import GRADER_VERSION  # imported here: drllm.formats.answers loads torch
 
         versions["drllm.tasks"] = str(GRADER_VERSION)
         versions["math_verify"] = package_version("math-verify") or "not installed"

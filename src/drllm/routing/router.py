@@ -26,13 +26,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from drllm.artifacts import ArtifactError, atomic_path, read_json, write_json
+from drllm.core.artifacts import ArtifactError, atomic_path, read_json, write_json
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
 CLASSES = ("skip", "execute", "repeat")
 WEIGHTS_FILE = "routers.safetensors"
 CONFIG_FILE = "router_config.json"
-CARD_FILE = "README.md"   # the model card (drllm.router_card)
+CARD_FILE = "README.md"   # the model card (drllm.routing.card)
 FORMAT_VERSION = 1
 
 
@@ -160,7 +160,7 @@ class RouterConfig:
     label_counts: list[int] | None = None  # training labels per class (skip, execute, repeat)
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
-    base_model_revision: str | None = None  # the base model's revision and weights hash (drllm.models manifest):
+    base_model_revision: str | None = None  # the base model's revision and weights hash (drllm.core.models manifest):
     base_model_sha256: str | None = None    # loading checks them when both sides know them
 
     def __post_init__(self) -> None:
@@ -263,7 +263,7 @@ class RouterStack(nn.Module):
     @classmethod
     def for_model(cls, directory: str | os.PathLike, manifest: dict[str, Any],
                   device: str | torch.device = "cpu") -> "RouterStack":
-        """Load routers checked against a materialised model's manifest (drllm.models): name, layers, width,
+        """Load routers checked against a materialised model's manifest (drllm.core.models): name, layers, width,
         revision and weights hash."""
         return cls.from_pretrained(directory, expected_model=manifest["name"],
                                    expected_layers=int(manifest["num_layers"]),

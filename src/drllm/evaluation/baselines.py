@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from drllm.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.executor import PathExecutor
-from drllm.paths import LayerPath
-from drllm.rewards import PathRewarder
-from drllm.search import MCTSConfig, run_search
-from drllm.shards import derived_seed
+from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.core.executor import PathExecutor
+from drllm.core.paths import LayerPath
+from drllm.search.rewards import PathRewarder
+from drllm.search.mcts import MCTSConfig, run_search
+from drllm.search.shards import derived_seed
 
 INFLUENCE_SCHEMA = pa.schema([
     pa.field("model", pa.string(), nullable=False),

@@ -4,10 +4,10 @@
 hkust-nlp/dart-math-pool-math) and ``dart_offline_level1`` ... ``dart_offline_level5`` (group ``dart_offline``:
 the packaged MATH stand-in), prompted and graded as drllm's ``boxed`` format (see ``dart/utils.py``).
 
-``python -m drllm.lmeval_tasks`` prints the directory, for lm-eval's own CLI::
+``python -m drllm.evaluation.lmeval_tasks`` prints the directory, for lm-eval's own CLI::
 
     lm_eval --model hf --model_args pretrained=resources/models/m --tasks dart_offline \\
-        --include_path "$(python -m drllm.lmeval_tasks)"
+        --include_path "$(python -m drllm.evaluation.lmeval_tasks)"
 
 ``drllm-lm-eval`` includes it by itself when no ``--include_path`` is given.
 """

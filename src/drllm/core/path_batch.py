@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from drllm.executor import (ChoiceBatch, LogLikelihood, RunState, UnsupportedModelError, empty_cache,
+from drllm.core.executor import (ChoiceBatch, LogLikelihood, RunState, UnsupportedModelError, empty_cache,
                             positions_from_mask)
-from drllm.paths import MAX_REPEATS, LayerPath
+from drllm.core.paths import MAX_REPEATS, LayerPath
 
 
 @dataclass(frozen=True)

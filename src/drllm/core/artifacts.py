@@ -3,7 +3,7 @@
 Every stage writes through these helpers: a file appears under its final name only once it is complete
 (temp file in the same directory, fsync, rename), and a Parquet table is checked against its schema by the
 same code that writes and reads it. A Parquet artifact may also carry its provenance (what made it) in the
-file's key-value metadata under PROVENANCE_KEY; drllm.provenance builds it, this module checks and stores it.
+file's key-value metadata under PROVENANCE_KEY; drllm.core.provenance builds it, this module checks and stores it.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
 
 def write_parquet(path: str | os.PathLike, table: pa.Table | list[dict], schema: pa.Schema, name: str,
                   provenance: dict | None = None) -> None:
-    """Validate against `schema` and write atomically; `provenance` (drllm.provenance.stage_provenance) is
+    """Validate against `schema` and write atomically; `provenance` (drllm.core.provenance.stage_provenance) is
     validated and stored in the file's metadata with `artifact` = `name`."""
     if not isinstance(table, pa.Table):
         rows = list(table)

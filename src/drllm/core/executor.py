@@ -21,7 +21,7 @@ from torch import nn
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, DynamicCache, get_layer_types_and_kwargs
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from drllm.paths import LayerPath
+from drllm.core.paths import LayerPath
 
 MASK_BUILDERS: dict[str, Callable] = {
     "full_attention": create_causal_mask,

