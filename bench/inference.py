@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from drllm.core import path_batch
-from drllm.data.benchmarks import load_benchmark
+from drllm.data.registry import load_benchmark
 from drllm.core.executor import PathExecutor
 from drllm.routing.inference import RoutedModel, pad_left
 from drllm.core.models import load_model, read_manifest, resolve_device

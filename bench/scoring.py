@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from drllm.data.benchmarks import load_benchmark
+from drllm.data.registry import load_benchmark
 from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model
 from drllm.formats.answers import get_format

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from drllm.data.benchmarks import load_benchmark
+from drllm.data.registry import load_benchmark
 from drllm.core.models import read_manifest
 from drllm.search.shards import select_prompts
 from drllm.search.workers import SearchSettings, SearchWorker, run_ray

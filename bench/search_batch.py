@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from drllm.core.artifacts import write_json
-from drllm.data.benchmarks import load_benchmark
+from drllm.data.registry import load_benchmark
 from drllm.core.models import MANIFEST, read_manifest
 from drllm.search.shards import TIMING_COLUMNS, select_prompts
 from drllm.search.workers import SearchSettings, SearchWorker

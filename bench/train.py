@@ -32,7 +32,7 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import MANIFEST, ModelSpec, load_model, materialize, resolve_device, resolve_dtype
 from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.training import (TrainConfig, TrainingSample, build_feature_cache, pick_cache_device, read_samples,
-                            teacher_forced_features, train_full_forward, train_routers, write_samples)
+                                    teacher_forced_features, train_full_forward, train_routers, write_samples)
 
 DEFAULT_MODEL = Path("resources/models/smollm2-135m-instruct")
 SHAPES = {
@@ -68,7 +68,7 @@ def encode(example, tokenizer) -> list[int]:
 
 
 def arc_prompts(tokenizer, count: int) -> list[tuple[str, list[int]]]:
-    from drllm.data.benchmarks import load_benchmark
+    from drllm.data.registry import load_benchmark
 
     return [(example.id, encode(example, tokenizer))
             for example in load_benchmark("arc_easy", "validation", limit=count)]

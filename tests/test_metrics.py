@@ -7,13 +7,14 @@ import math
 
 import pytest
 
-from drllm.data.benchmarks import Example
+from drllm.data.examples import Example
 from drllm.core.executor import PathExecutor
 from drllm.evaluation.metrics import (bootstrap_interval, exact_match, gsm8k_equal, gsm8k_normalize, gsm8k_strict,
-                           max_over_golds, normalize_answer, paired_bootstrap_delta, token_f1, wilson_interval)
+                                      max_over_golds, normalize_answer, paired_bootstrap_delta, token_f1,
+                                      wilson_interval)
 from drllm.core.paths import LayerPath
 from drllm.formats.answers import (GSM8K_INSTRUCTION, QA_INSTRUCTION, QA_INSTRUCTION_NO_CONTEXT, GSM8KFormat, Outcome,
-                         QAFormat, first_answer_line, get_format)
+                                   QAFormat, first_answer_line, get_format)
 from test_tasks import StubExecutor, byte_tokenizer, math_example, mc_example, model
 
 
@@ -286,7 +287,7 @@ def test_evaluate_along_paths(tok, name, example):
 
 @pytest.mark.slow
 def test_smollm2_gsm8k_and_qa(smollm2):
-    from drllm.data.benchmarks import load_benchmark
+    from drllm.data.registry import load_benchmark
 
     model_, tokenizer = smollm2
     executor = PathExecutor(model_)

@@ -12,8 +12,9 @@ from conftest import REPO
 from drllm.core.artifacts import ArtifactError
 from drllm.evaluation.cells import write_cell
 from drllm.evaluation.metrics import bootstrap_interval, wilson_interval
-from drllm.evaluation.report import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, SUMMARY_SCHEMA, Z95, build_report,
-                          frontier_points, scores_by_level, load_cells, order_methods, summarize_cells)
+from drllm.evaluation.report import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, REPORT_SUMMARY_SCHEMA, Z95,
+                                     build_report, frontier_points, scores_by_level, load_cells, order_methods,
+                                     summarize_cells)
 from drllm.routing.card import release_card
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -119,7 +120,7 @@ def test_build_report(cells, tmp_path):
     for name in ("accuracy_vs_layers", "frontier", "layer_actions", "routing_consensus"):
         assert paths[name] == out / f"{name}.png" and paths[name].stat().st_size > 1000
     table = pl.read_parquet(paths["summary"])
-    assert table.columns == SUMMARY_SCHEMA.names and table.height == 9
+    assert table.columns == REPORT_SUMMARY_SCHEMA.names and table.height == 9
 
     text = paths["report"].read_text()
     header = ("| benchmark | metric | n | base | router | router@-0.75 | router@-0.25 | router@0.25 | static | random "

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
-from drllm.data.benchmarks import load_benchmark
+from drllm.data.registry import load_benchmark
 from drllm.search.shards import select_prompts, write_prompts
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))

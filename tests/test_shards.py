@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from drllm.core.artifacts import ArtifactError
-from drllm.search.shards import Checkpoint, format_summary, read_shard, select_prompts, summarize, write_shard
+from drllm.search.shards import Checkpoint, format_summary, read_shard, select_prompts, summarize_search, write_shard
 
 
 def records(n=20):
@@ -74,7 +74,7 @@ def test_checkpoint_resumes_and_discards_a_torn_line_or_another_job(tmp_path):
 def test_summary_matches_hand_count():
     rows = [shard_row(0, labels=(1, 0, 1, 1)), shard_row(1, labels=(0, 1, 2, 1), w2c=True),
             shard_row(2, kept=False, w2c=False)]
-    summary, total = summarize(rows)
+    summary, total = summarize_search(rows)
     assert total["task"] == "all" and {k: v for k, v in total.items() if k != "task"} == \
         {k: v for k, v in summary.items() if k != "task"}
     assert summary["reward"] == "binary(margin=0,epsilon=none,min_f1=0.5)"
@@ -88,12 +88,12 @@ def test_summary_matches_hand_count():
 def test_summary_total_row_pools_tasks_and_the_table_shows_the_paper():
     rows = [shard_row(0, task="a", labels=(1, 0, 1, 1)), shard_row(1, task="b", labels=(1, 1, 1, 1)),
             shard_row(2, task="b", labels=(1, 0, 0, 1), w2c=True)]
-    by_task = {s["task"]: s for s in summarize(rows)}
+    by_task = {s["task"]: s for s in summarize_search(rows)}
     assert sorted(by_task) == ["a", "all", "b"]
     assert by_task["all"]["kept_samples"] == 3 and by_task["all"]["wrong_to_correct_share"] == 1 / 3
     assert by_task["all"]["mean_layers_saved"] == (1 + 0 + 2) / 3
     assert by_task["all"]["skip_share"] == 3 / 12
-    table = format_summary(summarize(rows))
+    table = format_summary(summarize_search(rows))
     assert "| all | 3 | 3 |" in table and "| paper (4,000 samples) |" in table and "1.82" in table
     with pytest.raises(ArtifactError, match="may not be named 'all'"):
-        summarize([shard_row(0, task="all")])
+        summarize_search([shard_row(0, task="all")])

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from drllm.data.benchmarks import Example
+from drllm.data.examples import Example
 from drllm.core.executor import Generation, PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.formats.answers import (FORMATS, BoxedFormat, Encoded, LetterFormat, Outcome, encode_pair,
-                         extract_boxed, get_format, letter_phrase, math_equal, strict_letter)
+from drllm.formats.answers import (FORMATS, BoxedFormat, Encoded, LetterFormat, Outcome, encode_pair, extract_boxed,
+                                   get_format, letter_phrase, math_equal, strict_letter)
 
 CHAT = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}" \
        "{% if add_generation_prompt %}[assistant] {% endif %}"
@@ -373,7 +373,7 @@ def test_outcome_and_encoded_are_frozen(tok):
 
 @pytest.mark.slow
 def test_smollm2_formats(smollm2):
-    from drllm.data.benchmarks import load_benchmark
+    from drllm.data.registry import load_benchmark
 
     model_, tokenizer = smollm2
     executor = PathExecutor(model_)

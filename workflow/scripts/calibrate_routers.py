@@ -20,9 +20,9 @@ import json
 import sys
 
 from drllm.core.artifacts import ArtifactError, write_json
-from drllm.data.benchmarks import read_examples
+from drllm.data.examples import read_examples
 from drllm.routing.calibration import (CalibrationConfig, CalibrationSet, calibration_curve, choose_operating_point,
-                               curve_records)
+                                       curve_records)
 from drllm.evaluation.cells import sample_examples
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError
 from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
-                             read_influence, static_path)
-from drllm.data.benchmarks import read_examples
+                                        read_influence, static_path)
+from drllm.data.examples import read_examples
 from drllm.evaluation.cells import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntry, EvalSettings, EvaluationError,
-                              cell_accuracy, evaluate_examples, method_name, parse_method, read_calibration,
-                              read_cell, sample_examples, write_cell)
+                                    cell_accuracy, evaluate_examples, method_name, parse_method, read_calibration,
+                                    read_cell, sample_examples, write_cell)
 from drllm.core.executor import PathExecutor
 from drllm.routing.inference import RoutedModel
 from drllm.core.models import chat_template_for, load_model, read_manifest

@@ -1,4 +1,4 @@
-"""Write one benchmark split as a uniform examples Parquet file (see drllm.data.benchmarks).
+"""Write one benchmark split as a uniform examples Parquet file (see drllm.data.registry).
 
     python workflow/scripts/prepare_data.py --benchmark dart --split train --levels 1,2 --limit 400 \
         --out results/data/dart/train.parquet
@@ -20,7 +20,8 @@ import json
 import sys
 
 from drllm.core.artifacts import ArtifactError
-from drllm.data.benchmarks import BENCHMARKS, load_benchmark, summarize, write_examples
+from drllm.data.examples import describe_examples, write_examples
+from drllm.data.registry import BENCHMARKS, load_benchmark
 from drllm.data.declared import KINDS, is_config_declared, load_custom
 from drllm.core.provenance import stage_provenance
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactError as exc:
         print(f"prepare_data: error: {exc}", file=sys.stderr)
         return 2
-    print(f"prepare_data: wrote {summarize(examples)} -> {args.out}")
+    print(f"prepare_data: wrote {describe_examples(examples)} -> {args.out}")
     return 0
 
 

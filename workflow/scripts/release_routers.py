@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, atomic_path, read_parquet, write_text
-from drllm.evaluation.report import SUMMARY_SCHEMA
+from drllm.evaluation.report import REPORT_SUMMARY_SCHEMA
 from drllm.routing.router import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from drllm.routing.card import release_card
 from drllm.search.shards import read_shard
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if not summary_md.is_file():
             raise ArtifactError(f"search summary not found: {summary_md}")
         settings = [row["search_config"] for path in args.shards for row in read_shard(path)]
-        evaluation = read_parquet(args.report_summary, SUMMARY_SCHEMA, "report summary").to_pylist()
+        evaluation = read_parquet(args.report_summary, REPORT_SUMMARY_SCHEMA, "report summary").to_pylist()
         card = release_card((router_dir / CARD_FILE).read_text(), settings,
                             summary_md.read_text().split("\n", 1)[-1], evaluation)
     except ArtifactError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, read_json, write_text
 from drllm.core.provenance import stage_provenance
-from drllm.search.shards import format_summary, read_shard, summarize, write_summary
+from drllm.search.shards import format_summary, read_shard, summarize_search, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for path in args.shards for row in read_shard(path, model, manifest["num_layers"])]
         if not rows:
             raise ArtifactError(f"the shards {args.shards} hold no prompts")
-        summary = summarize(rows)
+        summary = summarize_search(rows)
         # the stage takes no config; every shard's provenance is listed (one entry when they all agree)
         write_summary(args.out, summary, stage_provenance("search_summary", {}, manifest, inputs=args.shards))
     except ArtifactError as exc:

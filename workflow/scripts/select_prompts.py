@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from drllm.core.artifacts import ArtifactError
-from drllm.data.benchmarks import read_examples
+from drllm.data.examples import read_examples
 from drllm.core.provenance import stage_provenance
 from drllm.search.shards import select_prompts, write_prompts
 

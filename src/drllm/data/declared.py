@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from drllm.core.artifacts import ArtifactError
-from drllm.data.benchmarks import DataUnavailableError, Example, _lookup, _parse_level, _unique, last_boxed, stable_hash
+from drllm.data.examples import DataUnavailableError, Example
+from drllm.data.mappers import _lookup, _parse_level, _unique, last_boxed, stable_hash
 
 KINDS = {
     # kind: (required fields, optional fields)

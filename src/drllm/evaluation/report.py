@@ -1,7 +1,7 @@
 """Report stage: the paper's Tables 3 and 4 from evaluation cells, with 95% intervals, plots and Markdown.
 
 Input: evaluation cells (one Parquet per benchmark x method, drllm.evaluation.cells.EVAL_SCHEMA) and the list of
-skipped benchmarks. Output (build_report): report.md, summary.parquet (SUMMARY_SCHEMA), frontier.parquet
+skipped benchmarks. Output (build_report): report.md, summary.parquet (REPORT_SUMMARY_SCHEMA), frontier.parquet
 (FRONTIER_SCHEMA: the accuracy-vs-layers frontier's points) and four PNGs.
 Every number is computed from the cells; the bootstrap is seeded so the report is deterministic.
 """
@@ -30,7 +30,7 @@ SWEEPS = ("router", "static", "random")          # <kind>@<param> methods drawn 
 FRONTIER_POINTS = ("base", "router", "router@calibrated", "oracle")  # drawn as single markers
 
 # One row per benchmark x method. Scores are fractions (0..1); the Markdown shows them in percent.
-SUMMARY_SCHEMA = pa.schema([
+REPORT_SUMMARY_SCHEMA = pa.schema([
     pa.field("benchmark", pa.string(), nullable=False),
     pa.field("method", pa.string(), nullable=False),
     pa.field("knob", pa.float64()),                          # control knob p of router@p, else null
@@ -140,7 +140,7 @@ def _joined(values) -> str:
 
 
 def summarize_cells(rows: list[dict], seed: int = 0, resamples: int = RESAMPLES) -> list[dict]:
-    """One SUMMARY_SCHEMA row per benchmark x method found in `rows` (EVAL_SCHEMA rows of any cells)."""
+    """One REPORT_SUMMARY_SCHEMA row per benchmark x method found in `rows` (EVAL_SCHEMA rows of any cells)."""
     groups = _group(rows)
     summary = []
     for (benchmark, method), cell in sorted(groups.items(), key=lambda kv: (kv[0][0], method_sort_key(kv[0][1]))):
@@ -660,7 +660,7 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     plot_layer_actions(rows, paths["layer_actions"])
     plot_routing_consensus(rows, paths["routing_consensus"])
     paths["summary"] = out_dir / "summary.parquet"
-    write_parquet(paths["summary"], summary, SUMMARY_SCHEMA, "report summary", provenance)
+    write_parquet(paths["summary"], summary, REPORT_SUMMARY_SCHEMA, "report summary", provenance)
     paths["frontier_points"] = out_dir / "frontier.parquet"
     write_parquet(paths["frontier_points"], frontier, FRONTIER_SCHEMA, "frontier points", provenance)
     paths["report"] = out_dir / "report.md"

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.data.benchmarks import EXAMPLE_SCHEMA
+from drllm.data.examples import EXAMPLE_SCHEMA
 
 PROMPT_SCHEMA = pa.schema(
     [pa.field("task", pa.string(), nullable=False), pa.field("format", pa.string(), nullable=False),
@@ -58,7 +58,7 @@ SHARD_SCHEMA = pa.schema([
 ])
 TIMING_COLUMNS = ("wall_seconds",)
 
-SUMMARY_SCHEMA = pa.schema([
+SEARCH_SUMMARY_SCHEMA = pa.schema([
     pa.field("task", pa.string(), nullable=False),
     pa.field("prompts", pa.int64(), nullable=False),
     pa.field("kept_samples", pa.int64(), nullable=False),
@@ -180,7 +180,7 @@ def _summary_row(task: str, task_rows: list[dict]) -> dict:
     }
 
 
-def summarize(rows: Iterable[dict]) -> list[dict]:
+def summarize_search(rows: Iterable[dict]) -> list[dict]:
     """The paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, layers saved,
     label mix), then one row `all` over every task (the label statistics to hold against the paper's)."""
     rows = list(rows)
@@ -196,7 +196,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
 
 
 def write_summary(path, summary: list[dict], provenance: dict | None = None) -> None:
-    write_parquet(path, summary, SUMMARY_SCHEMA, "search summary", provenance)
+    write_parquet(path, summary, SEARCH_SUMMARY_SCHEMA, "search summary", provenance)
 
 
 def format_summary(summary: list[dict]) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-from drllm.data.benchmarks import EXAMPLE_SCHEMA, Example
+from drllm.data.examples import EXAMPLE_SCHEMA, Example
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for
 from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together

