@@ -27,8 +27,9 @@ import torch
 from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model
 from drllm.routing.router import CLASSES, RouterConfig, RouterStack
-from drllm.routing.training import TrainConfig, build_feature_cache, classification_metrics, label_counts, read_samples, \
-    train_routers
+from drllm.routing.features import build_feature_cache
+from drllm.routing.samples import read_samples
+from drllm.routing.training import TrainConfig, classification_metrics, label_counts, train_routers
 
 EXECUTE = CLASSES.index("execute")
 SKIP = CLASSES.index("skip")

@@ -31,8 +31,10 @@ import torch
 from drllm.core.executor import PathExecutor
 from drllm.core.models import MANIFEST, ModelSpec, load_model, materialize, resolve_device, resolve_dtype
 from drllm.routing.router import RouterConfig, RouterStack
-from drllm.routing.training import (TrainConfig, TrainingSample, build_feature_cache, pick_cache_device, read_samples,
-                                    teacher_forced_features, train_full_forward, train_routers, write_samples)
+from drllm.routing.features import build_feature_cache, pick_cache_device, teacher_forced_features
+from drllm.routing.full_forward import train_full_forward
+from drllm.routing.samples import TrainingSample, read_samples, write_samples
+from drllm.routing.training import TrainConfig, train_routers
 
 DEFAULT_MODEL = Path("resources/models/smollm2-135m-instruct")
 SHAPES = {

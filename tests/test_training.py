@@ -13,11 +13,12 @@ from drllm.core.artifacts import ArtifactError, write_json
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.router import RouterConfig, RouterStack, window_mean_pool
-from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, FeatureCache, TrainConfig, TrainingSample, _train_loop,
-                            build_feature_cache, class_weights, focal_loss, label_counts, lr_multiplier,
-                            read_metrics, read_samples, resolve_warmup, split_samples, teacher_forced_features,
-                            train_class_weights, train_full_forward, train_routers, validate_samples, write_metrics,
-                            write_samples)
+from drllm.routing.features import FeatureCache, build_feature_cache, teacher_forced_features
+from drllm.routing.full_forward import train_full_forward
+from drllm.routing.samples import TrainingSample, read_samples, split_samples, validate_samples, write_samples
+from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, TrainConfig, _train_loop, class_weights, focal_loss,
+                                    label_counts, lr_multiplier, read_metrics, resolve_warmup, train_class_weights,
+                                    train_routers, write_metrics)
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import train_routers as cli  # noqa: E402

@@ -18,7 +18,7 @@ from drllm.core.artifacts import ArtifactError
 from drllm.core.models import chat_template_for, read_manifest
 from drllm.core.provenance import stage_provenance
 from drllm.search.shards import read_prompts, read_shard
-from drllm.routing.training import samples_from_search, write_samples
+from drllm.routing.samples import samples_from_search, write_samples
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Train Dr.LLM routers on search labels with a frozen base model (METHOD.md §5).
 
-Reads training samples (Parquet, drllm.routing.training.SAMPLES_SCHEMA: prompt_id, input_ids = the prompt tokens as the
+Reads training samples (Parquet, drllm.routing.samples.SAMPLES_SCHEMA: prompt_id, input_ids = the prompt tokens as the
 search encoded them, labels = per-layer counts 0/1/2), splits them by prompt, builds the teacher-forced feature
 cache with one forward pass per sample, trains the routers on it and writes to --out-dir:
 
@@ -34,9 +34,10 @@ from drllm.core.models import read_manifest, resolve_device, resolve_dtype
 from drllm.core.provenance import stage_provenance
 from drllm.routing.router import CLASSES, RouterConfig, RouterStack
 from drllm.routing.card import write_card
-from drllm.routing.training import (TrainConfig, build_feature_cache, label_counts, pick_cache_device, read_samples,
-                            selected_row, split_samples, train_class_weights, train_routers, validate_samples,
-                            write_metrics)
+from drllm.routing.features import build_feature_cache, pick_cache_device
+from drllm.routing.samples import read_samples, split_samples, validate_samples
+from drllm.routing.training import (TrainConfig, label_counts, selected_row, train_class_weights, train_routers,
+                                    write_metrics)
 
 
 def read_config_block(text: str) -> dict:

@@ -28,6 +28,7 @@ from drllm.data.mappers import (AGIEVAL_FIELDS, AIME_FIELDS, ARC_FIELDS, DART_FI
 from drllm.data.packaged import (_offline_aime, _offline_arc, _offline_dart, _offline_gpqa, _offline_gsm8k,
                                  _offline_mmlu, _offline_piqa, _offline_squad, _offline_truthfulqa)
 
+
 # --------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 The speed trick. The base model is frozen and teacher forcing runs it along the *labelled* path, which does not
 depend on the routers. So the window means each router sees are constants of the sample: one forward pass per
-sample (`build_feature_cache`) gives a tensor [N, L, W, d], and every epoch afterwards is a few batched matmuls over
-that tensor (`train_routers`). `train_full_forward` is the literal version, which reruns the frozen model along the
+sample (`drllm.routing.features.build_feature_cache`) gives a tensor [N, L, W, d], and every epoch afterwards is a few batched matmuls over
+that tensor (`train_routers`). `drllm.routing.full_forward` is the literal version, which reruns the frozen model along the
 labelled path at every step and pools on the fly; it exists to show that both give the same losses.
 
 Decisions where the paper is silent or where we differ (all configurable through `TrainConfig`):
@@ -29,29 +29,17 @@ Decisions where the paper is silent or where we differ (all configurable through
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 import torch
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.core.paths import LayerPath
-from drllm.routing.router import CLASSES, RouterStack, window_assignment
-
-# --------------------------------------------------------------------------------------------------------
-# Samples and schemas
-# --------------------------------------------------------------------------------------------------------
-
-SAMPLES_SCHEMA = pa.schema([
-    pa.field("prompt_id", pa.string(), nullable=False),
-    pa.field("input_ids", pa.list_(pa.int64()), nullable=False),  # the prompt exactly as the search encoded it
-    pa.field("labels", pa.list_(pa.int8()), nullable=False),      # per-layer counts 0 skip / 1 execute / 2 repeat
-])
+from drllm.routing.features import CACHE_DTYPES, FeatureCache
+from drllm.routing.router import CLASSES, RouterStack
 
 METRICS_SCHEMA = pa.schema([
     pa.field("epoch", pa.int64(), nullable=False),
@@ -69,54 +57,6 @@ METRICS_SCHEMA = pa.schema([
     pa.field("selected", pa.bool_(), nullable=False),         # the epoch whose routers were kept (one row)
 ])
 METRIC_COLUMNS = tuple(METRICS_SCHEMA.names)
-
-
-@dataclass(frozen=True)
-class TrainingSample:
-    """One kept search prompt: its token ids (as the search encoded it) and the per-layer label counts."""
-
-    prompt_id: str
-    input_ids: list[int]
-    labels: list[int]
-
-    def path(self) -> LayerPath:
-        return LayerPath.from_counts(self.labels)
-
-
-def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict], tokenizer,
-                        formats: dict | None = None, chat_template: bool = True) -> list[TrainingSample]:
-    """Training samples from the kept search results: each prompt re-encoded exactly as the search read it."""
-    from drllm.formats.answers import get_format
-    from drllm.search.shards import prompt_hash
-    from drllm.search.workers import example_from_row
-
-    prompts = {(row["task"], row["id"]): row for row in prompt_rows}
-    samples = []
-    for result in shard_rows:
-        if not result["kept"]:
-            continue
-        key = (result["task"], result["prompt_id"])
-        if key not in prompts:
-            raise ArtifactError(f"search result {key} has no prompt in the prompt sets given")
-        row = prompts[key]
-        encoded = get_format(row["format"], **(formats or {}).get(row["format"], {})).encode(
-            example_from_row(row), tokenizer, chat_template=chat_template)
-        if prompt_hash(encoded.prompt_text) != result["prompt_hash"]:
-            raise ArtifactError(f"prompt {key}: its encoding differs from the one searched (prompt_hash); "
-                                "was the search run with another tokenizer, format option or chat template?")
-        samples.append(TrainingSample(f"{result['task']}/{result['prompt_id']}", encoded.prompt_ids,
-                                      list(result["labels"])))
-    return samples
-
-
-def write_samples(path, samples: Sequence[TrainingSample], provenance: dict | None = None) -> None:
-    rows = [{"prompt_id": s.prompt_id, "input_ids": list(s.input_ids), "labels": list(s.labels)} for s in samples]
-    write_parquet(path, rows, SAMPLES_SCHEMA, "training samples", provenance)
-
-
-def read_samples(path) -> list[TrainingSample]:
-    table = read_parquet(path, SAMPLES_SCHEMA, "training samples")
-    return [TrainingSample(r["prompt_id"], list(r["input_ids"]), list(r["labels"])) for r in table.to_pylist()]
 
 
 def write_metrics(path, rows: Sequence[dict], provenance: dict | None = None) -> None:
@@ -142,51 +82,6 @@ def selected_row(rows: Sequence[dict]) -> dict:
     if len(chosen) != 1:
         raise ArtifactError(f"training metrics: {len(chosen)} rows are selected, expected exactly one")
     return chosen[0]
-
-
-def validate_samples(samples: Sequence[TrainingSample], num_layers: int, vocab_size: int | None = None) -> None:
-    """Raise ArtifactError naming the prompt (and layer) of the first bad sample."""
-    if not samples:
-        raise ArtifactError("no training samples: the search kept no prompt (or the sample list is empty)")
-    for index, sample in enumerate(samples):
-        pid = sample.prompt_id
-        if not isinstance(pid, str) or not pid:
-            raise ArtifactError(f"sample {index}: prompt_id must be a non-empty string, got {pid!r}")
-        if len(sample.input_ids) == 0:
-            raise ArtifactError(f"sample {pid!r}: no input ids (routers pool over the prompt tokens)")
-        if vocab_size is not None:
-            bad = [t for t in sample.input_ids if not 0 <= int(t) < vocab_size]
-            if bad:
-                raise ArtifactError(f"sample {pid!r}: token id {bad[0]} is outside the vocabulary 0..{vocab_size - 1}")
-        if len(sample.labels) != num_layers:
-            raise ArtifactError(f"sample {pid!r}: {len(sample.labels)} labels, but the model has {num_layers} layers")
-        for layer, label in enumerate(sample.labels):
-            if isinstance(label, bool) or label not in (0, 1, 2):
-                raise ArtifactError(f"sample {pid!r}: layer {layer} has label {label!r}; labels are 0 (skip), "
-                                    "1 (execute) or 2 (repeat)")
-
-
-def split_samples(samples: Sequence[TrainingSample], val_fraction: float,
-                  seed: int) -> tuple[list[TrainingSample], list[TrainingSample]]:
-    """Seeded split by prompt id: round(val_fraction * prompts) prompts (at least 1 if val_fraction > 0 and there
-    are 2+ prompts) go to validation, chosen by a seeded hash of the id, so the split does not depend on the
-    order of `samples`. Every sample of a prompt lands on the same side; both sides keep the input order."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    prompts = sorted({s.prompt_id for s in samples})
-    count = round(val_fraction * len(prompts))
-    if val_fraction > 0 and len(prompts) >= 2:
-        count = min(max(count, 1), len(prompts) - 1)
-    ranked = sorted(prompts, key=lambda pid: (hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(), pid))
-    val_ids = set(ranked[:count])
-    return ([s for s in samples if s.prompt_id not in val_ids], [s for s in samples if s.prompt_id in val_ids])
-
-
-# --------------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------------
-
-CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CLASS_WEIGHT_MODES = ("none", "effective", "fixed")
 SELECT_EPOCH = ("val_macro_f1", "val_loss", "last")
 
@@ -359,159 +254,6 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tenso
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Teacher-forced features
-# --------------------------------------------------------------------------------------------------------
-
-def _path_chunks(samples: Sequence[TrainingSample], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped by labelled path (the executor runs one path per batch), by length within a path."""
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for index, sample in enumerate(samples):
-        groups[tuple(int(c) for c in sample.labels)].append(index)
-    for key in sorted(groups, key=lambda k: groups[k][0]):
-        members = sorted(groups[key], key=lambda i: (len(samples[i].input_ids), i))
-        for start in range(0, len(members), batch_size):
-            yield members[start:start + batch_size]
-
-
-def _iter_features(executor, samples: Sequence[TrainingSample], windows: int,
-                   batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Yield (indices, window means [b, L, windows, d] float32, window mask [b, windows]) per forward pass."""
-    num_layers = executor.num_layers
-    for chunk in _path_chunks(samples, batch_size):
-        rows = [samples[i] for i in chunk]
-        width = max(len(s.input_ids) for s in rows)
-        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, sample in enumerate(rows):  # right padding: real tokens never attend to pads
-            input_ids[row, :len(sample.input_ids)] = torch.as_tensor(sample.input_ids, dtype=torch.long)
-            mask[row, :len(sample.input_ids)] = 1
-        padded = bool((mask == 0).any())
-        state = executor.prefill(input_ids, mask if padded else None, rows[0].path(), keep_hidden=True,
-                                 logits="none")
-        layer_inputs = state.layer_inputs()
-        # the pooling matrix depends only on the mask: build it once, then one matmul per layer (no host syncs)
-        assign, window_mask = window_assignment(mask, len(rows), width, windows, executor.device)
-        means = torch.zeros((len(rows), num_layers, windows, layer_inputs[0].shape[-1]), dtype=torch.float32,
-                            device=executor.device)
-        for layer, hidden in enumerate(layer_inputs):
-            means[:, layer, :assign.shape[1]] = torch.bmm(assign, hidden.float())
-        full_mask = torch.zeros((len(rows), windows), dtype=torch.bool, device=executor.device)
-        full_mask[:, :window_mask.shape[1]] = window_mask
-        yield chunk, means, full_mask
-
-
-def teacher_forced_features(executor, samples: Sequence[TrainingSample], windows: int = 8,
-                            batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen model along each sample's labelled path now and pool every layer's input over the prompt.
-
-    Returns (means [n, L, windows, d] float32, window_mask [n, windows]) on the executor's device, in the order
-    of `samples`.
-    """
-    if not samples:
-        raise ArtifactError("no samples to compute features for")
-    means = window_mask = None
-    for chunk, chunk_means, chunk_mask in _iter_features(executor, samples, windows, batch_size):
-        if means is None:
-            means = chunk_means.new_zeros((len(samples),) + tuple(chunk_means.shape[1:]))
-            window_mask = chunk_mask.new_zeros((len(samples), windows))
-        index = torch.as_tensor(chunk, device=chunk_means.device)
-        means[index] = chunk_means
-        window_mask[index] = chunk_mask
-    return means, window_mask
-
-
-@dataclass
-class FeatureCache:
-    """Teacher-forced window means: what router l sees for sample i is means[i, l] (valid windows: window_mask[i])."""
-
-    prompt_ids: list[str]
-    means: torch.Tensor        # [N, L, W, d] float32 or bfloat16
-    window_mask: torch.Tensor  # [N, W] bool
-    labels: torch.Tensor       # [N, L] long
-
-    def __post_init__(self) -> None:
-        n = len(self.prompt_ids)
-        if self.means.dim() != 4 or self.means.shape[0] != n:
-            raise ValueError(f"feature cache: means must be [{n}, L, W, d], got {tuple(self.means.shape)}")
-        if tuple(self.window_mask.shape) != (n, self.means.shape[2]):
-            raise ValueError(f"feature cache: window_mask must be [{n}, {self.means.shape[2]}], "
-                             f"got {tuple(self.window_mask.shape)}")
-        if tuple(self.labels.shape) != (n, self.means.shape[1]):
-            raise ValueError(f"feature cache: labels must be [{n}, {self.means.shape[1]}], "
-                             f"got {tuple(self.labels.shape)}")
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def num_layers(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.means, self.window_mask, self.labels))
-
-    def subset(self, indices: Sequence[int]) -> "FeatureCache":
-        index = torch.as_tensor(list(indices), dtype=torch.long)
-        return FeatureCache([self.prompt_ids[i] for i in index.tolist()], self.means[index],
-                            self.window_mask[index], self.labels[index])
-
-    def to(self, device) -> "FeatureCache":
-        return FeatureCache(self.prompt_ids, self.means.to(device), self.window_mask.to(device),
-                            self.labels.to(device))
-
-    def batch(self, indices: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(means float32, window_mask, labels) of `indices`, on `device`."""
-        index = indices.to(self.means.device)
-        return (self.means[index].to(device, torch.float32, non_blocking=True),
-                self.window_mask[index].to(device, non_blocking=True),
-                self.labels[index].to(device, non_blocking=True))
-
-
-def pick_cache_device(num_samples: int, num_layers: int, windows: int, hidden_size: int,
-                      dtype: str | torch.dtype, device: str | torch.device, share: float = 0.5) -> torch.device:
-    """`device` when it is a GPU with room for the cache (at most `share` of its free memory), else the CPU.
-
-    A cache on the GPU saves a host-to-device copy per training step; on the CPU it costs no GPU memory.
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return torch.device("cpu")
-    element = torch.empty((), dtype=CACHE_DTYPES[dtype] if isinstance(dtype, str) else dtype).element_size()
-    needed = num_samples * num_layers * windows * hidden_size * element
-    free, _ = torch.cuda.mem_get_info(device)
-    return device if needed <= share * free else torch.device("cpu")
-
-
-def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: int = 8, batch_size: int = 8,
-                        dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-                        progress: bool = False) -> FeatureCache:
-    """One teacher-forced forward per sample (batched by identical labelled path) -> FeatureCache.
-
-    The features are pooled in float32 and stored as `dtype` ("float32" or "bfloat16") on `device`.
-    """
-    validate_samples(samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
-    if isinstance(dtype, str):
-        if dtype not in CACHE_DTYPES:
-            raise ValueError(f"cache dtype must be one of {sorted(CACHE_DTYPES)}, got {dtype!r}")
-        dtype = CACHE_DTYPES[dtype]
-    hidden_size = executor.config.hidden_size
-    means = torch.zeros((len(samples), executor.num_layers, windows, hidden_size), dtype=dtype, device=device)
-    window_mask = torch.zeros((len(samples), windows), dtype=torch.bool, device=device)
-    chunks = _iter_features(executor, samples, windows, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        chunks = tqdm(chunks, desc="feature cache", unit="batch")
-    for chunk, chunk_means, chunk_mask in chunks:
-        index = torch.as_tensor(chunk, dtype=torch.long, device=device)
-        means[index] = chunk_means.to(device=device, dtype=dtype)
-        window_mask[index] = chunk_mask.to(device)
-    labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long, device=device)
-    return FeatureCache([s.prompt_id for s in samples], means, window_mask, labels)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -738,45 +480,3 @@ def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
 
     return _train_loop(stack, cache.labels, loss_of, config, evaluate,
                        0 if val_cache is None else len(val_cache), log)
-
-
-def teacher_forced_step(stack: RouterStack, executor, samples: Sequence[TrainingSample], weights: torch.Tensor,
-                        gamma: float = 2.0, windows: int | None = None, batch_size: int = 8) -> torch.Tensor:
-    """The reference computation: run the frozen model along each sample's labelled path, pool every layer's input
-    over the prompt tokens on the fly and return the focal loss of `stack` (with gradients for the routers only)."""
-    means, window_mask = teacher_forced_features(executor, samples, windows or stack.config.windows, batch_size)
-    labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long, device=stack.device)
-    logits = stack(means.to(stack.device), window_mask.to(stack.device))
-    return focal_loss(logits, labels, weights, gamma)
-
-
-def train_full_forward(stack: RouterStack, executor, samples: Sequence[TrainingSample], config: TrainConfig,
-                       val_samples: Sequence[TrainingSample] | None = None,
-                       log: Callable[[str], None] | None = None) -> TrainHistory:
-    """`train_routers` without the cache: every micro-batch (and every validation pass) reruns the frozen model.
-
-    Same order, schedule and loss as `train_routers`, so the two give the same history up to float rounding;
-    it is only the slow reference that proves the cache changes nothing.
-    """
-    validate_samples(samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
-    _check_stack(stack, executor.num_layers, config.windows, config)
-    labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long)
-
-    def loss_of(indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return teacher_forced_step(stack, executor, [samples[i] for i in indices.tolist()], weights, config.gamma,
-                                   config.windows, config.cache_batch_size)
-
-    evaluate = None
-    if val_samples:
-        validate_samples(val_samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
-        val_labels = torch.tensor([[int(c) for c in s.labels] for s in val_samples], dtype=torch.long)
-
-        def evaluate(weights):
-            means, window_mask = teacher_forced_features(executor, val_samples, config.windows,
-                                                         config.cache_batch_size)
-            logits = stack(means.to(stack.device), window_mask.to(stack.device))
-            target = val_labels.to(logits.device)
-            return {"loss": float(focal_loss(logits, target, weights, config.gamma)),
-                    **classification_metrics(logits, target)}
-
-    return _train_loop(stack, labels, loss_of, config, evaluate, len(val_samples or []), log)
