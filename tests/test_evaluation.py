@@ -14,8 +14,9 @@ from drllm.evaluation.baselines import (block_influence, influence_rows, matched
                                         read_influence, static_path, write_influence)
 from drllm.data.examples import Example, write_examples
 from drllm.data.registry import load_benchmark
-from drllm.evaluation.cells import (CALIBRATED, EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
-                                    method_name, parse_method, read_calibration, read_cell, sample_examples)
+from drllm.evaluation.cells import (EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
+                                    read_calibration, read_cell, sample_examples)
+from drllm.evaluation.methods import CALIBRATED, method_name, parse_method
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.router import RouterConfig, RouterStack

@@ -12,9 +12,10 @@ from conftest import REPO
 from drllm.core.artifacts import ArtifactError
 from drllm.evaluation.cells import write_cell
 from drllm.evaluation.metrics import bootstrap_interval, wilson_interval
-from drllm.evaluation.report import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, REPORT_SUMMARY_SCHEMA, Z95,
-                                     build_report, frontier_points, scores_by_level, load_cells, order_methods,
-                                     summarize_cells)
+from drllm.evaluation.methods import order_methods
+from drllm.evaluation.report import build_report, load_cells
+from drllm.evaluation.summary import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, REPORT_SUMMARY_SCHEMA, Z95,
+                                      frontier_points, scores_by_level, summarize_cells)
 from drllm.routing.card import release_card
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))

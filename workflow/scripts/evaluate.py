@@ -26,9 +26,9 @@ from drllm.core.artifacts import ArtifactError
 from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
                                         read_influence, static_path)
 from drllm.data.examples import read_examples
-from drllm.evaluation.cells import (CALIBRATED, LM_EVAL_METHODS, CellContext, EvalEntry, EvalSettings, EvaluationError,
-                                    cell_accuracy, evaluate_examples, method_name, parse_method, read_calibration,
-                                    read_cell, sample_examples, write_cell)
+from drllm.evaluation.cells import (CellContext, EvalEntry, EvalSettings, EvaluationError, cell_accuracy,
+                                    evaluate_examples, read_calibration, read_cell, sample_examples, write_cell)
+from drllm.evaluation.methods import CALIBRATED, LM_EVAL_METHODS, method_name, parse_method
 from drllm.core.executor import PathExecutor
 from drllm.routing.inference import RoutedModel
 from drllm.core.models import chat_template_for, load_model, read_manifest

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, atomic_path, read_parquet, write_text
-from drllm.evaluation.report import REPORT_SUMMARY_SCHEMA
+from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA
 from drllm.routing.router import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from drllm.routing.card import release_card
 from drllm.search.shards import read_shard

@@ -4,7 +4,7 @@ Reads the evaluation cells (one Parquet per benchmark x method, drllm.evaluation
 skipped benchmarks, and writes to --out-dir (drllm.evaluation.report.build_report):
 
   report.md                 Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, data sources
-  summary.parquet           one row per benchmark x method (drllm.evaluation.report.REPORT_SUMMARY_SCHEMA)
+  summary.parquet           one row per benchmark x method (drllm.evaluation.summary.REPORT_SUMMARY_SCHEMA)
   frontier.parquet          accuracy-vs-layers frontier points, per benchmark and averaged (FRONTIER_SCHEMA)
   accuracy_vs_layers.png, frontier.png (panels for the --in-domain-json benchmarks and the mean),
   layer_actions.png, routing_consensus.png

@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from drllm.core.artifacts import ArtifactError, atomic_path, write_json
+from drllm.core.artifacts import ArtifactError, write_json
 from drllm.core.models import read_manifest, resolve_device, resolve_dtype
 from drllm.core.provenance import stage_provenance
-from drllm.routing.router import CLASSES, RouterConfig, RouterStack
 from drllm.routing.card import write_card
 from drllm.routing.features import build_feature_cache, pick_cache_device
+from drllm.routing.plots import plot_curves, plot_label_distribution
+from drllm.routing.router import CLASSES, RouterConfig, RouterStack
 from drllm.routing.samples import read_samples, split_samples, validate_samples
 from drllm.routing.training import (TrainConfig, label_counts, selected_row, train_class_weights, train_routers,
                                     write_metrics)
@@ -64,77 +64,6 @@ def load_base(model_dir: str, device: str, dtype: str):
     model.to(torch_device).eval()
     model.requires_grad_(False)
     return model, manifest
-
-
-def plot_curves(path: Path, epochs: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [row["epoch"] for row in epochs]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(xs, [row["train_loss"] for row in epochs], marker="o", label="train")
-    if any(row["val_loss"] is not None for row in epochs):
-        left.plot(xs, [_nan(row["val_loss"]) for row in epochs], marker="o", label="validation")
-    left.set(xlabel="epoch", ylabel="focal loss", title="loss")
-    series = [("val_macro_f1", "macro-F1"), ("val_layer_accuracy", "per-layer accuracy"),
-              ("val_recall_skip", "recall skip"), ("val_recall_execute", "recall execute"),
-              ("val_recall_repeat", "recall repeat")]
-    for key, label in series:
-        values = [_nan(row[key]) for row in epochs]
-        if not all(math.isnan(v) for v in values):
-            right.plot(xs, values, marker=".", label=label)
-    right.set(xlabel="epoch", ylim=(-0.02, 1.02), title="validation")
-    from matplotlib.ticker import MaxNLocator
-
-    selected = [row["epoch"] for row in epochs if row.get("selected")]
-    for axis in (left, right):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for epoch in selected:  # the epoch whose routers were saved
-            axis.axvline(epoch, color="black", linestyle="--", linewidth=0.8, label=f"kept (epoch {epoch})")
-    left.legend()
-    if len(right.lines) > len(selected):
-        right.legend(fontsize=8)
-    else:
-        right.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=right.transAxes)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_label_distribution(path: Path, labels: list[list[int]], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = torch.tensor(labels, dtype=torch.long)  # [N, L]
-    shares = [(table == c).float().mean(0).numpy() for c in range(len(CLASSES))]
-    layers = range(table.shape[1])
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * table.shape[1] + 2), 4))
-    bottom = 0
-    for share, name, color in zip(shares, CLASSES, ("tab:red", "tab:gray", "tab:blue")):
-        ax.bar(layers, share, bottom=bottom, label=name, color=color)
-        bottom = bottom + share
-    ax.set(xlabel="layer", ylabel="share of samples", ylim=(0, 1), xlim=(-0.6, table.shape[1] - 0.4), title=title)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _nan(value):
-    return float("nan") if value is None else value
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ Every example is graded by the same format code the search uses, so accuracies a
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ import pyarrow as pa
 from drllm.core.artifacts import ArtifactError, read_json, read_parquet, write_parquet
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
+from drllm.evaluation.methods import CALIBRATED
+from drllm.formats.answers import AnswerFormat, Encoded, Outcome
 from drllm.search.mcts import MCTSConfig, check_int
 from drllm.search.shards import derived_seed
-from drllm.formats.answers import AnswerFormat, Encoded, Outcome
 
 # One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages
 # (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).
@@ -66,51 +66,9 @@ def read_cell(path) -> list[dict]:
 # Methods and benchmark entries
 # --------------------------------------------------------------------------------------------------------
 
-LM_EVAL_METHODS = ("base", "router")  # lm-eval tasks run through the drllm model: all layers or routed (and @p)
-PLAIN_METHODS = ("base", "router", "static", "random", "oracle")
-BUDGET_METHODS = ("static", "random")  # <kind>@<k>: k layers removed, independent of the router
-CALIBRATED = "calibrated"             # router@calibrated: the knob comes from the calibration file
-_REMOVALS = re.compile(r"0|[1-9][0-9]*")  # canonical integers only: the name is also the cell's file name
-
 
 class EvaluationError(RuntimeError):
     """A cell failed; the message names the benchmark, the method and, when known, the example."""
-
-
-def parse_method(name: str) -> tuple[str, float | int | str | None]:
-    """A method name -> (kind, parameter). 'base' -> ('base', None); 'router@-0.25' -> ('router', -0.25);
-    'router@calibrated' -> ('router', CALIBRATED); 'static@3' -> ('static', 3). Unknown names raise ValueError."""
-    kind, at, param = name.partition("@")
-    expected = (f"expected one of {list(PLAIN_METHODS)}, router@<p> with p in [-1, 1], router@{CALIBRATED}, "
-                "static@<k> or random@<k> with k a non-negative integer")
-    if kind not in PLAIN_METHODS or (at and kind not in ("router", *BUDGET_METHODS)):
-        raise ValueError(f"unknown evaluation method {name!r}; {expected}")
-    if not at:
-        return kind, None
-    if kind in BUDGET_METHODS:
-        if not _REMOVALS.fullmatch(param):
-            raise ValueError(f"method {name!r}: the number of removed layers after '@' must be a non-negative "
-                             f"integer (written without sign or leading zeros); {expected}")
-        return kind, int(param)
-    if param == CALIBRATED:
-        return kind, CALIBRATED
-    try:
-        value = float(param)
-    except ValueError as exc:
-        raise ValueError(f"method {name!r}: the knob after '@' must be a number in [-1, 1] "
-                         f"or {CALIBRATED!r}") from exc
-    if not -1.0 <= value <= 1.0:
-        raise ValueError(f"method {name!r}: the knob must be in [-1, 1]")
-    return kind, value
-
-
-def method_name(kind: str, param: float | int | str | None = None) -> str:
-    """The inverse of parse_method (knobs written with :g, as the rules name the cells)."""
-    if param is None:
-        return kind
-    if isinstance(param, str) or (isinstance(param, int) and kind in BUDGET_METHODS):
-        return f"{kind}@{param}"
-    return f"{kind}@{param:g}"
 
 
 def read_calibration(path) -> float:

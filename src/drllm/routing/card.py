@@ -93,7 +93,7 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
                  evaluation: Sequence[dict[str, Any]]) -> str:
     """The training card completed for release: its evaluation pointer replaced by the search settings (each
     distinct `search_config` of the shards), the search summary table and the evaluation table (base and router
-    rows of the report summary, drllm.evaluation.report.REPORT_SUMMARY_SCHEMA)."""
+    rows of the report summary, drllm.evaluation.summary.REPORT_SUMMARY_SCHEMA)."""
     if EVALUATION_HEADING not in card:
         raise ArtifactError(f"the router card has no '{EVALUATION_HEADING}' section to complete")
     head = card[:card.index(EVALUATION_HEADING)]

@@ -1,0 +1,173 @@
+"""The report's figures (PNG, written atomically): accuracy vs layers, the accuracy/compute frontier, the routers'
+per-layer actions and their consensus. A figure whose data is missing becomes a captioned placeholder, so a
+missing method never breaks the report's declared outputs."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from drllm.core.figures import pyplot, save_figure
+from drllm.evaluation.methods import PLAIN_ROUTER_KNOB, method_sort_key, order_methods, sweep_param
+from drllm.evaluation.summary import ACTIONS, MEAN_BENCHMARK, _n_label, layer_action_shares, routing_consensus
+
+
+# --------------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------------
+
+def _message(path, title: str, text: str) -> None:
+    """A placeholder figure, so a missing method never breaks the report (or snakemake's declared outputs)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_axis_off()
+    save_figure(fig, path)
+
+
+def plot_accuracy_vs_layers(summary: list[dict], path) -> None:
+    """Mean score vs mean executed layers: one style per method, per-benchmark points, big per-method average,
+    and the router@p knob curve (router placed at its knob value) per benchmark and on average."""
+    title = "Accuracy vs executed layers"
+    if not summary:
+        return _message(path, title, "no evaluation results")
+    plt = pyplot()
+    methods = order_methods(r["method"] for r in summary)
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    markers = "osD^vP*Xph<>"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for i, m in enumerate(methods):
+        rows = [r for r in summary if r["method"] == m]
+        style = dict(color=colours(i % colours.N), marker=markers[i % len(markers)])
+        ax.scatter([r["mean_path_length"] for r in rows], [100 * r["score"] for r in rows], s=30, alpha=0.6,
+                   **style)
+        ax.scatter(np.mean([r["mean_path_length"] for r in rows]), 100 * np.mean([r["score"] for r in rows]),
+                   s=170, edgecolors="black", linewidths=1.2, label=f"{m} (avg of {len(rows)})", **style)
+
+    # the knob's trade-off curve: router@p points (and the plain router) joined in order of p
+    def knob_of(row):
+        return PLAIN_ROUTER_KNOB if row["method"] == "router" else row["knob"]
+
+    curve_rows = [r for r in summary if r["method"] == "router"  # router@calibrated is its own marker
+                  or (r["method"].startswith("router@") and sweep_param(r["method"]) is not None)]
+    if any(r["method"] != "router" for r in curve_rows):
+        router_colour = colours(methods.index("router") % colours.N) if "router" in methods else "grey"
+        points_by_knob = defaultdict(list)
+        for b in sorted({r["benchmark"] for r in curve_rows}):
+            points = sorted((knob_of(r), r["mean_path_length"], 100 * r["score"])
+                            for r in curve_rows if r["benchmark"] == b)
+            ax.plot([p[1] for p in points], [p[2] for p in points], color=router_colour, lw=0.8, alpha=0.4)
+            for knob, x, y in points:
+                points_by_knob[knob].append((x, y))
+        knobs = sorted(points_by_knob)
+        ax.plot([np.mean([x for x, _ in points_by_knob[k]]) for k in knobs],
+                [np.mean([y for _, y in points_by_knob[k]]) for k in knobs],
+                color=router_colour, lw=2, ls="--", label="router knob curve (avg, by p)")
+    # name each benchmark once, beside its first method's point
+    for b in sorted({r["benchmark"] for r in summary}):
+        first = min((r for r in summary if r["benchmark"] == b), key=lambda r: method_sort_key(r["method"]))
+        ax.annotate(b, (first["mean_path_length"], 100 * first["score"]), xytext=(4, 4),
+                    textcoords="offset points", fontsize=8, alpha=0.8)
+    ax.set(xlabel="mean executed layers per example", ylabel="mean score (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+LINE_STYLES = {"router@p": dict(color="tab:blue", marker="o", ls="-"),
+               "static@k": dict(color="tab:orange", marker="s", ls="--"),
+               "random@k": dict(color="tab:grey", marker="^", ls=":")}
+POINT_STYLES = {"base": dict(color="black", marker="*", ms=12), "router": dict(color="tab:blue", marker="D", ms=8),
+                "router@calibrated": dict(color="tab:purple", marker="P", ms=10),
+                "oracle": dict(color="tab:green", marker="X", ms=10)}
+
+
+def plot_frontier(points: list[dict], path) -> None:
+    """Score vs mean executed layers, one panel per in-domain benchmark and one for the mean over benchmarks:
+    router@p, static@k and random@k as lines sorted by layers, base / router / router@calibrated / oracle as
+    markers, 95% intervals as vertical error bars."""
+    title = "Accuracy vs layers frontier"
+    panels = sorted({p["benchmark"] for p in points if p["in_domain"] and p["benchmark"] != MEAN_BENCHMARK})
+    panels += [MEAN_BENCHMARK] if points else []
+    if not points:
+        return _message(path, title, "no frontier methods evaluated")
+    plt = pyplot()
+    columns = min(3, len(panels))
+    rows_ = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows_, columns, figsize=(2 + 4.8 * columns, 0.6 + 3.8 * rows_), squeeze=False,
+                             layout="constrained")
+    legend = {}
+    for ax, benchmark in zip(axes.flat, panels):
+        here = [p for p in points if p["benchmark"] == benchmark]
+
+        def draw(group, **style):
+            y = np.array([p["score"] for p in group])
+            yerr = np.array([y - [p["ci_low"] for p in group], [p["ci_high"] for p in group] - y])
+            ax.errorbar([p["mean_layers"] for p in group], 100 * y, yerr=100 * np.maximum(yerr, 0), capsize=3,
+                        elinewidth=0.8, **style)
+
+        for line, style in LINE_STYLES.items():
+            group = sorted((p for p in here if p["line"] == line), key=lambda p: (p["mean_layers"], p["param"]))
+            if group:
+                draw(group, label=line, ms=5, lw=1.4, **style)
+        for method, style in POINT_STYLES.items():
+            group = [p for p in here if p["method"] == method]
+            if group:
+                draw(group, label=method, ls="none", mec="black", mew=0.6, **style)
+        name = benchmark
+        if benchmark == MEAN_BENCHMARK:  # a method averages the benchmarks that have it
+            name = f"mean over {_n_label([p['benchmarks'] for p in here])} benchmark(s)"
+        ax.set(title=name, xlabel="mean executed layers per example", ylabel="score (%)")
+        ax.grid(alpha=0.3)
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))  # one legend for every panel
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_layer_actions(rows: list[dict], path, method: str = "router") -> None:
+    """Three heatmaps (skip / execute / repeat): share of examples per benchmark (row) and layer (column)."""
+    title = f"Per-layer actions ({method})"
+    shares = layer_action_shares(rows, method)
+    if not shares:
+        return _message(path, title, f"no {method} results")
+    plt = pyplot()
+    benchmarks = list(shares)
+    width = max(s.shape[1] for s in shares.values())
+    grid = np.full((len(ACTIONS), len(benchmarks), width), np.nan)
+    for i, b in enumerate(benchmarks):
+        grid[:, i, :shares[b].shape[1]] = shares[b]
+    fig, axes = plt.subplots(1, len(ACTIONS), sharey=True, layout="constrained",
+                             figsize=(min(18, 3 + 0.25 * width * len(ACTIONS)), 1.6 + 0.4 * len(benchmarks)))
+    for ax, action, panel in zip(axes, ACTIONS, grid):
+        image = ax.imshow(panel, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
+        ax.set(title=action, xlabel="layer")
+        ax.set_yticks(range(len(benchmarks)), benchmarks)
+    fig.colorbar(image, ax=list(axes), label="share of examples")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_routing_consensus(rows: list[dict], path, method: str = "router") -> None:
+    """Per layer, the share of examples taking that layer's majority action; one line per benchmark."""
+    title = f"Routing consensus per layer ({method})"
+    consensus = routing_consensus(rows, method)
+    if not consensus:
+        return _message(path, title, f"no {method} results")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for c in consensus:
+        ax.plot(range(len(c["majority_share"])), c["majority_share"], marker=".", label=c["benchmark"])
+    ax.set(xlabel="layer", ylabel="share taking the majority action", ylim=(0, 1.02), title=title)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    save_figure(fig, path)
