@@ -556,11 +556,13 @@ def test_cli_logs_effective_weights(tiny_dir, tmp_path, capsys):
 
 def test_training_curves_mark_the_selected_epoch(tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr(cli, "_save", lambda fig, path: figures.append(fig))
+    import drllm.routing.plots as plots
+
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi: figures.append(fig))
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 0.5 + abs(e - 2) / 10, "val_macro_f1": 0.5,
              "val_layer_accuracy": 0.8, "val_recall_skip": None, "val_recall_execute": 0.9, "val_recall_repeat": None,
              "selected": e == 2} for e in (1, 2, 3, 4)]
-    cli.plot_curves(tmp_path / "c.png", rows)
+    plots.plot_curves(tmp_path / "c.png", rows)
     for axis in figures[0].axes:
         vertical = [line for line in axis.lines if list(line.get_xdata()) == [2, 2]]
         assert len(vertical) == 1 and "epoch 2" in vertical[0].get_label()
