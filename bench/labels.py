@@ -22,7 +22,7 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model
 from drllm.search.rewards import PathRewarder, RewardConfig
 from drllm.search.mcts import MCTSConfig, run_search
-from drllm.search.shards import derived_seed
+from drllm.core.seeds import derived_seed
 from drllm.formats.answers import get_format
 
 MODES = {"literal (no widening)": {"widening": None}, "widening 0.5": {"widening": 0.5},

@@ -15,13 +15,11 @@ import json
 import sys
 
 from drllm.core.artifacts import ArtifactError
-from drllm.evaluation.baselines import block_influence, influence_rows, write_influence
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model
 from drllm.core.provenance import stage_provenance
-from drllm.search.shards import read_prompts
-from drllm.formats.answers import get_format
-from drllm.search.workers import example_from_row
+from drllm.evaluation.baselines import block_influence, influence_rows, write_influence
+from drllm.search.shards import encode_prompt_row, read_prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = []
         for path in args.prompts:
             for row in read_prompts(path):
-                answer_format = get_format(row["format"], **formats.get(row["format"], {}))
-                encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=chat_template)
+                _, encoded = encode_prompt_row(row, tokenizer, formats, chat_template)
                 prompts.append(encoded.prompt_ids)
         influence, tokens = block_influence(PathExecutor(model), prompts)
         write_influence(args.out, influence_rows(manifest["name"], influence, len(prompts), tokens),

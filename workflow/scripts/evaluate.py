@@ -34,7 +34,8 @@ from drllm.routing.inference import RoutedModel
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.core.provenance import stage_provenance
 from drllm.routing.router import RouterStack
-from drllm.search.shards import Checkpoint, derived_seed
+from drllm.search.shards import Checkpoint
+from drllm.core.seeds import derived_seed
 from drllm.formats.answers import get_format
 
 def parse_settings(text: str) -> tuple[dict, EvalSettings]:

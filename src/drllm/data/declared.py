@@ -45,7 +45,8 @@ from typing import Any, Iterator
 
 from drllm.core.artifacts import ArtifactError
 from drllm.data.examples import DataUnavailableError, Example
-from drllm.data.mappers import _lookup, _parse_level, _unique, last_boxed, stable_hash
+from drllm.data.mappers import _lookup, _parse_level, _unique, last_boxed
+from drllm.core.seeds import stable_hash
 
 KINDS = {
     # kind: (required fields, optional fields)

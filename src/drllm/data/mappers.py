@@ -3,19 +3,14 @@ config's `fields` overrides; dotted paths reach into struct columns, names match
 `Example` records; plus the stable hash partition (`dart_half`) and answer extraction the mappers share."""
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from drllm.core.artifacts import ArtifactError
+from drllm.core.seeds import stable_hash, text_digest
 from drllm.data.examples import Example
-
-
-def stable_hash(text: str) -> int:
-    """A 64-bit integer from sha256(text): the same on every machine and Python run."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 def dart_half(question: str) -> str:
@@ -218,7 +213,7 @@ def map_math(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
         if answer is None:
             answer = ctx.get(row, "fallback_answer")
         native = ctx.get(row, "id", required=False)
-        ident = str(native) if native is not None else "q" + hashlib.sha256(question.encode()).hexdigest()[:16]
+        ident = str(native) if native is not None else "q" + text_digest(question)
         subset = ctx.get(row, "subset", required=False)
         out.append(ctx.make(id=ident, question=question, answer=str(answer).strip(),
                             answers=[str(answer).strip()], level=_parse_level(ctx.get(row, "level", False)),

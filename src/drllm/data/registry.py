@@ -24,7 +24,8 @@ from drllm.data.examples import DataUnavailableError, Example, _check_unique_ids
 from drllm.data.mappers import (AGIEVAL_FIELDS, AIME_FIELDS, ARC_FIELDS, DART_FIELDS, GPQA_FIELDS, GSM8K_FIELDS,
                                 MMLU_FIELDS, PIQA_FIELDS, SQUAD_FIELDS, TRUTHFULQA_FIELDS, FieldSpec, _Ctx, dart_half,
                                 map_agieval, map_aime, map_arc, map_gpqa, map_gsm8k, map_math, map_mmlu, map_piqa,
-                                map_squad, map_truthfulqa, stable_hash)
+                                map_squad, map_truthfulqa)
+from drllm.core.seeds import stable_hash
 from drllm.data.packaged import (_offline_aime, _offline_arc, _offline_dart, _offline_gpqa, _offline_gsm8k,
                                  _offline_mmlu, _offline_piqa, _offline_squad, _offline_truthfulqa)
 

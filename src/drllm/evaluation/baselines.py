@@ -24,7 +24,7 @@ from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.search.rewards import PathRewarder
 from drllm.search.mcts import MCTSConfig, run_search
-from drllm.search.shards import derived_seed
+from drllm.core.seeds import derived_seed
 
 INFLUENCE_SCHEMA = pa.schema([
     pa.field("model", pa.string(), nullable=False),

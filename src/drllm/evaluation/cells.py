@@ -23,7 +23,7 @@ from drllm.core.paths import LayerPath
 from drllm.evaluation.methods import CALIBRATED
 from drllm.formats.answers import AnswerFormat, Encoded, Outcome
 from drllm.search.mcts import MCTSConfig, check_int
-from drllm.search.shards import derived_seed
+from drllm.core.seeds import derived_seed
 
 # One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages
 # (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).

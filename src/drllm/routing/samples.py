@@ -3,7 +3,6 @@ per-layer labels (skip / execute / repeat counts); their schema (SAMPLES_SCHEMA)
 by prompt id."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -11,6 +10,7 @@ import pyarrow as pa
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
 from drllm.core.paths import LayerPath
+from drllm.core.seeds import digest_hex
 
 # --------------------------------------------------------------------------------------------------------
 # Samples and schemas
@@ -38,9 +38,8 @@ class TrainingSample:
 def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict], tokenizer,
                         formats: dict | None = None, chat_template: bool = True) -> list[TrainingSample]:
     """Training samples from the kept search results: each prompt re-encoded exactly as the search read it."""
-    from drllm.formats.answers import get_format
-    from drllm.search.shards import prompt_hash
-    from drllm.search.workers import example_from_row
+    from drllm.core.seeds import text_digest
+    from drllm.search.shards import encode_prompt_row
 
     prompts = {(row["task"], row["id"]): row for row in prompt_rows}
     samples = []
@@ -51,9 +50,8 @@ def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict],
         if key not in prompts:
             raise ArtifactError(f"search result {key} has no prompt in the prompt sets given")
         row = prompts[key]
-        encoded = get_format(row["format"], **(formats or {}).get(row["format"], {})).encode(
-            example_from_row(row), tokenizer, chat_template=chat_template)
-        if prompt_hash(encoded.prompt_text) != result["prompt_hash"]:
+        _, encoded = encode_prompt_row(row, tokenizer, formats or {}, chat_template)
+        if text_digest(encoded.prompt_text) != result["prompt_hash"]:
             raise ArtifactError(f"prompt {key}: its encoding differs from the one searched (prompt_hash); "
                                 "was the search run with another tokenizer, format option or chat template?")
         samples.append(TrainingSample(f"{result['task']}/{result['prompt_id']}", encoded.prompt_ids,
@@ -104,6 +102,6 @@ def split_samples(samples: Sequence[TrainingSample], val_fraction: float,
     count = round(val_fraction * len(prompts))
     if val_fraction > 0 and len(prompts) >= 2:
         count = min(max(count, 1), len(prompts) - 1)
-    ranked = sorted(prompts, key=lambda pid: (hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(), pid))
+    ranked = sorted(prompts, key=lambda pid: (digest_hex(seed, pid), pid))
     val_ids = set(ranked[:count])
     return ([s for s in samples if s.prompt_id not in val_ids], [s for s in samples if s.prompt_id in val_ids])

@@ -8,7 +8,6 @@ the checkpoint is then removed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.data.examples import EXAMPLE_SCHEMA
+from drllm.core.seeds import derived_seed
+from drllm.data.examples import EXAMPLE_SCHEMA, Example
 
 PROMPT_SCHEMA = pa.schema(
     [pa.field("task", pa.string(), nullable=False), pa.field("format", pa.string(), nullable=False),
@@ -79,13 +79,19 @@ PAPER_LABEL_STATS = {"mean_layers_saved": 1.82, "wrong_to_correct_share": 0.30, 
                      "execute_share": 0.954, "repeat_share": 0.011}
 
 
-def derived_seed(*parts) -> int:
-    """A 60-bit seed from sha256 of the parts joined by ':': the same on every machine and worker."""
-    return int(hashlib.sha256(":".join(str(part) for part in parts).encode()).hexdigest()[:15], 16)
+def example_from_row(row: dict) -> Example:
+    """The benchmark record a prompt row carries (PROMPT_SCHEMA holds every EXAMPLE_SCHEMA column)."""
+    return Example(**{name: row[name] for name in EXAMPLE_SCHEMA.names})
 
 
-def prompt_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def encode_prompt_row(row: dict, tokenizer, formats: dict, chat_template: bool):
+    """(answer format, encoded prompt) of a prompt row exactly as the search reads it: the row's `format` with its
+    options from `formats` (search.formats). The search, the router samples and the block influence use this one
+    encoding, so `prompt_hash` matches between them."""
+    from drllm.formats.answers import get_format  # loads torch; the prompt stage does not need it
+
+    answer_format = get_format(row["format"], **formats.get(row["format"], {}))
+    return answer_format, answer_format.encode(example_from_row(row), tokenizer, chat_template=chat_template)
 
 
 def write_prompts(path, rows: list[dict], provenance: dict | None = None) -> None:

@@ -25,13 +25,13 @@ from typing import Any, Iterator
 
 import torch
 
-from drllm.data.examples import EXAMPLE_SCHEMA, Example
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for
-from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
-from drllm.search.mcts import MCTSConfig, check_int, run_searches, search_steps
-from drllm.search.shards import derived_seed, prompt_hash
+from drllm.core.seeds import derived_seed, text_digest
 from drllm.formats.answers import get_format
+from drllm.search.mcts import MCTSConfig, check_int, run_searches, search_steps
+from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
+from drllm.search.shards import encode_prompt_row
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,6 @@ class SearchSettings:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-def example_from_row(row: dict) -> Example:
-    return Example(**{name: row[name] for name in EXAMPLE_SCHEMA.names})
-
-
 def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: SearchSettings) -> dict:
     """Run the MCTS on one prompt row; returns one shard row (see drllm.search.shards.SHARD_SCHEMA)."""
     return search_prompts(executor, tokenizer, [row], settings)[0]
@@ -112,8 +108,7 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
     config = settings.mcts_config()
     prompts = []
     for row in rows:
-        answer_format = get_format(row["format"], **settings.formats.get(row["format"], {}))
-        encoded = answer_format.encode(example_from_row(row), tokenizer, chat_template=settings.chat_template)
+        answer_format, encoded = encode_prompt_row(row, tokenizer, settings.formats, settings.chat_template)
         rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
                                 reuse_prefix=settings.prefix_cache > 0, reward=reward)
         prompts.append((row, encoded, rewarder, derived_seed(settings.seed, row["task"], row["id"])))
@@ -131,7 +126,7 @@ def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, enco
     return {
         "prompt_id": row["id"], "prompt_index": row["prompt_index"], "task": row["task"],
         "benchmark": row["benchmark"], "subset": row["subset"], "level": row["level"],
-        "prompt_hash": prompt_hash(encoded.prompt_text),
+        "prompt_hash": text_digest(encoded.prompt_text),
         "model": settings.model, "num_layers": executor.num_layers,
         "default_correct": result.default_correct, "kept": best is not None,
         "best_path": list(best) if best is not None else None,
