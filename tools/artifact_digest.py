@@ -4,8 +4,8 @@
     python tools/artifact_digest.py results resources/data > after.json     # on the new one, same config
     python tools/artifact_digest.py --compare before.json after.json        # exit 1 and list what differs
 
-Parquet files are digested as their rows (every column except wall-clock timings: names ending in `seconds`)
-plus their provenance record (metadata key b"drllm"); JSON files without keys ending in `seconds`; every other
+Parquet files are digested as their rows (every column except wall-clock timings: `seconds`, `wall_seconds`, `seconds_per_example`)
+plus their provenance record (metadata key b"drllm"); JSON files without such keys; every other
 file (safetensors, PNG, Markdown) byte for byte. Paths are keyed relative to the directory given.
 """
 from __future__ import annotations
@@ -18,12 +18,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-TIMING_SUFFIX = "seconds"
+
+
+def _timing(name: str) -> bool:
+    """Wall-clock columns and keys: `seconds`, `wall_seconds`, `seconds_per_example`..."""
+    return name.endswith("seconds") or name.startswith("seconds_")
 
 
 def _untimed(value):
     if isinstance(value, dict):
-        return {k: _untimed(v) for k, v in value.items() if not k.endswith(TIMING_SUFFIX)}
+        return {k: _untimed(v) for k, v in value.items() if not _timing(k)}
     if isinstance(value, list):
         return [_untimed(v) for v in value]
     return value
@@ -32,7 +36,7 @@ def _untimed(value):
 def digest(path: Path) -> str:
     if path.suffix == ".parquet":
         table = pq.read_table(path)
-        kept = [name for name in table.column_names if not name.endswith(TIMING_SUFFIX)]
+        kept = [name for name in table.column_names if not _timing(name)]
         metadata = table.schema.metadata or {}
         record = {"rows": table.select(kept).to_pylist(), "schema": str(table.select(kept).schema.remove_metadata()),
                   "provenance": json.loads(metadata[b"drllm"]) if b"drllm" in metadata else None}

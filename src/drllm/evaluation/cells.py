@@ -20,10 +20,10 @@ import pyarrow as pa
 from drllm.core.artifacts import ArtifactError, read_json, read_parquet, write_parquet
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
+from drllm.core.seeds import derived_seed
 from drllm.evaluation.methods import CALIBRATED
 from drllm.formats.answers import AnswerFormat, Encoded, Outcome
 from drllm.search.mcts import MCTSConfig, check_int
-from drllm.core.seeds import derived_seed
 
 # One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages
 # (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).
@@ -217,6 +217,17 @@ class CellContext:
 PathPolicy = Callable[[int, object, Encoded], "LayerPath | tuple[LayerPath, Outcome]"]
 
 
+def cell_row(benchmark: str, method: str, model: str, *, example_id: str, example_index: int, subset, level,
+             source: str, format: str, metric: str, prediction, gold, score: float, correct: bool, path: LayerPath,
+             layer_applications: int, new_tokens: int, knob: float | None, seconds: float) -> dict:
+    """One EVAL_SCHEMA row; the path columns (`path`, `counts`, `path_length`, `num_layers`) come from `path`."""
+    return {"benchmark": benchmark, "method": method, "model": model, "example_id": example_id,
+            "example_index": example_index, "subset": subset, "level": level, "source": source, "format": format,
+            "metric": metric, "prediction": prediction, "gold": gold, "score": score, "correct": correct,
+            "path": list(path), "counts": path.counts(), "path_length": len(path), "num_layers": path.num_layers,
+            "layer_applications": layer_applications, "new_tokens": new_tokens, "knob": knob, "seconds": seconds}
+
+
 def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, done: dict | None = None,
                       on_row: Callable[[dict], None] | None = None, progress: bool = True,
                       knob: float | None = None) -> list[dict]:
@@ -229,7 +240,6 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
 
     done = done or {}
     rows = []
-    num_layers = ctx.executor.num_layers
     metric = ctx.answer_format.metric
     bar = tqdm(total=len(examples), desc=f"{ctx.entry.name}/{ctx.method}", unit="ex", disable=not progress,
                mininterval=2.0, file=sys.stderr)
@@ -251,16 +261,12 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
         except Exception as exc:  # name the cell and the example, keep the cause
             raise EvaluationError(f"{ctx.entry.name}/{ctx.method}: example {example.id!r} (#{index}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
-        row = {
-            "benchmark": ctx.entry.name, "method": ctx.method, "model": ctx.model,
-            "example_id": example.id, "example_index": index, "subset": example.subset, "level": example.level,
-            "source": example.source, "format": ctx.answer_format.name, "metric": metric,
-            "prediction": outcome.prediction, "gold": gold_text(example), "score": outcome.score,
-            "correct": bool(outcome.correct), "path": list(path), "counts": path.counts(),
-            "path_length": len(path), "num_layers": num_layers,
-            "layer_applications": int(outcome.layer_applications), "new_tokens": int(outcome.new_tokens),
-            "knob": knob, "seconds": seconds,
-        }
+        row = cell_row(ctx.entry.name, ctx.method, ctx.model, example_id=example.id, example_index=index,
+                       subset=example.subset, level=example.level, source=example.source,
+                       format=ctx.answer_format.name, metric=metric, prediction=outcome.prediction,
+                       gold=gold_text(example), score=outcome.score, correct=bool(outcome.correct), path=path,
+                       layer_applications=int(outcome.layer_applications), new_tokens=int(outcome.new_tokens),
+                       knob=knob, seconds=seconds)
         rows.append(row)
         if on_row is not None:
             on_row(row)

@@ -1,0 +1,83 @@
+"""Which path each evaluation method takes for an example: `build_policy` turns a parsed method name into the
+function the per-example loop (`drllm.evaluation.cells.evaluate_examples`) calls.
+
+base: every layer; router / router@<p>: the routers' path with knob p; static: ShortGPT block removal, matched to
+the router cell's mean savings or k layers; random: random skips, matched per example to the router cell or k per
+example (seeded per example); oracle: the search run with the gold answer, returning its path and outcome.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drllm.core.artifacts import ArtifactError
+from drllm.core.seeds import derived_seed
+from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
+                                        read_influence, static_path)
+from drllm.evaluation.cells import CellContext, EvalSettings, PathPolicy, read_cell
+from drllm.routing.inference import RoutedModel
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """The files a method reads besides the records: trained routers (router), the router's cell on the same
+    benchmark (static and random matched to it), the block influence table (static)."""
+
+    routers: object | None = None      # a RouterStack
+    router_cell: str = ""
+    influence: str = ""
+
+
+def router_rows_by_id(path: str, method: str) -> dict[str, dict]:
+    if not path:
+        raise ValueError(f"method {method!r} needs --router-cell (the router's cell on the same benchmark)")
+    return {row["example_id"]: row for row in read_cell(path)}
+
+
+def build_policy(kind: str, knob, ctx: CellContext, settings: EvalSettings, inputs: MethodInputs) -> PathPolicy:
+    """The function giving each example's path (or path and outcome) for this method.
+
+    `knob` is parse_method's parameter, with router@calibrated's already read from the file: the router's p,
+    static@k's / random@k's k, or None (static and random then match the router cell).
+    """
+    executor = ctx.executor
+    seed = settings.seed
+    if kind == "base":
+        return lambda index, example, encoded: executor.default_path()
+    if kind == "router":
+        if inputs.routers is None:
+            raise ValueError(f"method {ctx.method!r} needs --routers (a trained router directory)")
+        routed = RoutedModel(executor, inputs.routers, knob, ctx.tokenizer)
+        return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
+    if kind == "static":
+        if not inputs.influence:
+            raise ValueError(f"method {ctx.method!r} needs --influence (the block influence file)")
+        influence = read_influence(inputs.influence, ctx.model, executor.num_layers)
+        if knob is None:
+            remove = matched_removals(list(router_rows_by_id(inputs.router_cell, kind).values()))
+        else:
+            remove = fixed_removals(ctx.method, knob, executor.num_layers)
+        path = static_path(influence, remove)
+        print(f"evaluate: static path removes {executor.num_layers - len(path)} layers: {path}")
+        return lambda index, example, encoded: path
+    if kind == "random" and knob is not None:
+        remove = fixed_removals(ctx.method, knob, executor.num_layers)
+        return lambda index, example, encoded: random_path(executor.num_layers, remove,
+                                                           random_seed(seed, ctx.entry.name, example.id))
+    if kind == "random":
+        router_rows = router_rows_by_id(inputs.router_cell, kind)
+
+        def random_policy(index, example, encoded):
+            if example.id not in router_rows:
+                raise ArtifactError(f"{inputs.router_cell} has no row for example {example.id!r}")
+            remove = executor.num_layers - router_rows[example.id]["path_length"]
+            return random_path(executor.num_layers, remove, random_seed(seed, ctx.entry.name, example.id))
+        return random_policy
+    if kind == "oracle":
+        mcts, prefix_cache = settings.oracle_mcts, settings.prefix_cache
+
+        def oracle_policy(index, example, encoded):
+            path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,
+                                             derived_seed(seed, "oracle", ctx.entry.name, example.id), prefix_cache)
+            return path, outcome
+        return oracle_policy
+    raise ValueError(f"unknown method kind {kind!r}")

@@ -1,0 +1,155 @@
+"""The evaluation stage for one cell (benchmark x method), from files to the written Parquet cell:
+`run_cell(CellRequest)`. workflow/scripts/evaluate.py parses the command line into a CellRequest; the rules
+(rules/eval.smk) give one per cell.
+
+Finished examples are checkpointed (<out>.progress.jsonl), so a killed job resumes where it stopped. An entry with
+`lm_eval: {task, metric}` runs that lm-eval task through the drllm lm-eval model instead (base and router methods
+only).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from drllm.core.executor import PathExecutor
+from drllm.core.models import chat_template_for, load_model, read_manifest
+from drllm.core.provenance import stage_provenance
+from drllm.data.examples import read_examples
+from drllm.evaluation.cells import (CellContext, EvalEntry, EvalSettings, EvaluationError, cell_accuracy, cell_row,
+                                    evaluate_examples, read_calibration, sample_examples, write_cell)
+from drllm.evaluation.methods import CALIBRATED, LM_EVAL_METHODS, method_name, parse_method
+from drllm.evaluation.policies import MethodInputs, build_policy
+from drllm.formats.answers import get_format
+from drllm.routing.router import RouterStack
+from drllm.search.shards import Checkpoint
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    """One cell to evaluate, as the rule gives it (JSON blocks as text: they are recorded in the provenance)."""
+
+    model_dir: str
+    entry_json: str                # the eval.benchmarks entry: name, benchmark, split, format, samples, levels...
+    method: str                    # drllm.evaluation.methods grammar
+    out: str
+    data: str = ""                 # benchmark records Parquet (not for lm-eval tasks)
+    settings_json: str = "{}"      # EvalSettings: seed, chat_template, formats, prefix_cache, oracle
+    routers: str = ""              # trained router directory (router methods)
+    router_cell: str = ""          # the router's cell on this benchmark (static and random matched to it)
+    influence: str = ""            # block influence Parquet (static)
+    calibration: str = ""          # calibration JSON with the knob p (router@calibrated)
+    device: str = "auto"
+    dtype: str = "auto"
+    progress: bool = True
+
+
+def _json_object(text: str, flag: str) -> dict:
+    try:
+        block = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from exc
+    if not isinstance(block, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return block
+
+
+def parse_entry(text: str, formats: dict) -> EvalEntry:
+    block = _json_object(text, "--entry-json")
+    if not isinstance(block.get("name"), str):
+        raise ValueError("--entry-json must be a JSON object with a 'name'")
+    name = block.pop("name")
+    return EvalEntry.from_config(name, block, formats)
+
+
+def lm_eval_rows(request: CellRequest, entry: EvalEntry, kind: str, knob, settings: EvalSettings,
+                 model_name: str, method: str) -> list[dict]:
+    """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
+    from drllm.evaluation.lmeval import DrLLM, evaluate_task
+
+    if kind not in LM_EVAL_METHODS:
+        raise ValueError(f"method {method!r} does not apply to the lm-eval task {entry.name!r} "
+                         f"(lm-eval tasks run {list(LM_EVAL_METHODS)}, router@<p> and router@{CALIBRATED})")
+    if kind == "router" and not request.routers:
+        raise ValueError("method 'router' needs --routers (a trained router directory)")
+    lm = DrLLM(pretrained=request.model_dir, routers=request.routers if kind == "router" else None, knob=knob,
+               device=request.device, dtype=request.dtype)
+    started = time.perf_counter()
+    spec = entry.lm_eval
+    try:
+        records = evaluate_task(lm, spec["task"], spec["metric"], limit=entry.samples,
+                                seed=settings.seed, include_path=spec.get("include_path"),
+                                apply_chat_template=bool(spec.get("apply_chat_template", False)))
+    except Exception as exc:  # lm-eval raises many types; name the cell
+        raise EvaluationError(f"{entry.name}/{method}: lm-eval failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    seconds = (time.perf_counter() - started) / max(1, len(records))
+    task_name = spec["task"] if isinstance(spec["task"], str) else spec["task"].get("task", entry.name)
+    rows = []
+    for index, record in enumerate(records):
+        path = record["path"]
+        passes = record["new_tokens"] if record["new_tokens"] else record["requests"]
+        rows.append(cell_row(entry.name, method, model_name, example_id=record["example_id"], example_index=index,
+                             subset=None, level=None, source=f"lm-eval task {task_name}", format="lm_eval",
+                             metric=spec["metric"], prediction=record["prediction"], gold=record["gold"],
+                             score=record["score"], correct=record["score"] >= 1.0, path=path,
+                             layer_applications=len(path) * passes, new_tokens=record["new_tokens"], knob=knob,
+                             seconds=seconds))
+    return rows
+
+
+def run_cell(request: CellRequest) -> str:
+    """Evaluate one cell and write it atomically to `request.out`; returns a one-line summary.
+
+    Raises ValueError / ArtifactError / EvaluationError naming what is wrong; a checkpoint of finished examples
+    is kept on any failure or interrupt."""
+    given = _json_object(request.settings_json, "--settings-json")
+    settings = EvalSettings.from_dict(given)
+    entry = parse_entry(request.entry_json, settings.formats)
+    kind, knob = parse_method(request.method)
+    method = method_name(kind, knob)
+    if knob == CALIBRATED:  # routes exactly as router@<p>; the rows keep the method name, knob = p
+        knob = read_calibration(request.calibration)
+        print(f"evaluate: {method}: knob p = {knob:g} from {request.calibration}")
+    manifest = read_manifest(request.model_dir)
+    provenance = stage_provenance(
+        "evaluate", {"entry": json.loads(request.entry_json), "method": request.method, "settings": given},
+        manifest, graders=["lm_eval"] if entry.lm_eval is not None else ["drllm"])
+    if entry.lm_eval is not None:
+        rows = lm_eval_rows(request, entry, kind, knob, settings, manifest["name"], method)
+        write_cell(request.out, rows, provenance)
+        return (f"evaluate: {entry.name}/{method}: {len(rows)} documents, lm-eval {entry.lm_eval['metric']} "
+                f"{cell_accuracy(rows):.4f} -> {request.out}")
+    answer_format = get_format(entry.format, **entry.options)
+    examples = sample_examples(read_examples(request.data), entry, settings.seed)
+    if kind == "oracle" and settings.oracle_samples:
+        examples = examples[:settings.oracle_samples]
+    routers = None
+    if kind == "router":
+        if not request.routers:
+            raise ValueError(f"method {method!r} needs --routers (a trained router directory)")
+        routers = RouterStack.for_model(request.routers, manifest)
+    model, tokenizer, _ = load_model(request.model_dir, device=request.device, dtype=request.dtype)
+    ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
+                      chat_template_for(settings.chat_template, manifest))
+    policy = build_policy(kind, knob, ctx, settings,
+                          MethodInputs(routers, request.router_cell, request.influence))
+    fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
+                   "method": method, "knob": knob, "settings": given, "data": Path(request.data).name,
+                   "examples": [ex.id for ex in examples]}
+    checkpoint = Checkpoint(f"{request.out}.progress.jsonl", fingerprint, key="example_id")
+    try:
+        if checkpoint.rows:
+            print(f"evaluate: resuming, {len(checkpoint.rows)} of {len(examples)} examples already done")
+        rows = evaluate_examples(ctx, examples, policy, done=checkpoint.rows, on_row=checkpoint.add,
+                                 progress=request.progress,
+                                 knob=knob if kind == "router" else None)  # static@k's k is in the name
+        write_cell(request.out, rows, provenance)
+    except BaseException:
+        checkpoint.close()
+        raise
+    checkpoint.close(remove=True)
+    mean_length = sum(row["path_length"] for row in rows) / max(1, len(rows))
+    return (f"evaluate: {entry.name}/{method}: {len(rows)} examples, {answer_format.name} "
+            f"score {cell_accuracy(rows):.4f}, mean path {mean_length:.2f}/{ctx.executor.num_layers} -> {request.out}")
