@@ -34,7 +34,7 @@ def test_overlay_it_writes_joins_the_cluster_through_existing_config_keys():
     for extra in (yaml.safe_load(overlay), yaml.safe_load(gpus)):
         for section, values in extra.items():
             config[section] = config.get(section, {}) | values
-    validate(config, str(REPO / "config" / "schema.yaml"))  # as the Snakefile does; unknown keys fail
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # as the Snakefile does; unknown keys fail
     assert config["search"]["ray_address"] == "10.0.0.1:6379" and config["search"]["workers"] == 32
     assert config["resources"]["search"]["gpus"] == 8
     # the search rule hands the key to the stage's --ray-address
