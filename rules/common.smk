@@ -1,6 +1,7 @@
 # Shared names and helpers for every rule file.
 import json
 import os
+import shlex
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -130,6 +131,27 @@ def eval_cell_inputs(wc):
     if kind == "static":
         inputs["influence"] = f"{EVAL_DIR}/block_influence.parquet"
     return inputs
+
+
+# The inputs a cell may or may not have (eval_cell_inputs) and the evaluate.py flag each becomes; the routers are
+# passed as their directory.
+EVAL_OPTIONAL_FLAGS = {
+    "data": ("--data", str),
+    "routers": ("--routers", os.path.dirname),
+    "router_cell": ("--router-cell", str),
+    "influence": ("--influence", str),
+    "calibration": ("--calibration", str),
+}
+
+
+def eval_optional_flags(wildcards, input):
+    """One flag per optional input this cell has, shell-quoted; an absent input passes no flag (its default)."""
+    return shlex.join(
+        arg
+        for name, (flag, value) in EVAL_OPTIONAL_FLAGS.items()
+        if name in input.keys()
+        for arg in (flag, value(getattr(input, name)))
+    )
 
 
 def eval_settings(wc):

@@ -46,11 +46,7 @@ rule evaluate:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         entry=eval_entry_json,
         settings=eval_settings,
-        routers=lambda wildcards, input: os.path.dirname(input.routers) if "routers" in input.keys() else "",
-        router_cell=lambda wildcards, input: input.router_cell if "router_cell" in input.keys() else "",
-        influence=lambda wildcards, input: input.influence if "influence" in input.keys() else "",
-        calibration=lambda wildcards, input: input.calibration if "calibration" in input.keys() else "",
-        data=lambda wildcards, input: input.data if "data" in input.keys() else "",
+        optional=eval_optional_flags,
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
@@ -63,8 +59,6 @@ rule evaluate:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --data '{params.data}' "
+        "{params.python} {input.script} --model-dir {params.model_dir} {params.optional} "
         "--entry-json {params.entry:q} --method {wildcards.method:q} --settings-json {params.settings:q} "
-        "--routers '{params.routers}' --router-cell '{params.router_cell}' --influence '{params.influence}' "
-        "--calibration '{params.calibration}' "
         "--device {params.device} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"

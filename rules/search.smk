@@ -25,7 +25,10 @@ rule select_prompts:
         python=PYTHON,
         format=lambda wc: SEARCH_TASKS[wc.task]["format"],
         samples=lambda wc: SEARCH_TASKS[wc.task]["samples"],
-        levels=lambda wc: ",".join(str(x) for x in SEARCH_TASKS[wc.task].get("levels", [])),
+        # only a task with `levels` passes the flag (select_prompts keeps every level without it)
+        levels=lambda wc: shlex.join(["--levels", ",".join(map(str, SEARCH_TASKS[wc.task]["levels"]))])
+        if SEARCH_TASKS[wc.task].get("levels")
+        else "",
         seed=SEARCH["seed"],
     log:
         "logs/select_prompts/{task}.log",
@@ -38,7 +41,7 @@ rule select_prompts:
         "../envs/drllm.yaml"
     shell:
         "{params.python} {input.script} --records {input.records} --task {wildcards.task} "
-        "--format {params.format} --samples {params.samples} --levels '{params.levels}' --seed {params.seed} "
+        "--format {params.format} --samples {params.samples} {params.levels} --seed {params.seed} "
         "--out {output} > {log} 2>&1"
 
 
@@ -59,7 +62,8 @@ rule search_shard:
         num_shards=SEARCH["shards"],
         backend=SEARCH["backend"],
         workers=SEARCH["workers"],
-        ray_address=SEARCH.get("ray_address") or "",
+        # without `ray_address` no flag: the stage starts its own Ray (or runs in process)
+        ray_address=shlex.join(["--ray-address", SEARCH["ray_address"]]) if SEARCH.get("ray_address") else "",
         max_retries=SEARCH["max_retries"],
         batch_prompts=SEARCH["batch_prompts"],
         device=config["runtime"]["device"],
@@ -78,7 +82,7 @@ rule search_shard:
         "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --settings-json {params.settings:q} "
         "--backend {params.backend} --workers {params.workers} --cpus {threads} --gpus {params.gpus} "
-        "--ray-address '{params.ray_address}' --max-retries {params.max_retries} --batch-prompts {params.batch_prompts} "
+        "{params.ray_address} --max-retries {params.max_retries} --batch-prompts {params.batch_prompts} "
         "--device {params.device} --dtype {params.dtype} "
         "--out {output} > {log} 2>&1"
 

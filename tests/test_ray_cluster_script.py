@@ -9,6 +9,7 @@ import yaml
 from snakemake.utils import validate
 
 from conftest import REPO
+from test_workflow import snakemake
 
 SCRIPT = REPO / "slurm" / "ray-cluster.sbatch"
 
@@ -25,7 +26,7 @@ def test_script_is_valid_bash_with_sbatch_directives():
     assert "export RAY_AUTH_MODE=token" in text and "export RAY_AUTH_TOKEN" in text
 
 
-def test_overlay_it_writes_joins_the_cluster_through_existing_config_keys():
+def test_overlay_it_writes_joins_the_cluster_through_existing_config_keys(tmp_path):
     text = SCRIPT.read_text()
     overlay = re.search(r"<<YAML\n(.*?)^YAML$", text, re.S | re.M).group(1)
     overlay = overlay.replace("$address", "10.0.0.1:6379").replace("$workers", "32")
@@ -34,8 +35,13 @@ def test_overlay_it_writes_joins_the_cluster_through_existing_config_keys():
     for extra in (yaml.safe_load(overlay), yaml.safe_load(gpus)):
         for section, values in extra.items():
             config[section] = config.get(section, {}) | values
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # as the Snakefile does; unknown keys fail
+    # as the Snakefile does; unknown keys fail
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
     assert config["search"]["ray_address"] == "10.0.0.1:6379" and config["search"]["workers"] == 32
     assert config["resources"]["search"]["gpus"] == 8
-    # the search rule hands the key to the stage's --ray-address
-    assert "--ray-address '{params.ray_address}'" in (REPO / "rules" / "search.smk").read_text()
+    # the search rule hands the key to the stage's --ray-address (and passes no flag without it)
+    (tmp_path / "joined.yaml").write_text(yaml.safe_dump(config))
+    shard = "results/search/smollm2-135m-instruct/arc_easy/shard-0.parquet"
+    joined = snakemake("-n", "-p", "--forceall", shard, "--configfile", str(tmp_path / "joined.yaml")).stdout
+    alone = snakemake("-n", "-p", "--forceall", shard).stdout
+    assert "--ray-address 10.0.0.1:6379 " in joined and "--ray-address" not in alone

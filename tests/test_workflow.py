@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,11 @@ def test_dry_run_plans_the_frontier_and_calibrated_cells(tmp_path):
     for line in out.splitlines():
         if "evaluate.py" in line and "--method" in line:
             cell = re.search(r"--out results/eval/smollm2-135m-instruct/(\w+)/(\S+)\.parquet", line).groups()
-            commands[cell] = {flag: re.search(rf"--{flag} '([^']*)'", line).group(1)
+            args = shlex.split(line.partition("Shell command: ")[2].partition(" > ")[0])
+            assert "" not in args, line  # an absent input passes no flag, not an empty argument
+            given = dict(zip(args, args[1:]))
+            assert given["--data"] == f"resources/data/{cell[0]}/test.parquet"
+            commands[cell] = {flag: given.get(f"--{flag}", "")
                               for flag in ("routers", "router-cell", "influence", "calibration")}
     swept = ["router@-0.25", "router@0.25", "static@2", "static@3", "random@2"]
     assert set(commands) == {(b, m) for b in ("arc_easy", "squad") for m in methods + swept}
