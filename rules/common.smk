@@ -1,4 +1,5 @@
-# Shared names and helpers for every rule file.
+# Shared names and helpers for every rule file. Included first: a rule file reads only names defined here or in
+# its own text (tests/test_workflow.py checks that no file reads a name a later include defines).
 import json
 import os
 import shlex
@@ -15,6 +16,17 @@ DATA_FILES = [
     for benchmark, block in config["data"].items()
     for split in block["splits"]
 ]
+# -- search (rules/search.smk; the prompts feed the routers, calibration and block influence too) -----------
+SEARCH = config["search"]
+# `samples: 0` disables a task: config overlays merge key by key and cannot delete one.
+SEARCH_TASKS = {name: block for name, block in SEARCH["tasks"].items() if block["samples"] > 0}
+SEARCH_SHARDS = [
+    f"results/search/{MODEL}/{task}/shard-{shard}.parquet"
+    for task in SEARCH_TASKS
+    for shard in range(SEARCH["shards"])
+]
+# -- routers (rules/train.smk; read by the router cells and the release) ------------------------------------
+ROUTER_DIR = f"results/routers/{MODEL}"
 # Benchmarks declared by config (`kind`, `source`, `fields`) and the formats reading them: checked here, so a bad
 # block stops the run before any job, naming the key. Without drllm in this interpreter (snakemake outside the
 # venv) the data stage checks the blocks instead.

@@ -1,14 +1,5 @@
 # Prompts + search stages: a seeded prompt set per task, MCTS shards per task, the Table 2 summary.
 
-SEARCH = config["search"]
-# `samples: 0` disables a task: config overlays merge key by key and cannot delete one.
-SEARCH_TASKS = {name: block for name, block in SEARCH["tasks"].items() if block["samples"] > 0}
-SEARCH_SHARDS = [
-    f"results/search/{MODEL}/{task}/shard-{shard}.parquet"
-    for task in SEARCH_TASKS
-    for shard in range(SEARCH["shards"])
-]
-
 
 wildcard_constraints:
     task="[A-Za-z0-9_]+",

@@ -1,7 +1,5 @@
 # Router stage: training samples from the kept search results, then the routers.
 
-ROUTER_DIR = f"results/routers/{MODEL}"
-
 
 rule router_samples:
     input:

@@ -1,12 +1,14 @@
 """The Snakemake DAG: lint, dry runs, schema validation, and the assets stage end to end on a tiny config."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,26 @@ def planned_jobs(result) -> dict[str, int]:
 def test_lint_is_clean():
     result = snakemake("--lint")
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+def rule_file_names(path: Path) -> tuple[set[str], str]:
+    """A rule file's top-level names (assignments, defs) and its text without comments (what it reads)."""
+    text = path.read_text()
+    defined = set(re.findall(r"^([A-Za-z_]\w*)\s*=(?!=)", text, re.M)) | set(re.findall(r"^def (\w+)", text, re.M))
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    code = " ".join(token.string for token in tokens if token.type != tokenize.COMMENT)
+    return defined, code
+
+
+def test_no_rule_file_reads_a_name_a_later_include_defines():
+    """Each rule file reads only names from itself or the files included before it (rules/common.smk first)."""
+    includes = re.findall(r'^include: "([^"]+)"', (REPO / "Snakefile").read_text(), re.M)
+    assert includes[0] == "rules/common.smk" and len(includes) == len(list((REPO / "rules").glob("*.smk")))
+    files = [rule_file_names(REPO / name) for name in includes]
+    for i, (_, code) in enumerate(files):
+        for j in range(i + 1, len(files)):
+            for name in sorted(files[j][0]):
+                assert not re.search(rf"\b{name}\b", code), f"{includes[i]} reads {name}, defined by {includes[j]}"
 
 
 def test_every_report_output_has_a_caption_that_exists():
