@@ -1,4 +1,4 @@
-# Shared names and helpers for every rule file. Included first: a rule file reads only names defined here or in
+# Shared names and helpers for all rules, included first. Every other .smk reads only names defined here or in
 # its own text (tests/test_workflow.py checks that no file reads a name a later include defines).
 import json
 import os
