@@ -11,7 +11,6 @@ rule prepare_model:
         weights=f"{MODEL_DIR}/model.safetensors",
     params:
         model=json.dumps(config["model"], sort_keys=True),
-        python=PYTHON,
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
         f"logs/prepare_model/{MODEL}.log",
@@ -23,7 +22,7 @@ rule prepare_model:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-json {params.model:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script} --model-json {params.model:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 # A `data:` entry with a `kind` declares its own benchmark (drllm.custom_benchmarks): its local source file is an
@@ -37,7 +36,6 @@ rule prepare_data:
         "resources/data/{benchmark}/{split}.parquet",
     params:
         data=data_block_json,
-        python=PYTHON,
     log:
         "logs/prepare_data/{benchmark}-{split}.log",
     benchmark:
@@ -48,5 +46,5 @@ rule prepare_data:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --benchmark {wildcards.benchmark} --split {wildcards.split} "
+        "python {input.script} --benchmark {wildcards.benchmark} --split {wildcards.split} "
         "--data-json {params.data:q} --out {output} > {log} 2>&1"

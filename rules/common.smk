@@ -5,10 +5,16 @@ import os
 import shlex
 import sys
 
-from snakemake.settings.types import DeploymentMethod
+# Rules run `python`: the interpreter running Snakemake is put first on PATH here (its venv works unactivated),
+# and jobs inherit it (SLURM: sbatch --export=ALL); under --sdm conda the job shell sources conda's `activate`,
+# which puts the env's bin before it, so there `python` is the env's.
+envvars:
+    "PATH",
 
-# Inside a conda env (--sdm conda) `python` is the env's; otherwise the interpreter running Snakemake.
-PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+
+_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:  # parsed again per job: prepend once
+    os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
 MODEL = config["model"]["name"]
 MODEL_DIR = f"resources/models/{MODEL}"
 DATA_FILES = [

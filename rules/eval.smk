@@ -14,7 +14,6 @@ rule block_influence:
     output:
         f"{EVAL_DIR}/block_influence.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
             {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
@@ -31,7 +30,7 @@ rule block_influence:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "python {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--settings-json {params.settings:q} --device {params.device} --dtype {params.dtype} "
         "--out {output} > {log} 2>&1"
 
@@ -42,7 +41,6 @@ rule evaluate:
     output:
         f"{EVAL_DIR}/{{eval_benchmark}}/{{method}}.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         entry=eval_entry_json,
         settings=eval_settings,
@@ -59,6 +57,6 @@ rule evaluate:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} {params.optional} "
+        "python {input.script} --model-dir {params.model_dir} {params.optional} "
         "--entry-json {params.entry:q} --method {wildcards.method:q} --settings-json {params.settings:q} "
         "--device {params.device} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"

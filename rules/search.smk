@@ -13,7 +13,6 @@ rule select_prompts:
     output:
         "results/prompts/{task}.parquet",
     params:
-        python=PYTHON,
         format=lambda wc: SEARCH_TASKS[wc.task]["format"],
         samples=lambda wc: SEARCH_TASKS[wc.task]["samples"],
         # only a task with `levels` passes the flag (select_prompts keeps every level without it)
@@ -31,7 +30,7 @@ rule select_prompts:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --records {input.records} --task {wildcards.task} "
+        "python {input.script} --records {input.records} --task {wildcards.task} "
         "--format {params.format} --samples {params.samples} {params.levels} --seed {params.seed} "
         "--out {output} > {log} 2>&1"
 
@@ -44,7 +43,6 @@ rule search_shard:
     output:
         f"results/search/{MODEL}/{{task}}/shard-{{shard}}.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
             {key: SEARCH[key] for key in ("mcts", "reward", "seed", "chat_template", "prefix_cache", "formats") if key in SEARCH},
@@ -70,7 +68,7 @@ rule search_shard:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "python {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --settings-json {params.settings:q} "
         "--backend {params.backend} --workers {params.workers} --cpus {threads} --gpus {params.gpus} "
         "{params.ray_address} --max-retries {params.max_retries} --batch-prompts {params.batch_prompts} "
@@ -86,8 +84,6 @@ rule search_summary:
     output:
         table=f"results/search/{MODEL}/summary.parquet",
         markdown=report(f"results/search/{MODEL}/summary.md", caption="../workflow/report/search_summary.rst", category="Search"),
-    params:
-        python=PYTHON,
     log:
         f"logs/search_summary/{MODEL}.log",
     benchmark:
@@ -98,5 +94,5 @@ rule search_summary:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --manifest {input.manifest} --shards {input.shards} "
+        "python {input.script} --manifest {input.manifest} --shards {input.shards} "
         "--out {output.table} > {log} 2>&1"

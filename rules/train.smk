@@ -10,7 +10,6 @@ rule router_samples:
     output:
         f"{ROUTER_DIR}/samples.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
             {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
@@ -25,7 +24,7 @@ rule router_samples:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "python {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--shards {input.shards} --settings-json {params.settings:q} --out {output} > {log} 2>&1"
 
 
@@ -42,7 +41,6 @@ rule train_routers:
         curves=report(f"{ROUTER_DIR}/training_curves.png", caption="../workflow/report/training_curves.rst", category="Routers"),
         labels=report(f"{ROUTER_DIR}/label_distribution.png", caption="../workflow/report/label_distribution.rst", category="Routers"),
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         out_dir=lambda wildcards, output: os.path.dirname(output.weights),
         train=json.dumps(config["train"], sort_keys=True),
@@ -58,7 +56,7 @@ rule train_routers:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --samples {input.samples} "
+        "python {input.script} --model-dir {params.model_dir} --samples {input.samples} "
         "--config-json {params.train:q} --out-dir {params.out_dir} --device {params.device} "
         "--dtype {params.dtype} > {log} 2>&1"
 
@@ -74,7 +72,6 @@ rule calibrate_routers:
     output:
         f"{ROUTER_DIR}/calibration.json",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         routers=lambda wildcards, input: os.path.dirname(input.weights),
         data=" ".join(f"{name}={path}" for name, path in CALIBRATION_DATA.items()),
@@ -98,6 +95,6 @@ rule calibrate_routers:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --routers {params.routers} "
+        "python {input.script} --model-dir {params.model_dir} --routers {params.routers} "
         "--data {params.data} --prompts {input.prompts} --config-json {params.settings:q} --no-progress "
         "--device {params.device} --dtype {params.dtype} --out {output} > {log} 2>&1"

@@ -97,6 +97,27 @@ def test_a_gguf_model_file_is_an_input_of_the_assets_stage(tmp_path):
     assert missing.returncode != 0 and "my.gguf" in missing.stdout + missing.stderr
 
 
+def test_rules_run_the_interpreter_running_snakemake_whatever_python_path_finds(tmp_path):
+    """Rules call `python`: the workflow puts Snakemake's own interpreter first on PATH, so an unactivated venv
+    works and another `python` earlier on PATH is not used."""
+    import os
+
+    work = tmp_path / "work"
+    work.mkdir()
+    workdir_copy(work)
+    decoy = tmp_path / "bin"
+    decoy.mkdir()
+    (decoy / "python").write_text("#!/bin/sh\necho 'not the venv python' >&2\nexit 3\n")
+    (decoy / "python").chmod(0o755)
+    env = {**os.environ, "PATH": os.pathsep.join([str(decoy), "/usr/bin", "/bin"])}
+    target = "resources/data/arc_easy/test.parquet"  # prepare_data reads packaged records: a second or two
+    result = subprocess.run([SNAKEMAKE, "--cores", "1", target, "--configfile", "config/tiny.yaml"], cwd=work,
+                            env=env, capture_output=True, text=True, timeout=300)
+    log = (work / "logs" / "prepare_data" / "arc_easy-test.log").read_text()
+    assert result.returncode == 0, result.stderr[-3000:] + log
+    assert "not the venv python" not in log and (work / target).is_file()
+
+
 def test_dry_run_of_default_config_plans_the_assets():
     result = snakemake("-n", "--forceall", "--quiet", "rules")
     out = result.stdout + result.stderr
