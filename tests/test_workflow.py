@@ -75,6 +75,22 @@ def test_no_rule_file_reads_a_name_a_later_include_defines():
                 assert not re.search(rf"\b{name}\b", code), f"{includes[i]} reads {name}, defined by {includes[j]}"
 
 
+def test_readme_rule_graph_is_the_rulegraph():
+    """The README's mermaid flowchart has exactly the edges of `snakemake --rulegraph` (the default config)."""
+    readme = (REPO / "README.md").read_text()
+    chart = readme.split("```mermaid\nflowchart LR\n", 1)[1].split("```", 1)[0]
+    drawn = set()
+    for line in chart.splitlines():
+        groups = [[name.strip() for name in group.split("&")]
+                  for group in re.sub(r'--\s*"[^"]*"\s*-->', "-->", line).split("-->")]
+        drawn |= {(a, b) for left, right in zip(groups, groups[1:]) for a in left for b in right}
+    dot = snakemake("--rulegraph").stdout
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)$", dot, re.M)}
+    assert edges, dot
+    assert drawn == edges, f"README lacks {sorted(edges - drawn)}; README has extra {sorted(drawn - edges)}"
+
+
 def test_every_report_output_has_a_caption_that_exists():
     for rule_file in sorted((REPO / "rules").glob("*.smk")):
         text = rule_file.read_text()
