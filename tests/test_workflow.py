@@ -50,9 +50,10 @@ def planned_jobs(result) -> dict[str, int]:
     return jobs
 
 
-def test_lint_is_clean():
-    result = snakemake("--lint")
-    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+@pytest.mark.parametrize("configs", [[], ["--configfile", "config/tiny.yaml"]], ids=["default", "tiny"])
+def test_lint_is_clean(configs):
+    out = (result := snakemake("--lint", *configs)).stdout + result.stderr
+    assert "Lints for" not in out and "Congratulations, your workflow is in a good condition" in out, out
 
 
 def rule_file_names(path: Path) -> tuple[set[str], str]:
