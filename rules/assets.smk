@@ -16,9 +16,7 @@ rule prepare_model:
         f"logs/prepare_model/{MODEL}.log",
     benchmark:
         f"benchmarks/prepare_model/{MODEL}.tsv"
-    threads: rule_threads("prepare_model", 2)
-    resources:
-        **rule_resources("prepare_model"),
+    threads: 2
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -40,9 +38,6 @@ rule prepare_data:
         "logs/prepare_data/{benchmark}-{split}.log",
     benchmark:
         "benchmarks/prepare_data/{benchmark}-{split}.tsv"
-    threads: rule_threads("prepare_data")
-    resources:
-        **rule_resources("prepare_data"),
     conda:
         "../envs/drllm.yaml"
     shell:

@@ -22,6 +22,13 @@ DATA_FILES = [
     for benchmark, block in config["data"].items()
     for split in block["splits"]
 ]
+# Cluster sizing (threads, mem_mb, runtime, gpu per rule) is the profile's (set-threads / set-resources in
+# profiles/slurm*/config.yaml): the config says what to compute, the profile where.
+if "resources" in config:
+    raise ValueError(
+        "config resources: per-rule threads, memory, runtime and GPUs moved to the profiles; set them with "
+        "set-threads / set-resources in profiles/slurm/config.yaml (or --set-threads / --set-resources)"
+    )
 # -- search (rules/search.smk; the prompts feed the routers, calibration and block influence too) -----------
 SEARCH = config["search"]
 # `samples: 0` disables a task: config overlays merge key by key and cannot delete one.
@@ -64,22 +71,6 @@ def data_block_json(wc):
     """The `data.<benchmark>` block as prepare_data reads it, without `splits` (adding a split redoes no other)."""
     block = {key: value for key, value in config["data"].get(wc.benchmark, {}).items() if key != "splits"}
     return json.dumps(block, sort_keys=True)
-
-
-def rule_resources(name):
-    """Cluster resources for a rule from config `resources.<name>` (threads are set separately).
-
-    `gpus` becomes Snakemake's `gpu` resource (the SLURM executor's --gpus), and only when > 0.
-    """
-    block = config.get("resources", {}).get(name, {})
-    resources = {key: block[key] for key in ("mem_mb", "runtime") if key in block}
-    if block.get("gpus", 0) > 0:
-        resources["gpu"] = block["gpus"]
-    return resources
-
-
-def rule_threads(name, default=1):
-    return config.get("resources", {}).get(name, {}).get("threads", default)
 
 
 # -- evaluation (rules/eval.smk, rules/report.smk) ---------------------------------------------------------

@@ -24,9 +24,6 @@ rule block_influence:
         f"logs/block_influence/{MODEL}.log",
     benchmark:
         f"benchmarks/block_influence/{MODEL}.tsv"
-    threads: rule_threads("evaluate")
-    resources:
-        **rule_resources("evaluate"),
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -51,9 +48,6 @@ rule evaluate:
         f"logs/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.log",
     benchmark:
         f"benchmarks/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.tsv"
-    threads: rule_threads("evaluate")
-    resources:
-        **rule_resources("evaluate"),
     conda:
         "../envs/drllm.yaml"
     shell:

@@ -44,9 +44,6 @@ rule report:
         "logs/report/report.log",
     benchmark:
         "benchmarks/report/report.tsv"
-    threads: 1
-    resources:
-        **rule_resources("report"),
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -81,9 +78,6 @@ rule release_routers:
         f"logs/release_routers/{MODEL}.log",
     benchmark:
         f"benchmarks/release_routers/{MODEL}.tsv"
-    threads: 1
-    resources:
-        **rule_resources("release_routers"),
     conda:
         "../envs/drllm.yaml"
     shell:

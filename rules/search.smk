@@ -24,9 +24,6 @@ rule select_prompts:
         "logs/select_prompts/{task}.log",
     benchmark:
         "benchmarks/select_prompts/{task}.tsv"
-    threads: rule_threads("select_prompts")
-    resources:
-        **rule_resources("select_prompts"),
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -57,14 +54,13 @@ rule search_shard:
         batch_prompts=SEARCH["batch_prompts"],
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
-        gpus=config.get("resources", {}).get("search", {}).get("gpus", 0),
+        # the job's `gpu` resource (a profile's set-resources, or none): Ray gets exactly these
+        gpus=lambda wildcards, resources: resources.get("gpu", 0),
     log:
         f"logs/search/{MODEL}/{{task}}-{{shard}}.log",
     benchmark:
         f"benchmarks/search/{MODEL}/{{task}}-{{shard}}.tsv"
-    threads: rule_threads("search", 2)
-    resources:
-        **rule_resources("search"),
+    threads: 2
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -88,9 +84,6 @@ rule search_summary:
         f"logs/search_summary/{MODEL}.log",
     benchmark:
         f"benchmarks/search_summary/{MODEL}.tsv"
-    threads: rule_threads("search_summary")
-    resources:
-        **rule_resources("search_summary"),
     conda:
         "../envs/drllm.yaml"
     shell:

@@ -18,9 +18,6 @@ rule router_samples:
         f"logs/router_samples/{MODEL}.log",
     benchmark:
         f"benchmarks/router_samples/{MODEL}.tsv"
-    threads: rule_threads("router_samples")
-    resources:
-        **rule_resources("router_samples"),
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -50,9 +47,7 @@ rule train_routers:
         f"logs/train_routers/{MODEL}.log",
     benchmark:
         f"benchmarks/train_routers/{MODEL}.tsv"
-    threads: rule_threads("train_routers", 2)
-    resources:
-        **rule_resources("train_routers"),
+    threads: 2
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -89,9 +84,6 @@ rule calibrate_routers:
         f"logs/calibrate_routers/{MODEL}.log",
     benchmark:
         f"benchmarks/calibrate_routers/{MODEL}.tsv"
-    threads: rule_threads("evaluate")
-    resources:
-        **rule_resources("evaluate"),
     conda:
         "../envs/drllm.yaml"
     shell:

@@ -148,10 +148,25 @@ def test_slurm_profiles_are_found_from_the_repo_root(profile):
 
 
 def test_paper_config_plans_the_paper_search_on_gpus():
-    result = snakemake("-n", "--forceall", "--configfile", "config/paper.yaml", "--profile", "slurm")
+    """The config says what to compute, the profile where: GPUs and threads come from profiles/slurm alone."""
+    result = snakemake("-n", "-p", "--forceall", "--cores", "16", "--configfile", "config/paper.yaml",
+                       "--profile", "slurm")
     jobs = planned_jobs(result)
     assert jobs["search_shard"] == 7 * 8 and jobs["train_routers"] == 1
-    assert "gpu=1" in result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    searches = [line for line in out.splitlines() if line.startswith("Shell command: python") and "search.py" in line]
+    assert len(searches) == 7 * 8 and all("--cpus 8 --gpus 1 " in line for line in searches)
+    assert "mem_mb=64000" in out.split("rule train_routers:", 1)[1].split("\n\n", 1)[0]
+    local = snakemake("-n", "-p", "--forceall", "--cores", "16", "--configfile", "config/paper.yaml")
+    assert "gpu=" not in local.stdout and "--cpus 2 --gpus 0 " in local.stdout
+
+
+def test_a_config_resources_block_is_refused_naming_the_profiles(tmp_path):
+    work = workdir_copy(tmp_path)
+    (work / "sized.yaml").write_text(yaml.safe_dump({"resources": {"search": {"gpus": 1}}}))
+    result = snakemake("-n", "--configfile", "config/config.yaml", "sized.yaml", cwd=work, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "config resources:" in out and "profiles/slurm/config.yaml" in out
 
 
 def test_schema_violation_fails_with_the_field_named(tmp_path):
