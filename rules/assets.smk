@@ -11,19 +11,16 @@ rule prepare_model:
         weights=f"{MODEL_DIR}/model.safetensors",
     params:
         model=json.dumps(config["model"], sort_keys=True),
-        python=PYTHON,
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
         f"logs/prepare_model/{MODEL}.log",
     benchmark:
         f"benchmarks/prepare_model/{MODEL}.tsv"
-    threads: rule_threads("prepare_model", 2)
-    resources:
-        **rule_resources("prepare_model"),
+    threads: 2
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-json {params.model:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script} --model-json {params.model:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 # A `data:` entry with a `kind` declares its own benchmark (drllm.data.declared): its local source file is an
@@ -37,16 +34,12 @@ rule prepare_data:
         "resources/data/{benchmark}/{split}.parquet",
     params:
         data=data_block_json,
-        python=PYTHON,
     log:
         "logs/prepare_data/{benchmark}-{split}.log",
     benchmark:
         "benchmarks/prepare_data/{benchmark}-{split}.tsv"
-    threads: rule_threads("prepare_data")
-    resources:
-        **rule_resources("prepare_data"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --benchmark {wildcards.benchmark} --split {wildcards.split} "
+        "python {input.script} --benchmark {wildcards.benchmark} --split {wildcards.split} "
         "--data-json {params.data:q} --out {output} > {log} 2>&1"

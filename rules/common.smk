@@ -1,12 +1,20 @@
-# Shared names and helpers for every rule file.
+# Shared names and helpers for all rules, included first. Every other .smk reads only names defined here or in
+# its own text (tests/test_workflow.py checks that no file reads a name a later include defines).
 import json
 import os
+import shlex
 import sys
 
-from snakemake.settings.types import DeploymentMethod
+# Rules run `python`: the interpreter running Snakemake is put first on PATH here (its venv works unactivated),
+# and jobs inherit it (SLURM: sbatch --export=ALL); under --sdm conda the job shell sources conda's `activate`,
+# which puts the env's bin before it, so there `python` is the env's.
+envvars:
+    "PATH",
 
-# Inside a conda env (--sdm conda) `python` is the env's; otherwise the interpreter running Snakemake.
-PYTHON = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+
+_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:  # parsed again per job: prepend once
+    os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
 MODEL = config["model"]["name"]
 MODEL_DIR = f"resources/models/{MODEL}"
 DATA_FILES = [
@@ -14,6 +22,24 @@ DATA_FILES = [
     for benchmark, block in config["data"].items()
     for split in block["splits"]
 ]
+# Cluster sizing (threads, mem_mb, runtime, gpu per rule) is the profile's (set-threads / set-resources in
+# profiles/slurm*/config.yaml): the config says what to compute, the profile where.
+if "resources" in config:
+    raise ValueError(
+        "config resources: per-rule threads, memory, runtime and GPUs moved to the profiles; set them with "
+        "set-threads / set-resources in profiles/slurm/config.yaml (or --set-threads / --set-resources)"
+    )
+# -- search (rules/search.smk; the prompts feed the routers, calibration and block influence too) -----------
+SEARCH = config["search"]
+# `samples: 0` disables a task: config overlays merge key by key and cannot delete one.
+SEARCH_TASKS = {name: block for name, block in SEARCH["tasks"].items() if block["samples"] > 0}
+SEARCH_SHARDS = [
+    f"results/search/{MODEL}/{task}/shard-{shard}.parquet"
+    for task in SEARCH_TASKS
+    for shard in range(SEARCH["shards"])
+]
+# -- routers (rules/train.smk; read by the router cells and the release) ------------------------------------
+ROUTER_DIR = f"results/routers/{MODEL}"
 # Benchmarks declared by config (`kind`, `source`, `fields`) and the formats reading them: checked here, so a bad
 # block stops the run before any job, naming the key. Without drllm in this interpreter (snakemake outside the
 # venv) the data stage checks the blocks instead.
@@ -45,22 +71,6 @@ def data_block_json(wc):
     """The `data.<benchmark>` block as prepare_data reads it, without `splits` (adding a split redoes no other)."""
     block = {key: value for key, value in config["data"].get(wc.benchmark, {}).items() if key != "splits"}
     return json.dumps(block, sort_keys=True)
-
-
-def rule_resources(name):
-    """Cluster resources for a rule from config `resources.<name>` (threads are set separately).
-
-    `gpus` becomes Snakemake's `gpu` resource (the SLURM executor's --gpus), and only when > 0.
-    """
-    block = config.get("resources", {}).get(name, {})
-    resources = {key: block[key] for key in ("mem_mb", "runtime") if key in block}
-    if block.get("gpus", 0) > 0:
-        resources["gpu"] = block["gpus"]
-    return resources
-
-
-def rule_threads(name, default=1):
-    return config.get("resources", {}).get(name, {}).get("threads", default)
 
 
 # -- evaluation (rules/eval.smk, rules/report.smk) ---------------------------------------------------------
@@ -130,6 +140,27 @@ def eval_cell_inputs(wc):
     if kind == "static":
         inputs["influence"] = f"{EVAL_DIR}/block_influence.parquet"
     return inputs
+
+
+# The inputs a cell may or may not have (eval_cell_inputs) and the evaluate.py flag each becomes; the routers are
+# passed as their directory.
+EVAL_OPTIONAL_FLAGS = {
+    "data": ("--data", str),
+    "routers": ("--routers", os.path.dirname),
+    "router_cell": ("--router-cell", str),
+    "influence": ("--influence", str),
+    "calibration": ("--calibration", str),
+}
+
+
+def eval_optional_flags(wildcards, input):
+    """One flag per optional input this cell has, shell-quoted; an absent input passes no flag (its default)."""
+    return shlex.join(
+        arg
+        for name, (flag, value) in EVAL_OPTIONAL_FLAGS.items()
+        if name in input.keys()
+        for arg in (flag, value(getattr(input, name)))
+    )
 
 
 def eval_settings(wc):

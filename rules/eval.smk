@@ -14,7 +14,6 @@ rule block_influence:
     output:
         f"{EVAL_DIR}/block_influence.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
             {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
@@ -25,13 +24,10 @@ rule block_influence:
         f"logs/block_influence/{MODEL}.log",
     benchmark:
         f"benchmarks/block_influence/{MODEL}.tsv"
-    threads: rule_threads("evaluate")
-    resources:
-        **rule_resources("evaluate"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "python {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--settings-json {params.settings:q} --device {params.device} --dtype {params.dtype} "
         "--out {output} > {log} 2>&1"
 
@@ -42,29 +38,19 @@ rule evaluate:
     output:
         f"{EVAL_DIR}/{{eval_benchmark}}/{{method}}.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         entry=eval_entry_json,
         settings=eval_settings,
-        routers=lambda wildcards, input: os.path.dirname(input.routers) if "routers" in input.keys() else "",
-        router_cell=lambda wildcards, input: input.router_cell if "router_cell" in input.keys() else "",
-        influence=lambda wildcards, input: input.influence if "influence" in input.keys() else "",
-        calibration=lambda wildcards, input: input.calibration if "calibration" in input.keys() else "",
-        data=lambda wildcards, input: input.data if "data" in input.keys() else "",
+        optional=eval_optional_flags,
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
         f"logs/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.log",
     benchmark:
         f"benchmarks/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.tsv"
-    threads: rule_threads("evaluate")
-    resources:
-        **rule_resources("evaluate"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --data '{params.data}' "
+        "python {input.script} --model-dir {params.model_dir} {params.optional} "
         "--entry-json {params.entry:q} --method {wildcards.method:q} --settings-json {params.settings:q} "
-        "--routers '{params.routers}' --router-cell '{params.router_cell}' --influence '{params.influence}' "
-        "--calibration '{params.calibration}' "
         "--device {params.device} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"

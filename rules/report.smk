@@ -36,7 +36,6 @@ rule report:
             category="Evaluation",
         ),
     params:
-        python=PYTHON,
         skipped=json.dumps(EVAL_SKIPPED, sort_keys=True),
         in_domain=json.dumps(REPORT_IN_DOMAIN),
         seed=EVAL["seed"],
@@ -45,13 +44,10 @@ rule report:
         "logs/report/report.log",
     benchmark:
         "benchmarks/report/report.tsv"
-    threads: 1
-    resources:
-        **rule_resources("report"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --cells {input.cells:q} --skipped-json {params.skipped:q} "
+        "python {input.script} --cells {input.cells:q} --skipped-json {params.skipped:q} "
         "--in-domain-json {params.in_domain:q} --seed {params.seed} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -76,19 +72,15 @@ rule release_routers:
         calibration=f"{RELEASE_DIR}/calibration.json",
         card=report(f"{RELEASE_DIR}/README.md", caption="../workflow/report/release_card.rst", category="Routers"),
     params:
-        python=PYTHON,
         router_dir=lambda wildcards, input: os.path.dirname(input.weights),
         out_dir=lambda wildcards, output: os.path.dirname(output.weights),
     log:
         f"logs/release_routers/{MODEL}.log",
     benchmark:
         f"benchmarks/release_routers/{MODEL}.tsv"
-    threads: 1
-    resources:
-        **rule_resources("release_routers"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --router-dir {params.router_dir} --shards {input.shards:q} "
+        "python {input.script} --router-dir {params.router_dir} --shards {input.shards:q} "
         "--search-summary {input.search_summary} --report-summary {input.report_summary} "
         "--out-dir {params.out_dir} > {log} 2>&1"

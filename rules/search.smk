@@ -1,14 +1,5 @@
 # Prompts + search stages: a seeded prompt set per task, MCTS shards per task, the Table 2 summary.
 
-SEARCH = config["search"]
-# `samples: 0` disables a task: config overlays merge key by key and cannot delete one.
-SEARCH_TASKS = {name: block for name, block in SEARCH["tasks"].items() if block["samples"] > 0}
-SEARCH_SHARDS = [
-    f"results/search/{MODEL}/{task}/shard-{shard}.parquet"
-    for task in SEARCH_TASKS
-    for shard in range(SEARCH["shards"])
-]
-
 
 wildcard_constraints:
     task="[A-Za-z0-9_]+",
@@ -22,23 +13,22 @@ rule select_prompts:
     output:
         "results/prompts/{task}.parquet",
     params:
-        python=PYTHON,
         format=lambda wc: SEARCH_TASKS[wc.task]["format"],
         samples=lambda wc: SEARCH_TASKS[wc.task]["samples"],
-        levels=lambda wc: ",".join(str(x) for x in SEARCH_TASKS[wc.task].get("levels", [])),
+        # only a task with `levels` passes the flag (select_prompts keeps every level without it)
+        levels=lambda wc: shlex.join(["--levels", ",".join(map(str, SEARCH_TASKS[wc.task]["levels"]))])
+        if SEARCH_TASKS[wc.task].get("levels")
+        else "",
         seed=SEARCH["seed"],
     log:
         "logs/select_prompts/{task}.log",
     benchmark:
         "benchmarks/select_prompts/{task}.tsv"
-    threads: rule_threads("select_prompts")
-    resources:
-        **rule_resources("select_prompts"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --records {input.records} --task {wildcards.task} "
-        "--format {params.format} --samples {params.samples} --levels '{params.levels}' --seed {params.seed} "
+        "python {input.script} --records {input.records} --task {wildcards.task} "
+        "--format {params.format} --samples {params.samples} {params.levels} --seed {params.seed} "
         "--out {output} > {log} 2>&1"
 
 
@@ -50,7 +40,6 @@ rule search_shard:
     output:
         f"results/search/{MODEL}/{{task}}/shard-{{shard}}.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
             {key: SEARCH[key] for key in ("mcts", "reward", "seed", "chat_template", "prefix_cache", "formats") if key in SEARCH},
@@ -59,26 +48,26 @@ rule search_shard:
         num_shards=SEARCH["shards"],
         backend=SEARCH["backend"],
         workers=SEARCH["workers"],
-        ray_address=SEARCH.get("ray_address") or "",
+        # without `ray_address` no flag: the stage starts its own Ray (or runs in process)
+        ray_address=shlex.join(["--ray-address", SEARCH["ray_address"]]) if SEARCH.get("ray_address") else "",
         max_retries=SEARCH["max_retries"],
         batch_prompts=SEARCH["batch_prompts"],
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
-        gpus=config.get("resources", {}).get("search", {}).get("gpus", 0),
+        # the job's `gpu` resource (a profile's set-resources, or none): Ray gets exactly these
+        gpus=lambda wildcards, resources: resources.get("gpu", 0),
     log:
         f"logs/search/{MODEL}/{{task}}-{{shard}}.log",
     benchmark:
         f"benchmarks/search/{MODEL}/{{task}}-{{shard}}.tsv"
-    threads: rule_threads("search", 2)
-    resources:
-        **rule_resources("search"),
+    threads: 2
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "python {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --settings-json {params.settings:q} "
         "--backend {params.backend} --workers {params.workers} --cpus {threads} --gpus {params.gpus} "
-        "--ray-address '{params.ray_address}' --max-retries {params.max_retries} --batch-prompts {params.batch_prompts} "
+        "{params.ray_address} --max-retries {params.max_retries} --batch-prompts {params.batch_prompts} "
         "--device {params.device} --dtype {params.dtype} "
         "--out {output} > {log} 2>&1"
 
@@ -91,17 +80,12 @@ rule search_summary:
     output:
         table=f"results/search/{MODEL}/summary.parquet",
         markdown=report(f"results/search/{MODEL}/summary.md", caption="../workflow/report/search_summary.rst", category="Search"),
-    params:
-        python=PYTHON,
     log:
         f"logs/search_summary/{MODEL}.log",
     benchmark:
         f"benchmarks/search_summary/{MODEL}.tsv"
-    threads: rule_threads("search_summary")
-    resources:
-        **rule_resources("search_summary"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --manifest {input.manifest} --shards {input.shards} "
+        "python {input.script} --manifest {input.manifest} --shards {input.shards} "
         "--out {output.table} > {log} 2>&1"

@@ -1,7 +1,5 @@
 # Router stage: training samples from the kept search results, then the routers.
 
-ROUTER_DIR = f"results/routers/{MODEL}"
-
 
 rule router_samples:
     input:
@@ -12,7 +10,6 @@ rule router_samples:
     output:
         f"{ROUTER_DIR}/samples.parquet",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
             {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
@@ -21,13 +18,10 @@ rule router_samples:
         f"logs/router_samples/{MODEL}.log",
     benchmark:
         f"benchmarks/router_samples/{MODEL}.tsv"
-    threads: rule_threads("router_samples")
-    resources:
-        **rule_resources("router_samples"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
+        "python {input.script} --model-dir {params.model_dir} --prompts {input.prompts} "
         "--shards {input.shards} --settings-json {params.settings:q} --out {output} > {log} 2>&1"
 
 
@@ -44,7 +38,6 @@ rule train_routers:
         curves=report(f"{ROUTER_DIR}/training_curves.png", caption="../workflow/report/training_curves.rst", category="Routers"),
         labels=report(f"{ROUTER_DIR}/label_distribution.png", caption="../workflow/report/label_distribution.rst", category="Routers"),
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         out_dir=lambda wildcards, output: os.path.dirname(output.weights),
         train=json.dumps(config["train"], sort_keys=True),
@@ -54,13 +47,11 @@ rule train_routers:
         f"logs/train_routers/{MODEL}.log",
     benchmark:
         f"benchmarks/train_routers/{MODEL}.tsv"
-    threads: rule_threads("train_routers", 2)
-    resources:
-        **rule_resources("train_routers"),
+    threads: 2
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --samples {input.samples} "
+        "python {input.script} --model-dir {params.model_dir} --samples {input.samples} "
         "--config-json {params.train:q} --out-dir {params.out_dir} --device {params.device} "
         "--dtype {params.dtype} > {log} 2>&1"
 
@@ -76,7 +67,6 @@ rule calibrate_routers:
     output:
         f"{ROUTER_DIR}/calibration.json",
     params:
-        python=PYTHON,
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         routers=lambda wildcards, input: os.path.dirname(input.weights),
         data=" ".join(f"{name}={path}" for name, path in CALIBRATION_DATA.items()),
@@ -94,12 +84,9 @@ rule calibrate_routers:
         f"logs/calibrate_routers/{MODEL}.log",
     benchmark:
         f"benchmarks/calibrate_routers/{MODEL}.tsv"
-    threads: rule_threads("evaluate")
-    resources:
-        **rule_resources("evaluate"),
     conda:
         "../envs/drllm.yaml"
     shell:
-        "{params.python} {input.script} --model-dir {params.model_dir} --routers {params.routers} "
+        "python {input.script} --model-dir {params.model_dir} --routers {params.routers} "
         "--data {params.data} --prompts {input.prompts} --config-json {params.settings:q} --no-progress "
         "--device {params.device} --dtype {params.dtype} --out {output} > {log} 2>&1"

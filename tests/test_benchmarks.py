@@ -667,7 +667,7 @@ def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
 
     from snakemake.utils import validate
 
-    schema = str(ROOT / "config" / "schema.yaml")
+    schema = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
     overlay, sample = readme_example()
     name, block = write_readme_dataset(tmp_path, overlay, sample, questions=4)
     config = merged(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), overlay)

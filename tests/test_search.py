@@ -377,11 +377,11 @@ def probe_values(rule: dict) -> list:
 
 
 def test_config_schema_and_mcts_config_agree_on_every_bound():
-    """config/schema.yaml's MCTS block (search.mcts and eval.oracle.mcts) accepts exactly what MCTSConfig does,
-    so no config passes validation and then fails once a job starts."""
+    """workflow/schemas/config.schema.yaml's MCTS block (search.mcts and eval.oracle.mcts) accepts exactly what
+    MCTSConfig does, so no config passes validation and then fails once a job starts."""
     import jsonschema
 
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     block = schema["$defs"]["mcts"]
     assert set(block["properties"]) == {field.name for field in dataclasses.fields(MCTSConfig)}
     validator = jsonschema.Draft202012Validator(block)
@@ -423,14 +423,14 @@ def test_search_settings_are_validated_once_naming_the_field():
 
 
 def test_config_schema_and_stage_settings_agree_on_every_bound():
-    """The search and evaluation settings objects accept exactly what config/schema.yaml accepts for the keys
-    they read (the MCTS block has its own test above)."""
+    """The search and evaluation settings objects accept exactly what workflow/schemas/config.schema.yaml accepts
+    for the keys they read (the MCTS block has its own test above)."""
     import jsonschema
 
     from drllm.evaluation.cells import EvalSettings
     from drllm.search.workers import SearchSettings
 
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     manifest = {"name": "m", "num_layers": 4}
     search, evaluation = schema["search"]["properties"], schema["eval"]["properties"]
     probes = [(f"search.{name}", search[name], lambda value, name=name: SearchSettings.from_dict({name: value},

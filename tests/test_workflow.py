@@ -1,11 +1,14 @@
 """The Snakemake DAG: lint, dry runs, schema validation, and the assets stage end to end on a tiny config."""
 from __future__ import annotations
 
+import io
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -47,9 +50,46 @@ def planned_jobs(result) -> dict[str, int]:
     return jobs
 
 
-def test_lint_is_clean():
-    result = snakemake("--lint")
-    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+@pytest.mark.parametrize("configs", [[], ["--configfile", "config/tiny.yaml"]], ids=["default", "tiny"])
+def test_lint_is_clean(configs):
+    out = (result := snakemake("--lint", *configs)).stdout + result.stderr
+    assert "Lints for" not in out and "Congratulations, your workflow is in a good condition" in out, out
+
+
+def rule_file_names(path: Path) -> tuple[set[str], str]:
+    """A rule file's top-level names (assignments, defs) and its text without comments (what it reads)."""
+    text = path.read_text()
+    defined = set(re.findall(r"^([A-Za-z_]\w*)\s*=(?!=)", text, re.M)) | set(re.findall(r"^def (\w+)", text, re.M))
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    code = " ".join(token.string for token in tokens if token.type != tokenize.COMMENT)
+    return defined, code
+
+
+def test_no_rule_file_reads_a_name_a_later_include_defines():
+    """Each rule file reads only names from itself or the files included before it (rules/common.smk first)."""
+    includes = re.findall(r'^include: "([^"]+)"', (REPO / "Snakefile").read_text(), re.M)
+    assert includes[0] == "rules/common.smk" and len(includes) == len(list((REPO / "rules").glob("*.smk")))
+    files = [rule_file_names(REPO / name) for name in includes]
+    for i, (_, code) in enumerate(files):
+        for j in range(i + 1, len(files)):
+            for name in sorted(files[j][0]):
+                assert not re.search(rf"\b{name}\b", code), f"{includes[i]} reads {name}, defined by {includes[j]}"
+
+
+def test_readme_rule_graph_is_the_rulegraph():
+    """The README's mermaid flowchart has exactly the edges of `snakemake --rulegraph` (the default config)."""
+    readme = (REPO / "README.md").read_text()
+    chart = readme.split("```mermaid\nflowchart LR\n", 1)[1].split("```", 1)[0]
+    drawn = set()
+    for line in chart.splitlines():
+        groups = [[name.strip() for name in group.split("&")]
+                  for group in re.sub(r'--\s*"[^"]*"\s*-->', "-->", line).split("-->")]
+        drawn |= {(a, b) for left, right in zip(groups, groups[1:]) for a in left for b in right}
+    dot = snakemake("--rulegraph").stdout
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)$", dot, re.M)}
+    assert edges, dot
+    assert drawn == edges, f"README lacks {sorted(edges - drawn)}; README has extra {sorted(drawn - edges)}"
 
 
 def test_every_report_output_has_a_caption_that_exists():
@@ -74,6 +114,27 @@ def test_a_gguf_model_file_is_an_input_of_the_assets_stage(tmp_path):
     assert missing.returncode != 0 and "my.gguf" in missing.stdout + missing.stderr
 
 
+def test_rules_run_the_interpreter_running_snakemake_whatever_python_path_finds(tmp_path):
+    """Rules call `python`: the workflow puts Snakemake's own interpreter first on PATH, so an unactivated venv
+    works and another `python` earlier on PATH is not used."""
+    import os
+
+    work = tmp_path / "work"
+    work.mkdir()
+    workdir_copy(work)
+    decoy = tmp_path / "bin"
+    decoy.mkdir()
+    (decoy / "python").write_text("#!/bin/sh\necho 'not the venv python' >&2\nexit 3\n")
+    (decoy / "python").chmod(0o755)
+    env = {**os.environ, "PATH": os.pathsep.join([str(decoy), "/usr/bin", "/bin"])}
+    target = "resources/data/arc_easy/test.parquet"  # prepare_data reads packaged records: a second or two
+    result = subprocess.run([SNAKEMAKE, "--cores", "1", target, "--configfile", "config/tiny.yaml"], cwd=work,
+                            env=env, capture_output=True, text=True, timeout=300)
+    log = (work / "logs" / "prepare_data" / "arc_easy-test.log").read_text()
+    assert result.returncode == 0, result.stderr[-3000:] + log
+    assert "not the venv python" not in log and (work / target).is_file()
+
+
 def test_dry_run_of_default_config_plans_the_assets():
     result = snakemake("-n", "--forceall", "--quiet", "rules")
     out = result.stdout + result.stderr
@@ -87,10 +148,25 @@ def test_slurm_profiles_are_found_from_the_repo_root(profile):
 
 
 def test_paper_config_plans_the_paper_search_on_gpus():
-    result = snakemake("-n", "--forceall", "--configfile", "config/paper.yaml", "--profile", "slurm")
+    """The config says what to compute, the profile where: GPUs and threads come from profiles/slurm alone."""
+    result = snakemake("-n", "-p", "--forceall", "--cores", "16", "--configfile", "config/paper.yaml",
+                       "--profile", "slurm")
     jobs = planned_jobs(result)
     assert jobs["search_shard"] == 7 * 8 and jobs["train_routers"] == 1
-    assert "gpu=1" in result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    searches = [line for line in out.splitlines() if line.startswith("Shell command: python") and "search.py" in line]
+    assert len(searches) == 7 * 8 and all("--cpus 8 --gpus 1 " in line for line in searches)
+    assert "mem_mb=64000" in out.split("rule train_routers:", 1)[1].split("\n\n", 1)[0]
+    local = snakemake("-n", "-p", "--forceall", "--cores", "16", "--configfile", "config/paper.yaml")
+    assert "gpu=" not in local.stdout and "--cpus 2 --gpus 0 " in local.stdout
+
+
+def test_a_config_resources_block_is_refused_naming_the_profiles(tmp_path):
+    work = workdir_copy(tmp_path)
+    (work / "sized.yaml").write_text(yaml.safe_dump({"resources": {"search": {"gpus": 1}}}))
+    result = snakemake("-n", "--configfile", "config/config.yaml", "sized.yaml", cwd=work, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "config resources:" in out and "profiles/slurm/config.yaml" in out
 
 
 def test_schema_violation_fails_with_the_field_named(tmp_path):
@@ -130,7 +206,11 @@ def test_dry_run_plans_the_frontier_and_calibrated_cells(tmp_path):
     for line in out.splitlines():
         if "evaluate.py" in line and "--method" in line:
             cell = re.search(r"--out results/eval/smollm2-135m-instruct/(\w+)/(\S+)\.parquet", line).groups()
-            commands[cell] = {flag: re.search(rf"--{flag} '([^']*)'", line).group(1)
+            args = shlex.split(line.partition("Shell command: ")[2].partition(" > ")[0])
+            assert "" not in args, line  # an absent input passes no flag, not an empty argument
+            given = dict(zip(args, args[1:]))
+            assert given["--data"] == f"resources/data/{cell[0]}/test.parquet"
+            commands[cell] = {flag: given.get(f"--{flag}", "")
                               for flag in ("routers", "router-cell", "influence", "calibration")}
     swept = ["router@-0.25", "router@0.25", "static@2", "static@3", "random@2"]
     assert set(commands) == {(b, m) for b in ("arc_easy", "squad") for m in methods + swept}
