@@ -76,7 +76,7 @@ def data_block_json(wc):
 # -- evaluation (rules/eval.smk, rules/report.smk) ---------------------------------------------------------
 EVAL = config["eval"]
 EVAL_DIR = f"results/eval/{MODEL}"
-EVAL_SELECTED = EVAL.get("select") or list(EVAL["benchmarks"])
+EVAL_SELECTED = EVAL["select"] or list(EVAL["benchmarks"])
 _unknown_selected = sorted(set(EVAL_SELECTED) - set(EVAL["benchmarks"]))
 if _unknown_selected:
     raise ValueError(
@@ -102,9 +102,9 @@ EVAL_SKIPPED = [
 # Swept cells: router@p per knob, and the fixed-budget baselines static@k / random@k (the frontier's x axis).
 EVAL_METHODS = (
     list(EVAL["methods"])
-    + [f"router@{p:g}" for p in EVAL.get("knobs", [])]
-    + [f"static@{k}" for k in EVAL.get("static_k", [])]
-    + [f"random@{k}" for k in EVAL.get("random_k", [])]
+    + [f"router@{p:g}" for p in EVAL["knobs"]]
+    + [f"static@{k}" for k in EVAL["static_k"]]
+    + [f"random@{k}" for k in EVAL["random_k"]]
 )
 # An entry's own `methods` list replaces the global one for that entry (e.g. a frontier sweep on one benchmark).
 EVAL_CELLS = [
@@ -168,16 +168,15 @@ def eval_settings(wc):
     kind = wc.method.split("@")[0]
     settings = {
         "seed": EVAL["seed"],
-        "chat_template": EVAL.get("chat_template", True),
-        "formats": EVAL.get("formats", {}),
+        "chat_template": EVAL["chat_template"],
+        "formats": EVAL["formats"],
     }
-    if kind == "oracle":
-        oracle = EVAL.get("oracle", {})
+    if kind == "oracle":  # config/config.yaml gives eval.oracle both keys; the schema the defaults of the rest
         settings["oracle"] = {
-            "samples": oracle.get("samples"),
-            "mcts": {**SEARCH["mcts"], **oracle.get("mcts", {})},
+            "samples": EVAL["oracle"]["samples"],
+            "mcts": {**SEARCH["mcts"], **EVAL["oracle"]["mcts"]},
         }
-        settings["prefix_cache"] = SEARCH.get("prefix_cache", 8)
+        settings["prefix_cache"] = SEARCH["prefix_cache"]
     return json.dumps(settings, sort_keys=True)
 
 

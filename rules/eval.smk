@@ -16,7 +16,7 @@ rule block_influence:
     params:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
-            {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
+            {key: SEARCH[key] for key in ("formats", "chat_template")}, sort_keys=True
         ),
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],

@@ -12,7 +12,7 @@ rule router_samples:
     params:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
-            {key: SEARCH[key] for key in ("formats", "chat_template") if key in SEARCH}, sort_keys=True
+            {key: SEARCH[key] for key in ("formats", "chat_template")}, sort_keys=True
         ),
     log:
         f"logs/router_samples/{MODEL}.log",
@@ -73,8 +73,8 @@ rule calibrate_routers:
         settings=json.dumps(
             {
                 **CALIBRATE,
-                "formats": EVAL.get("formats", {}),
-                "chat_template": EVAL.get("chat_template", True),
+                "formats": EVAL["formats"],
+                "chat_template": EVAL["chat_template"],
             },
             sort_keys=True,
         ),

@@ -19,7 +19,7 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.baselines import block_influence, influence_rows, write_influence
-from drllm.search.shards import encode_prompt_row, read_prompts
+from drllm.search.shards import PromptEncoding, encode_prompt_row, read_prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = json.loads(args.settings_json)
         if not isinstance(settings, dict):
             raise ValueError("--settings-json must be a JSON object")
+        encoding = PromptEncoding.from_dict(settings)
         model, tokenizer, manifest = load_model(args.model_dir, device=args.device, dtype=args.dtype)
-        chat_template = chat_template_for(settings.get("chat_template"), manifest)
-        formats = settings.get("formats", {})
+        chat_template = chat_template_for(encoding.chat_template, manifest)
         prompts = []
         for path in args.prompts:
             for row in read_prompts(path):
-                _, encoded = encode_prompt_row(row, tokenizer, formats, chat_template)
+                _, encoded = encode_prompt_row(row, tokenizer, encoding.formats, chat_template)
                 prompts.append(encoded.prompt_ids)
         influence, tokens = block_influence(PathExecutor(model), prompts)
         write_influence(args.out, influence_rows(manifest["name"], influence, len(prompts), tokens),

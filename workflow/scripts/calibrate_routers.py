@@ -21,34 +21,23 @@ import sys
 
 from drllm.core.artifacts import ArtifactError, write_json
 from drllm.data.examples import read_examples
-from drllm.routing.calibration import (CalibrationConfig, CalibrationSet, calibration_curve, choose_operating_point,
-                                       curve_records)
+from drllm.routing.calibration import CalibrationConfig, calibration_curve, choose_operating_point, curve_records
 from drllm.evaluation.cells import sample_examples
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.routing.router import RouterStack
 from drllm.search.shards import read_prompts
 
-KEYS = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template"}
-
-
-def parse_config(text: str) -> tuple[CalibrationConfig, list[CalibrationSet], bool | None]:
+def parse_config(text: str) -> CalibrationConfig:
     try:
         block = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--config-json is not valid JSON: {exc}") from exc
     if not isinstance(block, dict):
         raise ValueError("--config-json must be a JSON object")
-    unknown = sorted(set(block) - KEYS)
-    if unknown:
-        raise ValueError(f"calibrate: unknown key(s) {unknown}; expected some of {sorted(KEYS)}")
-    sets_block = block.get("sets") or {}
-    if not isinstance(sets_block, dict) or not sets_block:
+    if not block.get("sets"):
         raise ValueError("calibrate.sets must name at least one calibration set")
-    formats = block.get("formats") or {}
-    sets = [CalibrationSet.from_config(name, spec, formats) for name, spec in sorted(sets_block.items())]
-    config = CalibrationConfig.from_dict({k: block[k] for k in ("max_drop", "knobs", "seed") if k in block})
-    return config, sets, block.get("chat_template")  # None: the model's own (chat_template_for)
+    return CalibrationConfig.from_dict(block)
 
 
 def parse_data(items: list[str]) -> dict[str, str]:
@@ -83,17 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="calibration JSON (written atomically)")
     args = parser.parse_args(argv)
     try:
-        config, sets, chat_template = parse_config(args.config_json)
+        config = parse_config(args.config_json)
         data = parse_data(args.data)
-        missing = sorted({s.name for s in sets} - set(data))
+        missing = sorted({s.name for s in config.sets} - set(data))
         if missing:
             raise ValueError(f"--data has no records file for calibration set(s) {missing}")
         manifest = read_manifest(args.model_dir)
-        chat_template = chat_template_for(chat_template, manifest)
+        chat_template = chat_template_for(config.chat_template, manifest)
         routers = RouterStack.for_model(args.routers, manifest)
         prompt_rows = [row for path in args.prompts for row in read_prompts(path)]
         chosen_sets = []
-        for calibration_set in sets:
+        for calibration_set in config.sets:
             examples = held_out(read_examples(data[calibration_set.name]), calibration_set.benchmark,
                                 calibration_set.split, prompt_rows)
             if not examples:

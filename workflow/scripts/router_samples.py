@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from drllm.core.artifacts import ArtifactError
 from drllm.core.models import chat_template_for, read_manifest
 from drllm.core.provenance import stage_provenance
-from drllm.search.shards import read_prompts, read_shard
+from drllm.search.shards import PromptEncoding, read_prompts, read_shard
 from drllm.routing.samples import samples_from_search, write_samples
 
 
@@ -32,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = read_manifest(args.model_dir)
         settings = json.loads(args.settings_json)
+        encoding = PromptEncoding.from_dict(settings)
         results = [row for path in args.shards for row in read_shard(path, manifest["name"], manifest["num_layers"])]
         prompts = [row for path in args.prompts for row in read_prompts(path)]
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-        samples = samples_from_search(results, prompts, tokenizer, settings.get("formats"),
-                                      chat_template_for(settings.get("chat_template"), manifest))
+        samples = samples_from_search(results, prompts, tokenizer, encoding.formats,
+                                      chat_template_for(encoding.chat_template, manifest))
         if not samples:
             raise ArtifactError(f"no kept prompts in {len(results)} search results: nothing to train on "
                                 "(search more prompts, or a model that answers some of them)")

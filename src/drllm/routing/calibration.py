@@ -54,9 +54,13 @@ class CalibrationSet:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
+    """The `calibrate:` block as the stage receives it (rules/train.smk), built and validated once by `from_dict`."""
+
     max_drop: float = 0.005           # largest score drop vs base allowed on any set (0.005 = 0.5 points)
     knobs: tuple[float, ...] = (-0.5, -0.45, -0.4, -0.35, -0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0)
     seed: int = 0
+    sets: tuple[CalibrationSet, ...] = ()  # by name; each with eval.formats' options for its format folded in
+    chat_template: bool | None = None      # None: the model's own (drllm.core.models.chat_template_for)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) \
@@ -73,11 +77,25 @@ class CalibrationConfig:
 
     @classmethod
     def from_dict(cls, block: Mapping[str, Any] | None) -> "CalibrationConfig":
+        """max_drop, knobs, seed, sets {name: {benchmark, split, format, samples, levels, options}} (at least one
+        when given), and the evaluation's formats and chat_template."""
         block = dict(block or {})
-        known = {"max_drop", "knobs", "seed"}
+        known = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template"}
         unknown = sorted(set(block) - known)
         if unknown:
             raise ValueError(f"calibrate: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        formats = block.pop("formats", None) or {}
+        if not isinstance(formats, Mapping):
+            raise ValueError(f"calibrate: formats must be a mapping of format options, got {formats!r}")
+        if "sets" in block:
+            sets_block = block.pop("sets")
+            if not isinstance(sets_block, Mapping) or not sets_block:
+                raise ValueError("calibrate.sets must name at least one calibration set")
+            block["sets"] = tuple(CalibrationSet.from_config(name, spec, formats)
+                                  for name, spec in sorted(sets_block.items()))
+        chat_template = block.get("chat_template")
+        if chat_template is not None and not isinstance(chat_template, bool):
+            raise ValueError(f"calibrate: chat_template must be true, false or null, got {chat_template!r}")
         return cls(**block)
 
 

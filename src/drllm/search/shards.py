@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -82,6 +83,28 @@ PAPER_LABEL_STATS = {"mean_layers_saved": 1.82, "wrong_to_correct_share": 0.30, 
 def example_from_row(row: dict) -> Example:
     """The benchmark record a prompt row carries (PROMPT_SCHEMA holds every EXAMPLE_SCHEMA column)."""
     return Example(**{name: row[name] for name in EXAMPLE_SCHEMA.names})
+
+
+@dataclass(frozen=True)
+class PromptEncoding:
+    """The search's `formats` (per-format options) and `chat_template` (None: the model's own), which the router
+    samples and the block influence read too, so they encode every prompt row as the search did."""
+
+    formats: dict = field(default_factory=dict)
+    chat_template: bool | None = None
+
+    @classmethod
+    def from_dict(cls, block: dict | None) -> "PromptEncoding":
+        block = dict(block or {})
+        unknown = sorted(set(block) - {"formats", "chat_template"})
+        if unknown:
+            raise ValueError(f"prompt encoding settings: unknown key(s) {unknown}; expected formats, chat_template")
+        encoding = cls(**block)
+        if not isinstance(encoding.formats, dict):
+            raise ValueError(f"search.formats must be a mapping of format options, got {encoding.formats!r}")
+        if encoding.chat_template is not None and not isinstance(encoding.chat_template, bool):
+            raise ValueError(f"search.chat_template must be true, false or null, got {encoding.chat_template!r}")
+        return encoding
 
 
 def encode_prompt_row(row: dict, tokenizer, formats: dict, chat_template: bool):
