@@ -499,14 +499,6 @@ def _cache_for(path: LayerPath, layer_types: list[str], cache_kwargs: list[dict]
     return cache
 
 
-def select_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
-    """A cache holding only batch rows `rows` (a copy: `cache` keeps all its rows)."""
-    twin = _copy_cache(cache)
-    for layer in twin.layers:
-        layer.batch_select_indices(rows)
-    return twin
-
-
 def _copy_cache(cache: DynamicCache) -> DynamicCache:
     """A cache sharing the tensors but not the slot objects: updates rebind tensors per copy (torch.cat)."""
     twin = copy.copy(cache)
