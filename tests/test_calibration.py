@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 
-from drllm.routing.calibration import (BASE_KNOB, CalibrationConfig, CalibrationSet, CurvePoint, choose_operating_point)
+from drllm.routing.calibration import (BASE_KNOB, CalibrationConfig, CurvePoint, choose_operating_point)
 
 
 def curve(table):
@@ -59,7 +59,9 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['budget'\]"):
         CalibrationConfig.from_dict({"budget": 1})
     with pytest.raises(ValueError, match=r"calibrate.sets.x.format"):
-        CalibrationSet.from_config("x", {"benchmark": "arc_easy", "split": "validation"})
+        CalibrationConfig.from_dict({"sets": {"x": {"benchmark": "arc_easy", "split": "validation"}}})
+    with pytest.raises(ValueError, match=r"calibrate.sets.x: unknown key\(s\) \['lm_eval'\]"):
+        CalibrationConfig.from_dict({"sets": {"x": {"lm_eval": {"task": "hellaswag", "metric": "acc"}}}})
 
 
 @pytest.mark.slow

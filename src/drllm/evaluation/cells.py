@@ -121,7 +121,8 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class EvalEntry:
-    """One config `eval.benchmarks` entry: which records, which format, how many examples."""
+    """Which records, in which answer format, how many examples: one config `eval.benchmarks` entry, or one
+    `calibrate.sets` entry (section "calibrate.sets", no lm-eval tasks)."""
 
     name: str
     benchmark: str
@@ -133,19 +134,22 @@ class EvalEntry:
     lm_eval: dict | None = None      # {task: name or config dict, metric, include_path, apply_chat_template}
 
     @classmethod
-    def from_config(cls, name: str, block: dict, formats: dict | None = None) -> "EvalEntry":
-        known = {"benchmark", "split", "format", "samples", "levels", "options", "lm_eval"}
+    def from_config(cls, name: str, block: dict, formats: dict | None = None,
+                    section: str = "eval.benchmarks") -> "EvalEntry":
+        known = {"benchmark", "split", "format", "samples", "levels", "options"}
+        if section == "eval.benchmarks":
+            known.add("lm_eval")
         unknown = sorted(set(block) - known)
         if unknown:
-            raise ValueError(f"eval.benchmarks.{name}: unknown key(s) {unknown}; expected {sorted(known)}")
+            raise ValueError(f"{section}.{name}: unknown key(s) {unknown}; expected {sorted(known)}")
         if block.get("lm_eval") is not None:
             return cls._lm_eval_entry(name, block)
         for key in ("benchmark", "split", "format"):
             if not isinstance(block.get(key), str) or not block[key]:
-                raise ValueError(f"eval.benchmarks.{name}.{key} must be a non-empty string")
+                raise ValueError(f"{section}.{name}.{key} must be a non-empty string")
         samples = block.get("samples")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-            raise ValueError(f"eval.benchmarks.{name}.samples must be a positive integer or null, got {samples!r}")
+            raise ValueError(f"{section}.{name}.samples must be a positive integer or null, got {samples!r}")
         options = {**(formats or {}).get(block["format"], {}), **(block.get("options") or {})}
         levels = block.get("levels")
         return cls(name, block["benchmark"], block["split"], block["format"], samples,

@@ -14,42 +14,14 @@ curve) are separate, so the choice is testable on a constructed curve.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from drllm.evaluation.cells import EvalEntry
+
 BASE_KNOB = 0.5  # p = 0.5 executes every block: the base model
-
-
-@dataclass(frozen=True)
-class CalibrationSet:
-    """Held-out prompts of one benchmark split in one answer format."""
-
-    name: str
-    benchmark: str
-    split: str
-    format: str
-    samples: int | None = None
-    levels: tuple[int, ...] | None = None
-    options: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, name: str, block: Mapping[str, Any], formats: Mapping | None = None) -> "CalibrationSet":
-        known = {"benchmark", "split", "format", "samples", "levels", "options"}
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"calibrate.sets.{name}: unknown key(s) {unknown}; expected {sorted(known)}")
-        for key in ("benchmark", "split", "format"):
-            if not isinstance(block.get(key), str) or not block[key]:
-                raise ValueError(f"calibrate.sets.{name}.{key} must be a non-empty string")
-        samples = block.get("samples")
-        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-            raise ValueError(f"calibrate.sets.{name}.samples must be a positive integer or null, got {samples!r}")
-        options = {**(formats or {}).get(block["format"], {}), **(block.get("options") or {})}
-        levels = block.get("levels")
-        return cls(name, block["benchmark"], block["split"], block["format"], samples,
-                   tuple(levels) if levels else None, options)
 
 
 @dataclass(frozen=True)
@@ -59,7 +31,7 @@ class CalibrationConfig:
     max_drop: float = 0.005           # largest score drop vs base allowed on any set (0.005 = 0.5 points)
     knobs: tuple[float, ...] = (-0.5, -0.45, -0.4, -0.35, -0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0)
     seed: int = 0
-    sets: tuple[CalibrationSet, ...] = ()  # by name; each with eval.formats' options for its format folded in
+    sets: tuple[EvalEntry, ...] = ()  # calibrate.sets by name; eval.formats' options for each format folded in
     chat_template: bool | None = None      # None: the model's own (drllm.core.models.chat_template_for)
 
     def __post_init__(self) -> None:
@@ -91,7 +63,7 @@ class CalibrationConfig:
             sets_block = block.pop("sets")
             if not isinstance(sets_block, Mapping) or not sets_block:
                 raise ValueError("calibrate.sets must name at least one calibration set")
-            block["sets"] = tuple(CalibrationSet.from_config(name, spec, formats)
+            block["sets"] = tuple(EvalEntry.from_config(name, spec, formats, section="calibrate.sets")
                                   for name, spec in sorted(sets_block.items()))
         chat_template = block.get("chat_template")
         if chat_template is not None and not isinstance(chat_template, bool):
@@ -154,7 +126,7 @@ def curve_point(set_name: str, knob: float, scores: Sequence[float], base_scores
                       float(np.mean(lengths)), num_layers)
 
 
-def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[CalibrationSet, list]], knobs: Sequence[float],
+def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[EvalEntry, list]], knobs: Sequence[float],
                       chat_template: bool = True, progress: bool = True) -> list[CurvePoint]:
     """Route every calibration example at every knob and score it; base scores come from the default path.
 
