@@ -56,7 +56,9 @@ class RoutedModel:
                  tokenizer=None, router_threads: int | None = 1):
         """router_threads: CPU threads for the per-block router step (None: the process's setting). The routers'
         matmuls are tiny: splitting one over threads costs more in fork/join than it saves, and on a shared CPU a
-        descheduled helper thread stalls every such op (bench/inference.py). The blocks keep every thread."""
+        descheduled helper thread stalls every such op (bench/inference.py). The blocks keep every thread: the
+        step sets torch.set_num_threads around itself and restores it (process state: use None if other Python
+        threads run torch work at the same time and must not see the change)."""
         if router_threads is not None and (isinstance(router_threads, bool) or not isinstance(router_threads, int)
                                            or router_threads < 1):
             raise ValueError(f"router_threads must be a positive integer or None, got {router_threads!r}")
