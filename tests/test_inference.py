@@ -9,7 +9,7 @@ from drllm.core.artifacts import ArtifactError
 from drllm.core.executor import PathExecutor
 from drllm.routing.inference import RoutedModel, pad_left
 from drllm.core.paths import LayerPath
-from drllm.routing.router import RouterConfig, RouterStack, window_mean_pool
+from drllm.routing.router import RouterConfig, RouterStack, apply_knob, decide, probabilities, window_mean_pool
 
 LAYERS = 6
 
@@ -116,6 +116,59 @@ def test_pooling_in_the_routing_pass_matches_the_router_module():
         assert int(window_mask[row].sum()) == used
 
 
+def reference_decisions(routers, layer, hidden, mask, knob):
+    """One block's decisions the plain way: window_mean_pool + Router.forward, softmax, knob, decide."""
+    probs = probabilities(routers.route(layer, hidden, mask))
+    return decide(probs if knob is None else apply_knob(probs, knob)).tolist()
+
+
+@pytest.mark.parametrize("knob", [None, -1.0, -0.8, -0.5, 0.0, 0.5, 0.9])
+def test_routing_step_decides_as_the_reference(knob):
+    """RoutedModel's per-block step (packed routers, knob in place, host decision) decides every row of every
+    block as the reference computation does, on random hidden states of a padded batch with short rows."""
+    routers = decisive_routers(hidden=64, scale=10.0)
+    routed = RoutedModel(PathExecutor(tiny_model("llama", layers=LAYERS)), routers, knob=knob)
+    input_ids, mask = pad_left(prompts((4, 11, 17, 1, 9)))
+    route = routed.routing(input_ids, mask)
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(3):
+        for layer in range(LAYERS):
+            hidden = torch.randn(*input_ids.shape, 64) * 2
+            decisions = list(route(layer, hidden))
+            assert decisions == reference_decisions(routers, layer, hidden, mask, knob)
+            seen.update(decisions)
+    if knob in (None, -0.5):
+        assert seen == {0, 1, 2}
+
+
+def test_router_step_runs_on_its_own_threads_and_restores_them(monkeypatch):
+    """router_threads=1: the router step runs on one CPU thread and gives the blocks back the process's setting;
+    None leaves it alone. Decisions are the same either way."""
+    from drllm.routing.router import PromptRouting
+
+    seen = []
+    logits = PromptRouting.logits
+    monkeypatch.setattr(PromptRouting, "logits", lambda self, layer, hidden: (seen.append(torch.get_num_threads()),
+                                                                             logits(self, layer, hidden))[1])
+    executor, routers = PathExecutor(tiny_model("llama", layers=LAYERS)), decisive_routers()
+    input_ids, mask = pad_left(prompts((4, 11, 17)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        paths = {}
+        for threads in (1, None):
+            seen.clear()
+            paths[threads] = RoutedModel(executor, routers, router_threads=threads).route(input_ids, mask)
+            assert seen == [threads or 2] * LAYERS and torch.get_num_threads() == 2
+        assert paths[1] == paths[None]
+    finally:
+        torch.set_num_threads(previous)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="router_threads"):
+            RoutedModel(executor, routers, router_threads=bad)
+
+
 def test_loglikelihood_routes_on_the_context_and_scores_along_that_path(routed):
     contexts = prompts((6, 9, 6), seed=1)
     requests = [(contexts[0], [5, 6]), (contexts[1], [7]), (contexts[0], [8, 9, 10]), (contexts[2], [11])]
@@ -168,3 +221,36 @@ def test_routed_smollm2_batch_matches_single_prompts(tmp_path, smollm2_dir):
         assert torch.equal(alone.tokens, reference.tokens)
         count = int(alone.num_new[0])
         assert together.tokens[row, :count].tolist() == alone.tokens[0, :count].tolist()
+
+
+@pytest.mark.slow
+def test_packed_routers_on_smollm2_equal_the_reference(smollm2):
+    """The real model's hidden states entering each of its 30 blocks, for a left-padded batch of chat prompts: the
+    packed routers' logits equal window_mean_pool + Router.forward to float32 rounding, and every decision of the
+    routing step (plain and with the knob) equals the reference."""
+    model, tokenizer = smollm2
+    executor = PathExecutor(model)
+    routers = decisive_routers(layers=30, hidden=576, seed=1, scale=4.0, base_model="smollm2-135m-instruct")
+    texts = ["What is the capital of France?", "Name a prime number larger than ten.", "Say hello.",
+             "Which gas do plants take in from the air to make food?"]
+    batch = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=False) for text in texts]
+    input_ids, mask = pad_left(batch, tokenizer.pad_token_id or 0)
+    inputs = executor.prefill(input_ids, mask, executor.default_path(), keep_hidden=True,
+                              logits="none").layer_inputs()
+    prompt = routers.packed().prompt(mask, *input_ids.shape)
+    assert prompt.pool_first and prompt.tiled is not None
+    worst, decisions = 0.0, set()
+    with torch.no_grad():
+        for layer in range(30):
+            reference = routers.route(layer, inputs[layer], mask)
+            logits = prompt.logits(layer, inputs[layer])
+            torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-5)
+            worst = max(worst, float((logits - reference).abs().max() / reference.abs().max()))
+            decisions.update(decide(probabilities(reference)).tolist())
+    # float32 rounding: sums in another order, relative to the logits' scale (tens here, residual stream in hundreds)
+    assert len(decisions) > 1 and worst < 1e-5, worst
+    for knob in (None, -0.6, 0.0):
+        route = RoutedModel(executor, routers, knob=knob).routing(input_ids, mask)
+        for layer in range(30):
+            assert list(route(layer, inputs[layer])) == reference_decisions(routers, layer, inputs[layer], mask, knob)

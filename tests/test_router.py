@@ -9,7 +9,7 @@ import torch
 
 from drllm.core.artifacts import ArtifactError
 from drllm.routing.router import (CONFIG_FILE, WEIGHTS_FILE, Router, RouterConfig, RouterStack, apply_knob, decide,
-                          router_parameter_count, window_mean_pool)
+                                  knob_affine, probabilities, router_parameter_count, window_mean_pool)
 
 
 def reference_pool(tokens: torch.Tensor, windows: int) -> torch.Tensor:
@@ -115,10 +115,84 @@ def test_logit_voting_is_mean_of_window_logits():
     torch.testing.assert_close(logits[2], per_window[2, 0])
     # voting averages logits, not probabilities
     assert not torch.allclose(torch.softmax(logits[0], -1), torch.softmax(per_window[0], -1).mean(0))
-    # the routing hot path averages windows before the (linear) output layer: the same logits
-    weights = (window_mask.float() / window_mask.sum(-1, keepdim=True))[..., None]
-    torch.testing.assert_close(router.voted_logits(means, weights), logits, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(router.voted_logits(means), router(means), atol=1e-6, rtol=1e-5)
+
+
+def random_stack(layers=4, dim=24, hidden=16, windows=3, seed=0):
+    """Random routers with non-zero biases and confident logits (so decisions vary across rows and layers)."""
+    stack = RouterStack(RouterConfig("tiny", layers, dim, windows=windows, hidden=hidden), seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for router in stack.routers:
+            router.fc1.bias.copy_(torch.randn(hidden, generator=generator))
+            router.fc2.bias.copy_(torch.randn(3, generator=generator))
+            router.fc2.weight.mul_(8.0)
+    return stack
+
+
+def padded_masks(length: int, rows: list[tuple[int, int]]) -> torch.Tensor:
+    """[B, length] masks with (left, right) padding per row."""
+    mask = torch.ones(len(rows), length, dtype=torch.long)
+    for row, (left, right) in enumerate(rows):
+        mask[row, :left] = 0
+        mask[row, length - right:] = 0
+    return mask
+
+
+@pytest.mark.parametrize("length,rows", [
+    (17, None),                                  # no mask, every window valid: the tiled vote
+    (17, [(0, 0), (5, 0), (0, 4), (2, 3)]),      # left, right and both-sides padding, all rows >= 3 windows
+    (12, [(0, 0), (10, 0), (0, 11), (4, 4)]),    # rows with 2 and 1 real tokens: per-row vote weights
+    (3, [(0, 0), (1, 0), (0, 2)]),               # a few tokens: the first layer runs before the pooling
+    (2, None),
+])
+def test_packed_routers_equal_the_reference(length, rows):
+    """The routing hot path (PackedRouters) against window_mean_pool + Router.forward on each layer: logits equal up
+    to float32 rounding, decisions (with and without the knob) exactly."""
+    stack = random_stack()
+    batch = 4 if rows is None else len(rows)
+    mask = None if rows is None else padded_masks(length, rows)
+    torch.manual_seed(length)
+    prompt = stack.packed().prompt(mask, batch, length)
+    assert prompt.pool_first == (length > 3)  # d = 24 > h = 16: on 3 tokens or fewer the first layer goes first
+    assert (prompt.tiled is not None) == (rows is None or length == 17)
+    decisions = set()
+    for layer in range(stack.num_layers):
+        hidden = torch.randn(batch, length, 24) * 3
+        reference = stack.route(layer, hidden, mask)
+        logits = prompt.logits(layer, hidden)
+        torch.testing.assert_close(logits, reference, atol=2e-5, rtol=1e-5)
+        for knob in (None, -0.75, -0.5, 0.0, 0.3):
+            probs, ref_probs = torch.softmax(logits, -1), probabilities(reference)
+            if knob is not None:
+                probs, ref_probs = apply_knob(probs, knob), apply_knob(ref_probs, knob)
+            assert decide(probs).tolist() == decide(ref_probs).tolist()
+        decisions.update(decide(probabilities(reference)).tolist())
+    assert decisions == {0, 1, 2}, "the test routers should take every action somewhere"
+
+
+def test_packed_routers_follow_parameter_changes(tmp_path):
+    stack = random_stack()
+    packed = stack.packed()
+    assert stack.packed() is packed  # unchanged parameters: built once
+    assert "_packed" not in stack.state_dict() and set(stack.state_dict()) == set(random_stack().state_dict())
+    hidden = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        stack.routers[2].fc2.bias.add_(torch.tensor([5.0, -5.0, 0.0]))  # in place
+    assert stack.packed() is not packed
+    torch.testing.assert_close(stack.packed().prompt(None, 2, 9).logits(2, hidden), stack.route(2, hidden),
+                               atol=2e-5, rtol=1e-5)
+    other = random_stack(seed=7)
+    stack.load_state_dict(other.state_dict())
+    for layer in range(4):
+        torch.testing.assert_close(stack.packed().prompt(None, 2, 9).logits(layer, hidden), other.route(layer, hidden),
+                                   atol=2e-5, rtol=1e-5)
+    # a saved stack loads and packs as before (the saved format does not know about packing)
+    other.packed()
+    other.save_pretrained(tmp_path)
+    loaded = RouterStack.from_pretrained(tmp_path)
+    for layer in range(4):
+        assert torch.equal(loaded.packed().prompt(None, 2, 9).logits(layer, hidden),
+                           other.packed().prompt(None, 2, 9).logits(layer, hidden))
 
 
 def test_host_decision_equals_decide():
@@ -192,6 +266,31 @@ def test_knob_interpolates_piecewise():
     torch.testing.assert_close(apply_knob(PROBS, 0.75), torch.tensor([0.0, 0.5, 0.5]).expand(3, 3))
     for p in (-0.9, -0.3, 0.2, 0.7):
         torch.testing.assert_close(apply_knob(PROBS, p).sum(-1), torch.ones(3))
+
+
+def knob_as_written(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """App. C's blend spelled out, as apply_knob computed it before it became an affine map (knob_affine)."""
+    skip, execute, repeat = (torch.eye(3)[c].expand_as(probs) for c in range(3))
+    if p <= -0.5:
+        t = (p + 1.0) / 0.5
+        return (1 - t) * skip + t * probs
+    if p <= 0.5:
+        t = p + 0.5
+        return (1 - t) * probs + t * execute
+    t = (p - 0.5) / 0.5
+    return (1 - t) * execute + t * repeat
+
+
+def test_knob_affine_is_the_blend_bit_for_bit():
+    """The routing pass applies the knob as probs * scale + offset in place: the same float32 bits as the blend."""
+    torch.manual_seed(0)
+    probs = torch.cat([torch.rand(500, 3).softmax(-1), torch.eye(3), torch.full((1, 3), 1 / 3)])
+    for p in [-1.0, -0.9, -0.75, -0.6, -0.5, -0.3, -1 / 3, 0.0, 0.1, 0.2, 0.5, 0.7, 0.75, 1.0]:
+        expected = knob_as_written(probs, p)
+        assert torch.equal(apply_knob(probs, p), expected), p
+        scale, offset = knob_affine(p)
+        assert (scale == 0.0) == (p in (-1.0, 0.5, 0.7, 0.75, 1.0)), p
+        assert torch.equal(probs.clone().mul_(scale).add_(offset) if scale else offset.expand_as(probs), expected), p
 
 
 @pytest.mark.parametrize("p", [-1.01, 1.5, float("nan"), float("inf")])

@@ -9,8 +9,9 @@ the block are computed, each execution with its own cache slot holding exactly t
 routes and decodes exactly as it would alone, with no wasted block applications, and a batch whose prompts take
 different paths decodes as one batch rather than one batch per path.
 
-Routing cost per block: one pooling matmul over the batch, the router MLP, and one host sync (the decisions
-decide which rows run the block, so they must reach the host; the pooling matrix is built once per prompt).
+Routing cost per block: the packed router (drllm.router.PackedRouters: pooling matmul, first layer, GELU, vote and
+output layer in one matmul), a softmax, and one host sync (the decisions decide which rows run the block, so they
+must reach the host; the pooling matrix and window vote are built once per prompt).
 
 The control knob p (App. C) blends router probabilities with fixed actions: p = -0.5 is the plain router,
 p = 0.5 executes every block (the base model), p = -1 / 1 skips / repeats every block.
@@ -26,7 +27,7 @@ from drllm.core import path_batch
 from drllm.core.executor import LogLikelihood, PathExecutor
 from drllm.core.path_batch import BatchGeneration as RoutedGeneration, BatchState
 from drllm.core.paths import LayerPath
-from drllm.routing.router import EXECUTE, RouterStack, apply_knob, probabilities, window_assignment
+from drllm.routing.router import EXECUTE, RouterStack, knob_affine
 
 
 def greedy_action(probs: Sequence[float]) -> int:
@@ -52,23 +53,33 @@ class RoutedModel:
     """A frozen decoder-only model driven along the paths its routers choose (no routers: the base model)."""
 
     def __init__(self, executor: PathExecutor, routers: RouterStack | None = None, knob: float | None = None,
-                 tokenizer=None):
-        self.executor, self.tokenizer = executor, tokenizer
+                 tokenizer=None, router_threads: int | None = 1):
+        """router_threads: CPU threads for the per-block router step (None: the process's setting). The routers'
+        matmuls are tiny: splitting one over threads costs more in fork/join than it saves, and on a shared CPU a
+        descheduled helper thread stalls every such op (bench/inference.py). The blocks keep every thread: the
+        step sets torch.set_num_threads around itself and restores it (process state: use None if other Python
+        threads run torch work at the same time and must not see the change)."""
+        if router_threads is not None and (isinstance(router_threads, bool) or not isinstance(router_threads, int)
+                                           or router_threads < 1):
+            raise ValueError(f"router_threads must be a positive integer or None, got {router_threads!r}")
+        self.executor, self.tokenizer, self.router_threads = executor, tokenizer, router_threads
         if routers is not None:
             hidden_size = executor.config.hidden_size
             if routers.num_layers != executor.num_layers or routers.config.hidden_size != hidden_size:
                 raise ValueError(f"routers are for {routers.num_layers} layers of width {routers.config.hidden_size}; "
                                  f"the model has {executor.num_layers} layers of width {hidden_size}")
             routers = routers.to(executor.device).eval().requires_grad_(False)
+        self.knob_scale, self.knob_offset = None, None  # the knob as offset + scale * probs (apply_knob)
         if knob is not None:
             if routers is None:
                 raise ValueError("the control knob needs routers")
-            apply_knob(torch.zeros(3), knob)  # validates p
+            self.knob_scale, self.knob_offset = knob_affine(knob, device=executor.device)  # validates p
         self.routers, self.knob = routers, knob
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, routers_dir: str | os.PathLike | None = None, *,
-                        device: str = "auto", dtype: str = "auto", knob: float | None = None) -> "RoutedModel":
+                        device: str = "auto", dtype: str = "auto", knob: float | None = None,
+                        router_threads: int | None = 1) -> "RoutedModel":
         """Load a materialised model directory (drllm.core.models) and, if given, the routers trained for it (a local
         directory or a hub repository id); routers trained for another model, revision or weights are refused."""
         from drllm.core.models import load_model
@@ -78,7 +89,7 @@ class RoutedModel:
         routers = None
         if routers_dir is not None:
             routers = RouterStack.for_model(routers_dir, manifest, device=executor.device)
-        return cls(executor, routers, knob, tokenizer)
+        return cls(executor, routers, knob, tokenizer, router_threads)
 
     @property
     def num_layers(self) -> int:
@@ -92,21 +103,32 @@ class RoutedModel:
 
     def routing(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """route(layer, hidden) -> per-row runs of that block, for this batch (pooling matrix built once)."""
-        routers, knob = self.routers, self.knob
         batch, length = input_ids.shape
-        assign, window_mask = window_assignment(attention_mask, batch, length, routers.config.windows, self.device)
-        weights = None  # logit voting over each row's valid windows, as Router.forward
-        if not bool(window_mask.all()):
-            weights = (window_mask.float() / window_mask.sum(-1, keepdim=True))[..., None]
+        if self.knob_scale == 0.0:  # the knob ignores the router: every block gets the same action, no router runs
+            actions = [greedy_action(self.knob_offset.tolist())] * batch
+            return lambda layer, hidden: actions
+        prompt = self.routers.packed().prompt(attention_mask, batch, length, self.device)
+        scale, offset = self.knob_scale, self.knob_offset
+
+        def decisions(layer: int, hidden: torch.Tensor) -> list[int]:
+            probs = torch.softmax(prompt.logits(layer, hidden).float(), dim=-1)  # as drllm.router.probabilities
+            if offset is not None:  # apply_knob, in the same float32 operations
+                probs = probs.mul_(scale).add_(offset)
+            return [greedy_action(row) for row in probs.tolist()]  # the one host sync of the block
+
+        threads = self.router_threads if self.device.type == "cpu" else None
+        if threads is None:
+            return decisions
 
         def route(layer: int, hidden: torch.Tensor) -> list[int]:
-            if hidden.dtype != torch.float32:  # pooling in float32, as window_mean_pool
-                hidden = hidden.float()
-            logits = routers[layer].voted_logits(torch.bmm(assign, hidden), weights)
-            probs = probabilities(logits)
-            if knob is not None:
-                probs = apply_knob(probs, knob)
-            return [greedy_action(row) for row in probs.tolist()]  # the one host sync of the block
+            previous = torch.get_num_threads()
+            if previous <= threads:
+                return decisions(layer, hidden)
+            torch.set_num_threads(threads)
+            try:
+                return decisions(layer, hidden)
+            finally:
+                torch.set_num_threads(previous)
 
         return route
 

@@ -136,17 +136,6 @@ class Router(nn.Module):
         """window_means [B, W, d], window_mask [B, W] bool or None -> logits [B, 3] (logit voting)."""
         return _masked_window_mean(self.window_logits(window_means), window_mask)
 
-    def voted_logits(self, window_means: torch.Tensor, window_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """`forward` evaluated in fewer operations (the routing hot path): the output layer is linear, so the
-        window average can come before it. window_weights: [B, W, 1], each row's valid windows summing to 1, or
-        None when every window is valid. Equal to `forward` up to float rounding."""
-        fc1, fc2 = self.fc1, self.fc2
-        if window_means.dtype != fc1.weight.dtype:
-            window_means = window_means.to(fc1.weight.dtype)
-        hidden = F.gelu(F.linear(window_means, fc1.weight, fc1.bias), approximate="tanh")
-        hidden = hidden.mean(-2) if window_weights is None else (hidden * window_weights).sum(-2)
-        return F.linear(hidden, fc2.weight, fc2.bias)
-
 
 @dataclass
 class RouterConfig:
@@ -245,6 +234,15 @@ class RouterStack(nn.Module):
         logits = torch.einsum("blwh,lch->blwc", hidden, w2) + b2[None, :, None, :]
         return _masked_window_mean(logits, window_mask)
 
+    def packed(self) -> "PackedRouters":
+        """The stack's weights packed for the routing hot path (`PackedRouters`), built on first use and rebuilt
+        when a parameter has changed since (in-place update, load_state_dict, a move to another device)."""
+        packed = self.__dict__.get("_packed")
+        if packed is None or packed.key != PackedRouters.key_of(packed.parameters):
+            packed = PackedRouters(self)
+            self.__dict__["_packed"] = packed  # a plain attribute: not a parameter, buffer or state_dict entry
+        return packed
+
     # -- persistence ---------------------------------------------------------------------------------------
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
@@ -322,6 +320,88 @@ class RouterStack(nn.Module):
         return stack.to(device).eval()
 
 
+class PackedRouters:
+    """A RouterStack's weights packed for inference: what the routing pass runs at every block.
+
+    Router.forward on the window means is ~9 small tensor ops per block, each dispatch-bound at this size on a CPU.
+    Packed, one block's router is 4: the pooling matmul, the first layer with its bias (addmm on a pre-transposed,
+    contiguous weight), GELU, and one addmm that does the window vote and the output layer with its bias together
+    (the vote is linear and comes before the linear output layer, so vote-then-fc2 = one matmul with the output
+    weight tiled over the windows and divided by their count). The logits equal Router.forward's up to float32
+    rounding (sums taken in another order); `prompt` builds what depends only on the prompt's mask once.
+    """
+
+    def __init__(self, stack: RouterStack):
+        self.parameters = list(stack.parameters())
+        self.key = self.key_of(self.parameters)
+        self.windows = stack.config.windows
+        routers = stack.routers
+        with torch.no_grad():
+            self.w1t = torch.stack([r.fc1.weight.t() for r in routers]).contiguous()  # [L, d, h]
+            self.b1 = torch.stack([r.fc1.bias for r in routers])  # [L, h]
+            self.w2t = torch.stack([r.fc2.weight.t() for r in routers]).contiguous()  # [L, h, 3]
+            self.b2 = torch.stack([r.fc2.bias for r in routers])  # [L, 3]
+        self.dtype = self.w1t.dtype
+        self._tiled: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def key_of(parameters: list[torch.Tensor]) -> tuple:
+        """What says the packed copy is stale: each parameter's storage and in-place version counter."""
+        return tuple((p.data_ptr(), p._version) for p in parameters)
+
+    def tiled_output(self, windows: int) -> torch.Tensor:
+        """[L, windows*h, 3]: fc2's weight, transposed, repeated per window and divided by the window count, so
+        that (flattened per-window hidden [B, windows*h]) @ it = fc2 applied to the windows' mean."""
+        tiled = self._tiled.get(windows)
+        if tiled is None:
+            tiled = self._tiled[windows] = (self.w2t / windows).repeat(1, windows, 1)
+        return tiled
+
+    def prompt(self, mask: torch.Tensor | None, batch: int, length: int,
+               device: torch.device | str | None = None) -> "PromptRouting":
+        """The per-prompt part (pooling matrix, window vote), built once for all blocks of one forward pass."""
+        assign, window_mask = window_assignment(mask, batch, length, self.windows, device)
+        return PromptRouting(self, assign, window_mask)
+
+
+class PromptRouting:
+    """`PackedRouters` bound to one batch of prompts: logits(layer, hidden entering it) -> [B, 3]."""
+
+    def __init__(self, packed: PackedRouters, assign: torch.Tensor, window_mask: torch.Tensor):
+        self.packed, self.assign = packed, assign
+        batch, windows, length = assign.shape
+        hidden_size, hidden = packed.w1t.shape[1:]
+        self.batch, self.windows = batch, windows
+        # Pooling is linear: (P H) W1^T = P (H W1^T). Pool first unless the first layer on every token costs less
+        # (only for prompts of a few tokens: d > h); either way in float32, as window_mean_pool pools.
+        pool_first = windows * hidden_size * (length + hidden) <= length * hidden * (hidden_size + windows)
+        self.pool_first = pool_first or packed.dtype != torch.float32
+        if bool(window_mask.all()):  # every row votes over the same windows: one matmul with fc2 tiled
+            self.vote, self.tiled = None, packed.tiled_output(windows)
+        else:  # rows with fewer windows than others: vote weights per row, then fc2
+            self.vote = (window_mask.float() / window_mask.sum(-1, keepdim=True))[:, None, :].to(packed.dtype)
+            self.tiled = None
+
+    def logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Router `layer` on the hidden states [B, T, d] entering its block -> logits [B, 3] (logit voting)."""
+        packed, batch, windows = self.packed, self.batch, self.windows
+        if hidden.dtype != torch.float32:
+            hidden = hidden.float()
+        if self.pool_first:
+            pooled = torch.bmm(self.assign, hidden).view(batch * windows, -1)
+            if pooled.dtype != packed.dtype:
+                pooled = pooled.to(packed.dtype)
+            z = torch.addmm(packed.b1[layer], pooled, packed.w1t[layer])
+        else:  # P (H W1^T + b1) = P H W1^T + b1 on each valid window (its weights sum to 1); invalid ones get no vote
+            per_token = torch.addmm(packed.b1[layer], hidden.reshape(-1, hidden.shape[-1]), packed.w1t[layer])
+            z = torch.bmm(self.assign, per_token.view(batch, -1, per_token.shape[-1])).view(batch * windows, -1)
+        z = F.gelu(z, approximate="tanh")
+        if self.tiled is not None:
+            return torch.addmm(packed.b2[layer], z.view(batch, -1), self.tiled[layer])
+        voted = torch.bmm(self.vote, z.view(batch, windows, -1)).view(batch, -1)
+        return torch.addmm(packed.b2[layer], voted, packed.w2t[layer])
+
+
 def resolve_router_dir(source: str | os.PathLike) -> Path:
     """A router directory: `source` itself when it exists locally, else a hub repository id downloaded with
     huggingface_hub (only the router files and the model card)."""
@@ -357,6 +437,24 @@ def decide(probs: torch.Tensor) -> torch.Tensor:
     return torch.where(execute_ties, torch.full_like(best, EXECUTE), best)
 
 
+def knob_affine(p: float, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> tuple[float, torch.Tensor]:
+    """The control knob as an affine map of the probabilities: apply_knob(probs, p) = offset + scale * probs,
+    with scale 0 where the knob ignores the router (p >= 0.5, p = -1). (scale, offset [3])."""
+    p = float(p)
+    if not math.isfinite(p) or not -1.0 <= p <= 1.0:
+        raise ValueError(f"control knob p must be in [-1, 1], got {p}")
+    skip, execute, repeat = torch.eye(len(CLASSES), dtype=dtype, device=device)[[SKIP, EXECUTE, REPEAT]]
+    if p <= -0.5:
+        t = (p + 1.0) / 0.5
+        return t, (1 - t) * skip
+    if p <= 0.5:
+        t = p + 0.5
+        return 1 - t, t * execute
+    t = (p - 0.5) / 0.5
+    return 0.0, (1 - t) * execute + t * repeat
+
+
 def apply_knob(probs: torch.Tensor, p: float) -> torch.Tensor:
     """The paper's control knob (App. C): blend router probabilities [..., 3] with one-hot actions.
 
@@ -364,18 +462,9 @@ def apply_knob(probs: torch.Tensor, p: float) -> torch.Tensor:
     p in (-0.5, 0.5]: (1-t)*router + t*execute, t = p+0.5   (p=0.5 always execute)
     p in (0.5, 1]:   (1-t)*execute + t*repeat, t = (p-0.5)/0.5 (p=1 always repeat)
     """
-    p = float(p)
-    if not math.isfinite(p) or not -1.0 <= p <= 1.0:
-        raise ValueError(f"control knob p must be in [-1, 1], got {p}")
     if probs.shape[-1] != len(CLASSES):
         raise ValueError(f"probs must have {len(CLASSES)} classes in the last dim, got {tuple(probs.shape)}")
-    eye = torch.eye(len(CLASSES), dtype=probs.dtype, device=probs.device)
-    skip, execute, repeat = (eye[c].expand_as(probs) for c in (SKIP, EXECUTE, REPEAT))
-    if p <= -0.5:
-        t = (p + 1.0) / 0.5
-        return (1 - t) * skip + t * probs
-    if p <= 0.5:
-        t = p + 0.5
-        return (1 - t) * probs + t * execute
-    t = (p - 0.5) / 0.5
-    return (1 - t) * execute + t * repeat
+    scale, offset = knob_affine(p, probs.dtype, probs.device)
+    if scale == 0.0:
+        return offset.expand_as(probs).clone()
+    return offset + scale * probs
