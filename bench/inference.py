@@ -7,7 +7,7 @@ On the same chat prompts (ARC test questions in the letter format), interleaved 
     path decoded as its own batch by the plain executor), with the block calls per decoded token of each
   * router overhead: the routed prefill vs a prefill along the same path without routing, and the routers alone
     (pooling + MLPs + decisions of all layers) as a share of that prefill, for the packed routing step
-    (drllm.router.PackedRouters) and, side by side, the step it replaced (`reference_routing` below)
+    (drllm.routing.router.PackedRouters) and, side by side, the step it replaced (`reference_routing` below)
 Routers: the trained ones (--routers, default results/routers/<model>) when present, else random routers made
 to skip (labelled so). --knob adds a control-knob setting that skips more.
 

@@ -9,7 +9,7 @@ the block are computed, each execution with its own cache slot holding exactly t
 routes and decodes exactly as it would alone, with no wasted block applications, and a batch whose prompts take
 different paths decodes as one batch rather than one batch per path.
 
-Routing cost per block: the packed router (drllm.router.PackedRouters: pooling matmul, first layer, GELU, vote and
+Routing cost per block: the packed router (drllm.routing.router.PackedRouters: pooling matmul, first layer, GELU, vote and
 output layer in one matmul), a softmax, and one host sync (the decisions decide which rows run the block, so they
 must reach the host; the pooling matrix and window vote are built once per prompt).
 
@@ -111,7 +111,7 @@ class RoutedModel:
         scale, offset = self.knob_scale, self.knob_offset
 
         def decisions(layer: int, hidden: torch.Tensor) -> list[int]:
-            probs = torch.softmax(prompt.logits(layer, hidden).float(), dim=-1)  # as drllm.router.probabilities
+            probs = torch.softmax(prompt.logits(layer, hidden).float(), dim=-1)  # as drllm.routing.router.probabilities
             if offset is not None:  # apply_knob, in the same float32 operations
                 probs = probs.mul_(scale).add_(offset)
             return [greedy_action(row) for row in probs.tolist()]  # the one host sync of the block
