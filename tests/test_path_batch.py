@@ -141,3 +141,76 @@ def test_scoring_several_batches_together_equals_each_alone_with_resumes(executo
         fresh, _ = executor.score(request.batch, later)
         assert torch.allclose(torch.tensor([r.logprob for r in resumed]), torch.tensor([r.logprob for r in fresh]),
                               atol=1e-4)
+
+
+def generation_requests(executor, eos):
+    """Six prompts of different lengths, each with its own limit; five resume a kept run of the same prompt at
+    some step (one with nothing left to compute), one starts from scratch."""
+    batch = prompts()
+    earlier = [executor.generate(torch.tensor([ids]), None, PATHS[number], max_new_tokens=2, eos_token_id=eos,
+                                 keep_hidden=True).prefill for number, ids in enumerate(batch)]
+    targets = [PATHS[0], PATHS[3], PATHS[5], LayerPath((1, 2, 3, 4, 5), LAYERS), PATHS[2], PATHS[1]]
+    requests = []
+    for number, (ids, path) in enumerate(zip(batch, targets)):
+        step = path.common_prefix(earlier[number].path) if number != 1 else 0
+        requests.append(path_batch.GenerateRequest(ids, path, (8, 3, 6, 8, 5, 7)[number],
+                                                   earlier[number] if step else None, step))
+    assert [request.resume_step for request in requests] == [6, 0, 1, 3, 0, 2]
+    return requests
+
+
+@pytest.mark.parametrize("max_padding", [0.25, float("inf")])  # several groups, one mixed batch
+def test_generating_several_prompts_together_equals_each_alone_with_resumes(executor, max_padding):
+    # an EOS the first prompt emits after a few tokens, so rows stop at different steps (EOS or their limit)
+    first = executor.generate(torch.tensor([prompts()[0]]), None, PATHS[0], max_new_tokens=8,
+                              eos_token_id=[]).tokens[0].tolist()
+    stop_at = next(index for index in range(1, 8) if first[index] not in first[:index])
+    stop = first[stop_at]
+    requests = generation_requests(executor, [stop])
+    together = path_batch.generate_together(executor, requests, eos_token_id=[stop], keep_hidden=True,
+                                            max_padding=max_padding)
+    counts = []
+    for request, got in zip(requests, together):
+        want = executor.generate(torch.tensor([request.input_ids]), None, request.path,
+                                 max_new_tokens=request.max_new_tokens, eos_token_id=[stop], keep_hidden=True)
+        count = int(want.num_new[0])
+        counts.append(count)
+        assert int(got.num_new[0]) == count and got.path == want.path
+        assert got.tokens[0, :count].tolist() == want.tokens[0, :count].tolist()
+        assert torch.allclose(got.logprobs[0, :count], want.logprobs[0, :count], atol=1e-4)
+        assert int(got.layer_applications[0]) == int(want.layer_applications[0])
+        # the kept run is the prompt's own, as generate leaves it: hidden states, cache slots, logits
+        state, alone = got.prefill, want.prefill
+        assert state.input_ids.tolist() == alone.input_ids.tolist() and state.attention_mask is None
+        assert len(state.hidden) == len(alone.hidden) == len(request.path) + 1
+        for mine, theirs in zip(state.hidden, alone.hidden):
+            assert mine.shape == theirs.shape and torch.allclose(mine, theirs, atol=1e-4)
+        assert len(state.cache.layers) == len(alone.cache.layers) == len(request.path)
+        for mine, theirs in zip(state.cache.layers, alone.cache.layers):
+            assert mine.keys.shape == theirs.keys.shape and mine.get_seq_length() == theirs.get_seq_length()
+            assert torch.allclose(mine.keys, theirs.keys, atol=1e-4)
+            assert torch.allclose(mine.values, theirs.values, atol=1e-4)
+        assert torch.allclose(state.logits, alone.logits, atol=1e-4)
+        # and it resumes like generate's own
+        later = LayerPath(request.path.layers[:-1], LAYERS) if len(request.path) > 1 else PATHS[1]
+        step = later.common_prefix(request.path)
+        resumed = executor.generate(torch.tensor([request.input_ids]), None, later, max_new_tokens=6,
+                                    eos_token_id=[], resume=state, resume_step=step)
+        fresh = executor.generate(torch.tensor([request.input_ids]), None, later, max_new_tokens=6, eos_token_id=[])
+        assert resumed.tokens.tolist() == fresh.tokens.tolist()
+    # rows stopped at the EOS and at their own limits
+    assert counts[0] == stop_at + 1 < 8 and any(count == request.max_new_tokens for count, request in zip(counts, requests))
+
+
+def test_finished_rows_leave_the_decoding_batch(executor):
+    """Once a quarter of the rows have stopped, the decode steps compute only the live rows."""
+    batch = prompts()
+    requests = [path_batch.GenerateRequest(ids, path, limit) for ids, path, limit in zip(batch, PATHS,
+                                                                                        (1, 9, 1, 9, 9, 9))]
+    with block_calls(executor) as calls:
+        together = path_batch.generate_together(executor, requests, eos_token_id=[], max_padding=float("inf"))
+    assert [int(generation.num_new[0]) for generation in together] == [1, 9, 1, 9, 9, 9]
+    prefill = len(PathBatch.of(PATHS).steps)
+    live = PathBatch.of([PATHS[row] for row in (1, 3, 4, 5)])
+    assert sum(calls[prefill:]) == 8 * sum(len(PATHS[row]) for row in (1, 3, 4, 5))
+    assert len(calls) == prefill + 8 * len(live.steps)
