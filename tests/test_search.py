@@ -332,7 +332,7 @@ def tiny_prompts(seed=0):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
-def test_lockstep_generation_rewards_equal_each_prompt_alone(kind):
+def test_lockstep_generation_rewards_equal_each_prompt_alone(kind, monkeypatch):
     """Searches whose rounds generate several prompts' answers as one mixed-path batch (each resumed from its own
     kept prefix) evaluate the same paths, with the same generated answers, rewards and statistics, as each
     prompt's search alone."""
@@ -341,6 +341,11 @@ def test_lockstep_generation_rewards_equal_each_prompt_alone(kind):
     from drllm.rewards import PathRewarder, rewards_together
     from drllm.tasks import get_format
 
+    from drllm import path_batch
+
+    # compare the batch's own tokens: no near-tie is handed back to the one-prompt path
+    monkeypatch.setitem(path_batch.TIE_TOLERANCE, torch.float32, 0.0)
+    monkeypatch.setattr(path_batch, "GENERATION_COUNTS", {"batched": 0, "near_tie_alone": 0})
     executor = PathExecutor(tiny_model(kind, layers=6))
     config = MCTSConfig(simulations=14, early_stop=False)
     encoded = tiny_prompts()
@@ -372,6 +377,7 @@ def test_lockstep_generation_rewards_equal_each_prompt_alone(kind):
     rewards = [reward for result in want for _, reward in result.evaluated]
     assert 0 < sum(rewards) < len(rewards)  # the searches saw both outcomes
     assert sum(rewarder.stats.reused_steps for rewarder in together) > 0
+    assert path_batch.GENERATION_COUNTS["batched"] >= 40
 
 
 def test_lockstep_rejects_a_wrong_number_of_rewards():

@@ -432,8 +432,42 @@ def _generate_group(executor, requests: Sequence[GenerateRequest], ids: Sequence
     tokens, num_new, passes, logprobs = executor.greedy_decode(
         logits[:, -1], decoding.step, max_new_tokens=[request.max_new_tokens for request in requests],
         eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-    return [Generation(tokens[row:row + 1], num_new[row:row + 1], passes[row:row + 1] * len(path), path,
-                       states[row], logprobs[row:row + 1]) for row, path in enumerate(paths)]
+    results = []
+    tolerance = tie_tolerance(hidden.dtype)
+    for row, (request, path) in enumerate(zip(requests, paths)):
+        GENERATION_COUNTS["batched"] += 1
+        if float(decoding.margins[row]) < tolerance:
+            # a near-tie: the batch's rounding could pick another token than the prompt alone, so it runs alone
+            GENERATION_COUNTS["near_tie_alone"] += 1
+            results.append(executor.generate(ids[row], None, path, max_new_tokens=request.max_new_tokens,
+                                             eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                             keep_hidden=keep_hidden, resume=request.resume,
+                                             resume_step=request.resume_step))
+            continue
+        results.append(Generation(tokens[row:row + 1], num_new[row:row + 1], passes[row:row + 1] * len(path), path,
+                                  states[row], logprobs[row:row + 1]))
+    return results
+
+
+# Greedy choices closer than this (top-1 minus top-2 logit) are re-decided by generating the prompt alone: batched
+# and single-prompt logits differ by float rounding (fp32: at most ~1e-4 measured on SmolLM2, see BENCHMARKS.md),
+# which must not flip a token. Half precision rounds far coarser, hence its wider band.
+TIE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+TIE_TOLERANCE_HALF = 0.25
+# batched generations, and those of them regenerated alone because of a near-tie (for benchmarks and logs)
+GENERATION_COUNTS = {"batched": 0, "near_tie_alone": 0}
+
+
+def tie_tolerance(dtype: torch.dtype) -> float:
+    return TIE_TOLERANCE.get(dtype, TIE_TOLERANCE_HALF)
+
+
+def top2_margin(logits: torch.Tensor) -> torch.Tensor:
+    """[rows] top-1 minus top-2 logit: how far each greedy choice is from a tie."""
+    if logits.shape[-1] < 2:
+        return torch.full(logits.shape[:-1], float("inf"), device=logits.device)
+    top = logits.float().topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
 
 
 def _pad_left(states: torch.Tensor, length: int) -> torch.Tensor:
@@ -476,6 +510,7 @@ class _Decoding:
     def __init__(self, executor, state: BatchState):
         self.executor, self.state = executor, state
         self.rows = list(range(state.batch.num_rows))  # original row of each row in `state`
+        self.margins = top2_margin(state.logits[:, -1])  # per row: the closest greedy choice it made
 
     def step(self, next_tokens: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
         stopped = finished[self.rows].tolist()
@@ -486,7 +521,10 @@ class _Decoding:
         index = torch.tensor(self.rows, dtype=torch.long, device=next_tokens.device)
         logits = decode_step(self.executor, self.state, next_tokens.index_select(0, index))
         full = logits.new_zeros((next_tokens.shape[0], logits.shape[-1]))
-        return full.index_copy(0, index, logits)
+        full = full.index_copy(0, index, logits)
+        live = ~finished  # only the choices of rows still generating count
+        self.margins = torch.where(live, torch.minimum(self.margins, top2_margin(full)), self.margins)
+        return full
 
 
 def select_batch_rows(executor, state: BatchState, keep: Sequence[int]) -> BatchState:
