@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="timings per width, interleaved; median reported")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     scratch = tempfile.TemporaryDirectory()
     model_dir = args.model_dir
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     settings = SearchSettings(model=manifest["name"], num_layers=manifest["num_layers"],
                               mcts={"simulations": args.simulations}, seed=args.seed,
                               chat_template=bool(manifest.get("chat_template")), formats={args.format: options})
-    worker = SearchWorker(model_dir, settings, device=args.device, dtype=args.dtype)
+    worker = SearchWorker(model_dir, settings, device=args.device, dtype=args.dtype, threads=args.threads)
     device = torch.cuda.get_device_name() if worker.executor.device.type == "cuda" else platform.processor() or \
         platform.machine()
     print(f"# bench/search_batch.py  {datetime.date.today()}  {platform.node()}  {device}  "

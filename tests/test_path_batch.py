@@ -244,10 +244,11 @@ def test_finished_rows_leave_the_decoding_batch(executor, no_tie_guard):
 
 
 @pytest.mark.slow
-def test_smollm2_generation_together_equals_each_prompt_alone(smollm2):
+def test_smollm2_generation_together_equals_each_prompt_alone(smollm2, no_tie_guard):
     """The real embedded model on the paper's formats: ARC letter prompts (chat template) and MATH prompts
     answered in \\boxed{}, each resumed from an earlier run of its own on a parent path, generated as one batch:
-    the same tokens, graded answers and run states as generating each alone."""
+    the same tokens, graded answers and run states as generating each alone (the batch's own tokens: the
+    near-tie guard is off)."""
     from drllm.benchmarks import load_benchmark
     from drllm.tasks import get_format
 
@@ -272,7 +273,6 @@ def test_smollm2_generation_together_equals_each_prompt_alone(smollm2):
         requests.append(path_batch.GenerateRequest(encoded.input_ids, child, encoded.max_new_tokens, earlier,
                                                    child.common_prefix(parent)))
     assert min(request.resume_step for request in requests) >= 5
-    counts = path_batch.GENERATION_COUNTS.copy()
     together = path_batch.generate_together(executor, requests, eos_token_id=eos, keep_hidden=True,
                                             max_padding=float("inf"))
     for (answer_format, encoded), request, got in zip(cases, requests, together):
@@ -285,6 +285,4 @@ def test_smollm2_generation_together_equals_each_prompt_alone(smollm2):
         assert answer_format.grade_generation(encoded, got, eos) == answer_format.grade_generation(encoded, want, eos)
         for mine, theirs in zip(got.prefill.hidden, want.prefill.hidden):
             assert torch.allclose(mine, theirs, atol=1e-3)
-    # the batch's own tokens were compared: no row came near a tie
-    assert path_batch.GENERATION_COUNTS["batched"] - counts["batched"] == len(cases)
-    assert path_batch.GENERATION_COUNTS["near_tie_alone"] == counts["near_tie_alone"]
+    assert no_tie_guard == {"batched": len(cases), "near_tie_alone": 0}  # the batch's own tokens were compared
