@@ -512,6 +512,7 @@ class _Decoding:
     def __init__(self, executor, state: BatchState):
         self.executor, self.state = executor, state
         self.rows = list(range(state.batch.num_rows))  # original row of each row in `state`
+        self.index = torch.arange(state.batch.num_rows, device=executor.device)  # the same, as a tensor
         self.margins = top2_margin(state.logits[:, -1])  # per row: the closest greedy choice it made
 
     def step(self, next_tokens: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
@@ -520,10 +521,10 @@ class _Decoding:
             live = [position for position, done in enumerate(stopped) if not done]
             self.state = select_batch_rows(self.executor, self.state, live)
             self.rows = [self.rows[position] for position in live]
-        index = torch.tensor(self.rows, dtype=torch.long, device=next_tokens.device)
-        logits = decode_step(self.executor, self.state, next_tokens.index_select(0, index))
+            self.index = torch.tensor(self.rows, dtype=torch.long, device=next_tokens.device)
+        logits = decode_step(self.executor, self.state, next_tokens.index_select(0, self.index))
         full = logits.new_zeros((next_tokens.shape[0], logits.shape[-1]))
-        full = full.index_copy(0, index, logits)
+        full = full.index_copy(0, self.index, logits)
         live = ~finished  # only the choices of rows still generating count
         self.margins = torch.where(live, torch.minimum(self.margins, top2_margin(full)), self.margins)
         return full
