@@ -8,12 +8,13 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
 from drllm.core.paths import LayerPath, PathError
 from drllm.search.mcts import (Action, MCTSConfig, Node, Tree, early_stop_reached, legal_actions, run_search,
-                          run_searches, search_steps, select_child, select_label, ucb_score, widening_limit)
+                               run_searches, search_steps, select_child, select_label, ucb_score, widening_limit)
 
 L = 8
 NO_STOP = dict(early_stop=False)
@@ -301,6 +302,82 @@ def test_searches_in_lockstep_equal_each_search_alone():
         assert sum(rounds) == sum(result.evaluations for result in alone)
         if width == 6:
             assert rounds[0] == 6 and len(rounds) == max(result.evaluations for result in alone)
+
+
+class LetterTokenizer:
+    """Decodes a tiny model's tokens to letters and blanks, so its answers sometimes pass the strict letter regex."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("ABCD    "[token % 8] for token in ids)
+
+
+def tiny_prompts(seed=0):
+    """Letter-format prompts of different lengths and limits, with a cloze prompt among them (rounds mix kinds)."""
+    from drllm.core.executor import ChoiceBatch
+    from drllm.formats.answers import Encoded
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(n):
+        return torch.randint(3, 97, (n,), generator=generator).tolist()
+
+    encoded = [Encoded(example_id=f"g{number}", kind="generate", prompt_text="", input_ids=ids(length), batch=None,
+                       max_new_tokens=limit, gold=number % 4, format="letter", options=("a", "b", "c", "d"),
+                       tokenizer=LetterTokenizer())
+               for number, (length, limit) in enumerate([(9, 2), (14, 1), (11, 3), (5, 2), (12, 4), (10, 2)])]
+    cloze = ChoiceBatch.build([(ids(7), ids(n)) for n in (1, 2, 3, 1)])
+    encoded.insert(3, Encoded(example_id="c", kind="choices", prompt_text="", input_ids=None, batch=cloze,
+                              max_new_tokens=0, gold=2, format="cloze", options=("a", "bb", "ccc", "d")))
+    return encoded
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
+def test_lockstep_generation_rewards_equal_each_prompt_alone(kind, monkeypatch):
+    """Searches whose rounds generate several prompts' answers as one mixed-path batch (each resumed from its own
+    kept prefix) evaluate the same paths, with the same generated answers, rewards and statistics, as each
+    prompt's search alone."""
+    from conftest import tiny_model
+    from drllm.core.executor import PathExecutor
+    from drllm.search.rewards import PathRewarder, rewards_together
+    from drllm.formats.answers import get_format
+
+    from drllm.core import path_batch
+
+    # compare the batch's own tokens: no near-tie is handed back to the one-prompt path
+    monkeypatch.setitem(path_batch.TIE_TOLERANCE, torch.float32, 0.0)
+    monkeypatch.setattr(path_batch, "GENERATION_COUNTS", {"batched": 0, "near_tie_alone": 0})
+    executor = PathExecutor(tiny_model(kind, layers=6))
+    config = MCTSConfig(simulations=14, early_stop=False)
+    encoded = tiny_prompts()
+
+    def rewarders():
+        return [PathRewarder(executor, get_format(item.format), item, cache_size=4) for item in encoded]
+
+    alone = rewarders()
+    want = [run_search(rewarder, 6, config, seed) for seed, rewarder in enumerate(alone)]
+    together = rewarders()
+    calls = []
+
+    def evaluate_many(batch):
+        calls.append(len(batch))
+        return rewards_together([(together[index], path) for index, path in batch])
+
+    got = run_searches(evaluate_many, [search_steps(6, config, seed) for seed in range(len(encoded))])
+    assert max(calls) == len(encoded)
+    for mine, theirs, rewarder, reference in zip(got, want, together, alone):
+        assert (mine.evaluated, mine.best_path, mine.tree.to_records()) == \
+            (theirs.evaluated, theirs.best_path, theirs.tree.to_records())
+        assert rewarder.stats == reference.stats
+        assert rewarder.outcomes.keys() == reference.outcomes.keys()
+        for path, outcome in rewarder.outcomes.items():
+            other = reference.outcomes[path]
+            assert (outcome.generation, outcome.prediction, outcome.correct, outcome.new_tokens,
+                    outcome.layer_applications) == (other.generation, other.prediction, other.correct,
+                                                    other.new_tokens, other.layer_applications)
+    rewards = [reward for result in want for _, reward in result.evaluated]
+    assert 0 < sum(rewards) < len(rewards)  # the searches saw both outcomes
+    assert sum(rewarder.stats.reused_steps for rewarder in together) > 0
+    assert path_batch.GENERATION_COUNTS["batched"] >= 40
 
 
 def test_lockstep_rejects_a_wrong_number_of_rewards():

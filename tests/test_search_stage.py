@@ -83,6 +83,24 @@ def test_shards_identical_across_backends_and_worker_counts(smollm2_dir, prompt_
     assert (tmp_path / "summary.md").read_text().startswith("# Search summary")
 
 
+def test_letter_shards_identical_at_any_batch_width(smollm2_dir, tmp_path):
+    """The paper's ARC format (greedy letter answers): prompts searched in lockstep, each round's answers
+    generated as one mixed-path batch, give the shard of one prompt at a time, byte for byte but for timing."""
+    records = [e.to_dict() for e in load_benchmark("arc_easy", "validation", limit=40)]
+    prompts = tmp_path / "arc_letter.parquet"
+    write_prompts(prompts, select_prompts(records, "arc_easy", "letter", 5, seed=0))
+    settings = json.dumps({"mcts": {"simulations": 3, "early_stop": False}, "seed": 3, "formats": {"letter": {}}})
+    shards = {}
+    for width in (1, 4, 8):
+        shards[width] = tmp_path / f"width{width}.parquet"
+        assert run_cli(smollm2_dir, prompts, shards[width], "--backend", "serial", "--batch-prompts", str(width),
+                       settings=settings) == 0
+    one = without_timing(shards[1])
+    assert one.height == 5 and one["evaluations"].min() >= 3
+    assert one.equals(without_timing(shards[4])) and one.equals(without_timing(shards[8]))
+    assert pq.read_schema(shards[1]).metadata[b"drllm"] == pq.read_schema(shards[8]).metadata[b"drllm"]
+
+
 def test_sharding_splits_prompts(smollm2_dir, prompt_file, tmp_path):
     assert run_cli(smollm2_dir, prompt_file, tmp_path / "s1.parquet", "--shard", "1", "--num-shards", "2") == 0
     assert pl.read_parquet(tmp_path / "s1.parquet")["prompt_index"].to_list() == [1, 3]

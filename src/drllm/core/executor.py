@@ -322,43 +322,47 @@ class PathExecutor:
             raise ValueError("continue_generation needs a prefill with use_cache=True and logits")
         decoding = dataclasses.replace(state, cache=_copy_cache(state.cache))
         new, num_new, passes, logprobs = self.greedy_decode(
-            state.logits[:, -1], lambda tokens: self.decode_step(decoding, tokens), max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+            state.logits[:, -1], lambda tokens, finished: self.decode_step(decoding, tokens),
+            max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         return Generation(new, num_new, passes * len(state.path), state.path, state, logprobs)
 
-    def greedy_decode(self, logits: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor], *,
-                      max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
+    def greedy_decode(self, logits: torch.Tensor, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                      max_new_tokens: int | Sequence[int], eos_token_id: int | Sequence[int] | None = None,
                       pad_token_id: int | None = None):
         """The greedy loop shared by fixed-path and mixed-path decoding. logits: [B, vocab] after the prompt;
-        step(tokens [B]) feeds one token per row and returns the next logits. Rows stop at their first EOS.
+        step(tokens [B], finished [B]) feeds one token per row and returns the next logits (a finished row's
+        logits are never read). Rows stop at their first EOS or after `max_new_tokens` (one limit for all rows,
+        or one per row).
 
         Returns (tokens [B, n] padded after EOS, tokens per row with EOS, forward passes per row with the
         prefill, log-probability of each token [B, n] with 0 after EOS).
         """
         eos, pad_token_id = self.stop_tokens(eos_token_id, pad_token_id)
         batch = logits.shape[0]
-        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        limits = torch.as_tensor(max_new_tokens, dtype=torch.long, device=self.device).expand(batch)
+        finished = limits < 1
         passes = torch.ones(batch, dtype=torch.long, device=self.device)  # the prefill
         tokens, logprobs = [], []
-        for index in range(max_new_tokens):
+        for index in range(int(limits.max()) if batch else 0):
             next_tokens = logits.argmax(-1)
             next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
             chosen = torch.log_softmax(logits.float(), dim=-1).gather(-1, next_tokens[:, None])[:, 0]
             logprobs.append(chosen.masked_fill(finished, 0.0))
             tokens.append(next_tokens)
-            finished = finished | torch.isin(next_tokens, eos)
-            if index == max_new_tokens - 1 or bool(finished.all()):
+            finished = finished | torch.isin(next_tokens, eos) | (limits <= index + 1)
+            if bool(finished.all()):
                 break
             passes += (~finished).long()
-            logits = step(next_tokens)
+            logits = step(next_tokens, finished)
         if not tokens:
             empty = torch.zeros((batch, 0), dtype=torch.long, device=self.device)
             return empty, empty.sum(-1), passes, empty.float()
         new, logprobs = torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
-        is_real = torch.ones_like(new, dtype=torch.bool)
-        if len(eos):  # a row's tokens after its first EOS are padding
+        # a row's tokens after its first EOS, or past its own limit, are padding
+        is_real = torch.arange(new.shape[1], device=self.device) < limits[:, None]
+        if len(eos):
             hit = torch.isin(new, eos).long()
-            is_real = (hit.cumsum(-1) - hit) == 0
+            is_real &= (hit.cumsum(-1) - hit) == 0
         return new, is_real.long().sum(-1), passes, logprobs.masked_fill(~is_real, 0.0)
 
     @torch.no_grad()

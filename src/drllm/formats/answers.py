@@ -366,20 +366,30 @@ class _GenerateFormat(AnswerFormat):
 
     def evaluate(self, executor, encoded, path, *, keep_hidden=False, resume=None, resume_step=0):
         self._check(encoded)
-        eos = executor.model.generation_config.eos_token_id
-        if eos is None and encoded.tokenizer is not None:
-            eos = encoded.tokenizer.eos_token_id
+        eos = self.stop_ids(executor, encoded)
         generation = executor.generate(torch.tensor([encoded.input_ids], dtype=torch.long), None, path,
                                        max_new_tokens=encoded.max_new_tokens, eos_token_id=eos,
                                        keep_hidden=keep_hidden, resume=resume, resume_step=resume_step)
+        return self.grade_generation(encoded, generation, eos), generation.prefill
+
+    @staticmethod
+    def stop_ids(executor, encoded: Encoded):
+        """The EOS id(s) generation stops at: the model's generation config's, else the tokenizer's."""
+        eos = executor.model.generation_config.eos_token_id
+        if eos is None and encoded.tokenizer is not None:
+            eos = encoded.tokenizer.eos_token_id
+        return eos
+
+    def grade_generation(self, encoded: Encoded, generation, eos) -> Outcome:
+        """The outcome of a greedy generation of `encoded` (a `Generation` of one row) that stopped at `eos`."""
+        self._check(encoded)
         count = int(generation.num_new[0])
         tokens = generation.tokens[0, :count].tolist()
         stops = {eos} if isinstance(eos, int) else set(eos or ())
         if tokens and tokens[-1] in stops:  # the EOS ends the answer; it is no part of it
             tokens = tokens[:-1]
         text = encoded.tokenizer.decode(tokens, skip_special_tokens=True)
-        outcome = self.grade(encoded, text, int(generation.layer_applications[0]), count)
-        return outcome, generation.prefill
+        return self.grade(encoded, text, int(generation.layer_applications[0]), count)
 
     def grade(self, encoded: Encoded, text: str, layer_applications: int, new_tokens: int) -> Outcome:
         raise NotImplementedError

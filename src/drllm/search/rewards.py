@@ -173,25 +173,42 @@ class PathRewarder:
 
 def rewards_together(items: Sequence[tuple[PathRewarder, LayerPath]]) -> list[float]:
     """The reward of each (prompt's rewarder, path), as calling each rewarder alone would give (up to float
-    rounding): the multiple-choice prompts' paths are scored as one mixed-path batch, each resumed from its own
-    kept prefix (`drllm.core.path_batch.score_together`); generation prompts are evaluated one after another."""
-    from drllm.core.path_batch import ScoreRequest, score_together
+    rounding), with each path resumed from its own rewarder's kept prefix: the multiple-choice prompts' paths
+    are scored as one mixed-path batch (`drllm.core.path_batch.score_together`), the generation prompts' paths
+    generated as one (`drllm.core.path_batch.generate_together`), each group of similar prompt lengths together."""
+    from drllm.core.path_batch import GenerateRequest, ScoreRequest, generate_together, score_together
 
     if len({id(rewarder) for rewarder, _ in items}) != len(items):
         raise ValueError("rewards_together takes at most one path per rewarder (the second would miss the "
                          "first's kept prefix)")
-    batched = [(rewarder, path) for rewarder, path in items
-               if rewarder.encoded.kind == "choices" and tuple(path) not in rewarder.outcomes]
-    executors = {id(rewarder.executor) for rewarder, _ in batched}
-    if len(executors) > 1:
+    fresh = [(rewarder, path) for rewarder, path in items if tuple(path) not in rewarder.outcomes]
+    if len({id(rewarder.executor) for rewarder, _ in fresh}) > 1:
         raise ValueError("rewards_together needs every rewarder on the same executor")
-    if batched:
-        points = [rewarder.resume_point(path) for rewarder, path in batched]
+    scoring = [(rewarder, path) for rewarder, path in fresh if rewarder.encoded.kind == "choices"]
+    if scoring:
+        points = [rewarder.resume_point(path) for rewarder, path in scoring]
         requests = [ScoreRequest(rewarder.encoded.batch, path, resume, step)
-                    for (rewarder, path), (resume, step) in zip(batched, points)]
-        keep_hidden = any(rewarder.cache_size for rewarder, _ in batched)
-        scored = score_together(batched[0][0].executor, requests, keep_hidden=keep_hidden)
-        for (rewarder, path), (_, step), (results, state) in zip(batched, points, scored):
+                    for (rewarder, path), (resume, step) in zip(scoring, points)]
+        keep_hidden = any(rewarder.cache_size for rewarder, _ in scoring)
+        scored = score_together(scoring[0][0].executor, requests, keep_hidden=keep_hidden)
+        for (rewarder, path), (_, step), (results, state) in zip(scoring, points, scored):
             outcome = rewarder.format.grade_scores(rewarder.encoded, results, len(state.path))
             rewarder.record(path, outcome, state, step)
+    # generation prompts that stop at the same EOS ids decode together
+    generating: dict[tuple[int, ...], list[tuple[PathRewarder, LayerPath, Any]]] = {}
+    for rewarder, path in fresh:
+        if rewarder.encoded.kind == "generate":
+            eos = rewarder.format.stop_ids(rewarder.executor, rewarder.encoded)
+            key = (eos,) if isinstance(eos, int) else tuple(eos or ())
+            generating.setdefault(key, []).append((rewarder, path, eos))
+    for group in generating.values():
+        points = [rewarder.resume_point(path) for rewarder, path, _ in group]
+        requests = [GenerateRequest(rewarder.encoded.input_ids, path, rewarder.encoded.max_new_tokens, resume, step)
+                    for (rewarder, path, _), (resume, step) in zip(group, points)]
+        keep_hidden = any(rewarder.cache_size for rewarder, _, _ in group)
+        generations = generate_together(group[0][0].executor, requests, eos_token_id=group[0][2],
+                                        keep_hidden=keep_hidden)
+        for (rewarder, path, eos), (_, step), generation in zip(group, points, generations):
+            rewarder.record(path, rewarder.format.grade_generation(rewarder.encoded, generation, eos),
+                            generation.prefill, step)
     return [rewarder(path) for rewarder, path in items]

@@ -100,7 +100,8 @@ def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: Search
 
 def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings: SearchSettings) -> list[dict]:
     """Search several prompts in lockstep: each round, the next path of every unfinished search is evaluated in
-    one batch (`drllm.search.rewards.rewards_together`: multiple-choice prompts as one mixed-path batch). Each prompt's
+    one batch (`drllm.search.rewards.rewards_together`: multiple-choice prompts scored as one mixed-path batch,
+    generation prompts decoded as one). Each prompt's
     search is seeded on its own, so the rows equal searching the prompts one at a time (timing aside).
     `wall_seconds` shares the batch's time evenly among its prompts."""
     started = time.perf_counter()
