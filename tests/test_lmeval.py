@@ -321,7 +321,8 @@ def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(sm
     from transformers import AutoTokenizer
 
     from drllm.data.registry import load_benchmark
-    from drllm.formats.answers import BoxedFormat, render_prompt
+    from drllm.formats.answers import BoxedFormat
+    from drllm.formats.prompts import render_prompt
 
     choice, _ = local_tasks(tmp_path)
     local_yaml = tmp_path / "drllm_local_mc.yaml"

@@ -13,8 +13,9 @@ from drllm.evaluation.metrics import (bootstrap_interval, exact_match, gsm8k_equ
                                       max_over_golds, normalize_answer, paired_bootstrap_delta, token_f1,
                                       wilson_interval)
 from drllm.core.paths import LayerPath
-from drllm.formats.answers import (GSM8K_INSTRUCTION, QA_INSTRUCTION, QA_INSTRUCTION_NO_CONTEXT, GSM8KFormat, Outcome,
-                                   QAFormat, first_answer_line, get_format)
+from drllm.formats.answers import GSM8KFormat, QAFormat, get_format
+from drllm.formats.grading import Outcome, first_answer_line
+from drllm.formats.prompts import GSM8K_INSTRUCTION, QA_INSTRUCTION, QA_INSTRUCTION_NO_CONTEXT
 from test_tasks import StubExecutor, byte_tokenizer, math_example, mc_example, model
 
 

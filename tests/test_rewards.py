@@ -6,7 +6,8 @@ import math
 import pytest
 
 from drllm.search.rewards import RewardConfig, robust_choice_correct
-from drllm.formats.answers import Encoded, Outcome
+from drllm.formats.grading import Outcome
+from drllm.formats.prompts import Encoded
 
 
 def choices(gold=0, fmt="cloze"):

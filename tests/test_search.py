@@ -314,7 +314,7 @@ class LetterTokenizer:
 def tiny_prompts(seed=0):
     """Letter-format prompts of different lengths and limits, with a cloze prompt among them (rounds mix kinds)."""
     from drllm.core.executor import ChoiceBatch
-    from drllm.formats.answers import Encoded
+    from drllm.formats.prompts import Encoded
 
     generator = torch.Generator().manual_seed(seed)
 

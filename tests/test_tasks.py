@@ -12,8 +12,9 @@ from conftest import tiny_model
 from drllm.data.examples import Example
 from drllm.core.executor import Generation, PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.formats.answers import (FORMATS, BoxedFormat, Encoded, LetterFormat, Outcome, encode_pair, extract_boxed,
-                                   get_format, letter_phrase, math_equal, strict_letter)
+from drllm.formats.answers import FORMATS, BoxedFormat, LetterFormat, get_format
+from drllm.formats.grading import Outcome, extract_boxed, math_equal, strict_letter
+from drllm.formats.prompts import Encoded, encode_pair, letter_phrase
 
 CHAT = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}" \
        "{% if add_generation_prompt %}[assistant] {% endif %}"

