@@ -170,6 +170,9 @@ def test_local_directory_materialises_and_reloads_identically(tmp_path):
     assert manifest["num_layers"] == 4 and manifest["architecture"] == "LlamaForCausalLM"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert manifest["weights_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    raw = (out / "model.safetensors").read_bytes()  # the header as canonicalize_safetensors_header leaves it
+    header = raw[8:8 + int.from_bytes(raw[:8], "little")].rstrip(b" ")
+    assert header == json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
     reloaded, tokenizer, again = load_model(out, device="cpu", dtype="float32")
     assert again == read_manifest(out)
     ids = torch.tensor([[1, 5, 9, 33]])
@@ -224,3 +227,31 @@ def test_prepare_model_cli(tmp_path, capsys):
     block = {"name": "x", "source": "gguf", "path": str(tmp_path / "none.gguf")}
     assert prepare_model.main(["--model-json", json.dumps(block), "--out-dir", str(out)]) == 2
     assert "model.path" in capsys.readouterr().err
+
+
+def test_safetensors_header_is_canonical_whatever_the_writer_order(tmp_path):
+    """safetensors writes `__metadata__` in a per-process (HashMap) order; the materialised file must not depend on
+    it, or weights_sha256 (and every artifact's provenance) changes between two identical runs."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    from drllm.core.models import canonicalize_safetensors_header, file_sha256
+
+    tensors = {"b.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.bias": torch.ones(3)}
+    save_file(tensors, tmp_path / "one.safetensors", metadata={"format": "pt", "tied.weight": "b.weight"})
+    raw = (tmp_path / "one.safetensors").read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + size])
+    reordered = dict(reversed(list(header.items())))  # the other order a writer may pick
+    reordered["__metadata__"] = dict(reversed(list(header["__metadata__"].items())))
+    text = json.dumps(reordered, separators=(",", ":")).encode()
+    assert text != raw[8:8 + len(text)] and len(text) <= size
+    (tmp_path / "two.safetensors").write_bytes(raw[:8] + text + b" " * (size - len(text)) + raw[8 + size:])
+    assert file_sha256(tmp_path / "one.safetensors") != file_sha256(tmp_path / "two.safetensors")
+    for name in ("one", "two"):
+        canonicalize_safetensors_header(tmp_path / f"{name}.safetensors")
+    assert file_sha256(tmp_path / "one.safetensors") == file_sha256(tmp_path / "two.safetensors")
+    loaded = load_file(tmp_path / "two.safetensors")
+    assert all(torch.equal(loaded[key], value) for key, value in tensors.items())
