@@ -237,7 +237,8 @@ def test_safetensors_header_is_canonical_whatever_the_writer_order(tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from drllm.core.models import canonicalize_safetensors_header, file_sha256
+    from drllm.core.artifacts import canonicalize_safetensors_header
+    from drllm.core.models import file_sha256
 
     tensors = {"b.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.bias": torch.ones(3)}
     save_file(tensors, tmp_path / "one.safetensors", metadata={"format": "pt", "tied.weight": "b.weight"})

@@ -305,6 +305,9 @@ def test_save_load_round_trip(tmp_path):
     stack = RouterStack(config, seed=3)
     stack.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temp files left
+    raw = (tmp_path / WEIGHTS_FILE).read_bytes()  # header with sorted keys: equal routers, equal bytes
+    header = raw[8:8 + int.from_bytes(raw[:8], "little")].rstrip(b" ")
+    assert header == json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
     loaded = RouterStack.from_pretrained(tmp_path, expected_model="tiny-llama", expected_layers=3,
                                          expected_hidden_size=8)
     assert loaded.config == config

@@ -192,3 +192,23 @@ def _read(reader, path: str | os.PathLike, name: str):
         return reader(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ArtifactError(f"{name} {path} is not a readable Parquet file: {exc}") from exc
+
+
+def canonicalize_safetensors_header(path: str | os.PathLike) -> None:
+    """Rewrite a .safetensors file's JSON header in place with sorted keys, so equal tensors give equal bytes.
+
+    safetensors serialises the header's `__metadata__` from a Rust HashMap, whose order changes per process: a
+    materialised model (`format` and a tied weight's alias) or a router file (format, base model, layers) came out
+    with other bytes in some runs, and so with another weights_sha256 or file hash. Sorting changes no length
+    (same keys and values, compact JSON), so every data offset holds."""
+    import struct
+
+    with open(path, "r+b") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:
+            raise ArtifactError(f"{path}: the sorted safetensors header is {len(text)} bytes, the written one "
+                                f"{size}; not rewritten")
+        handle.seek(8)
+        handle.write(text + b" " * (size - len(text)))  # safetensors pads its header with spaces

