@@ -452,7 +452,7 @@ def _generate_group(executor, requests: Sequence[GenerateRequest], ids: Sequence
 
 
 # Greedy choices closer than this (top-1 minus top-2 logit) are re-decided by generating the prompt alone: batched
-# and single-prompt logits differ by float rounding (fp32: at most ~1e-4 measured on SmolLM2, see BENCHMARKS.md),
+# and single-prompt logits differ by float rounding (fp32 on SmolLM2: 2.9e-5 largest log-prob drift, BENCHMARKS.md),
 # which must not flip a token. Half precision rounds far coarser, hence its wider band.
 TIE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
 TIE_TOLERANCE_HALF = 0.25
@@ -535,9 +535,11 @@ def select_batch_rows(executor, state: BatchState, keep: Sequence[int]) -> Batch
     (copies of the slot objects, so `state` is unchanged)."""
     paths = state.batch.paths()
     batch = PathBatch.of([paths[row] for row in keep], state.batch.device)
-    old: dict[tuple[int, int], int] = {}
+    old: dict[tuple[int, int], int] = {}  # (block, execution) -> its slot in `state`
+    seen: dict[int, int] = {}
     for slot, step in enumerate(state.batch.steps):
-        old[(step.layer, sum(1 for key in old if key[0] == step.layer) + 1)] = slot
+        seen[step.layer] = seen.get(step.layer, 0) + 1
+        old[(step.layer, seen[step.layer])] = slot
     cache, seen = empty_cache(), {}
     for step in batch.steps:
         seen[step.layer] = seen.get(step.layer, 0) + 1
