@@ -14,7 +14,13 @@ Two rewards (`RewardConfig.kind`):
   its score stays within `epsilon` of the full model's score for it. Generation formats: the graded answer is
   correct (the log-likelihood condition does not apply to them here).
 
-For `qa` (token F1), "correct" means F1 >= `min_f1` under both kinds (exact match is too strict a label
+* ``agreement`` -- gold-free: a path is acceptable when it keeps the full model's answer, right or wrong.
+  Choice formats: the full model's chosen option still wins by at least `margin` (a near tie is not kept).
+  Generation formats: the graded answer equals the full model's (`qa`: token F1 against the full model's answer
+  >= `min_f1`). The default path is acceptable by definition. Any prompt can be labelled (wrong defaults
+  included, as what is safe to skip, not as a fix) and prompts need no gold answer.
+
+For `qa` (token F1), "correct" means F1 >= `min_f1` under binary and robust (exact match is too strict a label
 for a small model's spans).
 """
 from __future__ import annotations
@@ -26,22 +32,23 @@ from typing import Any, Mapping, Sequence
 
 from drllm.core.executor import PathExecutor, RunState
 from drllm.core.paths import LayerPath
+from drllm.evaluation.metrics import normalize_answer, token_f1
 from drllm.formats.answers import AnswerFormat
 from drllm.formats.grading import Outcome
 from drllm.formats.prompts import Encoded
 
 
-REWARD_KINDS = ("binary", "robust")
+REWARD_KINDS = ("binary", "robust", "agreement")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     """Which paths count as correct in the search (see the module docstring)."""
 
-    kind: str = "binary"       # binary (paper) | robust
-    margin: float = 0.0        # robust, choice formats: gold score - best other score >= margin
+    kind: str = "binary"       # binary (paper) | robust | agreement
+    margin: float = 0.0        # choice formats: gold (robust) or the full model's choice (agreement) wins by this
     epsilon: float = math.inf  # robust, choice formats: gold score >= full model's gold score - epsilon
-    min_f1: float = 0.5        # qa: F1 at least this counts as correct
+    min_f1: float = 0.5        # qa: F1 at least this counts as correct (agreement: F1 against the full model)
 
     def __post_init__(self) -> None:
         if self.kind not in REWARD_KINDS:
@@ -79,7 +86,12 @@ class RewardConfig:
 
     def correct(self, outcome: Outcome, encoded: Encoded, reference: Outcome | None) -> bool:
         """Whether `outcome` (of `encoded` along some path) counts as correct; `reference` is the full model's
-        outcome on the same prompt (the default path), needed by the robust reward on choice formats."""
+        outcome on the same prompt (the default path), needed by the robust reward on choice formats and by the
+        agreement reward everywhere."""
+        if self.kind == "agreement":
+            if reference is None:
+                raise ValueError("the agreement reward needs the full model's outcome (reference)")
+            return agrees(outcome, reference, encoded, self.margin, self.min_f1)
         if encoded.format == "qa":
             return outcome.score >= self.min_f1
         if self.kind == "binary" or encoded.kind != "choices":
@@ -99,6 +111,23 @@ def robust_choice_correct(scores, choice: int | None, gold: int, margin: float, 
     if reference_scores is not None and scores[gold] < reference_scores[gold] - epsilon:
         return False
     return True
+
+
+def choice_margin(scores, choice: int | None) -> float:
+    """How far option `choice` leads the best other option (negative when it does not win); -inf without scores."""
+    if choice is None or not scores:
+        return -math.inf
+    others = [score for index, score in enumerate(scores) if index != choice]
+    return scores[choice] - max(others) if others else math.inf
+
+
+def agrees(outcome: Outcome, reference: Outcome, encoded: Encoded, margin: float, min_f1: float) -> bool:
+    """The agreement reward: `outcome` keeps the full model's answer `reference` (see the module docstring)."""
+    if encoded.kind == "choices":
+        return outcome.choice == reference.choice and choice_margin(outcome.scores, reference.choice) >= margin
+    if encoded.format == "qa":
+        return token_f1(outcome.prediction, reference.prediction) >= min_f1
+    return normalize_answer(outcome.prediction or "") == normalize_answer(reference.prediction or "")
 
 
 @dataclass
@@ -166,6 +195,9 @@ class PathRewarder:
 
     def correct(self, path: LayerPath) -> bool:
         outcome = self.outcome(path)
+        if self.reward.kind == "agreement":  # the full model agrees with itself, near tie or not
+            return path.layers == tuple(range(self.executor.num_layers)) or \
+                self.reward.correct(outcome, self.encoded, self.reference())
         needs_reference = self.reward.kind == "robust" and self.encoded.kind == "choices"
         return self.reward.correct(outcome, self.encoded, self.reference() if needs_reference else None)
 

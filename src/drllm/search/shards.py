@@ -39,6 +39,7 @@ SHARD_SCHEMA = pa.schema([
     pa.field("kept", pa.bool_(), nullable=False),               # a correct path exists: a training sample
     pa.field("best_path", pa.list_(pa.int16())),                # layer ids of the label path (null if not kept)
     pa.field("labels", pa.list_(pa.int8())),                    # per-layer counts 0/1/2 (null if not kept)
+    pa.field("labels_check", pa.list_(pa.int8())),              # the label of a second search seed (search.seed_check)
     pa.field("best_length", pa.int64()),
     pa.field("layers_saved", pa.int64()),                       # num_layers - best_length
     pa.field("wrong_to_correct", pa.bool_(), nullable=False),
@@ -53,6 +54,8 @@ SHARD_SCHEMA = pa.schema([
     pa.field("max_fanout", pa.int64(), nullable=False),
     pa.field("max_depth", pa.int64(), nullable=False),
     pa.field("reward", pa.string(), nullable=False),           # which reward judged the paths (drllm.search.rewards)
+    pa.field("labeler", pa.string(), nullable=False),          # mcts | safety (drllm.search.safety)
+    pa.field("layer_safety", pa.list_(pa.float32())),           # safety: 1.0 where skipping the block alone is acceptable
     pa.field("wall_seconds", pa.float64(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("search_config", pa.string(), nullable=False),     # JSON of the search settings

@@ -30,8 +30,12 @@ from drllm.core.models import chat_template_for
 from drllm.core.seeds import derived_seed, text_digest
 from drllm.formats.answers import get_format
 from drllm.search.mcts import MCTSConfig, check_int, run_searches, search_steps
-from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
+from drllm.search.rewards import PathRewarder, RewardConfig, choice_margin, rewards_together
+from drllm.search.safety import SafetyConfig, sweep_steps
 from drllm.search.shards import encode_prompt_row
+
+
+LABELERS = ("mcts", "safety")
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,17 @@ class SearchSettings:
     prefix_cache: int = 8           # run states kept per prompt for prefix reuse; 0 disables reuse
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-format options
     reward: dict[str, Any] = field(default_factory=dict)  # drllm.search.rewards.RewardConfig fields; {} = binary
+    labeler: str = "mcts"           # mcts (the paper's single path) | safety (drllm.search.safety)
+    safety: dict[str, Any] = field(default_factory=dict)  # drllm.search.safety.SafetyConfig fields
 
     def __post_init__(self) -> None:
         check_int(self.seed, "search.seed")
         check_int(self.prefix_cache, "search.prefix_cache", 0)
         if not isinstance(self.chat_template, bool):
             raise ValueError(f"search.chat_template must be true or false, got {self.chat_template!r}")
-        for name in ("mcts", "formats", "reward"):
+        if self.labeler not in LABELERS:
+            raise ValueError(f"search.labeler must be one of {list(LABELERS)}, got {self.labeler!r}")
+        for name in ("mcts", "formats", "reward", "safety"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"search.{name} must be a mapping, got {getattr(self, name)!r}")
         for name, options in self.formats.items():
@@ -67,6 +75,7 @@ class SearchSettings:
             get_format(name, **options)  # unknown formats or options fail here, naming them
         object.__setattr__(self, "_mcts", MCTSConfig.from_dict(self.mcts))
         object.__setattr__(self, "_reward", RewardConfig.from_dict(self.reward))
+        object.__setattr__(self, "_safety", SafetyConfig.from_dict(self.safety))
 
     @classmethod
     def from_dict(cls, block: dict[str, Any] | None, manifest: dict[str, Any]) -> "SearchSettings":
@@ -88,6 +97,9 @@ class SearchSettings:
 
     def mcts_config(self) -> MCTSConfig:
         return self._mcts
+
+    def safety_config(self) -> SafetyConfig:
+        return self._safety
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -113,25 +125,45 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
         rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
                                 reuse_prefix=settings.prefix_cache > 0, reward=reward)
         prompts.append((row, encoded, rewarder, derived_seed(settings.seed, row["task"], row["id"])))
+    if settings.labeler == "safety":
+        steps = [sweep_steps(executor.num_layers, settings.safety_config(), _margin_reader(rewarder))
+                 for _, _, rewarder, _ in prompts]
+    else:
+        steps = [search_steps(executor.num_layers, config, seed) for *_, seed in prompts]
     results = run_searches(lambda batch: rewards_together([(prompts[index][2], path) for index, path in batch]),
-                           [search_steps(executor.num_layers, config, seed) for *_, seed in prompts])
+                           steps)
     seconds = (time.perf_counter() - started) / max(1, len(rows))
     return [_shard_row(executor, settings, row, encoded, rewarder, result, seed, reward, seconds)
             for (row, encoded, rewarder, seed), result in zip(prompts, results)]
+
+
+def _margin_reader(rewarder: PathRewarder):
+    """How clearly an evaluated path kept the full model's answer: the chosen option's lead over the runner-up
+    (choice formats); 0 for generation formats (their joint checks then go in layer order)."""
+    def margin_of(path) -> float:
+        outcome, reference = rewarder.outcomes[tuple(path)], rewarder.reference()
+        if rewarder.encoded.kind != "choices":
+            return 0.0
+        return choice_margin(outcome.scores, reference.choice)
+    return margin_of
 
 
 def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, encoded, rewarder: PathRewarder,
                result, seed: int, reward: RewardConfig, seconds: float) -> dict:
     default = tuple(range(executor.num_layers))
     best = result.best_path
+    default_correct = result.default_correct
+    if reward.kind == "agreement":  # every default agrees with itself: record the graded answer instead
+        default_correct = bool(rewarder.outcomes[default].correct)
     return {
         "prompt_id": row["id"], "prompt_index": row["prompt_index"], "task": row["task"],
         "benchmark": row["benchmark"], "subset": row["subset"], "level": row["level"],
         "prompt_hash": text_digest(encoded.prompt_text),
         "model": settings.model, "num_layers": executor.num_layers,
-        "default_correct": result.default_correct, "kept": best is not None,
+        "default_correct": default_correct, "kept": best is not None,
         "best_path": list(best) if best is not None else None,
         "labels": best.counts() if best is not None else None,
+        "labels_check": None,
         "best_length": len(best) if best is not None else None,
         "layers_saved": executor.num_layers - len(best) if best is not None else None,
         "wrong_to_correct": result.wrong_to_correct,
@@ -144,6 +176,8 @@ def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, enco
         "evaluated": [{"path": str(path), "reward": reward} for path, reward in result.evaluated],
         "max_fanout": result.max_fanout, "max_depth": result.max_depth,
         "reward": reward.describe(),
+        "labeler": settings.labeler,
+        "layer_safety": getattr(result, "layer_safety", None),
         "wall_seconds": seconds, "seed": seed,
         "search_config": settings.to_json(),
     }
