@@ -16,13 +16,13 @@ def shard_row(index, task="arc_easy", model="m", layers=4, kept=True, labels=(1,
     return {
         "prompt_id": f"q{index}", "prompt_index": index, "task": task, "benchmark": "arc_easy", "subset": None,
         "level": None, "prompt_hash": "abc", "model": model, "num_layers": layers, "default_correct": not w2c,
-        "kept": kept, "best_path": best, "labels": list(labels) if kept else None,
+        "kept": kept, "best_path": best, "labels": list(labels) if kept else None, "labels_check": None,
         "best_length": len(best) if kept else None, "layers_saved": layers - len(best) if kept else None,
         "wrong_to_correct": w2c, "prediction_default": "A", "prediction_best": "A" if kept else None,
         "simulations": 5, "evaluations": 4, "forward_passes": 9, "layer_applications": 10, "layer_applications_full": 16,
         "evaluated": [{"path": "0-1-2-3", "reward": 1.0}, {"path": "0-2-3", "reward": 1.0}],
         "max_fanout": 2, "max_depth": 1, "reward": "binary(margin=0,epsilon=none,min_f1=0.5)", "wall_seconds": 0.5,
-        "seed": 7, "search_config": "{}",
+        "labeler": "mcts", "layer_safety": None, "seed": 7, "search_config": "{}",
     }
 
 
