@@ -112,7 +112,9 @@ EVAL_CELLS = [
     for benchmark, block in EVAL_ENTRIES.items()
     for method in block.get("methods", EVAL_METHODS)
     # lm-eval tasks: base, router and router@<p> (the calibrated knob is not passed to lm-eval cells)
-    if "lm_eval" not in block or (method.split("@")[0] in ("base", "router") and method != "router@calibrated")
+    if "lm_eval" not in block or (method.split("@")[0] in ("base", "router")
+                                  and method not in ("router@calibrated", "router@certified")
+                                  and not method.startswith("router@t"))
 ]
 
 
@@ -133,12 +135,14 @@ def eval_cell_inputs(wc):
         inputs["data"] = "resources/data/{benchmark}/{split}.parquet".format(**entry)
     if kind == "router":
         inputs["routers"] = f"{ROUTER_DIR}/routers.safetensors"
-    if wc.method == "router@calibrated":  # the knob p chosen by the calibration stage
+    if wc.method in ("router@calibrated", "router@certified"):  # the operating point the calibration stage chose
         inputs["calibration"] = f"{ROUTER_DIR}/calibration.json"
-    if kind in ("static", "random") and not param:  # matched to the router's savings on the same examples
+    if kind in ("static", "random", "safest") and not param:  # matched to the router's savings on the same examples
         inputs["router_cell"] = f"{EVAL_DIR}/{wc.eval_benchmark}/router.parquet"
     if kind == "static":
         inputs["influence"] = f"{EVAL_DIR}/block_influence.parquet"
+    if kind == "safest":  # the blocks most often safe to skip alone, from the search's single-skip sweep
+        inputs["influence"] = f"results/search/{MODEL}/layer_safety.parquet"
     return inputs
 
 

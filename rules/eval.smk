@@ -1,8 +1,9 @@
 # Evaluation stage: fan-out over benchmark x method, one Parquet cell each; the static baseline's calibration.
 
 wildcard_constraints:
-    # base, oracle; router, router@<p>, router@calibrated; static / random, static@<k> / random@<k>
-    method=r"base|oracle|router(@(-?[0-9.]+|calibrated))?|(static|random)(@[0-9]+)?",
+    # base, oracle; router, router@<p>, router@t<tau>, router@calibrated, router@certified; static / random /
+    # safest, static@<k> / random@<k> / safest@<k>
+    method=r"base|oracle|router(@(-?[0-9.]+|t[0-9.]+|calibrated|certified))?|(static|random|safest)(@[0-9]+)?",
     eval_benchmark="[A-Za-z0-9_]+",
 
 

@@ -81,6 +81,7 @@ rule search_summary:
     output:
         table=f"results/search/{MODEL}/summary.parquet",
         markdown=report(f"results/search/{MODEL}/summary.md", caption="../workflow/report/search_summary.rst", category="Search"),
+        safety=f"results/search/{MODEL}/layer_safety.parquet",
     log:
         f"logs/search_summary/{MODEL}.log",
     benchmark:

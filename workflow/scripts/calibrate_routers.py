@@ -1,9 +1,11 @@
-"""Calibrate trained routers: choose the control knob p on held-out validation prompts (drllm.routing.calibration).
+"""Calibrate trained routers: choose their operating point on held-out validation prompts (drllm.routing.calibration).
 
 Each calibration set is a seeded sample of a benchmark split, with every prompt the search used removed (so the
-routers never saw them), routed at each knob of the grid and scored in its answer format. The chosen p (the
-largest mean saving whose score on every set stays within max_drop of the base model's) is written with the
-whole curve to --out (JSON), which evaluation's `router@calibrated` method reads.
+routers never saw them), routed at each point of the grid (the knob p; the threshold tau for routers with the
+threshold decision) and scored in its answer format. The chosen point (the largest mean saving whose score on
+every set stays within max_drop of the base model's) is written with the whole curve to --out (JSON), which
+evaluation's `router@calibrated` method reads. With `certify` set, the point certified by Learn-then-Test on the
+pooled per-prompt losses (drllm.routing.certify) is written too, as `certified`, read by `router@certified`.
 
 Example:
   python workflow/scripts/calibrate_routers.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -21,7 +23,8 @@ import sys
 
 from drllm.core.artifacts import ArtifactError, write_json
 from drllm.data.examples import read_examples
-from drllm.routing.calibration import CalibrationConfig, calibration_curve, choose_operating_point, curve_records
+from drllm.routing.calibration import (CalibrationConfig, calibration_curve, certify_point, choose_operating_point,
+                                       curve_records, operating_points, point_name, point_record)
 from drllm.evaluation.cells import sample_examples
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
@@ -91,27 +94,34 @@ def main(argv: list[str] | None = None) -> int:
             chosen_sets.append((calibration_set, sample_examples(examples, calibration_set, config.seed)))
         model, tokenizer, _ = load_model(args.model_dir, device=args.device, dtype=args.dtype)
         executor = PathExecutor(model)
-        curve = calibration_curve(executor, tokenizer, routers, chosen_sets, config.knobs, chat_template,
-                                  progress=not args.no_progress)
-        knob, notes = choose_operating_point(curve, config.max_drop)
+        points = operating_points(routers, config.knobs, config.thresholds)
+        curve, losses = calibration_curve(executor, tokenizer, routers, chosen_sets, points, chat_template,
+                                          progress=not args.no_progress)
+        (axis, value), notes = choose_operating_point(curve, config.max_drop)
+        certified = certify_point(losses, config.certify) if config.certify is not None else None
     except (ArtifactError, ValueError) as exc:
         print(f"calibrate_routers: error: {exc}", file=sys.stderr)
         return 2
-    chosen = [p for p in curve if p.knob == knob]
+    chosen = [p for p in curve if (p.axis, p.knob) == (axis, value)]
     saving = sum(p.saving * p.n for p in chosen) / sum(p.n for p in chosen)
-    result = {"knob": knob, "max_drop": config.max_drop, "mean_layers_saved": saving,
+    result = {**point_record(axis, value), "max_drop": config.max_drop, "mean_layers_saved": saving,
               "num_layers": executor.num_layers, "model": manifest["name"],
               "sets": {s.name: {"benchmark": s.benchmark, "split": s.split, "format": s.format,
                                 "examples": [ex.id for ex in examples]} for s, examples in chosen_sets},
               "chosen": curve_records(chosen), "curve": curve_records(curve), "rejected": notes,
               "rule": "largest mean saving whose score on every set is within max_drop of the base model "
-                      "(paired, same prompts); ties -> larger p"}
+                      "(paired, same prompts); ties -> the more conservative point",
+              "certified": certified}
     write_json(args.out, result)
     for point in curve:
-        mark = " <- chosen" if point.knob == knob else ""
-        print(f"calibrate: {point.set} p={point.knob:+.2f}: score {point.score:.4f} (base {point.base_score:.4f}, "
-              f"drop {100 * point.drop:+.2f} pts), layers {point.mean_layers:.2f}/{point.num_layers}{mark}")
-    print(f"calibrate: chose p = {knob:g}, saving {saving:.2f} layers per example -> {args.out}")
+        mark = " <- chosen" if (point.axis, point.knob) == (axis, value) else ""
+        print(f"calibrate: {point.set} {point_name(point.axis, point.knob)}: score {point.score:.4f} (base "
+              f"{point.base_score:.4f}, drop {100 * point.drop:+.2f} pts, agreement {point.agreement:.3f}), "
+              f"layers {point.mean_layers:.2f}/{point.num_layers}{mark}")
+    print(f"calibrate: chose {point_name(axis, value)}, saving {saving:.2f} layers per example -> {args.out}")
+    if certified is not None:
+        print(f"calibrate: certified {certified['point']} ({certified['certificate']['reason']}), saving "
+              f"{certified['mean_layers_saved']:.2f} layers per example")
     return 0
 
 

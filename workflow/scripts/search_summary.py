@@ -1,5 +1,8 @@
 """Search summary: the paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, mean
 layers saved, label distribution) from every shard of one model; printed and written as Parquet + Markdown.
+Beside it, `layer_safety.parquet`: per block, the share of swept prompts on which skipping it alone kept the
+answer (safety labeler shards; none otherwise), in the block influence table's schema with influence = 1 - that
+share, so the `safest@k` baseline removes the k blocks most often safe (drllm.evaluation.baselines).
 
 Example:
   python workflow/scripts/search_summary.py --manifest resources/models/smollm2-135m-instruct/drllm_model.json \\
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, read_json, write_text
 from drllm.core.provenance import stage_provenance
+from drllm.evaluation.baselines import influence_rows, write_influence
 from drllm.search.shards import format_summary, read_shard, summarize_search, write_summary
 
 
@@ -31,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ArtifactError(f"the shards {args.shards} hold no prompts")
         summary = summarize_search(rows)
         # the stage takes no config; every shard's provenance is listed (one entry when they all agree)
-        write_summary(args.out, summary, stage_provenance("search_summary", {}, manifest, inputs=args.shards))
+        provenance = stage_provenance("search_summary", {}, manifest, inputs=args.shards)
+        write_summary(args.out, summary, provenance)
+        swept = [row["layer_safety"] for row in rows if row.get("layer_safety") is not None]
+        unsafe = [1.0 - sum(values[layer] for values in swept) / len(swept)
+                  for layer in range(manifest["num_layers"])] if swept else []
+        write_influence(Path(args.out).with_name("layer_safety.parquet"),
+                        influence_rows(model, unsafe, len(swept), 0) if swept else [], provenance)
     except ArtifactError as exc:
         print(f"search_summary: error: {exc}", file=sys.stderr)
         return 2

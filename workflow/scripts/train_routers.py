@@ -34,10 +34,10 @@ from drllm.core.provenance import stage_provenance
 from drllm.routing.card import write_card
 from drllm.routing.features import build_feature_cache, pick_cache_device
 from drllm.routing.plots import plot_curves, plot_label_distribution
-from drllm.routing.router import CLASSES, RouterConfig, RouterStack
+from drllm.routing.router import CLASSES, Decision, RouterConfig, RouterStack
 from drllm.routing.samples import read_samples, split_samples, validate_samples
-from drllm.routing.training import (TrainConfig, label_counts, selected_row, train_class_weights, train_routers,
-                                    write_metrics)
+from drllm.routing.training import (TrainConfig, label_counts, safety_classes, selected_row, train_class_weights,
+                                    train_routers, write_metrics)
 
 
 def read_config_block(text: str) -> dict:
@@ -100,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         if executor.num_layers != num_layers:
             raise ArtifactError(f"{args.model_dir}: manifest says {num_layers} layers, the model has "
                                 f"{executor.num_layers}")
-        counts = label_counts([s.labels for s in train])
+        if config.target == "safety":
+            missing = [s.prompt_id for s in samples if s.safety is None]
+            if missing:
+                raise ArtifactError(f"train.target safety: {len(missing)} samples have no safety targets (e.g. "
+                                    f"{missing[0]!r}); run the search with search.labeler: safety")
+            counts = label_counts(safety_classes(torch.tensor([s.safety for s in train])))
+        else:
+            counts = label_counts([s.labels for s in train])
         weights = train_class_weights(counts, config)
         print(f"train_routers: {manifest['name']} ({num_layers} layers, d={hidden_size}); {len(train)} train / "
               f"{len(val)} validation samples (split by prompt, seed {config.seed})")
@@ -112,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         cache_device = pick_cache_device(len(samples), num_layers, config.windows, hidden_size, config.cache_dtype,
                                          executor.device)
         cache = build_feature_cache(executor, train, config.windows, config.cache_batch_size, config.cache_dtype,
-                                    device=cache_device, progress=args.progress)
+                                    device=cache_device, progress=args.progress,
+                                    exclude_first=config.pool_exclude_first)
         val_cache = (build_feature_cache(executor, val, config.windows, config.cache_batch_size, config.cache_dtype,
-                                         device=cache_device) if val else None)
+                                         device=cache_device, exclude_first=config.pool_exclude_first)
+                     if val else None)
         cache_seconds = time.perf_counter() - started
         print(f"train_routers: feature cache {cache.nbytes / 2**20:.1f} MiB (+ validation "
               f"{0 if val_cache is None else val_cache.nbytes / 2**20:.1f} MiB) on {cache_device} in "
@@ -127,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                                          base_model_revision=manifest.get("revision"),
                                          base_model_sha256=manifest.get("weights_sha256"),
                                          windows=config.windows, hidden=config.hidden, label_counts=counts,
-                                         training=config.to_dict()), seed=config.seed)
+                                         training=config.to_dict(), pool_exclude_first=config.pool_exclude_first,
+                                         decision=(Decision("threshold", config.threshold).to_dict()
+                                                   if config.target == "safety" else Decision().to_dict())),
+                               seed=config.seed)
         stack.to(resolve_device(args.device))
         print(f"train_routers: {stack.num_parameters():,} router parameters")
         history = train_routers(stack, cache, config, val_cache, log=lambda m: print(f"train_routers: {m}"))

@@ -21,7 +21,7 @@ from drllm.core.artifacts import ArtifactError, read_json, read_parquet, write_p
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.core.seeds import derived_seed
-from drllm.evaluation.methods import CALIBRATED
+from drllm.evaluation.methods import CALIBRATED, CERTIFIED
 from drllm.formats.answers import AnswerFormat
 from drllm.formats.grading import Outcome
 from drllm.formats.prompts import Encoded
@@ -51,6 +51,7 @@ EVAL_SCHEMA = pa.schema([
     pa.field("layer_applications", pa.int64(), nullable=False),  # blocks computed for this example
     pa.field("new_tokens", pa.int64(), nullable=False),     # generated tokens (0 for log-likelihood formats)
     pa.field("knob", pa.float64()),                         # control knob p (router@p, router@calibrated), else null
+    pa.field("threshold", pa.float64()),                    # threshold decision tau (router@t<tau>, certified), else null
     pa.field("seconds", pa.float64(), nullable=False),      # wall time for this example
 ])
 
@@ -73,18 +74,32 @@ class EvaluationError(RuntimeError):
     """A cell failed; the message names the benchmark, the method and, when known, the example."""
 
 
-def read_calibration(path) -> float:
-    """The knob p of router@calibrated: `knob` of the calibration JSON object (a number in [-1, 1])."""
+def read_calibration(path, which: str = CALIBRATED) -> tuple[float | None, float | None]:
+    """The operating point (knob p, threshold tau) of router@calibrated (the calibration JSON's `knob` and
+    `threshold`) or router@certified (its `certified` object's); one of the two is null, or tau is null and p is
+    0.5 when the point is the base model."""
     if not path:
-        raise ValueError(f"method 'router@{CALIBRATED}' needs --calibration (results/routers/<model>/calibration.json)")
+        raise ValueError(f"method 'router@{which}' needs --calibration (results/routers/<model>/calibration.json)")
     value = read_json(path, "router calibration file")
     if not isinstance(value, dict):
         raise ArtifactError(f"router calibration file {path} must hold a JSON object with a 'knob', "
                             f"got {type(value).__name__}")
-    knob = value.get("knob")
-    if isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0:
+    if which == CERTIFIED:
+        value = value.get("certified")
+        if not isinstance(value, dict):
+            raise ArtifactError(f"router calibration file {path} has no 'certified' object: calibrate with "
+                                "calibrate.certify set (drllm.routing.certify)")
+    knob, threshold = value.get("knob"), value.get("threshold")
+    if knob is not None and (isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0):
         raise ArtifactError(f"router calibration file {path}: 'knob' must be a number in [-1, 1], got {knob!r}")
-    return float(knob)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0.0 <= threshold <= 1.0):
+        raise ArtifactError(f"router calibration file {path}: 'threshold' must be a number in [0, 1], "
+                            f"got {threshold!r}")
+    if (knob is None) == (threshold is None):
+        raise ArtifactError(f"router calibration file {path}: exactly one of 'knob' and 'threshold' must be set "
+                            f"({which}), got knob {knob!r}, threshold {threshold!r}")
+    return (None if knob is None else float(knob)), (None if threshold is None else float(threshold))
 
 
 @dataclass(frozen=True)
@@ -225,18 +240,20 @@ PathPolicy = Callable[[int, object, Encoded], "LayerPath | tuple[LayerPath, Outc
 
 def cell_row(benchmark: str, method: str, model: str, *, example_id: str, example_index: int, subset, level,
              source: str, format: str, metric: str, prediction, gold, score: float, correct: bool, path: LayerPath,
-             layer_applications: int, new_tokens: int, knob: float | None, seconds: float) -> dict:
+             layer_applications: int, new_tokens: int, knob: float | None, seconds: float,
+             threshold: float | None = None) -> dict:
     """One EVAL_SCHEMA row; the path columns (`path`, `counts`, `path_length`, `num_layers`) come from `path`."""
     return {"benchmark": benchmark, "method": method, "model": model, "example_id": example_id,
             "example_index": example_index, "subset": subset, "level": level, "source": source, "format": format,
             "metric": metric, "prediction": prediction, "gold": gold, "score": score, "correct": correct,
             "path": list(path), "counts": path.counts(), "path_length": len(path), "num_layers": path.num_layers,
-            "layer_applications": layer_applications, "new_tokens": new_tokens, "knob": knob, "seconds": seconds}
+            "layer_applications": layer_applications, "new_tokens": new_tokens, "knob": knob,
+            "threshold": threshold, "seconds": seconds}
 
 
 def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, done: dict | None = None,
                       on_row: Callable[[dict], None] | None = None, progress: bool = True,
-                      knob: float | None = None) -> list[dict]:
+                      knob: float | None = None, threshold: float | None = None) -> list[dict]:
     """Evaluate each example along the path `policy(index, example, encoded)` gives; one EVAL_SCHEMA row each.
 
     A policy may also return (path, outcome) when it has already evaluated the path (the oracle's search).
@@ -272,7 +289,7 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
                        format=ctx.answer_format.name, metric=metric, prediction=outcome.prediction,
                        gold=gold_text(example), score=outcome.score, correct=bool(outcome.correct), path=path,
                        layer_applications=int(outcome.layer_applications), new_tokens=int(outcome.new_tokens),
-                       knob=knob, seconds=seconds)
+                       knob=knob, seconds=seconds, threshold=threshold)
         rows.append(row)
         if on_row is not None:
             on_row(row)

@@ -1,8 +1,9 @@
 """Which path each evaluation method takes for an example: `build_policy` turns a parsed method name into the
 function the per-example loop (`drllm.evaluation.cells.evaluate_examples`) calls.
 
-base: every layer; router / router@<p>: the routers' path with knob p; static: ShortGPT block removal, matched to
-the router cell's mean savings or k layers; random: random skips, matched per example to the router cell or k per
+base: every layer; router / router@<p>: the routers' path with knob p (router@t<tau>: threshold decision at tau);
+static: ShortGPT block removal, matched to the router cell's mean savings or k layers; safest: the same with the
+blocks most often safe to skip alone in the search's sweep removed first; random: random skips, matched per example to the router cell or k per
 example (seeded per example); oracle: the search run with the gold answer, returning its path and outcome.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle
                                         read_influence, static_path)
 from drllm.evaluation.cells import CellContext, EvalSettings, PathPolicy, read_cell
 from drllm.routing.inference import RoutedModel
+from drllm.routing.router import Decision
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,14 @@ def router_rows_by_id(path: str, method: str) -> dict[str, dict]:
     return {row["example_id"]: row for row in read_cell(path)}
 
 
-def build_policy(kind: str, knob, ctx: CellContext, settings: EvalSettings, inputs: MethodInputs) -> PathPolicy:
+def build_policy(kind: str, knob, ctx: CellContext, settings: EvalSettings, inputs: MethodInputs,
+                 threshold: float | None = None) -> PathPolicy:
     """The function giving each example's path (or path and outcome) for this method.
 
     `knob` is parse_method's parameter, with router@calibrated's already read from the file: the router's p,
-    static@k's / random@k's k, or None (static and random then match the router cell).
+    static@k's / random@k's / safest@k's k, or None (static, safest and random then match the router cell).
+    `threshold`: route with the threshold decision at this tau (router@t<tau>, a file point) instead of the
+    routers' own decision.
     """
     executor = ctx.executor
     seed = settings.seed
@@ -46,18 +51,22 @@ def build_policy(kind: str, knob, ctx: CellContext, settings: EvalSettings, inpu
     if kind == "router":
         if inputs.routers is None:
             raise ValueError(f"method {ctx.method!r} needs --routers (a trained router directory)")
-        routed = RoutedModel(executor, inputs.routers, knob, ctx.tokenizer)
+        decision = None
+        if threshold is not None:
+            decision = Decision.from_dict(inputs.routers.config.decision).with_threshold(threshold)
+        routed = RoutedModel(executor, inputs.routers, knob, ctx.tokenizer, decision=decision)
         return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
-    if kind == "static":
+    if kind in ("static", "safest"):
         if not inputs.influence:
-            raise ValueError(f"method {ctx.method!r} needs --influence (the block influence file)")
+            what = "block influence" if kind == "static" else "layer safety (search)"
+            raise ValueError(f"method {ctx.method!r} needs --influence (the {what} file)")
         influence = read_influence(inputs.influence, ctx.model, executor.num_layers)
         if knob is None:
             remove = matched_removals(list(router_rows_by_id(inputs.router_cell, kind).values()))
         else:
             remove = fixed_removals(ctx.method, knob, executor.num_layers)
         path = static_path(influence, remove)
-        print(f"evaluate: static path removes {executor.num_layers - len(path)} layers: {path}")
+        print(f"evaluate: {kind} path removes {executor.num_layers - len(path)} layers: {path}")
         return lambda index, example, encoded: path
     if kind == "random" and knob is not None:
         remove = fixed_removals(ctx.method, knob, executor.num_layers)

@@ -19,7 +19,7 @@ from drllm.core.provenance import stage_provenance
 from drllm.data.examples import read_examples
 from drllm.evaluation.cells import (CellContext, EvalEntry, EvalSettings, EvaluationError, cell_accuracy, cell_row,
                                     evaluate_examples, read_calibration, sample_examples, write_cell)
-from drllm.evaluation.methods import CALIBRATED, LM_EVAL_METHODS, method_name, parse_method
+from drllm.evaluation.methods import CALIBRATED, FILE_POINTS, LM_EVAL_METHODS, Threshold, method_name, parse_method
 from drllm.evaluation.policies import MethodInputs, build_policy
 from drllm.formats.answers import get_format
 from drllm.routing.router import RouterStack
@@ -109,14 +109,20 @@ def run_cell(request: CellRequest) -> str:
     entry = parse_entry(request.entry_json, settings.formats)
     kind, knob = parse_method(request.method)
     method = method_name(kind, knob)
-    if knob == CALIBRATED:  # routes exactly as router@<p>; the rows keep the method name, knob = p
-        knob = read_calibration(request.calibration)
-        print(f"evaluate: {method}: knob p = {knob:g} from {request.calibration}")
+    threshold = None
+    if knob in FILE_POINTS:  # routes exactly as router@<p> / router@t<tau>; the rows keep the method name
+        knob, threshold = read_calibration(request.calibration, knob)
+        point = f"knob p = {knob:g}" if threshold is None else f"threshold tau = {threshold:g}"
+        print(f"evaluate: {method}: {point} from {request.calibration}")
+    elif isinstance(knob, Threshold):
+        knob, threshold = None, knob.value
     manifest = read_manifest(request.model_dir)
     provenance = stage_provenance(
         "evaluate", {"entry": json.loads(request.entry_json), "method": request.method, "settings": given},
         manifest, graders=["lm_eval"] if entry.lm_eval is not None else ["drllm"])
     if entry.lm_eval is not None:
+        if threshold is not None:
+            raise ValueError(f"method {method!r}: lm-eval cells take the knob only, not a threshold decision")
         rows = lm_eval_rows(request, entry, kind, knob, settings, manifest["name"], method)
         write_cell(request.out, rows, provenance)
         return (f"evaluate: {entry.name}/{method}: {len(rows)} documents, lm-eval {entry.lm_eval['metric']} "
@@ -134,9 +140,10 @@ def run_cell(request: CellRequest) -> str:
     ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
                       chat_template_for(settings.chat_template, manifest))
     policy = build_policy(kind, knob, ctx, settings,
-                          MethodInputs(routers, request.router_cell, request.influence))
+                          MethodInputs(routers, request.router_cell, request.influence), threshold)
     fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
-                   "method": method, "knob": knob, "settings": given, "data": Path(request.data).name,
+                   "method": method, "knob": knob, "threshold": threshold, "settings": given,
+                   "data": Path(request.data).name,
                    "examples": [ex.id for ex in examples]}
     checkpoint = Checkpoint(f"{request.out}.progress.jsonl", fingerprint, key="example_id")
     try:
@@ -144,7 +151,8 @@ def run_cell(request: CellRequest) -> str:
             print(f"evaluate: resuming, {len(checkpoint.rows)} of {len(examples)} examples already done")
         rows = evaluate_examples(ctx, examples, policy, done=checkpoint.rows, on_row=checkpoint.add,
                                  progress=request.progress,
-                                 knob=knob if kind == "router" else None)  # static@k's k is in the name
+                                 knob=knob if kind == "router" else None,  # static@k's k is in the name
+                                 threshold=threshold if kind == "router" else None)
         write_cell(request.out, rows, provenance)
     except BaseException:
         checkpoint.close()

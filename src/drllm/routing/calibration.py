@@ -8,7 +8,14 @@ answer formats as evaluation, and keeps the p with the largest mean saving whose
 stays within `max_drop` of the base model's on the same prompts (paired). p = 0.5 is the base model itself (drop
 0), so a choice always exists; when the routers help nowhere, calibration says so by choosing 0.5.
 
-Plain data: `calibration_curve` rows (one per set x knob) and `choose_operating_point` (a pure function of the
+Routers with the threshold decision (trained on per-layer safety) are swept over the threshold tau instead of
+the knob (`thresholds`; higher tau = fewer skips); the base model (p = 0.5) stays the fallback on either axis.
+
+Certified operating point (`certify`, drllm.routing.certify): the per-prompt losses of every point, pooled over
+the calibration sets, go to Learn-then-Test; `router@certified` routes at the most aggressive point whose risk
+(drop in agreement with the base model, or in accuracy) is certified <= epsilon with probability >= 1 - delta.
+
+Plain data: `calibration_curve` rows (one per set x point) and `choose_operating_point` (a pure function of the
 curve) are separate, so the choice is testable on a constructed curve.
 """
 from __future__ import annotations
@@ -20,8 +27,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from drllm.evaluation.cells import EvalEntry
+from drllm.routing.certify import CertifyConfig, certify, upper_bound
 
 BASE_KNOB = 0.5  # p = 0.5 executes every block: the base model
+KNOB, THRESHOLD = "knob", "threshold"  # the two axes of operating points
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,8 @@ class CalibrationConfig:
     seed: int = 0
     sets: tuple[EvalEntry, ...] = ()  # calibrate.sets by name; eval.formats' options for each format folded in
     chat_template: bool | None = None      # None: the model's own (drllm.core.models.chat_template_for)
+    thresholds: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # threshold routers' grid of tau
+    certify: CertifyConfig | None = None   # Learn-then-Test settings of router@certified; None = not certified
 
     def __post_init__(self) -> None:
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) \
@@ -46,13 +57,20 @@ class CalibrationConfig:
                 raise ValueError(f"calibrate.knobs: every p must be a number in [-1, 1], got {p!r}")
         object.__setattr__(self, "knobs", tuple(sorted({float(p) for p in knobs} | {BASE_KNOB})))
         object.__setattr__(self, "max_drop", float(self.max_drop))
+        thresholds = tuple(self.thresholds or ())
+        for tau in thresholds:
+            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
+                raise ValueError(f"calibrate.thresholds: every tau must be a number in [0, 1], got {tau!r}")
+        if not thresholds:
+            raise ValueError("calibrate.thresholds must list at least one threshold tau")
+        object.__setattr__(self, "thresholds", tuple(sorted({float(t) for t in thresholds}, reverse=True)))
 
     @classmethod
     def from_dict(cls, block: Mapping[str, Any] | None) -> "CalibrationConfig":
         """max_drop, knobs, seed, sets {name: {benchmark, split, format, samples, levels, options}} (at least one
         when given), and the evaluation's formats and chat_template."""
         block = dict(block or {})
-        known = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template"}
+        known = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template", "thresholds", "certify"}
         unknown = sorted(set(block) - known)
         if unknown:
             raise ValueError(f"calibrate: unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -65,6 +83,8 @@ class CalibrationConfig:
                 raise ValueError("calibrate.sets must name at least one calibration set")
             block["sets"] = tuple(EvalEntry.from_config(name, spec, formats, section="calibrate.sets")
                                   for name, spec in sorted(sets_block.items()))
+        if block.get("certify") is not None:
+            block["certify"] = CertifyConfig.from_dict(block["certify"])
         chat_template = block.get("chat_template")
         if chat_template is not None and not isinstance(chat_template, bool):
             raise ValueError(f"calibrate: chat_template must be true, false or null, got {chat_template!r}")
@@ -73,7 +93,8 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """One calibration set routed at one knob, paired with the base model on the same prompts."""
+    """One calibration set routed at one operating point, paired with the base model on the same prompts.
+    `knob` is the point's value on its `axis`: the knob p, or the threshold tau (base: knob 0.5)."""
 
     set: str
     knob: float
@@ -82,6 +103,8 @@ class CurvePoint:
     base_score: float     # mean metric along the default path
     mean_layers: float    # mean executed path length
     num_layers: int
+    axis: str = KNOB
+    agreement: float = 1.0  # share of prompts whose answer equals the base model's
 
     @property
     def drop(self) -> float:
@@ -93,42 +116,102 @@ class CurvePoint:
 
 
 def choose_operating_point(curve: Sequence[CurvePoint], max_drop: float) -> tuple[float, list[str]]:
-    """The knob with the largest saving (averaged over examples of every set) whose drop is <= max_drop on
-    every set; ties -> the larger p (closer to the base model). Returns (knob, reasons for each rejected p)."""
-    by_knob: dict[float, list[CurvePoint]] = {}
+    """The point with the largest saving (averaged over examples of every set) whose drop is <= max_drop on
+    every set; ties -> the more conservative one (larger p, larger tau; the base model first). Returns
+    ((axis, value), reasons for each rejected point)."""
+    by_point: dict[tuple[str, float], list[CurvePoint]] = {}
     for point in curve:
-        by_knob.setdefault(point.knob, []).append(point)
-    if not by_knob:
+        by_point.setdefault((point.axis, point.knob), []).append(point)
+    if not by_point:
         raise ValueError("empty calibration curve")
     sets = {point.set for point in curve}
     best, best_saving, notes = None, -math.inf, []
-    for knob in sorted(by_knob):
-        points = by_knob[knob]
+    # conservative first: the base model, then larger values on each axis (ties keep the earlier)
+    order = sorted(by_point, key=lambda key: (key != (KNOB, BASE_KNOB), -key[1]))
+    for key in order:
+        points = by_point[key]
+        name = point_name(*key)
         if {p.set for p in points} != sets:
-            raise ValueError(f"calibration curve: knob {knob:g} misses sets {sorted(sets - {p.set for p in points})}")
+            raise ValueError(f"calibration curve: {name} misses sets {sorted(sets - {p.set for p in points})}")
         worst = max(points, key=lambda p: p.drop)
         if worst.drop > max_drop + 1e-12:
-            notes.append(f"p={knob:g}: {worst.set} drops {100 * worst.drop:.2f} points (> {100 * max_drop:.2f})")
+            notes.append(f"{name}: {worst.set} drops {100 * worst.drop:.2f} points (> {100 * max_drop:.2f})")
             continue
         saving = sum(p.saving * p.n for p in points) / sum(p.n for p in points)
-        if saving > best_saving + 1e-12 or (abs(saving - best_saving) <= 1e-12 and knob > best):
-            best, best_saving = knob, saving
+        if saving > best_saving + 1e-12:
+            best, best_saving = key, saving
     if best is None:
-        raise ValueError(f"no knob keeps every set within max_drop {max_drop}; include p = {BASE_KNOB} in the grid")
+        raise ValueError(f"no point keeps every set within max_drop {max_drop}; include p = {BASE_KNOB} in the grid")
     return best, notes
 
 
+def point_name(axis: str, value: float) -> str:
+    return f"p={value:g}" if axis == KNOB else f"tau={value:g}"
+
+
+def point_record(axis: str, value: float) -> dict:
+    """The operating point as calibration.json and evaluation read it: {knob, threshold}, one of them null."""
+    return {"knob": value if axis == KNOB else None, "threshold": value if axis == THRESHOLD else None}
+
+
+@dataclass
+class PointLosses:
+    """Per-prompt results of one operating point, pooled over the calibration sets in set order."""
+
+    disagreement: list[float]   # 1 when the routed answer differs from the base model's
+    accuracy_drop: list[float]  # base score - routed score (0/1 metrics: -1, 0 or 1)
+    saved: list[float]          # layers saved per prompt (num_layers - path length)
+
+    def losses(self, kind: str) -> list[float]:
+        return self.disagreement if kind == "disagreement" else self.accuracy_drop
+
+
+def certify_point(points: dict[tuple[str, float], PointLosses], config: CertifyConfig) -> dict:
+    """Learn-then-Test over the swept points (the base model excluded: it is the fallback), most conservative
+    first; the certified point as calibration.json records it, with the certificate and its bound."""
+    order = sorted((key for key in points if key != (KNOB, BASE_KNOB)), key=lambda key: -key[1])
+    sequence = [(point_name(*key), points[key].losses(config.loss), float(np.mean(points[key].saved)))
+                for key in order]
+    certificate = certify(sequence, config)
+    chosen = order[[name for name, *_ in sequence].index(certificate.parameter)] \
+        if certificate.certified else (KNOB, BASE_KNOB)
+    losses = points[chosen].losses(config.loss) if chosen in points else None
+    return {**point_record(*chosen), "point": point_name(*chosen), "certified": certificate.certified,
+            "mean_layers_saved": float(np.mean(points[chosen].saved)) if chosen in points else 0.0,
+            "risk_bound": upper_bound(losses, config) if losses is not None and certificate.certified else 0.0,
+            "certificate": certificate.to_dict()}
+
+
 def curve_point(set_name: str, knob: float, scores: Sequence[float], base_scores: Sequence[float],
-                lengths: Sequence[int], num_layers: int) -> CurvePoint:
+                lengths: Sequence[int], num_layers: int, axis: str = KNOB,
+                agree: Sequence[bool] | None = None) -> CurvePoint:
     if not len(scores) == len(base_scores) == len(lengths) or not scores:
         raise ValueError(f"calibration set {set_name!r}: need equal, non-empty score and length lists")
+    agreement = 1.0 if agree is None else float(np.mean(agree))
     return CurvePoint(set_name, float(knob), len(scores), float(np.mean(scores)), float(np.mean(base_scores)),
-                      float(np.mean(lengths)), num_layers)
+                      float(np.mean(lengths)), num_layers, axis, agreement)
 
 
-def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[EvalEntry, list]], knobs: Sequence[float],
-                      chat_template: bool = True, progress: bool = True) -> list[CurvePoint]:
-    """Route every calibration example at every knob and score it; base scores come from the default path.
+def same_answer(outcome, base) -> bool:
+    """Whether a routed outcome gives the base model's answer (the option for choice formats, else the text)."""
+    if outcome.choice is not None or base.choice is not None:
+        return outcome.choice == base.choice
+    return (outcome.prediction or "").strip() == (base.prediction or "").strip()
+
+
+def operating_points(routers, knobs: Sequence[float], thresholds: Sequence[float]) -> list[tuple[str, float]]:
+    """The points a calibration sweeps: the base model, then the knob grid (argmax routers) or the threshold
+    grid (threshold routers)."""
+    if routers.config.decision.get("rule") == "threshold":
+        return [(KNOB, BASE_KNOB)] + [(THRESHOLD, float(t)) for t in thresholds]
+    return [(KNOB, BASE_KNOB)] + [(KNOB, float(p)) for p in knobs if p != BASE_KNOB]
+
+
+def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[EvalEntry, list]],
+                      points: Sequence[tuple[str, float]], chat_template: bool = True,
+                      progress: bool = True) -> tuple[list[CurvePoint], dict[tuple[str, float], PointLosses]]:
+    """Route every calibration example at every operating point and score it; base scores come from the default
+    path. Returns the curve and, per point, the per-prompt losses pooled over the sets (for certification).
 
     `sets`: (set, examples) pairs. Prompts are routed in batches (RoutedModel.route_ids) and each example is then
     evaluated along its routed path by its answer format, exactly as an evaluation cell would.
@@ -136,32 +219,43 @@ def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[EvalEnt
     from tqdm import tqdm
 
     from drllm.routing.inference import RoutedModel
+    from drllm.routing.router import Decision
     from drllm.formats.answers import get_format
 
     curve: list[CurvePoint] = []
+    pooled = {point: PointLosses([], [], []) for point in points}
     default = executor.default_path()
     for calibration_set, examples in sets:
         answer_format = get_format(calibration_set.format, **calibration_set.options)
         encoded = [answer_format.encode(ex, tokenizer, chat_template=chat_template) for ex in examples]
         outcomes: dict[tuple[int, ...], Any] = {}
 
-        def score(item, path) -> float:
+        def outcome(item, path):
             key = (id(item), *path)
             if key not in outcomes:
-                outcomes[key] = answer_format.evaluate(executor, item, path)[0].score
+                outcomes[key] = answer_format.evaluate(executor, item, path)[0]
             return outcomes[key]
 
-        base = [score(item, default) for item in encoded]
-        bar = tqdm(knobs, desc=f"calibrate {calibration_set.name}", unit="knob", disable=not progress)
-        for knob in bar:
-            if knob == BASE_KNOB:
+        base = [outcome(item, default) for item in encoded]
+        bar = tqdm(points, desc=f"calibrate {calibration_set.name}", unit="point", disable=not progress)
+        for axis, value in bar:
+            if (axis, value) == (KNOB, BASE_KNOB):
                 paths = [default] * len(encoded)
+            elif axis == KNOB:
+                paths = RoutedModel(executor, routers, value, tokenizer).route_ids([e.prompt_ids for e in encoded])
             else:
-                paths = RoutedModel(executor, routers, knob, tokenizer).route_ids([e.prompt_ids for e in encoded])
-            scores = [score(item, path) for item, path in zip(encoded, paths)]
-            curve.append(curve_point(calibration_set.name, knob, scores, base, [len(p) for p in paths],
-                                     executor.num_layers))
-    return curve
+                decision = Decision.from_dict(routers.config.decision).with_threshold(value)
+                paths = RoutedModel(executor, routers, None, tokenizer, decision=decision).route_ids(
+                    [e.prompt_ids for e in encoded])
+            routed = [outcome(item, path) for item, path in zip(encoded, paths)]
+            agree = [same_answer(o, b) for o, b in zip(routed, base)]
+            curve.append(curve_point(calibration_set.name, value, [o.score for o in routed], [b.score for b in base],
+                                     [len(p) for p in paths], executor.num_layers, axis, agree))
+            losses = pooled[(axis, value)]
+            losses.disagreement.extend(0.0 if same else 1.0 for same in agree)
+            losses.accuracy_drop.extend(b.score - o.score for o, b in zip(routed, base))
+            losses.saved.extend(executor.num_layers - len(p) for p in paths)
+    return curve, pooled
 
 
 def curve_records(curve: Sequence[CurvePoint]) -> list[dict]:

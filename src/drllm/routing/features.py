@@ -35,8 +35,8 @@ def _path_chunks(samples: Sequence[TrainingSample], batch_size: int) -> Iterator
             yield members[start:start + batch_size]
 
 
-def _iter_features(executor, samples: Sequence[TrainingSample], windows: int,
-                   batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+def _iter_features(executor, samples: Sequence[TrainingSample], windows: int, batch_size: int,
+                   exclude_first: bool = False) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """Yield (indices, window means [b, L, windows, d] float32, window mask [b, windows]) per forward pass."""
     num_layers = executor.num_layers
     for chunk in _path_chunks(samples, batch_size):
@@ -52,7 +52,7 @@ def _iter_features(executor, samples: Sequence[TrainingSample], windows: int,
                                  logits="none")
         layer_inputs = state.layer_inputs()
         # the pooling matrix depends only on the mask: build it once, then one matmul per layer (no host syncs)
-        assign, window_mask = window_assignment(mask, len(rows), width, windows, executor.device)
+        assign, window_mask = window_assignment(mask, len(rows), width, windows, executor.device, exclude_first)
         means = torch.zeros((len(rows), num_layers, windows, layer_inputs[0].shape[-1]), dtype=torch.float32,
                             device=executor.device)
         for layer, hidden in enumerate(layer_inputs):
@@ -63,7 +63,7 @@ def _iter_features(executor, samples: Sequence[TrainingSample], windows: int,
 
 
 def teacher_forced_features(executor, samples: Sequence[TrainingSample], windows: int = 8,
-                            batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+                            batch_size: int = 8, exclude_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen model along each sample's labelled path now and pool every layer's input over the prompt.
 
     Returns (means [n, L, windows, d] float32, window_mask [n, windows]) on the executor's device, in the order
@@ -72,7 +72,7 @@ def teacher_forced_features(executor, samples: Sequence[TrainingSample], windows
     if not samples:
         raise ArtifactError("no samples to compute features for")
     means = window_mask = None
-    for chunk, chunk_means, chunk_mask in _iter_features(executor, samples, windows, batch_size):
+    for chunk, chunk_means, chunk_mask in _iter_features(executor, samples, windows, batch_size, exclude_first):
         if means is None:
             means = chunk_means.new_zeros((len(samples),) + tuple(chunk_means.shape[1:]))
             window_mask = chunk_mask.new_zeros((len(samples), windows))
@@ -90,6 +90,7 @@ class FeatureCache:
     means: torch.Tensor        # [N, L, W, d] float32 or bfloat16
     window_mask: torch.Tensor  # [N, W] bool
     labels: torch.Tensor       # [N, L] long
+    safety: torch.Tensor | None = None  # [N, L] float32 per-layer safety targets (safety labeler), or None
 
     def __post_init__(self) -> None:
         n = len(self.prompt_ids)
@@ -101,6 +102,9 @@ class FeatureCache:
         if tuple(self.labels.shape) != (n, self.means.shape[1]):
             raise ValueError(f"feature cache: labels must be [{n}, {self.means.shape[1]}], "
                              f"got {tuple(self.labels.shape)}")
+        if self.safety is not None and tuple(self.safety.shape) != tuple(self.labels.shape):
+            raise ValueError(f"feature cache: safety must be [{n}, {self.means.shape[1]}], "
+                             f"got {tuple(self.safety.shape)}")
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -116,11 +120,12 @@ class FeatureCache:
     def subset(self, indices: Sequence[int]) -> "FeatureCache":
         index = torch.as_tensor(list(indices), dtype=torch.long)
         return FeatureCache([self.prompt_ids[i] for i in index.tolist()], self.means[index],
-                            self.window_mask[index], self.labels[index])
+                            self.window_mask[index], self.labels[index],
+                            None if self.safety is None else self.safety[index])
 
     def to(self, device) -> "FeatureCache":
         return FeatureCache(self.prompt_ids, self.means.to(device), self.window_mask.to(device),
-                            self.labels.to(device))
+                            self.labels.to(device), None if self.safety is None else self.safety.to(device))
 
     def batch(self, indices: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(means float32, window_mask, labels) of `indices`, on `device`."""
@@ -128,6 +133,13 @@ class FeatureCache:
         return (self.means[index].to(device, torch.float32, non_blocking=True),
                 self.window_mask[index].to(device, non_blocking=True),
                 self.labels[index].to(device, non_blocking=True))
+
+    def safety_targets(self, indices: torch.Tensor, device) -> torch.Tensor:
+        """[b, L] float32 safety targets of `indices` on `device` (ArtifactError when the cache has none)."""
+        if self.safety is None:
+            raise ArtifactError("training target 'safety' needs samples from the safety labeler "
+                                "(search.labeler: safety); these samples carry path labels only")
+        return self.safety[indices.to(self.safety.device)].to(device, torch.float32, non_blocking=True)
 
 
 def pick_cache_device(num_samples: int, num_layers: int, windows: int, hidden_size: int,
@@ -147,7 +159,7 @@ def pick_cache_device(num_samples: int, num_layers: int, windows: int, hidden_si
 
 def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: int = 8, batch_size: int = 8,
                         dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-                        progress: bool = False) -> FeatureCache:
+                        progress: bool = False, exclude_first: bool = False) -> FeatureCache:
     """One teacher-forced forward per sample (batched by identical labelled path) -> FeatureCache.
 
     The features are pooled in float32 and stored as `dtype` ("float32" or "bfloat16") on `device`.
@@ -160,7 +172,7 @@ def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: in
     hidden_size = executor.config.hidden_size
     means = torch.zeros((len(samples), executor.num_layers, windows, hidden_size), dtype=dtype, device=device)
     window_mask = torch.zeros((len(samples), windows), dtype=torch.bool, device=device)
-    chunks = _iter_features(executor, samples, windows, batch_size)
+    chunks = _iter_features(executor, samples, windows, batch_size, exclude_first)
     if progress:
         from tqdm import tqdm
 
@@ -170,4 +182,7 @@ def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: in
         means[index] = chunk_means.to(device=device, dtype=dtype)
         window_mask[index] = chunk_mask.to(device)
     labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long, device=device)
-    return FeatureCache([s.prompt_id for s in samples], means, window_mask, labels)
+    safety = None
+    if all(s.safety is not None for s in samples):
+        safety = torch.tensor([[float(v) for v in s.safety] for s in samples], dtype=torch.float32, device=device)
+    return FeatureCache([s.prompt_id for s in samples], means, window_mask, labels, safety)

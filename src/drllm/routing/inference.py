@@ -27,7 +27,7 @@ from drllm.core import path_batch
 from drllm.core.executor import LogLikelihood, PathExecutor
 from drllm.core.path_batch import BatchGeneration as RoutedGeneration, BatchState
 from drllm.core.paths import LayerPath
-from drllm.routing.router import EXECUTE, RouterStack, knob_affine
+from drllm.routing.router import EXECUTE, SKIP, Decision, RouterStack, knob_affine
 
 
 def greedy_action(probs: Sequence[float]) -> int:
@@ -53,7 +53,7 @@ class RoutedModel:
     """A frozen decoder-only model driven along the paths its routers choose (no routers: the base model)."""
 
     def __init__(self, executor: PathExecutor, routers: RouterStack | None = None, knob: float | None = None,
-                 tokenizer=None, router_threads: int | None = 1):
+                 tokenizer=None, router_threads: int | None = 1, decision: Decision | dict | None = None):
         """router_threads: CPU threads for the per-block router step (None: the process's setting). The routers'
         matmuls are tiny: splitting one over threads costs more in fork/join than it saves, and on a shared CPU a
         descheduled helper thread stalls every such op (bench/inference.py). The blocks keep every thread: the
@@ -75,6 +75,9 @@ class RoutedModel:
                 raise ValueError("the control knob needs routers")
             self.knob_scale, self.knob_offset = knob_affine(knob, device=executor.device)  # validates p
         self.routers, self.knob = routers, knob
+        if decision is None:
+            decision = routers.config.decision if routers is not None else None
+        self.decision = Decision.from_dict(decision)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, routers_dir: str | os.PathLike | None = None, *,
@@ -109,12 +112,25 @@ class RoutedModel:
             return lambda layer, hidden: actions
         prompt = self.routers.packed().prompt(attention_mask, batch, length, self.device)
         scale, offset = self.knob_scale, self.knob_offset
+        decide_row = greedy_action
+        if self.decision.rule == "threshold":
+            threshold, budget = self.decision.threshold, self.decision.budget
+            skipped = [0] * batch  # per row: blocks skipped so far in this prefill
+
+            def decide_row(probs: Sequence[float], row: int) -> int:
+                if probs[SKIP] >= threshold and (budget is None or skipped[row] < budget):
+                    skipped[row] += 1
+                    return SKIP
+                return EXECUTE
 
         def decisions(layer: int, hidden: torch.Tensor) -> list[int]:
             probs = torch.softmax(prompt.logits(layer, hidden).float(), dim=-1)  # as drllm.routing.router.probabilities
             if offset is not None:  # apply_knob, in the same float32 operations
                 probs = probs.mul_(scale).add_(offset)
-            return [greedy_action(row) for row in probs.tolist()]  # the one host sync of the block
+            rows = probs.tolist()  # the one host sync of the block
+            if decide_row is greedy_action:
+                return [greedy_action(row) for row in rows]
+            return [decide_row(row, index) for index, row in enumerate(rows)]
 
         threads = self.router_threads if self.device.type == "cpu" else None
         if threads is None:

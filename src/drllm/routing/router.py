@@ -41,8 +41,14 @@ FORMAT_VERSION = 1
 # --------------------------------------------------------------------------------------------------------
 
 def window_assignment(mask: torch.Tensor | None, batch: int, length: int, windows: int = 8,
-                      device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      device: torch.device | str | None = None,
+                      exclude_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooling as a matrix: (assign [B, W_max, T] float32, window_mask [B, W_max] bool).
+
+    exclude_first: leave each row's first real token out of the pooling (when the row has 2+ real tokens). Under
+    causal attention the first position's state is the same for every prompt that starts with the same token (BOS
+    or the chat template's first token): a constant window with a norm ~20-50x the others' at middle layers of
+    SmolLM2 (issue 19), which saturates fresh routers and carries no information about the prompt.
 
     assign[b, w, t] = 1 / size_b where real token t of row b falls in window w, else 0, so that
     `assign @ hidden` gives the window means (see `window_mean_pool`). It depends only on the mask, so one matrix
@@ -56,6 +62,9 @@ def window_assignment(mask: torch.Tensor | None, batch: int, length: int, window
         if tuple(mask.shape) != (batch, length):
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match hidden {(batch, length)}")
         real = mask.to(device=device).bool()
+    if exclude_first:
+        first = real.long().cumsum(-1) == 1
+        real = real & ~(first & (real.sum(-1, keepdim=True) > 1))
     counts = real.sum(-1)  # [B]
     counts_cpu = counts.tolist()  # one host sync per call
     if 0 in counts_cpu:
@@ -74,7 +83,7 @@ def window_assignment(mask: torch.Tensor | None, batch: int, length: int, window
 
 
 def window_mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None,
-                     windows: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+                     windows: int = 8, exclude_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Window means of each row's real tokens.
 
     hidden: [B, T, d]; mask: [B, T] (1 = real prompt token, 0 = padding; left, right or both sides) or None
@@ -87,7 +96,8 @@ def window_mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None,
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [batch, tokens, dim], got shape {tuple(hidden.shape)}")
-    assign, window_mask = window_assignment(mask, hidden.shape[0], hidden.shape[1], windows, hidden.device)
+    assign, window_mask = window_assignment(mask, hidden.shape[0], hidden.shape[1], windows, hidden.device,
+                                            exclude_first)
     return torch.bmm(assign, hidden.float()), window_mask
 
 
@@ -151,6 +161,8 @@ class RouterConfig:
     format_version: int = FORMAT_VERSION
     base_model_revision: str | None = None  # the base model's revision and weights hash (drllm.core.models manifest):
     base_model_sha256: str | None = None    # loading checks them when both sides know them
+    pool_exclude_first: bool = False        # pooling leaves each prompt's first token out (window_assignment)
+    decision: dict[str, Any] = field(default_factory=lambda: {"rule": "argmax"})  # how probabilities become actions
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "windows", "hidden"):
@@ -162,6 +174,9 @@ class RouterConfig:
         for name in ("base_model_revision", "base_model_sha256"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"router config: {name} must be a string or null, got {getattr(self, name)!r}")
+        if not isinstance(self.pool_exclude_first, bool):
+            raise ValueError(f"router config: pool_exclude_first must be true or false, got {self.pool_exclude_first!r}")
+        self.decision = Decision.from_dict(self.decision).to_dict()
         if self.label_counts is not None:
             if len(self.label_counts) != len(CLASSES):
                 raise ValueError(f"router config: label_counts needs {len(CLASSES)} entries, got {self.label_counts}")
@@ -212,7 +227,8 @@ class RouterStack(nn.Module):
 
     def route(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, 3] of router `layer` for the hidden states [B, T, d] entering it (mask = prompt tokens)."""
-        means, window_mask = window_mean_pool(hidden, attention_mask, self.config.windows)
+        means, window_mask = window_mean_pool(hidden, attention_mask, self.config.windows,
+                                              self.config.pool_exclude_first)
         return self.routers[layer](means, window_mask)
 
     def forward(self, window_means: torch.Tensor, window_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -336,6 +352,7 @@ class PackedRouters:
         self.parameters = list(stack.parameters())
         self.key = self.key_of(self.parameters)
         self.windows = stack.config.windows
+        self.exclude_first = stack.config.pool_exclude_first
         routers = stack.routers
         with torch.no_grad():
             self.w1t = torch.stack([r.fc1.weight.t() for r in routers]).contiguous()  # [L, d, h]
@@ -361,7 +378,7 @@ class PackedRouters:
     def prompt(self, mask: torch.Tensor | None, batch: int, length: int,
                device: torch.device | str | None = None) -> "PromptRouting":
         """The per-prompt part (pooling matrix, window vote), built once for all blocks of one forward pass."""
-        assign, window_mask = window_assignment(mask, batch, length, self.windows, device)
+        assign, window_mask = window_assignment(mask, batch, length, self.windows, device, self.exclude_first)
         return PromptRouting(self, assign, window_mask)
 
 
@@ -421,6 +438,53 @@ def resolve_router_dir(source: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------------------
 # Decisions and the control knob
 # --------------------------------------------------------------------------------------------------------
+
+DECISION_RULES = ("argmax", "threshold")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a router's probabilities become an action (saved in router_config.json as `decision`).
+
+    argmax -- the paper's greedy action (`decide`: a tie with execute goes to execute).
+    threshold -- skip block l when P_l(skip) >= `threshold`, else execute (never repeat): routers trained on
+      per-layer safety (train.target: safety) give P(skip) = the estimated chance that skipping the block keeps
+      the answer. With `budget` k, a prompt skips at most k blocks: the first k that pass the threshold (routing
+      runs block by block during the prefill, so later blocks' probabilities are not known yet).
+    """
+
+    rule: str = "argmax"
+    threshold: float = 0.5
+    budget: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rule not in DECISION_RULES:
+            raise ValueError(f"router decision: rule must be one of {list(DECISION_RULES)}, got {self.rule!r}")
+        value = self.threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"router decision: threshold must be a number in [0, 1], got {value!r}")
+        object.__setattr__(self, "threshold", float(value))
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
+                                        or self.budget < 0):
+            raise ValueError(f"router decision: budget must be an integer >= 0 or null, got {self.budget!r}")
+
+    @classmethod
+    def from_dict(cls, block: "dict[str, Any] | Decision | None") -> "Decision":
+        if isinstance(block, Decision):
+            return block
+        block = dict(block or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(block) - set(known))
+        if unknown:
+            raise ValueError(f"router decision: unknown key(s) {unknown}; expected some of {known}")
+        return cls(**block)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_threshold(self, threshold: float) -> "Decision":
+        return dataclasses.replace(self, rule="threshold", threshold=threshold)
+
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)

@@ -1,6 +1,6 @@
-"""Router training samples: one per (search prompt, labelled path), the prompt's token ids and the path's
-per-layer labels (skip / execute / repeat counts); their schema (SAMPLES_SCHEMA), checks and the validation split
-by prompt id."""
+"""Router training samples: one per (search prompt, labelled path), the prompt's token ids, the path's per-layer
+labels (skip / execute / repeat counts) and, from the safety labeler, the per-layer safety targets; their schema
+(SAMPLES_SCHEMA), checks and the validation split by prompt id."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ SAMPLES_SCHEMA = pa.schema([
     pa.field("prompt_id", pa.string(), nullable=False),
     pa.field("input_ids", pa.list_(pa.int64()), nullable=False),  # the prompt exactly as the search encoded it
     pa.field("labels", pa.list_(pa.int8()), nullable=False),      # per-layer counts 0 skip / 1 execute / 2 repeat
+    pa.field("safety", pa.list_(pa.float32())),                   # safety labeler: 1.0 where skipping alone is safe
 ])
 
 
@@ -30,6 +31,7 @@ class TrainingSample:
     prompt_id: str
     input_ids: list[int]
     labels: list[int]
+    safety: list[float] | None = None  # per-layer safety targets (search.labeler safety); None for MCTS labels
 
     def path(self) -> LayerPath:
         return LayerPath.from_counts(self.labels)
@@ -54,19 +56,22 @@ def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict],
         if text_digest(encoded.prompt_text) != result["prompt_hash"]:
             raise ArtifactError(f"prompt {key}: its encoding differs from the one searched (prompt_hash); "
                                 "was the search run with another tokenizer, format option or chat template?")
+        safety = result.get("layer_safety")
         samples.append(TrainingSample(f"{result['task']}/{result['prompt_id']}", encoded.prompt_ids,
-                                      list(result["labels"])))
+                                      list(result["labels"]), None if safety is None else list(safety)))
     return samples
 
 
 def write_samples(path, samples: Sequence[TrainingSample], provenance: dict | None = None) -> None:
-    rows = [{"prompt_id": s.prompt_id, "input_ids": list(s.input_ids), "labels": list(s.labels)} for s in samples]
+    rows = [{"prompt_id": s.prompt_id, "input_ids": list(s.input_ids), "labels": list(s.labels),
+             "safety": None if s.safety is None else list(s.safety)} for s in samples]
     write_parquet(path, rows, SAMPLES_SCHEMA, "training samples", provenance)
 
 
 def read_samples(path) -> list[TrainingSample]:
     table = read_parquet(path, SAMPLES_SCHEMA, "training samples")
-    return [TrainingSample(r["prompt_id"], list(r["input_ids"]), list(r["labels"])) for r in table.to_pylist()]
+    return [TrainingSample(r["prompt_id"], list(r["input_ids"]), list(r["labels"]),
+                           None if r["safety"] is None else list(r["safety"])) for r in table.to_pylist()]
 
 
 def validate_samples(samples: Sequence[TrainingSample], num_layers: int, vocab_size: int | None = None) -> None:
@@ -85,6 +90,10 @@ def validate_samples(samples: Sequence[TrainingSample], num_layers: int, vocab_s
                 raise ArtifactError(f"sample {pid!r}: token id {bad[0]} is outside the vocabulary 0..{vocab_size - 1}")
         if len(sample.labels) != num_layers:
             raise ArtifactError(f"sample {pid!r}: {len(sample.labels)} labels, but the model has {num_layers} layers")
+        if sample.safety is not None and (len(sample.safety) != num_layers or
+                                          any(not 0.0 <= float(v) <= 1.0 for v in sample.safety)):
+            raise ArtifactError(f"sample {pid!r}: safety targets must be {num_layers} numbers in [0, 1], "
+                                f"got {list(sample.safety)!r}")
         for layer, label in enumerate(sample.labels):
             if isinstance(label, bool) or label not in (0, 1, 2):
                 raise ArtifactError(f"sample {pid!r}: layer {layer} has label {label!r}; labels are 0 (skip), "

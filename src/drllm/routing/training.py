@@ -39,7 +39,7 @@ import torch
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
 from drllm.routing.features import CACHE_DTYPES, FeatureCache
-from drllm.routing.router import CLASSES, RouterStack
+from drllm.routing.router import CLASSES, EXECUTE, SKIP, RouterStack
 
 METRICS_SCHEMA = pa.schema([
     pa.field("epoch", pa.int64(), nullable=False),
@@ -84,6 +84,7 @@ def selected_row(rows: Sequence[dict]) -> dict:
     return chosen[0]
 CLASS_WEIGHT_MODES = ("none", "effective", "fixed")
 SELECT_EPOCH = ("val_macro_f1", "val_loss", "last")
+TARGETS = ("path", "safety")
 
 
 @dataclass
@@ -111,6 +112,9 @@ class TrainConfig:
     cache_dtype: str = "float32"    # or "bfloat16" to halve the feature cache
     cache_batch_size: int = 8       # prompts per teacher-forced forward when building features
     max_grad_norm: float | None = None
+    target: str = "path"            # path (the label path's counts, focal loss: paper) | safety (per-layer safety)
+    threshold: float = 0.5          # target safety: the routers' default decision, skip when P(skip) >= threshold
+    pool_exclude_first: bool = False  # pooling leaves each prompt's first token (a constant state) out
 
     def __post_init__(self) -> None:
         positive_ints = ("epochs", "batch_size", "grad_accumulation", "windows", "hidden", "cache_batch_size")
@@ -151,6 +155,14 @@ class TrainConfig:
             # silently ignoring them would train with other weights than the config shows
             raise ValueError(f"train config: fixed_weights is set but class_weights is {self.class_weights!r}; "
                              "set class_weights to 'fixed' or fixed_weights to null")
+        if self.target not in TARGETS:
+            raise ValueError(f"train config: target must be one of {list(TARGETS)}, got {self.target!r}")
+        if (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))
+                or not 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"train config: threshold must be a number in [0, 1], got {self.threshold!r}")
+        self.threshold = float(self.threshold)
+        if not isinstance(self.pool_exclude_first, bool):
+            raise ValueError(f"train config: pool_exclude_first must be true or false, got {self.pool_exclude_first!r}")
         if self.select_epoch not in SELECT_EPOCH:
             raise ValueError(f"train config: select_epoch must be one of {list(SELECT_EPOCH)}, "
                              f"got {self.select_epoch!r}")
@@ -254,6 +266,20 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tenso
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def safety_loss(logits: torch.Tensor, safety: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the soft target [s, 1 - s, 0] per (sample, layer): -(s log p_skip + (1-s) log p_exec),
+    in float32, mean over positions. A proper scoring rule, so P(skip) estimates the chance that skipping the block
+    keeps the answer, which is what the threshold decision reads."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    safety = safety.to(device=logp.device, dtype=torch.float32)
+    return -(safety * logp[..., SKIP] + (1.0 - safety) * logp[..., EXECUTE]).mean()
+
+
+def safety_classes(safety: torch.Tensor) -> torch.Tensor:
+    """Per-layer class ids of safety targets: skip where s >= 0.5, else execute (for counts and metrics)."""
+    return torch.where(safety >= 0.5, SKIP, EXECUTE).long()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -440,8 +466,9 @@ def _check_stack(stack: RouterStack, num_layers: int, windows: int, config: Trai
 
 
 def evaluate_cache(stack: RouterStack, cache: FeatureCache, weights: torch.Tensor | None = None,
-                   gamma: float = 2.0, batch_size: int = 256) -> dict[str, Any]:
-    """Focal loss and classification metrics of `stack` on a feature cache (no gradients)."""
+                   gamma: float = 2.0, batch_size: int = 256, target: str = "path") -> dict[str, Any]:
+    """Loss (focal on path labels, or the safety loss) and classification metrics of `stack` on a feature cache
+    (no gradients); for the safety target the classes are the thresholded safety targets (`safety_classes`)."""
     logits = []
     with torch.no_grad():
         for start in range(0, len(cache), batch_size):
@@ -449,6 +476,9 @@ def evaluate_cache(stack: RouterStack, cache: FeatureCache, weights: torch.Tenso
             means, window_mask, _ = cache.batch(index, stack.device)
             logits.append(stack(means, window_mask))
     logits = torch.cat(logits)
+    if target == "safety":
+        safety = cache.safety_targets(torch.arange(len(cache)), logits.device)
+        return {"loss": float(safety_loss(logits, safety)), **classification_metrics(logits, safety_classes(safety))}
     labels = cache.labels.to(logits.device)
     return {"loss": float(focal_loss(logits, labels, weights, gamma)), **classification_metrics(logits, labels)}
 
@@ -469,6 +499,8 @@ def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
 
     def loss_of(indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         means, window_mask, labels = cache.batch(indices, device)
+        if config.target == "safety":
+            return safety_loss(stack(means, window_mask), cache.safety_targets(indices, device))
         return focal_loss(stack(means, window_mask), labels, weights, config.gamma)
 
     evaluate = None
@@ -476,7 +508,9 @@ def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
         _check_stack(stack, val_cache.num_layers, val_cache.means.shape[2], config)
 
         def evaluate(weights):
-            return evaluate_cache(stack, val_cache, weights, config.gamma)
+            return evaluate_cache(stack, val_cache, weights, config.gamma, target=config.target)
 
-    return _train_loop(stack, cache.labels, loss_of, config, evaluate,
-                       0 if val_cache is None else len(val_cache), log)
+    labels = cache.labels
+    if config.target == "safety":
+        labels = safety_classes(cache.safety_targets(torch.arange(len(cache)), cache.labels.device))
+    return _train_loop(stack, labels, loss_of, config, evaluate, 0 if val_cache is None else len(val_cache), log)
