@@ -1,7 +1,9 @@
 """Evaluation stage: one benchmark x one method -> one Parquet cell, one row per example (drllm.evaluation.cells).
 
-Methods: base | router | router@<p> (control knob p) | router@calibrated (p from --calibration) |
+Methods: base | router | router@<p> (control knob p) | router@t<tau> (threshold decision at tau) |
+router@calibrated / router@certified (the point from --calibration) |
 static (needs --router-cell and --influence) | static@<k> (k layers removed; needs --influence) |
+safest / safest@<k> (as static, --influence = the search's layer_safety.parquet) |
 random (needs --router-cell) | random@<k> (k random layers per example) | oracle (MCTS with the gold answer).
 Finished examples are checkpointed (<out>.progress.jsonl), so a killed job resumes where it stopped. An entry with
 `lm_eval: {task, metric}` runs that lm-eval task through the drllm lm-eval model instead (base and router methods
@@ -33,16 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entry-json", required=True,
                         help="the eval.benchmarks entry as JSON: name, benchmark, split, format, samples, levels, "
                              "options")
-    parser.add_argument("--method", required=True, help="base | router | router@<p> | router@calibrated | static | "
-                                                        "static@<k> | random | random@<k> | oracle")
+    parser.add_argument("--method", required=True, help="base | router | router@<p> | router@t<tau> | "
+                                                        "router@calibrated | router@certified | static | static@<k> "
+                                                        "| safest | safest@<k> | random | random@<k> | oracle")
     parser.add_argument("--settings-json", default="{}",
                         help="seed, chat_template, formats (per-format options), prefix_cache, "
                              "oracle {samples, mcts}")
     parser.add_argument("--routers", default="", help="trained router directory (router, static, random)")
     parser.add_argument("--router-cell", default="", help="the router's cell on this benchmark (static, random)")
-    parser.add_argument("--influence", default="", help="block influence Parquet (static, static@<k>)")
+    parser.add_argument("--influence", default="", help="block influence Parquet (static, static@<k>); layer "
+                                                        "safety Parquet (safest, safest@<k>)")
     parser.add_argument("--calibration", default="",
-                        help="router calibration JSON with the knob p (router@calibrated)")
+                        help="router calibration JSON with the operating point (router@calibrated, "
+                             "router@certified)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

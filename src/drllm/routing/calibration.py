@@ -170,11 +170,12 @@ def certify_point(points: dict[tuple[str, float], PointLosses], config: CertifyC
     """Learn-then-Test over the swept points (the base model excluded: it is the fallback), most conservative
     first; the certified point as calibration.json records it, with the certificate and its bound."""
     order = sorted((key for key in points if key != (KNOB, BASE_KNOB)), key=lambda key: -key[1])
-    sequence = [(point_name(*key), points[key].losses(config.loss), float(np.mean(points[key].saved)))
-                for key in order]
+    if len({axis for axis, _ in order}) > 1:
+        raise ValueError(f"certification sweeps one axis, got points {order}")
+    sequence = [(value, points[(axis, value)].losses(config.loss), float(np.mean(points[(axis, value)].saved)))
+                for axis, value in order]
     certificate = certify(sequence, config)
-    chosen = order[[name for name, *_ in sequence].index(certificate.parameter)] \
-        if certificate.certified else (KNOB, BASE_KNOB)
+    chosen = (order[0][0], float(certificate.parameter)) if certificate.certified else (KNOB, BASE_KNOB)
     losses = points[chosen].losses(config.loss) if chosen in points else None
     return {**point_record(*chosen), "point": point_name(*chosen), "certified": certificate.certified,
             "mean_layers_saved": float(np.mean(points[chosen].saved)) if chosen in points else 0.0,
