@@ -9,10 +9,17 @@ REPORT_IN_DOMAIN = sorted(
 )
 
 
+def report_inputs(wildcards):
+    """The cells, and the calibration file when a router@certified cell is reported (its certificate is shown)."""
+    inputs = {"cells": EVAL_CELLS, "script": f"{workflow.basedir}/workflow/scripts/report.py"}
+    if any(cell.endswith("/router@certified.parquet") for cell in EVAL_CELLS):
+        inputs["calibration"] = f"{ROUTER_DIR}/calibration.json"
+    return inputs
+
+
 rule report:
     input:
-        cells=EVAL_CELLS,
-        script=f"{workflow.basedir}/workflow/scripts/report.py",
+        unpack(report_inputs),
     output:
         markdown=report(f"{REPORT_DIR}/report.md", caption="../workflow/report/report_md.rst", category="Evaluation"),
         summary=report(f"{REPORT_DIR}/summary.parquet", caption="../workflow/report/summary.rst", category="Evaluation"),
@@ -40,6 +47,8 @@ rule report:
         in_domain=json.dumps(REPORT_IN_DOMAIN),
         seed=EVAL["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.markdown),
+        calibration=lambda wildcards, input: shlex.join(["--calibration", input.calibration])
+        if "calibration" in input.keys() else "",
     log:
         "logs/report/report.log",
     benchmark:
@@ -48,7 +57,8 @@ rule report:
         "../envs/drllm.yaml"
     shell:
         "python {input.script} --cells {input.cells:q} --skipped-json {params.skipped:q} "
-        "--in-domain-json {params.in_domain:q} --seed {params.seed} --out-dir {params.out_dir} > {log} 2>&1"
+        "--in-domain-json {params.in_domain:q} --seed {params.seed} {params.calibration} --out-dir {params.out_dir} "
+        "> {log} 2>&1"
 
 
 # Release: the routers as one shareable directory whose model card carries the search settings, the search summary

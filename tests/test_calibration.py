@@ -8,7 +8,9 @@ import pytest
 
 from conftest import REPO
 
-from drllm.routing.calibration import (BASE_KNOB, CalibrationConfig, CurvePoint, choose_operating_point)
+from drllm.routing.calibration import (BASE_KNOB, CalibrationConfig, CurvePoint, PointLosses, certify_point,
+                                       choose_operating_point)
+from drllm.routing.certify import CertifyConfig
 
 
 def curve(table):
@@ -24,12 +26,12 @@ def test_picks_the_largest_saving_within_max_drop_on_every_set():
         -0.1: {"a": (0.50, 0.50, 28.0, 100), "b": (0.36, 0.35, 29.0, 100)},   # saving 1.5
         0.5: {"a": (0.50, 0.50, 30.0, 100), "b": (0.35, 0.35, 30.0, 100)},
     })
-    knob, notes = choose_operating_point(points, max_drop=0.005)
-    assert knob == -0.3
+    (axis, knob), notes = choose_operating_point(points, max_drop=0.005)
+    assert (axis, knob) == ("knob", -0.3)
     assert len(notes) == 1 and notes[0].startswith("p=-0.5: a drops 10.00 points")
     # a looser budget takes the bigger saving; a budget of 0 refuses the 0.3-point drop
-    assert choose_operating_point(points, max_drop=0.11)[0] == -0.5
-    assert choose_operating_point(points, max_drop=0.0)[0] == -0.1
+    assert choose_operating_point(points, max_drop=0.11)[0][1] == -0.5
+    assert choose_operating_point(points, max_drop=0.0)[0][1] == -0.1
 
 
 def test_one_set_over_budget_vetoes_a_knob_and_savings_weigh_by_examples():
@@ -39,15 +41,33 @@ def test_one_set_over_budget_vetoes_a_knob_and_savings_weigh_by_examples():
         0.0: {"a": (0.50, 0.50, 29.0, 300), "b": (0.35, 0.35, 20.0, 10)},    # saving (1*300+10*10)/310
         0.5: {"a": (0.50, 0.50, 30.0, 300), "b": (0.35, 0.35, 30.0, 10)},
     })
-    assert choose_operating_point(points, max_drop=0.01)[0] == -0.2
+    assert choose_operating_point(points, max_drop=0.01)[0][1] == -0.2
 
 
 def test_the_base_model_is_chosen_when_routing_helps_nowhere_and_ties_go_to_the_larger_p():
     points = curve({-0.3: {"a": (0.2, 0.5, 25.0, 50)}, 0.0: {"a": (0.5, 0.5, 30.0, 50)},
                     0.5: {"a": (0.5, 0.5, 30.0, 50)}})
-    assert choose_operating_point(points, max_drop=0.005)[0] == BASE_KNOB
+    assert choose_operating_point(points, max_drop=0.005)[0] == ("knob", BASE_KNOB)
     with pytest.raises(ValueError, match="misses sets"):
         choose_operating_point(curve({0.0: {"a": (0.5, 0.5, 30.0, 5)}, 0.5: {"b": (0.5, 0.5, 30.0, 5)}}), 0.01)
+
+
+def test_certified_point_is_the_last_threshold_that_passes_and_falls_back_to_base():
+    n = 600
+    def losses(flips):  # `flips` prompts lose a correct answer, the rest keep theirs
+        return PointLosses([0.0] * (n - flips) + [1.0] * flips, [0.0] * (n - flips) + [1.0] * flips,
+                           [float(30 - 28)] * n)
+    points = {("knob", BASE_KNOB): PointLosses([0.0] * n, [0.0] * n, [0.0] * n),
+              ("threshold", 0.95): losses(0), ("threshold", 0.9): losses(1), ("threshold", 0.8): losses(40)}
+    config = CertifyConfig.from_dict({"epsilon": 0.02, "delta": 0.1, "loss": "disagreement"})
+    chosen = certify_point(points, config)
+    assert chosen["certified"] and (chosen["knob"], chosen["threshold"]) == (None, 0.9)
+    assert chosen["point"] == "tau=0.9" and chosen["mean_layers_saved"] == 2.0
+    assert 1 / n <= chosen["risk_bound"] <= 0.02
+    assert [row["rejected"] for row in chosen["certificate"]["points"]] == [True, True, False]
+    strict = CertifyConfig.from_dict({"epsilon": 0.001, "delta": 0.1, "loss": "disagreement"})
+    fallback = certify_point(points, strict)
+    assert not fallback["certified"] and (fallback["knob"], fallback["threshold"]) == (BASE_KNOB, None)
 
 
 def test_config_validation_names_the_field():
@@ -94,7 +114,7 @@ def test_calibration_stage_on_the_real_model(smollm2_dir, tmp_path, capsys):
     prompts = select_prompts([{**ex.__dict__} for ex in examples], "arc_easy", "cloze", 4, seed=0)
     write_prompts(tmp_path / "prompts.parquet", prompts)
     out = tmp_path / "calibration.json"
-    config = {"max_drop": 0.0, "knobs": [-0.5, 0.0],
+    config = {"max_drop": 0.0, "knobs": [-0.5, 0.0], "certify": {"epsilon": 0.01, "delta": 0.1},
               "sets": {"arc_easy": {"benchmark": "arc_easy", "split": "validation", "format": "cloze",
                                     "samples": 6}}}
     code = calibrate.main(["--model-dir", str(smollm2_dir), "--routers", str(tmp_path / "routers"),
@@ -111,6 +131,24 @@ def test_calibration_stage_on_the_real_model(smollm2_dir, tmp_path, capsys):
     assert points[0.5]["drop"] == 0.0 and points[0.5]["mean_layers"] == 30
     assert points[-0.5]["mean_layers"] == 29          # the plain router skips layer 3
     assert points[0.0]["mean_layers"] == 30           # at p = 0 the tie goes to execute
+    # 6 calibration prompts cannot certify a 1-point risk: router@certified is the base model, saying why
+    certified = result["certified"]
+    assert not certified["certified"] and (certified["knob"], certified["threshold"]) == (0.5, None)
+    assert "refused" in certified["certificate"]["reason"] and certified["mean_layers_saved"] == 0.0
+    # routers with the threshold decision are swept over tau: skip layer 3 only where P(skip) >= tau
+    threshold_stack = RouterStack(RouterConfig(**{**stack.config.to_dict(),
+                                                  "decision": {"rule": "threshold", "threshold": 0.5}}))
+    threshold_stack.load_state_dict(stack.state_dict())
+    threshold_stack.save_pretrained(tmp_path / "threshold")
+    config = {**config, "thresholds": [0.9, 0.5]}
+    code = calibrate.main(["--model-dir", str(smollm2_dir), "--routers", str(tmp_path / "threshold"),
+                           "--data", f"arc_easy={tmp_path / 'records.parquet'}",
+                           "--prompts", str(tmp_path / "prompts.parquet"), "--config-json", json.dumps(config),
+                           "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    taus = {point["knob"]: point for point in result["curve"] if point["axis"] == "threshold"}
+    assert sorted(taus) == [0.5, 0.9] and all(point["mean_layers"] == 29 for point in taus.values())
     # a missing records file fails naming the set
     code = calibrate.main(["--model-dir", str(smollm2_dir), "--routers", str(tmp_path / "routers"),
                            "--data", f"other={tmp_path / 'records.parquet'}", "--config-json", json.dumps(config),

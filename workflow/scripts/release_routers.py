@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from drllm.core.artifacts import ArtifactError, atomic_path, read_parquet, write_text
+from drllm.core.artifacts import ArtifactError, atomic_path, read_json, read_parquet, write_text
 from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA
 from drllm.routing.router import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from drllm.routing.card import release_card
@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ArtifactError(f"search summary not found: {summary_md}")
         settings = [row["search_config"] for path in args.shards for row in read_shard(path)]
         evaluation = read_parquet(args.report_summary, REPORT_SUMMARY_SCHEMA, "report summary").to_pylist()
+        calibration = read_json(router_dir / CALIBRATION_FILE, "router calibration file")
         card = release_card((router_dir / CARD_FILE).read_text(), settings,
-                            summary_md.read_text().split("\n", 1)[-1], evaluation)
+                            summary_md.read_text().split("\n", 1)[-1], evaluation, calibration.get("certified"))
     except ArtifactError as exc:
         print(f"release_routers: error: {exc}", file=sys.stderr)
         return 2

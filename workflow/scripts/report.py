@@ -60,14 +60,21 @@ def main(argv: list[str] | None = None) -> int:
                              "null = every benchmark")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--calibration", default="",
+                        help="routers' calibration.json: its certified operating point is reported (router@certified)")
     args = parser.parse_args(argv)
     try:
         skipped = parse_skipped(args.skipped_json)
         in_domain = parse_in_domain(args.in_domain_json)
         provenance = stage_provenance("report", {"skipped": skipped, "in_domain": in_domain, "seed": args.seed},
                                       inputs=args.cells)
+        certified = None
+        if args.calibration:
+            certified = read_json(args.calibration, "router calibration file").get("certified")
+            if certified is None:
+                raise ArtifactError(f"{args.calibration} has no certified point (calibrate.certify is not set)")
         paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed, in_domain=in_domain,
-                             provenance=provenance)
+                             provenance=provenance, certified=certified)
     except (ArtifactError, ValueError) as exc:  # ArtifactError is a ValueError; both mean bad input
         print(f"report: error: {exc}", file=sys.stderr)
         return 2

@@ -79,7 +79,7 @@ def describe_sources(sources: Iterable[str]) -> str:
 def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[str | Path],
                     consensus: list[dict] | None = None, empty_cells: Iterable[str] = (),
                     sources: dict[str, list[str]] | None = None, by_level: list[dict] | None = None,
-                    frontier: list[dict] | None = None) -> str:
+                    frontier: list[dict] | None = None, certified: dict | None = None) -> str:
     """The report: Table 3 / Table 4 equivalents, the frontier's means, routing consensus, skipped benchmarks,
     sources, figures."""
     benchmarks = sorted({r["benchmark"] for r in summary})
@@ -136,6 +136,9 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
                  f"{_pct(p['score'])} ±{_pct((p['ci_high'] - p['ci_low']) / 2)}"] for p in mean_points]
         out += [markdown_table(["method", "benchmarks", "layers", "score"], body), ""]
 
+    if certified is not None:
+        out += certification_lines(certified, [r for r in summary if r["method"] == "router@certified"])
+
     out += ["## Routing consensus (router)", ""]
     if consensus:
         body = [[c["benchmark"], str(c["n"]), str(c["distinct_paths"]), f"{100 * c['top_path_share']:.1f}%"]
@@ -167,6 +170,27 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
         name = Path(figure).name
         out += [f"![{Path(name).stem.replace('_', ' ')}]({name})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def certification_lines(certified: dict, cells: list[dict]) -> list[str]:
+    """The certified operating point in one line, then, per benchmark with a router@certified cell, the observed
+    drop on the test items next to the certified bound."""
+    from drllm.routing.calibration import certified_summary
+
+    cert = certified["certificate"]
+    out = ["## Certified operating point (router@certified)", "", certified_summary(certified), ""]
+    if cells and cert["loss"] == "accuracy_drop":
+        body = []
+        for row in sorted(cells, key=lambda r: r["benchmark"]):
+            drop = None if row["delta_vs_base"] is None else -row["delta_vs_base"]
+            held = "–" if drop is None else ("yes" if drop <= cert["epsilon"] + 1e-12 else "**no**")
+            body.append([row["benchmark"], str(row["n"]), "–" if drop is None else f"{100 * drop:+.2f}",
+                         f"{row['mean_layers_saved']:.2f}", held])
+        out += ["Observed on the test items (the guarantee covers prompts from the calibration sets' distribution, "
+                "i.e. the in-domain benchmarks):", "",
+                markdown_table(["benchmark", "n", "accuracy drop (points)", "layers saved",
+                                f"drop <= {100 * cert['epsilon']:g}"], body), ""]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -208,10 +232,12 @@ def load_cells(cell_paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]
 
 
 def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir, seed: int = 0,
-                 in_domain: Iterable[str] | None = None, provenance: dict | None = None) -> dict:
+                 in_domain: Iterable[str] | None = None, provenance: dict | None = None,
+                 certified: dict | None = None) -> dict:
     """Read the cells, write report.md, summary.parquet, frontier.parquet and the PNGs into out_dir; return their
     paths. `in_domain`: the benchmarks the frontier figure shows panels for (None = every benchmark);
-    `provenance`: stored in both Parquet tables (drllm.core.provenance)."""
+    `provenance`: stored in both Parquet tables (drllm.core.provenance); `certified`: the calibration file's
+    `certified` object (router@certified), shown with the observed drops."""
     skipped = validate_skipped(skipped)
     rows, empty = load_cells(cell_paths)
     summary = summarize_cells(rows, seed=seed)
@@ -230,5 +256,5 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     write_text(paths["report"], render_markdown(summary, skipped, [paths[n] for n in FIGURES],
                                                 consensus=routing_consensus(rows), empty_cells=empty,
                                                 sources=_sources(rows), by_level=scores_by_level(rows),
-                                                frontier=frontier))
+                                                frontier=frontier, certified=certified))
     return paths

@@ -183,6 +183,18 @@ def certify_point(points: dict[tuple[str, float], PointLosses], config: CertifyC
             "certificate": certificate.to_dict()}
 
 
+def certified_summary(certified: dict) -> str:
+    """One line on calibration.json's `certified` object: the point and its guarantee, or why it saves nothing."""
+    cert = certified["certificate"]
+    what = "accuracy drop" if cert["loss"] == "accuracy_drop" else "disagreement with the base model"
+    if not certified["certified"]:
+        return f"`router@certified` is the base model (saves no layers): {cert['reason']}"
+    return (f"`router@certified` routes at {certified['point']}: {what} <= {100 * cert['epsilon']:g} points with "
+            f"probability >= {1 - cert['delta']:g} (Learn-then-Test, {cert['method']} p-value, n = {cert['n']} "
+            f"calibration prompts; upper bound on its risk {100 * certified['risk_bound']:.2f} points); it saved "
+            f"{certified['mean_layers_saved']:.2f} layers per calibration prompt.")
+
+
 def curve_point(set_name: str, knob: float, scores: Sequence[float], base_scores: Sequence[float],
                 lengths: Sequence[int], num_layers: int, axis: str = KNOB,
                 agree: Sequence[bool] | None = None) -> CurvePoint:

@@ -90,10 +90,13 @@ def write_card(out_dir: str | os.PathLike, config: RouterConfig, manifest: dict[
 
 
 def release_card(card: str, search_settings: Sequence[str], search_table: str,
-                 evaluation: Sequence[dict[str, Any]]) -> str:
+                 evaluation: Sequence[dict[str, Any]], certified: dict | None = None) -> str:
     """The training card completed for release: its evaluation pointer replaced by the search settings (each
-    distinct `search_config` of the shards), the search summary table and the evaluation table (base and router
-    rows of the report summary, drllm.evaluation.summary.REPORT_SUMMARY_SCHEMA)."""
+    distinct `search_config` of the shards), the search summary table, the certified operating point (the
+    calibration file's `certified` object, when calibrated with `certify`) and the evaluation table (base and
+    router rows of the report summary, drllm.evaluation.summary.REPORT_SUMMARY_SCHEMA)."""
+    from drllm.routing.calibration import certified_summary
+
     if EVALUATION_HEADING not in card:
         raise ArtifactError(f"the router card has no '{EVALUATION_HEADING}' section to complete")
     head = card[:card.index(EVALUATION_HEADING)]
@@ -117,10 +120,12 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
         "",
         search_table.strip(),
         "",
+        *(["## Operating point", "", certified_summary(certified), ""] if certified is not None else []),
         EVALUATION_HEADING,
         "",
         "Scores in % (metric per benchmark as in the report); Δ: paired difference to the base model on the same "
-        "items; router@p: the control knob p, router@calibrated: p chosen on validation prompts.",
+        "items; router@p: the control knob p, router@t<tau>: the threshold decision at tau, router@calibrated: the "
+        "point chosen on validation prompts, router@certified: the certified point above.",
         "",
         table if rows else "No base or router cells were evaluated.",
         "",
