@@ -42,7 +42,10 @@ rule search_shard:
     params:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
-            {key: SEARCH[key] for key in ("mcts", "reward", "seed", "chat_template", "prefix_cache", "formats")},
+            {
+                key: SEARCH[key]
+                for key in ("mcts", "reward", "seed", "seed_check", "chat_template", "prefix_cache", "formats")
+            },
             sort_keys=True,
         ),
         num_shards=SEARCH["shards"],
