@@ -1,5 +1,6 @@
 """Search summary: the paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, mean
 layers saved, label distribution) from every shard of one model; printed and written as Parquet + Markdown.
+Beside it, the label agreement across seeds on the seed-checked prompts (search.seed_check).
 
 Example:
   python workflow/scripts/search_summary.py --manifest resources/models/smollm2-135m-instruct/drllm_model.json \\
