@@ -179,6 +179,7 @@ def eval_settings(wc):
         settings["oracle"] = {
             "samples": EVAL["oracle"]["samples"],
             "mcts": {**SEARCH["mcts"], **EVAL["oracle"]["mcts"]},
+            "reward": SEARCH["reward"],  # the search's reward judges the oracle's paths (recorded in provenance)
         }
         settings["prefix_cache"] = SEARCH["prefix_cache"]
     return json.dumps(settings, sort_keys=True)

@@ -42,8 +42,11 @@ rule search_shard:
     params:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
-            {key: SEARCH[key] for key in ("mcts", "reward", "seed", "chat_template", "prefix_cache", "formats",
-                                          "labeler", "safety")},
+            {
+                key: SEARCH[key]
+                for key in ("mcts", "reward", "seed", "seed_check", "chat_template", "prefix_cache", "formats",
+                            "labeler", "safety")
+            },
             sort_keys=True,
         ),
         num_shards=SEARCH["shards"],

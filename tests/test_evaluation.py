@@ -283,11 +283,11 @@ def tiny_inputs(tmp_path_factory):
     return root
 
 
-def tiny_cell(root, method, out, *extra):
+def tiny_cell(root, method, out, *extra, settings=None, data=None):
     entry = {"name": "arc", "benchmark": "arc_easy", "split": "test", "format": "cloze"}
-    return evaluate_cli.main(["--model-dir", str(root / "model"), "--data", str(root / "records.parquet"),
+    return evaluate_cli.main(["--model-dir", str(root / "model"), "--data", str(data or root / "records.parquet"),
                               "--entry-json", json.dumps(entry), "--method", method,
-                              "--settings-json", json.dumps({"seed": 4}), "--routers", str(root / "routers"),
+                              "--settings-json", json.dumps(settings or {"seed": 4}), "--routers", str(root / "routers"),
                               "--influence", str(root / "bi.parquet"), "--device", "cpu", "--dtype", "float32",
                               "--no-progress", "--out", str(out), *extra])
 
@@ -356,3 +356,35 @@ def test_a_missing_or_malformed_calibration_file_fails_naming_it(tiny_inputs, tm
 def test_router_at_calibrated_without_the_file_argument_fails(tiny_inputs, tmp_path, capsys):
     assert tiny_cell(tiny_inputs, "router@calibrated", tmp_path / "c.parquet") == 2
     assert "'router@calibrated' needs --calibration" in capsys.readouterr().err
+
+
+def test_oracle_is_judged_by_the_search_reward_and_the_report_names_it(tiny_inputs, tmp_path, capsys):
+    """The oracle's search uses the reward the settings give (the rules pass search.reward), records it in the
+    cell's provenance, and report.md's oracle line names it; a cell recorded without one used the binary reward."""
+    from test_tasks import mc_example
+    from drllm.core.artifacts import read_provenance
+    from drllm.evaluation.report import build_report
+
+    # the tiny model answers "Shark" (option 0) on these items, so make it the gold answer
+    data = tmp_path / "records.parquet"
+    write_examples(data, [mc_example(id=f"q{i}", question=f"Question {i}: which one?", gold=0) for i in range(4)])
+
+    def oracle(name, reward):
+        settings = {"seed": 4, "oracle": {"samples": 4, "mcts": {"simulations": 6, "early_stop": False}}}
+        if reward is not None:
+            settings["oracle"]["reward"] = reward
+        out = tmp_path / name / "oracle.parquet"
+        assert tiny_cell(tiny_inputs, "oracle", out, settings=settings, data=data) == 0, capsys.readouterr().err
+        return out
+
+    binary, strict = oracle("binary", None), oracle("strict", {"kind": "robust", "margin": 100.0, "epsilon": 0.2})
+    assert read_provenance(strict)["config"]["settings"]["oracle"]["reward"]["margin"] == 100.0
+    # no option wins by 100 nats per character: no path is correct, so the oracle keeps every layer
+    assert {row["path_length"] for row in read_cell(strict)} == {TINY_LAYERS}
+    assert min(row["path_length"] for row in read_cell(binary)) < TINY_LAYERS, "binary: some lucky shorter path"
+    report = build_report([strict], [], tmp_path / "report", seed=0)["report"].read_text()
+    assert "`oracle` (reward: robust(margin=100,epsilon=0.2,min_f1=0.5)):" in report
+    report = build_report([binary], [], tmp_path / "report_binary", seed=0)["report"].read_text()
+    assert "`oracle` (reward: binary(margin=0,epsilon=none,min_f1=0.5)):" in report
+    assert tiny_cell(tiny_inputs, "base", tmp_path / "base.parquet", data=data) == 0
+    assert "`oracle`" not in build_report([tmp_path / "base.parquet"], [], tmp_path / "r3")["report"].read_text()

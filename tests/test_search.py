@@ -269,6 +269,81 @@ def test_label_tie_break():
     assert str(select_label(ev(("0-1-2-3", 0.0), ("0-1-1-2-3", 1.0)))) == "0-1-1-2-3"
 
 
+def test_random_expansion_is_unchanged():
+    """expansion "random" / tie_break "first" (the defaults) reproduce the search as it was before the two options
+    existed (these paths were recorded with that code)."""
+    result = run_search(hashed_reward, L, MCTSConfig(simulations=50, **NO_STOP), seed=0)
+    assert [str(path) for path, _ in result.evaluated[:8]] == [
+        "0-1-2-3-4-5-6-7", "0-1-2-3-4-4-5-6-7", "0-1-2-3-4-4-5", "0-2-3-4-4-5", "0-1-2-2-3-4-5-6-7",
+        "0-1-2-2-3-4-6-7", "0-1-2-2-3-4", "0-2-4-5"]
+    assert str(result.best_path) == "2-2-3-4"
+    explicit = run_search(hashed_reward, L, MCTSConfig(simulations=50, expansion="random", tie_break="first",
+                                                       **NO_STOP), seed=0)
+    assert (explicit.evaluated, explicit.best_path, explicit.tree.to_records()) == \
+        (result.evaluated, result.best_path, result.tree.to_records())
+
+
+@pytest.mark.parametrize("overrides", [dict(), NO_STOP, dict(mode="chain"), dict(widening=None, **NO_STOP),
+                                       dict(random_child_prob=1.0, **NO_STOP)])
+def test_ordered_expansion_does_not_depend_on_the_seed(overrides):
+    """expansion "ordered": untried actions in legal_actions order and no random child, so seeds 0..4 give the
+    identical search (tree, evaluations, label) -- even with random_child_prob 1, which it ignores."""
+    config = MCTSConfig(simulations=50, expansion="ordered", tie_break="canonical", **overrides)
+    results = [run_search(hashed_reward, L, config, seed=seed) for seed in range(5)]
+    first = results[0]
+    for other in results[1:]:
+        assert (other.evaluated, other.best_path, other.tree.to_records(), other.simulations,
+                other.stopped_early) == (first.evaluated, first.best_path, first.tree.to_records(),
+                                         first.simulations, first.stopped_early)
+    # the root's children come in legal_actions order
+    root_actions = [first.tree.nodes[child].action for child in first.tree.root.children]
+    assert root_actions == legal_actions(LayerPath.default(L), config)[:len(root_actions)]
+    random = [run_search(hashed_reward, L, dataclasses.replace(config, expansion="random"), seed=seed)
+              for seed in range(5)]
+    assert len({tuple(p.layers for p, _ in r.evaluated) for r in random}) > 1  # the random search does vary
+
+
+def test_canonical_tie_break_ignores_the_evaluation_order():
+    """tie_break "canonical": shortest correct, then fewest layers with count != 1, then the smallest per-layer
+    count vector -- whatever order the equally short correct paths were evaluated in."""
+    import itertools
+
+    from drllm.search.mcts import canonical_key, deviations
+
+    def ev(items):
+        return [(P(text, 4), reward) for text, reward in items]
+
+    # length 3, correct: 0-0-1 (counts 2,1,0,0: 3 deviations), 0-1-3 (1,1,0,1), 1-2-3 (0,1,1,1), 0-2-3 (1,0,1,1)
+    correct = [("0-0-1", 1.0), ("0-1-3", 1.0), ("1-2-3", 1.0), ("0-2-3", 1.0)]
+    others = [("0-1-2-3", 0.0), ("0-1", 0.4), ("1-2", 0.0)]
+    labels = {str(select_label(ev([others[0], *order, *others[1:]]), "canonical"))
+              for order in itertools.permutations(correct)}
+    assert labels == {"1-2-3"}                                  # 1 deviation, (0,1,1,1) is the smallest vector
+    firsts = {str(select_label(ev([others[0], *order]), "first")) for order in itertools.permutations(correct)}
+    assert firsts == {"0-0-1"}                                  # "first": fewer unique layers
+    assert str(select_label(ev([others[0], *correct[1:]]), "first")) == "0-1-3"   # then the earliest evaluated
+    # fewer deviations beats a smaller vector: the default path (0 deviations) over a skip + repeat
+    same_length = [("0-0-2-3", 1.0), ("1-1-2-3", 1.0), ("0-1-2-3", 1.0)]
+    assert {str(select_label(ev(order), "canonical")) for order in itertools.permutations(same_length)} == \
+        {"0-1-2-3"}
+    assert {str(select_label(ev(order), "canonical")) for order in itertools.permutations(same_length[:2])} == \
+        {"1-1-2-3"}                                            # both 2 deviations: (0,2,1,1) < (2,0,1,1)
+    assert deviations(P("0-0-2-3", 4)) == 2 and canonical_key(P("1-2-3", 4)) == (3, 1, (0, 1, 1, 1))
+    assert select_label(ev(others), "canonical") is None
+    with pytest.raises(ValueError, match="tie_break"):
+        select_label(ev(correct), "last")
+
+
+def test_run_search_uses_the_configured_tie_break():
+    from drllm.search.mcts import canonical_key
+
+    for expansion in ("random", "ordered"):
+        result = run_search(hashed_reward, L, MCTSConfig(simulations=80, expansion=expansion, tie_break="canonical",
+                                                         **NO_STOP), seed=2)
+        correct = [path for path, reward in result.evaluated if reward > 0.5]
+        assert correct and result.best_path == min(correct, key=canonical_key)
+
+
 def test_run_search_label_matches_rule():
     result = run_search(hashed_reward, L, MCTSConfig(simulations=80, **NO_STOP), seed=2)
     correct = [(i, p) for i, (p, r) in enumerate(result.evaluated) if r > 0.5]
@@ -405,6 +480,8 @@ def test_bad_rewards_are_rejected():
     ({"widening": 2.0}, "widening"),
     ({"widening_k": 0}, "widening_k"),
     ({"early_stop": "yes"}, "early_stop"),
+    ({"expansion": "shuffled"}, "expansion"),
+    ({"tie_break": "last"}, "tie_break"),
 ])
 def test_invalid_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
@@ -491,6 +568,8 @@ def test_search_settings_are_validated_once_naming_the_field():
     for block, message in [({"mcts_typo": {}}, r"unknown search setting\(s\) \['mcts_typo'\]"),
                            ({"mcts": {"min_saving": 0}}, "min_saving must be >= 1"),
                            ({"prefix_cache": -1}, "search.prefix_cache must be >= 0"),
+                           ({"seed_check": -1}, "search.seed_check must be >= 0"),
+                           ({"mcts": {"expansion": "shuffled"}}, "expansion must be one of"),
                            ({"seed": "1"}, "search.seed must be an integer"),
                            ({"chat_template": "yes"}, "chat_template must be true or false"),
                            ({"formats": {"cloze": {"normalise": "chars"}}}, r"unknown option\(s\) \['normalise'\]"),
@@ -512,7 +591,7 @@ def test_config_schema_and_stage_settings_agree_on_every_bound():
     search, evaluation = schema["search"]["properties"], schema["eval"]["properties"]
     probes = [(f"search.{name}", search[name], lambda value, name=name: SearchSettings.from_dict({name: value},
                                                                                                  manifest))
-              for name in ("seed", "prefix_cache", "chat_template")]
+              for name in ("seed", "prefix_cache", "chat_template", "seed_check")]
     probes += [(f"search.reward.{name}", rule,
                 lambda value, name=name: SearchSettings.from_dict({"reward": {name: value}}, manifest))
                for name, rule in search["reward"]["properties"].items()]
@@ -528,3 +607,50 @@ def test_config_schema_and_stage_settings_agree_on_every_bound():
             except ValueError:
                 accepted = False
             assert validator.is_valid(value) == accepted, f"{where}: {value!r}"
+
+
+# ------------------------------------------------------------------------------------------ seed check (workers)
+@pytest.mark.parametrize("expansion", ["random", "ordered"])
+def test_seed_check_searches_again_with_a_second_seed(expansion):
+    """search_prompts: rows marked seed_check get `labels_check`, the label of a second search seeded from
+    (seed + 1, task, id) on the same rewarder; the row's other columns (costs included) are those of the search
+    alone. With ordered expansion the second search finds the same label."""
+    from conftest import tiny_model
+    from test_tasks import byte_tokenizer, mc_example
+
+    from drllm.core.executor import PathExecutor
+    from drllm.core.seeds import derived_seed
+    from drllm.formats.answers import get_format
+    from drllm.search.rewards import PathRewarder
+    from drllm.search.shards import encode_prompt_row, seed_check_ids, select_prompts
+    from drllm.search.workers import SearchSettings, search_prompts
+
+    executor = PathExecutor(tiny_model("llama", layers=6, vocab_size=259))
+    tokenizer = byte_tokenizer()
+    records = [mc_example(id=f"q{i}", question=f"Question {i}: which one?", gold=i % 4).to_dict() for i in range(5)]
+    prompts = select_prompts(records, "arc_easy", "cloze", 5, seed=0)
+    mcts = {"simulations": 12, "early_stop": False, "expansion": expansion, "tie_break": "canonical"}
+
+    def settings(seed_check):
+        return SearchSettings(model="tiny", num_layers=6, mcts=mcts, seed=0, chat_template=False,
+                              seed_check=seed_check)
+
+    checked = seed_check_ids(prompts, 3)
+    marked = [{**row, "seed_check": row["id"] in checked} for row in prompts]
+    rows = search_prompts(executor, tokenizer, marked, settings(3))
+    alone = search_prompts(executor, tokenizer, prompts, settings(0))
+    assert sum(row["kept"] for row in rows) >= 2, "the tiny model should keep some prompts"
+    for row, other, prompt in zip(rows, alone, marked):
+        strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_seconds", "search_config", "labels_check")}  # noqa: E731
+        assert strip(row) == strip(other) and other["labels_check"] is None
+        if not prompt["seed_check"]:
+            assert row["labels_check"] is None
+            continue
+        answer_format, encoded = encode_prompt_row(prompt, tokenizer, {}, False)
+        second = run_search(PathRewarder(executor, answer_format, encoded), 6, MCTSConfig.from_dict(mcts),
+                            derived_seed(1, prompt["task"], prompt["id"])).best_path
+        assert row["labels_check"] == (second.counts() if second is not None else None)
+        if expansion == "ordered":
+            assert row["labels_check"] == row["labels"]
+    assert sum(row["labels_check"] is not None for row in rows) >= 1
+    assert [p["prompt_index"] for p in marked if p["seed_check"]] == [0, 1, 2]

@@ -4,7 +4,8 @@ Methods: base | router | router@<p> (control knob p) | router@t<tau> (threshold 
 router@calibrated / router@certified (the point from --calibration) |
 static (needs --router-cell and --influence) | static@<k> (k layers removed; needs --influence) |
 safest / safest@<k> (as static, --influence = the search's layer_safety.parquet) |
-random (needs --router-cell) | random@<k> (k random layers per example) | oracle (MCTS with the gold answer).
+random (needs --router-cell) | random@<k> (k random layers per example) | oracle (MCTS with the gold answer,
+judged by the oracle settings' reward: the rules pass search.reward).
 Finished examples are checkpointed (<out>.progress.jsonl), so a killed job resumes where it stopped. An entry with
 `lm_eval: {task, metric}` runs that lm-eval task through the drllm lm-eval model instead (base and router methods
 only). The stage itself is drllm.evaluation.stage.run_cell; this script parses the command line.
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "| safest | safest@<k> | random | random@<k> | oracle")
     parser.add_argument("--settings-json", default="{}",
                         help="seed, chat_template, formats (per-format options), prefix_cache, "
-                             "oracle {samples, mcts}")
+                             "oracle {samples, mcts, reward (the search's; absent: binary)}")
     parser.add_argument("--routers", default="", help="trained router directory (router, static, random)")
     parser.add_argument("--router-cell", default="", help="the router's cell on this benchmark (static, random)")
     parser.add_argument("--influence", default="", help="block influence Parquet (static, static@<k>); layer "

@@ -3,7 +3,8 @@
 Prompt i of the prompt set belongs to shard i mod num_shards. Finished prompts are checkpointed as they come
 (<out>.progress.jsonl), so a killed job resumes where it stopped; Ctrl-C stops cleanly with them kept.
 With Ray, a lost worker (preemption, OOM kill) is replaced and its prompt searched again, up to --max-retries
-times per prompt.
+times per prompt. With the setting seed_check N, the shard's first N prompts (by prompt index) are searched again
+with a second seed; that label is the row's labels_check (the summary's label agreement across seeds).
 
 Example:
   python workflow/scripts/search.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from drllm.core.artifacts import ArtifactError
 from drllm.core.models import read_manifest
 from drllm.core.provenance import stage_provenance
-from drllm.search.shards import Checkpoint, read_prompts, write_shard
+from drllm.search.shards import Checkpoint, read_prompts, seed_check_ids, write_shard
 from drllm.formats.answers import FORMATS
 from drllm.search.workers import RayClusterError, SearchSettings, run_ray, run_serial
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--settings-json", default="{}",
                         help="search settings: mcts (MCTS parameters), reward (binary|robust and its margins), seed, "
-                             "chat_template, prefix_cache, formats")
+                             "seed_check (prompts per shard searched again with a second seed), chat_template, "
+                             "prefix_cache, formats")
     parser.add_argument("--backend", choices=BACKENDS, default="serial")
     parser.add_argument("--workers", type=int, default=1, help="Ray workers, one model replica each")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs of this job (Ray gets exactly these)")
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     task = rows[0]["task"] if rows else "?"
     fingerprint = {"settings": settings.to_json(), "prompts": [(r["id"], r["format"]) for r in rows]}
     checkpoint = Checkpoint(args.out + ".progress.jsonl", fingerprint)
-    todo = [row for row in rows if row["id"] not in checkpoint.rows]
+    checked = seed_check_ids(rows, settings.seed_check)
+    todo = [{**row, "seed_check": row["id"] in checked} for row in rows if row["id"] not in checkpoint.rows]
     label = f"{task} shard {args.shard}/{args.num_shards}"
     print(f"[{label}] {len(rows)} prompts, {len(rows) - len(todo)} already done (checkpoint), "
           f"backend {args.backend}, {args.workers} worker(s), {args.batch_prompts} prompt(s) in lockstep", flush=True)

@@ -2,7 +2,8 @@
 layers saved, label distribution) from every shard of one model; printed and written as Parquet + Markdown.
 Beside it, `layer_safety.parquet`: per block, the share of swept prompts on which skipping it alone kept the
 answer (safety labeler shards; none otherwise), in the block influence table's schema with influence = 1 - that
-share, so the `safest@k` baseline removes the k blocks most often safe (drllm.evaluation.baselines).
+share, so the `safest@k` baseline removes the k blocks most often safe (drllm.evaluation.baselines). Also the label
+agreement across seeds on the seed-checked prompts (search.seed_check).
 
 Example:
   python workflow/scripts/search_summary.py --manifest resources/models/smollm2-135m-instruct/drllm_model.json \\

@@ -9,7 +9,8 @@
 * static@k / random@k: the same paths with a fixed budget of k removed blocks (every input, resp. per example),
   independent of the router: swept over k they trace the baselines' accuracy-vs-layers frontier.
 * oracle (CoLa-style ceiling): the length-aware MCTS run on the evaluation item itself, rewarded by its
-  gold answer; the label path (shortest correct) if one exists, else the full path.
+  gold answer under the search's reward (search.reward: robust by default, so a lucky 25% cloze hit is no
+  "correct" path); the label path (shortest correct) if one exists, else the full path.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.search.rewards import PathRewarder
+from drllm.search.rewards import PathRewarder, RewardConfig
 from drllm.search.mcts import MCTSConfig, run_search
 from drllm.core.seeds import derived_seed
 
@@ -113,10 +114,11 @@ def random_seed(seed: int, benchmark: str, example_id: str) -> int:
 
 
 def oracle_search(executor: PathExecutor, answer_format, encoded, mcts: MCTSConfig, seed: int,
-                  prefix_cache: int = 8):
-    """The MCTS on one evaluation item with its gold answer: (path, its outcome, search result)."""
+                  prefix_cache: int = 8, reward: RewardConfig | None = None):
+    """The MCTS on one evaluation item with its gold answer, judged by `reward` (None: binary):
+    (path, its outcome, search result)."""
     rewarder = PathRewarder(executor, answer_format, encoded, cache_size=prefix_cache,
-                            reuse_prefix=prefix_cache > 0)
+                            reuse_prefix=prefix_cache > 0, reward=reward)
     result = run_search(rewarder, executor.num_layers, mcts, seed)
     path = result.best_path if result.best_path is not None else executor.default_path()
     return path, rewarder.outcome(path), result

@@ -26,6 +26,7 @@ from drllm.formats.answers import AnswerFormat
 from drllm.formats.grading import Outcome
 from drllm.formats.prompts import Encoded
 from drllm.search.mcts import MCTSConfig, check_int
+from drllm.search.rewards import RewardConfig
 
 # One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages
 # (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).
@@ -112,6 +113,7 @@ class EvalSettings:
     formats: dict = field(default_factory=dict)
     oracle_samples: int | None = None     # oracle cells: search only the first N sampled examples
     oracle_mcts: MCTSConfig = field(default_factory=MCTSConfig)  # search.mcts with eval.oracle.mcts over it
+    oracle_reward: RewardConfig = field(default_factory=RewardConfig)  # the rule passes search.reward; absent: binary
     prefix_cache: int = 8                 # oracle cells: the search's prefix reuse
 
     @classmethod
@@ -122,10 +124,11 @@ class EvalSettings:
         if unknown:
             raise ValueError(f"unknown evaluation setting(s) {unknown}; expected some of {known}")
         oracle = block.pop("oracle", None) or {}
-        if not isinstance(oracle, dict) or set(oracle) - {"samples", "mcts"}:
-            raise ValueError(f"evaluation setting oracle must be a mapping of samples and mcts, got {oracle!r}")
+        if not isinstance(oracle, dict) or set(oracle) - {"samples", "mcts", "reward"}:
+            raise ValueError(f"evaluation setting oracle must be a mapping of samples, mcts and reward, got {oracle!r}")
         settings = cls(**block, oracle_samples=oracle.get("samples"),
-                       oracle_mcts=MCTSConfig.from_dict(oracle.get("mcts")))
+                       oracle_mcts=MCTSConfig.from_dict(oracle.get("mcts")),
+                       oracle_reward=RewardConfig.from_dict(oracle.get("reward")))
         check_int(settings.seed, "evaluation setting seed")
         check_int(settings.prefix_cache, "evaluation setting prefix_cache", 0)
         samples = settings.oracle_samples

@@ -82,11 +82,12 @@ def build_policy(kind: str, knob, ctx: CellContext, settings: EvalSettings, inpu
             return random_path(executor.num_layers, remove, random_seed(seed, ctx.entry.name, example.id))
         return random_policy
     if kind == "oracle":
-        mcts, prefix_cache = settings.oracle_mcts, settings.prefix_cache
+        mcts, prefix_cache, reward = settings.oracle_mcts, settings.prefix_cache, settings.oracle_reward
 
         def oracle_policy(index, example, encoded):
             path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,
-                                             derived_seed(seed, "oracle", ctx.entry.name, example.id), prefix_cache)
+                                             derived_seed(seed, "oracle", ctx.entry.name, example.id), prefix_cache,
+                                             reward)
             return path, outcome
         return oracle_policy
     raise ValueError(f"unknown method kind {kind!r}")

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from drllm.core.artifacts import ArtifactError, write_parquet, write_text
+from drllm.core.artifacts import ArtifactError, read_provenance, write_parquet, write_text
 from drllm.evaluation.cells import read_cell
 from drllm.evaluation.methods import order_methods
 from drllm.evaluation.plots import plot_accuracy_vs_layers, plot_frontier, plot_layer_actions, plot_routing_consensus
@@ -76,12 +76,25 @@ def describe_sources(sources: Iterable[str]) -> str:
     return f"{len(distinct)} files under {common}… (e.g. {distinct[0]})"
 
 
+def describe_oracle(rewards: dict[str, str] | None, benchmarks: Iterable[str]) -> str:
+    """The report's oracle line: which reward judged the oracle's paths, per benchmark when they differ."""
+    rewards = rewards or {}
+    by_reward: dict[str, list[str]] = defaultdict(list)
+    for benchmark in sorted(benchmarks):
+        by_reward[rewards.get(benchmark, "not recorded")].append(benchmark)
+    text = "; ".join(reward if len(by_reward) == 1 else f"{reward} on {', '.join(names)}"
+                     for reward, names in sorted(by_reward.items()))
+    return (f"`oracle` (reward: {text}): the search run on each item with its gold answer, the shortest path it "
+            "judged correct (else every layer); a ceiling, not a method a router can reach.")
+
+
 def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[str | Path],
                     consensus: list[dict] | None = None, empty_cells: Iterable[str] = (),
                     sources: dict[str, list[str]] | None = None, by_level: list[dict] | None = None,
-                    frontier: list[dict] | None = None, certified: dict | None = None) -> str:
+                    frontier: list[dict] | None = None, oracle_rewards: dict[str, str] | None = None,
+                    certified: dict | None = None) -> str:
     """The report: Table 3 / Table 4 equivalents, the frontier's means, routing consensus, skipped benchmarks,
-    sources, figures."""
+    sources, figures. `oracle_rewards`: benchmark -> the reward its oracle cell used (`cell_oracle_rewards`)."""
     benchmarks = sorted({r["benchmark"] for r in summary})
     methods = order_methods(r["method"] for r in summary)
     cells = {(r["benchmark"], r["method"]): r for r in summary}
@@ -107,6 +120,8 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
             average.append(text)
         out += [markdown_table(["benchmark", "metric", "n", *methods], body + [average]), "",
                 "The average is the unweighted mean over benchmarks where the method exists (k/N when not all).", ""]
+        if "oracle" in methods:
+            out += [describe_oracle(oracle_rewards, [b for b in benchmarks if (b, "oracle") in cells]), ""]
     else:
         out += ["_No evaluation results._", ""]
 
@@ -231,6 +246,25 @@ def load_cells(cell_paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]
     return rows, empty
 
 
+def cell_oracle_rewards(cell_paths: Iterable[str | Path]) -> dict[str, str]:
+    """benchmark -> the reward that judged its oracle cell's paths, read from the cell's provenance (the settings'
+    `oracle.reward`, which the rules fill with search.reward). An oracle cell recorded without one used the binary
+    reward (the code before the reward was passed); cells without provenance are left out ("not recorded")."""
+    from drllm.search.rewards import RewardConfig
+
+    rewards = {}
+    for path in cell_paths:
+        record = read_provenance(path, "evaluation cell")
+        config = (record or {}).get("config") or {}
+        if not isinstance(config, dict) or config.get("method") != "oracle":
+            continue
+        oracle = (config.get("settings") or {}).get("oracle") or {}
+        name = (config.get("entry") or {}).get("name")
+        if name is not None:
+            rewards[name] = RewardConfig.from_dict(oracle.get("reward")).describe()
+    return rewards
+
+
 def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir, seed: int = 0,
                  in_domain: Iterable[str] | None = None, provenance: dict | None = None,
                  certified: dict | None = None) -> dict:
@@ -239,6 +273,7 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     `provenance`: stored in both Parquet tables (drllm.core.provenance); `certified`: the calibration file's
     `certified` object (router@certified), shown with the observed drops."""
     skipped = validate_skipped(skipped)
+    cell_paths = list(cell_paths)
     rows, empty = load_cells(cell_paths)
     summary = summarize_cells(rows, seed=seed)
     frontier = frontier_points(summary, in_domain)
@@ -256,5 +291,6 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     write_text(paths["report"], render_markdown(summary, skipped, [paths[n] for n in FIGURES],
                                                 consensus=routing_consensus(rows), empty_cells=empty,
                                                 sources=_sources(rows), by_level=scores_by_level(rows),
-                                                frontier=frontier, certified=certified))
+                                                frontier=frontier, oracle_rewards=cell_oracle_rewards(cell_paths),
+                                                certified=certified))
     return paths

@@ -12,14 +12,21 @@ State and actions
 
 One simulation (mode "branching")
   Descend from the root. At each node: if it may expand (see widening) and has untried actions, expand one of
-  them chosen uniformly at random (seeded numpy Generator), evaluate the child path (memoised: path -> reward, so a
-  path reached again through another edit sequence costs no evaluation), back-propagate the RAW reward (no length
-  term) to it and all its ancestors, and end the simulation. Otherwise pick a child: with probability
-  random_child_prob a uniformly random one, else argmax of
+  them (see expansion), evaluate the child path (memoised: path -> reward, so a path reached again through another
+  edit sequence costs no evaluation), back-propagate the RAW reward (no length term) to it and all its ancestors,
+  and end the simulation. Otherwise pick a child: with probability random_child_prob a uniformly random one
+  (expansion "random" only), else argmax of
       UCB(child) = Q/v + c * sqrt(ln V_parent / v) - lambda * |child path| / L
   (unvisited child = +inf; ties -> lowest index) and descend. A node with no children and no legal actions is
   terminal: its own reward is back-propagated and the simulation ends. The root is evaluated first and counts as
   the root's first visit.
+
+Expansion (`expansion`)
+  "random" (the paper's and the authors' code: they shuffle the actions): the untried action is drawn uniformly
+  (seeded numpy Generator) and a random child is taken with probability random_child_prob.
+  "ordered": the untried actions are expanded in the fixed order of `legal_actions` (skips by position, then
+  length, then repeats by position; so the earliest positions are tried first), and there is no random child
+  (random_child_prob is ignored). Nothing then draws a random number: the result does not depend on the seed.
 
 Progressive widening (our choice; the paper is silent)
   "Expand every untried action first" with ~3L actions per node and 50 simulations only ever builds depth 1, so a
@@ -29,8 +36,8 @@ Progressive widening (our choice; the paper is silent)
 
 Mode "chain" (the authors' released code)
   Expansion happens only at childless nodes, so every node gets at most one child and the "tree" is a random chain
-  of cumulative edits; selection just walks down the chain (UCB, lambda, random_child_prob and widening have no
-  effect). Kept to compare against the branching search.
+  of cumulative edits (with expansion "ordered": each time the first legal edit); selection just walks down the
+  chain (UCB, lambda, random_child_prob and widening have no effect). Kept to compare against the branching search.
 
 Early stop (early_stop=True)
   Default path wrong: stop at the first correct path ("W->C"). Default right: stop once a correct path with
@@ -40,12 +47,16 @@ Budget
   max_evaluations (optional) ends the search once that many distinct paths were evaluated: the chain revisits
   known paths often, so comparing modes by simulations would favour the branching search.
 
-Label
-  The shortest correct path over every evaluated path; ties: fewer unique layers, then the earliest evaluated.
-  None when no path is correct (such prompts are dropped from training data).
+Label (`tie_break`)
+  The shortest correct path over every evaluated path; None when no path is correct (such prompts are dropped
+  from training data). Ties among equally short correct paths:
+  "first" (the paper's rule, then evaluation order): fewer unique layers, then the earliest evaluated.
+  "canonical": fewer deviations from the default path (layers whose count != 1), then the lexicographically
+  smallest per-layer count vector (e.g. (0,1,1,1) before (1,0,1,1): the earliest layer skipped). A total order
+  on paths, so among the correct paths found the label does not depend on the order they were evaluated in.
 
 Determinism: the same callback, config and seed give the identical result; all randomness comes from one
-`numpy.random.default_rng(seed)`.
+`numpy.random.default_rng(seed)`, which expansion "ordered" never draws from.
 
 Driving it: `search_steps` is the search as a coroutine (it yields each path to evaluate and takes the reward
 back), so its whole state is the suspended search; `run_search` drives one with a callback, `run_searches`
@@ -62,6 +73,8 @@ import numpy as np
 from drllm.core.paths import MAX_REPEATS, LayerPath, PathError
 
 MODES = ("branching", "chain")
+EXPANSIONS = ("random", "ordered")   # untried action drawn at random (paper) | in legal_actions order
+TIE_BREAKS = ("first", "canonical")  # equally short correct paths: earliest evaluated | a fixed order on paths
 ACTION_KINDS = ("skip", "repeat")
 CORRECT_THRESHOLD = 0.5
 
@@ -83,6 +96,8 @@ class MCTSConfig:
     widening: float | None = 0.5    # progressive widening exponent alpha; None = expand every untried action first
     widening_k: float = 1.0
     max_evaluations: int | None = None  # optional budget of real evaluations (compare modes at equal cost)
+    expansion: str = "random"       # "random" (paper) | "ordered" (legal_actions order, no random child: seedless)
+    tie_break: str = "first"        # label ties: "first" (fewer unique layers, earliest evaluated) | "canonical"
 
     def __post_init__(self) -> None:
         if isinstance(self.widening, str) and self.widening.strip().lower() in ("none", "null", ""):
@@ -108,6 +123,10 @@ class MCTSConfig:
             raise ValueError(f"MCTS config: widening_k must be > 0, got {self.widening_k!r}")
         if self.max_evaluations is not None:
             _check_int(self.max_evaluations, "max_evaluations", 1)
+        if self.expansion not in EXPANSIONS:
+            raise ValueError(f"MCTS config: expansion must be one of {list(EXPANSIONS)}, got {self.expansion!r}")
+        if self.tie_break not in TIE_BREAKS:
+            raise ValueError(f"MCTS config: tie_break must be one of {list(TIE_BREAKS)}, got {self.tie_break!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "MCTSConfig":
@@ -301,16 +320,17 @@ def select_child(tree: Tree, index: int, config: MCTSConfig, rng: np.random.Gene
     node = tree.nodes[index]
     if config.mode == "chain":
         return node.children[0]
-    if rng.random() < config.random_child_prob:
+    if config.expansion == "random" and rng.random() < config.random_child_prob:
         return node.children[int(rng.integers(len(node.children)))]
     scores = [ucb_score(tree.nodes[c], node.visits, config, tree.num_layers) for c in node.children]
     return node.children[int(np.argmax(scores))]  # argmax returns the first (lowest index) maximum
 
 
 def expand(tree: Tree, index: int, config: MCTSConfig, rng: np.random.Generator) -> int:
-    """Add one untried action of node `index`, chosen uniformly at random; returns the new node."""
+    """Add one untried action of node `index`: chosen uniformly at random (expansion "random"), or the first in
+    `legal_actions` order (expansion "ordered"); returns the new node."""
     untried = untried_actions(tree, index, config)
-    action = untried.pop(int(rng.integers(len(untried))))
+    action = untried.pop(0 if config.expansion == "ordered" else int(rng.integers(len(untried))))
     return tree.add(action.apply(tree.nodes[index].path), index, action)
 
 
@@ -334,15 +354,31 @@ def early_stop_reached(default_correct: bool, path: LayerPath, reward: float, co
 
 
 def label_key(item: tuple[int, tuple[LayerPath, float]]) -> tuple[int, int, int]:
+    """tie_break "first": length, then unique layers, then evaluation order."""
     order, (path, _) = item
     return len(path), path.unique_layers, order
 
 
-def select_label(evaluated: list[tuple[LayerPath, float]]) -> LayerPath | None:
-    """Shortest correct path; ties: fewer unique layers, then the earliest evaluated. None if none is correct."""
+def deviations(path: LayerPath) -> int:
+    """Layers whose count differs from the default path's 1 (skipped or repeated)."""
+    return sum(count != 1 for count in path.counts())
+
+
+def canonical_key(path: LayerPath) -> tuple[int, int, tuple[int, ...]]:
+    """tie_break "canonical": length, then deviations from the default, then the per-layer count vector."""
+    return len(path), deviations(path), tuple(path.counts())
+
+
+def select_label(evaluated: list[tuple[LayerPath, float]], tie_break: str = "first") -> LayerPath | None:
+    """Shortest correct path; ties by `tie_break` ("first": fewer unique layers, then the earliest evaluated;
+    "canonical": fewer deviations from the default, then the smallest count vector). None if none is correct."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {list(TIE_BREAKS)}, got {tie_break!r}")
     correct = [(order, item) for order, item in enumerate(evaluated) if is_correct(item[1])]
     if not correct:
         return None
+    if tie_break == "canonical":
+        return min((path for _, (path, _) in correct), key=canonical_key)
     return min(correct, key=label_key)[1][0]
 
 
@@ -454,7 +490,7 @@ def search_steps(num_layers: int, config: MCTSConfig, seed: int) -> SearchSteps:
             break
         if config.max_evaluations is not None and len(memo.evaluated) >= config.max_evaluations:
             break
-    return SearchResult(default_correct=default_correct, best_path=select_label(memo.evaluated),
+    return SearchResult(default_correct=default_correct, best_path=select_label(memo.evaluated, config.tie_break),
                         evaluated=list(memo.evaluated), simulations=simulations,
                         evaluations=len(memo.evaluated), stopped_early=stopped, tree=tree)
 

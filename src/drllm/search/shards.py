@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
 from drllm.core.seeds import derived_seed
@@ -39,7 +40,8 @@ SHARD_SCHEMA = pa.schema([
     pa.field("kept", pa.bool_(), nullable=False),               # a correct path exists: a training sample
     pa.field("best_path", pa.list_(pa.int16())),                # layer ids of the label path (null if not kept)
     pa.field("labels", pa.list_(pa.int8())),                    # per-layer counts 0/1/2 (null if not kept)
-    pa.field("labels_check", pa.list_(pa.int8())),              # the label of a second search seed (search.seed_check)
+    pa.field("labels_check", pa.list_(pa.int8())),              # the label of a second seed (search.seed_check);
+    #                                                             null: not checked, or that search kept nothing
     pa.field("best_length", pa.int64()),
     pa.field("layers_saved", pa.int64()),                       # num_layers - best_length
     pa.field("wrong_to_correct", pa.bool_(), nullable=False),
@@ -76,6 +78,9 @@ SEARCH_SUMMARY_SCHEMA = pa.schema([
     pa.field("execute_share", pa.float64(), nullable=False),
     pa.field("repeat_share", pa.float64(), nullable=False),
     pa.field("reward", pa.string(), nullable=False),           # the reward(s) that judged the task's paths
+    pa.field("seed_checked", pa.int64(), nullable=False),      # prompts with a label from both seeds
+    pa.field("label_agreement", pa.float64()),                 # mean share of layers with equal counts (null: none)
+    pa.field("deviation_jaccard", pa.float64()),               # mean Jaccard of the layers with count != 1
 ])
 ALL_TASKS = "all"  # the summary row over every task
 # The paper's Table 2 figures for its 4,000 kept samples (METHOD.md §4), shown beside ours.
@@ -132,9 +137,23 @@ def write_shard(path, rows: list[dict], provenance: dict | None = None) -> None:
     write_parquet(path, sorted(rows, key=lambda r: r["prompt_index"]), SHARD_SCHEMA, "search shard", provenance)
 
 
+def seed_check_ids(rows: list[dict], count: int) -> set[str]:
+    """The ids of a shard's first `count` prompts by prompt_index: those `search.seed_check` searches twice."""
+    return {row["id"] for row in sorted(rows, key=lambda r: r["prompt_index"])[:count]}
+
+
 def read_shard(path, model: str | None = None, num_layers: int | None = None) -> list[dict]:
-    """Read a shard; with `model`/`num_layers`, reject shards written for another model."""
-    rows = read_parquet(path, SHARD_SCHEMA, "search shard").to_pylist()
+    """Read a shard; with `model`/`num_layers`, reject shards written for another model. A shard written before
+    `labels_check` existed reads with it null (nothing was checked)."""
+    try:
+        before_check = "labels_check" not in pq.read_schema(path).names
+    except (OSError, pa.ArrowInvalid):
+        before_check = False  # read_parquet below names the missing or unreadable file
+    if before_check:
+        before = SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("labels_check"))
+        rows = [{**row, "labels_check": None} for row in read_parquet(path, before, "search shard").to_pylist()]
+    else:
+        rows = read_parquet(path, SHARD_SCHEMA, "search shard").to_pylist()
     for row in rows:
         if model is not None and row["model"] != model:
             raise ArtifactError(f"search shard {path} is from model {row['model']!r}, expected {model!r}")
@@ -191,10 +210,23 @@ class Checkpoint:
             self.path.unlink()
 
 
+def label_agreement(first: list[int], second: list[int]) -> tuple[float, float]:
+    """(share of layers whose count is equal in both labels, Jaccard of their sets of layers with count != 1;
+    1.0 when neither deviates from the default)."""
+    if len(first) != len(second):
+        raise ArtifactError(f"labels of different lengths cannot be compared: {first} and {second}")
+    equal = sum(a == b for a, b in zip(first, second)) / max(1, len(first))
+    one = {layer for layer, count in enumerate(first) if count != 1}
+    two = {layer for layer, count in enumerate(second) if count != 1}
+    return equal, (len(one & two) / len(one | two)) if one | two else 1.0
+
+
 def _summary_row(task: str, task_rows: list[dict]) -> dict:
     kept = [r for r in task_rows if r["kept"]]
     labels = [count for r in kept for count in r["labels"]]
     total = max(1, len(labels))
+    pairs = [label_agreement(r["labels"], r["labels_check"]) for r in task_rows
+             if r["labels"] is not None and r.get("labels_check") is not None]
     return {
         "task": task,
         "prompts": len(task_rows),
@@ -209,12 +241,18 @@ def _summary_row(task: str, task_rows: list[dict]) -> dict:
         "execute_share": labels.count(1) / total,
         "repeat_share": labels.count(2) / total,
         "reward": " + ".join(sorted({r["reward"] for r in task_rows})),
+        "seed_checked": len(pairs),
+        "label_agreement": sum(p[0] for p in pairs) / len(pairs) if pairs else None,
+        "deviation_jaccard": sum(p[1] for p in pairs) / len(pairs) if pairs else None,
     }
 
 
 def summarize_search(rows: Iterable[dict]) -> list[dict]:
     """The paper's Table 2 per task (kept samples, visited paths, forward passes, W->C share, layers saved,
-    label mix), then one row `all` over every task (the label statistics to hold against the paper's)."""
+    label mix), then one row `all` over every task (the label statistics to hold against the paper's). Beside
+    them, the label agreement across seeds over the prompts with a label from both (`labels`, `labels_check`):
+    `seed_checked`, `label_agreement` (mean share of layers with equal counts) and `deviation_jaccard` (mean
+    Jaccard of the sets of layers with count != 1); null without such prompts."""
     rows = list(rows)
     by_task: dict[str, list[dict]] = {}
     for row in rows:
@@ -231,20 +269,30 @@ def write_summary(path, summary: list[dict], provenance: dict | None = None) -> 
     write_parquet(path, summary, SEARCH_SUMMARY_SCHEMA, "search summary", provenance)
 
 
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def format_summary(summary: list[dict]) -> str:
-    """Markdown Table 2, with the paper's label statistics as the last row."""
+    """Markdown Table 2, with the paper's label statistics as the last row, and the label agreement across seeds
+    (seed-checked prompts, share of equal layer counts, Jaccard of the deviating layers)."""
     header = ("| task | prompts | kept | default correct | visited paths | forward passes | W->C share | "
-              "mean layers saved | skip/exec/repeat % | reward |")
-    lines = [header, "|" + "---|" * 10]
+              "mean layers saved | skip/exec/repeat % | reward | seed-checked | label agreement | "
+              "deviation Jaccard |")
+    lines = [header, "|" + "---|" * 13]
     for s in summary:
         lines.append(f"| {s['task']} | {s['prompts']} | {s['kept_samples']} | {s['default_correct']} | "
                      f"{s['visited_paths']} | {s['forward_passes']} | {s['wrong_to_correct_share']:.2f} | "
                      f"{s['mean_layers_saved']:.2f} | {100 * s['skip_share']:.1f}/{100 * s['execute_share']:.1f}/"
-                     f"{100 * s['repeat_share']:.1f} | {s['reward']} |")
+                     f"{100 * s['repeat_share']:.1f} | {s['reward']} | {s['seed_checked']} | "
+                     f"{_share(s['label_agreement'])} | {_share(s['deviation_jaccard'])} |")
     paper = PAPER_LABEL_STATS
     lines.append(f"| paper (4,000 samples) | | 4000 | | | | {paper['wrong_to_correct_share']:.2f} | "
                  f"{paper['mean_layers_saved']:.2f} | {100 * paper['skip_share']:.1f}/"
-                 f"{100 * paper['execute_share']:.1f}/{100 * paper['repeat_share']:.1f} | binary |")
+                 f"{100 * paper['execute_share']:.1f}/{100 * paper['repeat_share']:.1f} | binary | | | |")
+    lines += ["", "Label agreement across seeds: on the seed-checked prompts (`search.seed_check` per shard) with a "
+              "label from both seeds, the mean share of layers whose count is equal in both labels, and the mean "
+              "Jaccard of their sets of skipped or repeated layers (1 when neither deviates)."]
     return "\n".join(lines)
 
 

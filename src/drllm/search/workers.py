@@ -58,10 +58,12 @@ class SearchSettings:
     reward: dict[str, Any] = field(default_factory=dict)  # drllm.search.rewards.RewardConfig fields; {} = binary
     labeler: str = "mcts"           # mcts (the paper's single path) | safety (drllm.search.safety)
     safety: dict[str, Any] = field(default_factory=dict)  # drllm.search.safety.SafetyConfig fields
+    seed_check: int = 0             # per shard, the first N prompts searched again with a second seed; 0 = off
 
     def __post_init__(self) -> None:
         check_int(self.seed, "search.seed")
         check_int(self.prefix_cache, "search.prefix_cache", 0)
+        check_int(self.seed_check, "search.seed_check", 0)
         if not isinstance(self.chat_template, bool):
             raise ValueError(f"search.chat_template must be true or false, got {self.chat_template!r}")
         if self.labeler not in LABELERS:
@@ -115,7 +117,12 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
     one batch (`drllm.search.rewards.rewards_together`: multiple-choice prompts scored as one mixed-path batch,
     generation prompts decoded as one). Each prompt's
     search is seeded on its own, so the rows equal searching the prompts one at a time (timing aside).
-    `wall_seconds` shares the batch's time evenly among its prompts."""
+    `wall_seconds` shares the batch's time evenly among its prompts.
+
+    Rows marked `seed_check: true` (search.py marks the first `settings.seed_check` of a shard) are searched a
+    second time with the seed derived from (seed + 1, task, id) and the same rewarder, so paths the first search
+    evaluated cost nothing; that label is the row's `labels_check`. The row's cost columns count the first search
+    only."""
     started = time.perf_counter()
     reward = settings.reward_config()
     config = settings.mcts_config()
@@ -132,9 +139,33 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
         steps = [search_steps(executor.num_layers, config, seed) for *_, seed in prompts]
     results = run_searches(lambda batch: rewards_together([(prompts[index][2], path) for index, path in batch]),
                            steps)
+    stats = [dataclasses.replace(rewarder.stats) for _, _, rewarder, _ in prompts]  # before the seed check
+    if settings.labeler == "safety":  # no seed: the check reruns the sweep on the kept outcomes (no evaluation)
+        def second(item):
+            return sweep_steps(executor.num_layers, settings.safety_config(), _margin_reader(item[0]))
+    else:
+        def second(item):
+            return search_steps(executor.num_layers, config, item[1])
+    checks = seed_check_labels(second, [
+        (rewarder, derived_seed(settings.seed + 1, row["task"], row["id"])) if row.get("seed_check") else None
+        for row, _, rewarder, _ in prompts])
     seconds = (time.perf_counter() - started) / max(1, len(rows))
-    return [_shard_row(executor, settings, row, encoded, rewarder, result, seed, reward, seconds)
-            for (row, encoded, rewarder, seed), result in zip(prompts, results)]
+    return [_shard_row(executor, settings, row, encoded, rewarder, result, seed, reward, seconds, stat, check)
+            for (row, encoded, rewarder, seed), result, stat, check in zip(prompts, results, stats, checks)]
+
+
+def seed_check_labels(second, items: list) -> list:
+    """The label (LayerPath or None) of a second search per item (rewarder, seed), in lockstep; None items stay
+    None; `second(item)` starts that search (a coroutine: mcts.search_steps with the item's seed, or the safety
+    sweep). The rewarders keep their evaluated paths, so only paths new to the second search cost an evaluation."""
+    todo = [index for index, item in enumerate(items) if item is not None]
+    results = run_searches(
+        lambda batch: rewards_together([(items[todo[index]][0], path) for index, path in batch]),
+        [second(items[index]) for index in todo])
+    labels: list = [None] * len(items)
+    for index, result in zip(todo, results):
+        labels[index] = result.best_path
+    return labels
 
 
 def _margin_reader(rewarder: PathRewarder):
@@ -149,7 +180,8 @@ def _margin_reader(rewarder: PathRewarder):
 
 
 def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, encoded, rewarder: PathRewarder,
-               result, seed: int, reward: RewardConfig, seconds: float) -> dict:
+               result, seed: int, reward: RewardConfig, seconds: float, stats, check) -> dict:
+    """One shard row; `stats`: the rewarder's counts after the first search; `check`: the seed check's label."""
     default = tuple(range(executor.num_layers))
     best = result.best_path
     default_correct = result.default_correct
@@ -163,16 +195,16 @@ def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, enco
         "default_correct": default_correct, "kept": best is not None,
         "best_path": list(best) if best is not None else None,
         "labels": best.counts() if best is not None else None,
-        "labels_check": None,
+        "labels_check": check.counts() if check is not None else None,
         "best_length": len(best) if best is not None else None,
         "layers_saved": executor.num_layers - len(best) if best is not None else None,
         "wrong_to_correct": result.wrong_to_correct,
         "prediction_default": rewarder.outcomes[default].prediction,
         "prediction_best": rewarder.outcomes[tuple(best)].prediction if best is not None else None,
-        "simulations": result.simulations, "evaluations": rewarder.stats.evaluations,
-        "forward_passes": rewarder.stats.forward_passes,
-        "layer_applications": rewarder.stats.layer_applications,
-        "layer_applications_full": rewarder.stats.layer_applications_full,
+        "simulations": result.simulations, "evaluations": stats.evaluations,
+        "forward_passes": stats.forward_passes,
+        "layer_applications": stats.layer_applications,
+        "layer_applications_full": stats.layer_applications_full,
         "evaluated": [{"path": str(path), "reward": reward} for path, reward in result.evaluated],
         "max_fanout": result.max_fanout, "max_depth": result.max_depth,
         "reward": reward.describe(),
