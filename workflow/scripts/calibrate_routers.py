@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -30,6 +31,9 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.routing.router import RouterStack
 from drllm.search.shards import read_prompts
+
+EPSILON_SWEEP = (0.005, 0.01, 0.02, 0.03, 0.05)  # calibration.json `certified.by_epsilon`: the same test at these
+
 
 def parse_config(text: str) -> CalibrationConfig:
     try:
@@ -99,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                                           progress=not args.no_progress)
         (axis, value), notes = choose_operating_point(curve, config.max_drop)
         certified = certify_point(losses, config.certify) if config.certify is not None else None
+        if certified is not None:  # what the same losses certify at other epsilons (no further evaluation)
+            certified["by_epsilon"] = [
+                {"epsilon": epsilon, **{key: point[key] for key in ("point", "certified", "mean_layers_saved",
+                                                                    "risk_bound")}}
+                for epsilon in EPSILON_SWEEP
+                for point in [certify_point(losses, dataclasses.replace(config.certify, epsilon=epsilon))]]
     except (ArtifactError, ValueError) as exc:
         print(f"calibrate_routers: error: {exc}", file=sys.stderr)
         return 2
@@ -122,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if certified is not None:
         print(f"calibrate: certified {certified['point']} ({certified['certificate']['reason']}), saving "
               f"{certified['mean_layers_saved']:.2f} layers per example")
+        for row in certified["by_epsilon"]:
+            print(f"calibrate: at epsilon {row['epsilon']:g}: {row['point']} "
+                  f"({'certified' if row['certified'] else 'nothing certified'}), saving "
+                  f"{row['mean_layers_saved']:.2f} layers, risk bound {row['risk_bound']:.4f}")
     return 0
 
 
