@@ -179,7 +179,9 @@ def eval_settings(wc):
         settings["oracle"] = {
             "samples": EVAL["oracle"]["samples"],
             "mcts": {**SEARCH["mcts"], **EVAL["oracle"]["mcts"]},
-            "reward": SEARCH["reward"],  # the search's reward judges the oracle's paths (recorded in provenance)
+            # eval.oracle.reward over the search's (recorded in provenance): a gold-free agreement reward would
+            # make the "oracle" search for the full model's own answer, so config.yaml sets robust there
+            "reward": {**SEARCH["reward"], **EVAL["oracle"].get("reward", {})},
         }
         settings["prefix_cache"] = SEARCH["prefix_cache"]
     return json.dumps(settings, sort_keys=True)
