@@ -16,7 +16,7 @@ from drllm.data.examples import Example, write_examples
 from drllm.data.registry import load_benchmark
 from drllm.evaluation.cells import (EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
                                     read_calibration, read_cell, sample_examples)
-from drllm.evaluation.methods import CALIBRATED, method_name, parse_method
+from drllm.evaluation.methods import CALIBRATED, CERTIFIED, Threshold, frontier_line, method_name, parse_method
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.router import RouterConfig, RouterStack
@@ -34,14 +34,20 @@ def test_methods_parse_with_clear_errors():
     assert parse_method("router@0.5") == ("router", 0.5)
     assert parse_method("static@3") == ("static", 3) and parse_method("random@0") == ("random", 0)
     assert parse_method("router@calibrated") == ("router", CALIBRATED)
-    for name in ("base", "router@-0.25", "router@calibrated", "static", "static@3", "random@12", "oracle"):
+    assert parse_method("router@certified") == ("router", CERTIFIED)
+    assert parse_method("router@t0.9") == ("router", Threshold(0.9)) and parse_method("safest@2") == ("safest", 2)
+    assert frontier_line("router@t0.9") == "router@t" and frontier_line("safest@2") == "safest@k"
+    for name in ("base", "router@-0.25", "router@calibrated", "router@certified", "router@t0.95", "static",
+                 "static@3", "random@12", "safest", "safest@4", "oracle"):
         assert method_name(*parse_method(name)) == name  # the cell's method column is its file name
     for bad, match in [("greedy", "unknown evaluation method"), ("router@x", "must be a number"),
                        ("router@1.5", "must be in"), ("oracle@2", "unknown evaluation method"),
                        ("base@calibrated", "unknown evaluation method"), ("static@-1", "non-negative integer"),
                        ("static@1.5", "non-negative integer"), ("static@0.1", "non-negative integer"),
                        ("random@x", "non-negative integer"), ("random@02", "non-negative integer"),
-                       ("static@calibrated", "non-negative integer")]:
+                       ("static@calibrated", "non-negative integer"), ("router@t1.5", "threshold must be in"),
+                       ("router@t0.90", "threshold must be in"), ("router@tx", "threshold after '@t'"),
+                       ("safest@certified", "non-negative integer")]:
         with pytest.raises(ValueError, match=match) as err:
             parse_method(bad)
         assert repr(bad) in str(err.value)
@@ -388,3 +394,23 @@ def test_oracle_is_judged_by_the_search_reward_and_the_report_names_it(tiny_inpu
     assert "`oracle` (reward: binary(margin=0,epsilon=none,min_f1=0.5)):" in report
     assert tiny_cell(tiny_inputs, "base", tmp_path / "base.parquet", data=data) == 0
     assert "`oracle`" not in build_report([tmp_path / "base.parquet"], [], tmp_path / "r3")["report"].read_text()
+
+
+def test_rule_regex_and_schema_pattern_accept_the_method_grammar():
+    """rules/eval.smk's wildcard constraint and the schema's entry-methods pattern spell parse_method's grammar."""
+    import re
+
+    import yaml
+
+    from conftest import REPO
+
+    rule = re.search(r'method=r"([^"]+)"', (REPO / "rules" / "eval.smk").read_text()).group(1)
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    entry = schema["properties"]["eval"]["properties"]["benchmarks"]["additionalProperties"]
+    pattern = entry["properties"]["methods"]["items"]["pattern"]
+    for name in ("base", "oracle", "router", "router@-0.25", "router@t0.9", "router@calibrated",
+                 "router@certified", "static", "static@2", "random@3", "safest", "safest@4"):
+        parse_method(name)
+        assert re.fullmatch(rule, name) and re.fullmatch(pattern, name), name
+    for name in ("greedy", "router@x", "safest@calibrated", "oracle@2"):
+        assert not (re.fullmatch(rule, name) and re.fullmatch(pattern, name)), name
