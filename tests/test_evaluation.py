@@ -293,7 +293,8 @@ def tiny_cell(root, method, out, *extra, settings=None, data=None):
     entry = {"name": "arc", "benchmark": "arc_easy", "split": "test", "format": "cloze"}
     return evaluate_cli.main(["--model-dir", str(root / "model"), "--data", str(data or root / "records.parquet"),
                               "--entry-json", json.dumps(entry), "--method", method,
-                              "--settings-json", json.dumps(settings or {"seed": 4}), "--routers", str(root / "routers"),
+                              "--settings-json", json.dumps(settings or {"seed": 4}),
+                              "--routers", str(root / "routers"),
                               "--influence", str(root / "bi.parquet"), "--device", "cpu", "--dtype", "float32",
                               "--no-progress", "--out", str(out), *extra])
 

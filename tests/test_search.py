@@ -640,8 +640,10 @@ def test_seed_check_searches_again_with_a_second_seed(expansion):
     rows = search_prompts(executor, tokenizer, marked, settings(3))
     alone = search_prompts(executor, tokenizer, prompts, settings(0))
     assert sum(row["kept"] for row in rows) >= 2, "the tiny model should keep some prompts"
+    def strip(row):
+        return {k: v for k, v in row.items() if k not in ("wall_seconds", "search_config", "labels_check")}
+
     for row, other, prompt in zip(rows, alone, marked):
-        strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_seconds", "search_config", "labels_check")}  # noqa: E731
         assert strip(row) == strip(other) and other["labels_check"] is None
         if not prompt["seed_check"]:
             assert row["labels_check"] is None
