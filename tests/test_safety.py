@@ -188,3 +188,35 @@ def test_safety_target_trains_routers_to_the_per_layer_rate():
     no_targets = FeatureCache(cache.prompt_ids, means, cache.window_mask, cache.labels)
     with pytest.raises(Exception, match="search.labeler: safety"):
         train_routers(stack, no_targets, config)
+
+
+def test_standardised_training_folds_into_the_first_layer_exactly():
+    from drllm.routing.features import FeatureCache
+    from drllm.routing.router import RouterConfig, RouterStack
+    from drllm.routing.training import (TrainConfig, feature_statistics, fold_standardization, standardized,
+                                        train_routers)
+
+    torch.manual_seed(1)
+    n, L, W, d = 32, 2, 2, 6
+    means = torch.randn(n, L, W, d) * 300 + 1000  # residual-stream scale: norms in the hundreds
+    mask = torch.ones(n, W, dtype=torch.bool)
+    mask[:3, 1] = False
+    safety = (torch.rand(n, L) > 0.5).float()
+    cache = FeatureCache([f"s{i}" for i in range(n)], means, mask, torch.ones(n, L, dtype=torch.long), safety)
+    mean, std = feature_statistics(cache)
+    scaled = standardized(cache, mean, std)
+    valid = scaled.means[mask[:, None, :, None].expand_as(scaled.means)].view(-1)
+    assert abs(float(valid.mean())) < 1e-4
+    stack = RouterStack(RouterConfig(base_model="t", num_layers=L, hidden_size=d, windows=W, hidden=8), seed=0)
+    with torch.no_grad():
+        on_scaled = stack(scaled.means, mask)
+        fold_standardization(stack, mean, std)
+        assert torch.allclose(stack(means, mask), on_scaled, atol=1e-3, rtol=1e-4)
+    # training with standardize leaves routers that take raw features
+    config = TrainConfig(target="safety", standardize=True, epochs=3, batch_size=8, windows=W, hidden=8,
+                         val_fraction=0.0, select_epoch="last")
+    fresh = RouterStack(RouterConfig(base_model="t", num_layers=L, hidden_size=d, windows=W, hidden=8), seed=0)
+    history = train_routers(fresh, cache, config)
+    assert len(history.epochs) == 3
+    with torch.no_grad():
+        assert torch.isfinite(fresh(means, mask)).all() and fresh(means, mask).abs().max() < 50

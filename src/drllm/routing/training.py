@@ -112,6 +112,11 @@ class TrainConfig:
     cache_dtype: str = "float32"    # or "bfloat16" to halve the feature cache
     cache_batch_size: int = 8       # prompts per teacher-forced forward when building features
     max_grad_norm: float | None = None
+    standardize: bool = False       # train on window features standardised per (layer, dim) with the training cache's
+    #                                 statistics, folded into each router's first layer afterwards (exact)
+    prior_init: bool = False        # target safety: start every router at its layer's training safe rate (output
+    #                                 weights 0, biases = the prior's log-probabilities), so training moves away
+    #                                 from the per-layer prior only where the prompt features pay for it
     target: str = "path"            # path (the label path's counts, focal loss: paper) | safety (per-layer safety)
     threshold: float = 0.5          # target safety: the routers' default decision, skip when P(skip) >= threshold
     pool_exclude_first: bool = False  # pooling leaves each prompt's first token (a constant state) out
@@ -161,6 +166,12 @@ class TrainConfig:
                 or not 0.0 <= self.threshold <= 1.0):
             raise ValueError(f"train config: threshold must be a number in [0, 1], got {self.threshold!r}")
         self.threshold = float(self.threshold)
+        if not isinstance(self.prior_init, bool):
+            raise ValueError(f"train config: prior_init must be true or false, got {self.prior_init!r}")
+        if self.prior_init and self.target != "safety":
+            raise ValueError("train config: prior_init needs target safety (it starts from the per-layer safe rate)")
+        if not isinstance(self.standardize, bool):
+            raise ValueError(f"train config: standardize must be true or false, got {self.standardize!r}")
         if not isinstance(self.pool_exclude_first, bool):
             raise ValueError(f"train config: pool_exclude_first must be true or false, got {self.pool_exclude_first!r}")
         if self.select_epoch not in SELECT_EPOCH:
@@ -483,6 +494,33 @@ def evaluate_cache(stack: RouterStack, cache: FeatureCache, weights: torch.Tenso
     return {"loss": float(focal_loss(logits, labels, weights, gamma)), **classification_metrics(logits, labels)}
 
 
+def feature_statistics(cache: FeatureCache, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation [L, d] of the valid window means of a cache, per layer and dimension."""
+    weights = cache.window_mask.to(torch.float32)[:, None, :, None]  # [N, 1, W, 1]
+    count = weights.sum()
+    means = cache.means.float()
+    mean = (means * weights).sum((0, 2)) / count
+    var = (((means - mean[None, :, None, :]) ** 2) * weights).sum((0, 2)) / count
+    return mean, var.sqrt().clamp(min=eps)
+
+
+def standardized(cache: FeatureCache, mean: torch.Tensor, std: torch.Tensor) -> FeatureCache:
+    """The cache with each window mean standardised: (x - mean[l]) / std[l] (float32)."""
+    scaled = (cache.means.float() - mean[None, :, None, :].to(cache.means.device)) / std[None, :, None, :].to(
+        cache.means.device)
+    return FeatureCache(cache.prompt_ids, scaled, cache.window_mask, cache.labels, cache.safety)
+
+
+def fold_standardization(stack: RouterStack, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make routers trained on standardised features take raw ones: fc1(x') with x' = (x - m) / s equals
+    fc1'(x) with W' = W / s and b' = b - W (m / s), so inference needs no extra step (float32 rounding aside)."""
+    with torch.no_grad():
+        for layer, router in enumerate(stack.routers):
+            m, s = mean[layer].to(router.fc1.weight), std[layer].to(router.fc1.weight)
+            router.fc1.bias.sub_(router.fc1.weight @ (m / s))
+            router.fc1.weight.div_(s[None, :])
+
+
 def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
                   val_cache: FeatureCache | None = None, log: Callable[[str], None] | None = None) -> TrainHistory:
     """Train `stack` in place on cached teacher-forced features; returns the per-epoch history.
@@ -496,6 +534,32 @@ def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
         raise ArtifactError("no training samples in the feature cache")
     _check_stack(stack, cache.num_layers, cache.means.shape[2], config)
     device = stack.device
+    if config.standardize:  # raw residual-stream means have norms in the hundreds: fresh routers saturate
+        mean, std = feature_statistics(cache)
+        cache = standardized(cache, mean, std)
+        if val_cache is not None:
+            val_cache = standardized(val_cache, mean, std)
+        history = _train(stack, cache, config, val_cache, log, device)
+        fold_standardization(stack, mean, std)
+        return history
+    return _train(stack, cache, config, val_cache, log, device)
+
+
+def init_at_prior(stack: RouterStack, safety: torch.Tensor, floor: float = 1e-3) -> None:
+    """Each router's output layer set to predict its layer's mean safety whatever the input: fc2 weights 0, biases
+    [log p, log(1 - p), log floor] (p clipped to [floor, 1 - floor]); fc1 keeps its initialisation."""
+    rate = safety.float().mean(0).clamp(floor, 1.0 - floor)
+    with torch.no_grad():
+        for layer, router in enumerate(stack.routers):
+            p = float(rate[layer])
+            router.fc2.weight.zero_()
+            router.fc2.bias.copy_(torch.tensor([math.log(p), math.log(1.0 - p), math.log(floor)]))
+
+
+def _train(stack: RouterStack, cache: FeatureCache, config: TrainConfig, val_cache: FeatureCache | None,
+           log: Callable[[str], None] | None, device) -> TrainHistory:
+    if config.prior_init:
+        init_at_prior(stack, cache.safety_targets(torch.arange(len(cache)), device))
 
     def loss_of(indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         means, window_mask, labels = cache.batch(indices, device)
