@@ -196,3 +196,12 @@ CALIBRATE = {
 CALIBRATION_DATA = {
     name: "resources/data/{benchmark}/{split}.parquet".format(**block) for name, block in sorted(CALIBRATE["sets"].items())
 }
+
+
+# -- report (rules/report.smk) ------------------------------------------------------------------------------
+def report_inputs(wildcards):
+    """The cells, and the calibration file when a router@certified cell is reported (its certificate is shown)."""
+    inputs = {"cells": EVAL_CELLS, "script": f"{workflow.basedir}/workflow/scripts/report.py"}
+    if any(os.path.basename(cell) == "router@certified.parquet" for cell in EVAL_CELLS):
+        inputs["calibration"] = f"{ROUTER_DIR}/calibration.json"
+    return inputs

@@ -9,14 +9,6 @@ REPORT_IN_DOMAIN = sorted(
 )
 
 
-def report_inputs(wildcards):
-    """The cells, and the calibration file when a router@certified cell is reported (its certificate is shown)."""
-    inputs = {"cells": EVAL_CELLS, "script": f"{workflow.basedir}/workflow/scripts/report.py"}
-    if any(cell.endswith("/router@certified.parquet") for cell in EVAL_CELLS):
-        inputs["calibration"] = f"{ROUTER_DIR}/calibration.json"
-    return inputs
-
-
 rule report:
     input:
         unpack(report_inputs),

@@ -327,7 +327,7 @@ def test_random_at_k_removes_k_seeded_layers_per_example(tiny_inputs, tmp_path, 
 def test_router_at_calibrated_routes_as_router_at_its_knob(tiny_inputs, tmp_path, capsys):
     calibration = tmp_path / "calibration.json"
     calibration.write_text(json.dumps({"knob": -0.6, "max_drop": 0.02, "benchmarks": ["arc"]}))
-    assert read_calibration(calibration) == -0.6
+    assert read_calibration(calibration) == (-0.6, None)
     assert tiny_cell(tiny_inputs, "router@calibrated", tmp_path / "c.parquet", "--calibration",
                      str(calibration)) == 0, capsys.readouterr().err
     assert "knob p = -0.6 from" in capsys.readouterr().out
@@ -344,7 +344,9 @@ def test_router_at_calibrated_routes_as_router_at_its_knob(tiny_inputs, tmp_path
     (None, "router calibration file not found"),
     ("{not json", "is not valid JSON"),
     ("[0.5]", "must hold a JSON object with a 'knob'"),
-    ('{"max_drop": 0.01}', "'knob' must be a number in \\[-1, 1\\], got None"),
+    ('{"max_drop": 0.01}', "exactly one of 'knob' and 'threshold' must be set"),
+    ('{"knob": 0.5, "threshold": 0.9}', "exactly one of 'knob' and 'threshold' must be set"),
+    ('{"threshold": 1.5}', "'threshold' must be a number in \\[0, 1\\], got 1.5"),
     ('{"knob": 1.5, "max_drop": 0.01}', "'knob' must be a number in \\[-1, 1\\], got 1.5"),
     ('{"knob": "low"}', "'knob' must be a number"),
 ])

@@ -403,3 +403,24 @@ def test_study_config_plans_the_study():
                  "arc_easy/random", "arc_challenge_frontier/router@-0.1", "mmlu/router", "gpqa/router", "squad/base"):
         assert f"results/eval/smollm2-135m-instruct/{cell}.parquet" in out, cell
     assert "results/eval/smollm2-135m-instruct/gsm8k/router.parquet" not in out  # per-entry methods
+
+
+def test_study3_config_plans_the_safety_study():
+    """config/study3.yaml (RESULTS.md, issue 19): the safety labeler on ARC validation, safety targets, calibration
+    on >= 500 pooled held-out prompts with a certificate, >= 1,000 held-out ARC test items with router@certified,
+    the router's threshold frontier, safest@k / ShortGPT / random baselines, and >= 100 items per OOD benchmark."""
+    config = yaml.safe_load((REPO / "config" / "study3.yaml").read_text())
+    assert config["search"]["labeler"] == "safety" and config["train"]["target"] == "safety"
+    assert config["calibrate"]["certify"]["epsilon"] == 0.01
+    benchmarks = config["eval"]["benchmarks"]
+    assert benchmarks["arc_easy"]["samples"] + benchmarks["arc_challenge"]["samples"] >= 1000
+    assert all(benchmarks[name]["samples"] >= 100 for name in ("mmlu", "piqa", "gpqa", "squad", "truthfulqa"))
+    result = snakemake("-n", "--forceall", "--configfile", "config/study3.yaml")
+    out = result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["search_shard"] == 2 and jobs["calibrate_routers"] == 1 and jobs["report"] == 1
+    for cell in ("arc_easy/router@certified", "arc_challenge/router@t0.9", "arc_easy/safest@2",
+                 "arc_challenge/static@2", "arc_easy/random@2", "mmlu/router@certified", "squad/base"):
+        assert f"results/eval/smollm2-135m-instruct/{cell}.parquet" in out, cell
+    # calibration takes every validation question the search left: 570 + 299 - 300 >= 500
+    assert "calibrate_routers" in out and '"samples": null' in out
