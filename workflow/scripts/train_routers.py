@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         mode = {"effective": f"effective, beta {config.beta}"}.get(config.class_weights, config.class_weights)
         print(f"train_routers: class weights ({mode}) "
               + ", ".join(f"{n}={w:.4f}" for n, w in zip(CLASSES, weights.tolist())))
+        if config.teacher_force == "default":  # every sample's features along the full path
+            train, val = ([dataclasses.replace(s, labels=[1] * num_layers) for s in part] for part in (train, val))
         started = time.perf_counter()
         cache_device = pick_cache_device(len(samples), num_layers, config.windows, hidden_size, config.cache_dtype,
                                          executor.device)

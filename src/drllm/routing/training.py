@@ -118,6 +118,8 @@ class TrainConfig:
     #                                 weights 0, biases = the prior's log-probabilities), so training moves away
     #                                 from the per-layer prior only where the prompt features pay for it
     target: str = "path"            # path (the label path's counts, focal loss: paper) | safety (per-layer safety)
+    teacher_force: str = "label"    # features along the label path (paper) | default: along the full path, where
+    #                                 the safety targets were measured and where routing starts at inference
     threshold: float = 0.5          # target safety: the routers' default decision, skip when P(skip) >= threshold
     pool_exclude_first: bool = False  # pooling leaves each prompt's first token (a constant state) out
 
@@ -160,6 +162,8 @@ class TrainConfig:
             # silently ignoring them would train with other weights than the config shows
             raise ValueError(f"train config: fixed_weights is set but class_weights is {self.class_weights!r}; "
                              "set class_weights to 'fixed' or fixed_weights to null")
+        if self.teacher_force not in ("label", "default"):
+            raise ValueError(f"train config: teacher_force must be 'label' or 'default', got {self.teacher_force!r}")
         if self.target not in TARGETS:
             raise ValueError(f"train config: target must be one of {list(TARGETS)}, got {self.target!r}")
         if (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))
