@@ -257,7 +257,7 @@ def lm_eval_overlay(work) -> dict:
                      "benchmarks": {"local_mc": {"lm_eval": {"task": task, "metric": "acc_norm"}}}}}
 
 
-ROUTED_CELLS = 2 * 5  # router, router@0.25, router@calibrated, static, random on 2 benchmarks
+ROUTED_CELLS = 2 * 7  # router, router@0.25, router@calibrated, router@certified, static, random, safest on 2 benchmarks
 REPORTED = {"report": 1, "release_routers": 1, "all": 1}
 # a config change reruns exactly the stages it reaches through params:
 RERUNS = {
@@ -276,7 +276,7 @@ RERUNS = {
                               "train_routers": 1, "calibrate_routers": 1, "block_influence": 1,
                               "evaluate": ROUTED_CELLS + 2, **REPORTED}),
     "eval.knobs": ({"eval": {"knobs": [0.5]}}, {"evaluate": 2 + 1, **REPORTED}),
-    "eval.benchmarks.samples": ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 7, **REPORTED}),
+    "eval.benchmarks.samples": ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 9, **REPORTED}),
     "eval.oracle.mcts": ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, **REPORTED}),
 }
 
@@ -332,7 +332,8 @@ def test_tiny_run_evaluation_and_report(tiny_run):
     import polars as pl
 
     cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
-    methods = {"base", "router", "router@0.25", "router@calibrated", "static", "random", "oracle"}
+    methods = {"base", "router", "router@0.25", "router@calibrated", "router@certified", "static", "random", "safest",
+               "oracle"}
     assert {(b, m) for b, m in cells.select("benchmark", "method").unique().iter_rows()} == \
         {(b, m) for b in ("arc_easy", "squad") for m in methods} | \
         {("local_mc", m) for m in ("base", "router", "router@0.25")}
@@ -363,7 +364,7 @@ def test_tiny_run_provenance(tiny_run):
     assert set(by_stage) == {"prepare_data", "select_prompts", "search", "search_summary", "router_samples",
                              "train_routers", "block_influence", "evaluate", "report"}
     assert by_stage["train_routers"][0]["config"]["epochs"] == 25
-    [search_summary] = by_stage["search_summary"]
+    [search_summary] = [r for r in by_stage["search_summary"] if r["artifact"] != "block influence"]
     assert [entry["files"] for entry in search_summary["inputs"]] == [3]  # the 3 shards agree
     assert search_summary["inputs"][0]["config_sha256"] == by_stage["search"][0]["config_sha256"]
     graders = {record["config"]["entry"]["name"]: set(record["grader"]) for record in by_stage["evaluate"]}
