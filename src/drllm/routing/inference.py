@@ -112,7 +112,9 @@ class RoutedModel:
             return lambda layer, hidden: actions
         prompt = self.routers.packed().prompt(attention_mask, batch, length, self.device)
         scale, offset = self.knob_scale, self.knob_offset
-        decide_row = greedy_action
+        def decide_row(probs: Sequence[float], row: int) -> int:
+            return greedy_action(probs)
+
         if self.decision.rule == "threshold":
             threshold, budget = self.decision.threshold, self.decision.budget
             skipped = [0] * batch  # per row: blocks skipped so far in this prefill
@@ -127,10 +129,7 @@ class RoutedModel:
             probs = torch.softmax(prompt.logits(layer, hidden).float(), dim=-1)  # as drllm.routing.router.probabilities
             if offset is not None:  # apply_knob, in the same float32 operations
                 probs = probs.mul_(scale).add_(offset)
-            rows = probs.tolist()  # the one host sync of the block
-            if decide_row is greedy_action:
-                return [greedy_action(row) for row in rows]
-            return [decide_row(row, index) for index, row in enumerate(rows)]
+            return [decide_row(row, index) for index, row in enumerate(probs.tolist())]  # the block's one host sync
 
         threads = self.router_threads if self.device.type == "cpu" else None
         if threads is None:

@@ -132,21 +132,16 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
         rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
                                 reuse_prefix=settings.prefix_cache > 0, reward=reward)
         prompts.append((row, encoded, rewarder, derived_seed(settings.seed, row["task"], row["id"])))
-    if settings.labeler == "safety":
-        steps = [sweep_steps(executor.num_layers, settings.safety_config(), _margin_reader(rewarder))
-                 for _, _, rewarder, _ in prompts]
-    else:
-        steps = [search_steps(executor.num_layers, config, seed) for *_, seed in prompts]
+    def start(item):  # one labelling run of (rewarder, seed); the safety sweep takes no seed
+        rewarder, seed = item
+        if settings.labeler == "safety":
+            return sweep_steps(executor.num_layers, settings.safety_config(), _margin_reader(rewarder))
+        return search_steps(executor.num_layers, config, seed)
+
     results = run_searches(lambda batch: rewards_together([(prompts[index][2], path) for index, path in batch]),
-                           steps)
+                           [start((rewarder, seed)) for _, _, rewarder, seed in prompts])
     stats = [dataclasses.replace(rewarder.stats) for _, _, rewarder, _ in prompts]  # before the seed check
-    if settings.labeler == "safety":  # no seed: the check reruns the sweep on the kept outcomes (no evaluation)
-        def second(item):
-            return sweep_steps(executor.num_layers, settings.safety_config(), _margin_reader(item[0]))
-    else:
-        def second(item):
-            return search_steps(executor.num_layers, config, item[1])
-    checks = seed_check_labels(second, [
+    checks = seed_check_labels(start, [
         (rewarder, derived_seed(settings.seed + 1, row["task"], row["id"])) if row.get("seed_check") else None
         for row, _, rewarder, _ in prompts])
     seconds = (time.perf_counter() - started) / max(1, len(rows))
