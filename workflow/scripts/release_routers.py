@@ -17,11 +17,9 @@ from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, atomic_path, read_json, read_parquet, write_text
 from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA
-from drllm.routing.router import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+from drllm.routing.router import CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from drllm.routing.card import release_card
 from drllm.search.shards import read_shard
-
-CALIBRATION_FILE = "calibration.json"
 
 
 def main(argv: list[str] | None = None) -> int:

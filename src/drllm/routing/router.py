@@ -33,6 +33,9 @@ CLASSES = ("skip", "execute", "repeat")
 WEIGHTS_FILE = "routers.safetensors"
 CONFIG_FILE = "router_config.json"
 CARD_FILE = "README.md"   # the model card (drllm.routing.card)
+CALIBRATION_FILE = "calibration.json"  # the calibration stage's operating points (drllm.routing.calibration)
+# what a router directory or release holds, and so all a hub download fetches
+ROUTER_FILES = (WEIGHTS_FILE, CONFIG_FILE, CALIBRATION_FILE, CARD_FILE)
 FORMAT_VERSION = 1
 
 
@@ -420,19 +423,28 @@ class PromptRouting:
         return torch.addmm(packed.b2[layer], voted, packed.w2t[layer])
 
 
-def resolve_router_dir(source: str | os.PathLike) -> Path:
-    """A router directory: `source` itself when it exists locally, else a hub repository id downloaded with
-    huggingface_hub (only the router files and the model card)."""
+def resolve_router_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
+    """A router directory: `source` itself when it exists locally (or cannot be a hub id), else the hub repository
+    "owner/name" downloaded with `download_routers`."""
     path = Path(source)
     if path.exists() or os.path.isabs(str(source)) or str(source).count("/") != 1:
         return path
+    return download_routers(str(source), revision)
+
+
+def download_routers(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot of hub repository `repo_id` at `revision` (default: main), fetched with huggingface_hub
+    and restricted to ROUTER_FILES; from the local cache when offline. ArtifactError naming the repository and the
+    hub's error (on one line) when it cannot be had."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=str(source), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]))
-    except Exception as exc:  # the hub's errors: not found, offline, gated
-        raise ArtifactError(f"routers {str(source)!r}: no such local directory, and the hub repository could not be "
-                            f"downloaded ({type(exc).__name__}: {exc})") from exc
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(ROUTER_FILES)))
+    except Exception as exc:  # the hub's errors: not found, offline, gated, invalid id
+        at = f" at revision {revision!r}" if revision is not None else ""
+        detail = " ".join(str(exc).split())  # the hub's messages span lines; an error line should not
+        raise ArtifactError(f"routers {repo_id!r}: no such local directory, and not a reachable hub "
+                            f"repository{at} ({type(exc).__name__}: {detail})") from exc
 
 
 # --------------------------------------------------------------------------------------------------------
