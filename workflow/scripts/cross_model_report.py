@@ -1,0 +1,79 @@
+"""Cross-model report: the paper's Tables 3 and 4 across models (accuracy change with 95% paired intervals and
+layers saved per benchmark, in-domain and out-of-domain averages), from each model's report summary.parquet.
+
+Writes to --out-dir (drllm.evaluation.cross_model.write_cross_model_report):
+
+  cross_model.md        one row per model x method (base first), a column per benchmark and per domain average
+  cross_model.parquet   one row per model x method x benchmark plus the averages (CROSS_MODEL_SCHEMA)
+  cross_model.png       accuracy change vs layers saved, one colour per model
+
+Example:
+  python workflow/scripts/cross_model_report.py \\
+      --summary smollm2-135m=results/report/smollm2-135m-instruct/summary.parquet \\
+      --summary qwen2.5-0.5b=results/report/qwen2.5-0.5b-instruct/summary.parquet \\
+      --in-domain-json '["arc_easy", "arc_challenge"]' --out-dir results/report/cross_model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from drllm.core.artifacts import ArtifactError
+from drllm.core.provenance import stage_provenance
+from drllm.evaluation.cross_model import DEFAULT_METHODS, load_summaries, write_cross_model_report
+
+
+def parse_summary(text: str) -> tuple[str, str]:
+    """--summary MODEL=PATH."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path:
+        raise ValueError(f"--summary expects MODEL=PATH, got {text!r}")
+    return name.strip(), path
+
+
+def parse_in_domain(text: str) -> list[str] | None:
+    """--in-domain-json: null (every benchmark) or a JSON list of benchmark names."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--in-domain-json is not valid JSON: {exc}") from exc
+    if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"--in-domain-json must be null or a list of benchmark names, got {value!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--summary", action="append", required=True, metavar="MODEL=PATH",
+                        help="a model's report summary.parquet under the name the table shows (repeat per model; "
+                             "rows follow this order)")
+    parser.add_argument("--in-domain-json", default="null",
+                        help="JSON list of the benchmarks the routers were trained on; null = every benchmark")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"methods to report besides base (default: {DEFAULT_METHODS[0]}, and "
+                             f"{DEFAULT_METHODS[1]} where a summary has it)")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        entries = [parse_summary(text) for text in args.summary]
+        in_domain = parse_in_domain(args.in_domain_json)
+        summaries = load_summaries(entries)  # first: a bad file is named as a report summary
+        # names and choices only (paths differ per machine); the summaries' own provenance is merged from the files
+        provenance = stage_provenance("cross_model_report", {"models": list(summaries), "in_domain": in_domain,
+                                                             "methods": args.methods},
+                                      inputs=[path for _, path in entries])
+        paths = write_cross_model_report(summaries, args.out_dir, in_domain=in_domain, methods=args.methods,
+                                         provenance=provenance, sources=dict(entries))
+    except (ArtifactError, ValueError) as exc:  # ArtifactError is a ValueError; both mean bad input
+        print(f"cross_model_report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"cross_model_report: {len(entries)} model(s) -> {paths['markdown']}, {paths['table'].name}, "
+          f"{paths['figure'].name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
