@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from drllm.core import path_batch
-from drllm.data.benchmarks import load_benchmark
+from drllm.data.registry import load_benchmark
 from drllm.core.executor import PathExecutor
 from torch.nn import functional as F
 
