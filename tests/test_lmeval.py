@@ -109,9 +109,12 @@ def test_routed_loglikelihood_equals_the_executor_along_the_routed_path(routed_l
         assert greedy == expected.is_greedy
     assert [record.path for record in routed_lm.path_log] == [str(path) for path in paths]
     stats = routed_lm.layer_stats()
-    assert stats["prompts"] == len(PAIRS)
+    by_context = {tuple(context): len(path) for (context, _), path in zip(ids, paths)}
+    assert len(by_context) == len(PAIRS) - 1  # the first two pairs share their context: one routing decision
+    assert stats["requests"] == len(PAIRS) and stats["contexts"] == len(by_context)
     assert stats["mean_layers"] == pytest.approx(sum(len(p) for p in paths) / len(paths))
-    assert stats["by_kind"]["loglikelihood"]["prompts"] == len(PAIRS)
+    assert stats["mean_layers_per_context"] == pytest.approx(sum(by_context.values()) / len(by_context))
+    assert stats["by_kind"]["loglikelihood"]["requests"] == len(PAIRS)
 
 
 @pytest.mark.slow
@@ -227,6 +230,8 @@ def test_rolling_windows_are_routed_on_their_input(routed_lm, reference, referen
     routed_lm.reset_path_log()
     (windowed,) = routed_lm.loglikelihood_rolling([instance("loglikelihood_rolling", (TEXT,))], disable_tqdm=True)
     assert len(routed_lm.path_log) == -(-len(tokens) // 4) and windowed < 0
+    stats = routed_lm.layer_stats()["by_kind"]["loglikelihood_rolling"]
+    assert stats["requests"] == 1 and stats["contexts"] == len(routed_lm.path_log)  # each window routed alone
 
 
 # -- 4. simple_evaluate, offline, on local tasks ------------------------------------------------------------------
@@ -266,8 +271,11 @@ def test_simple_evaluate_by_name_runs_offline_on_local_tasks(smollm2_dir, tmp_pa
     assert 0.0 <= mc["acc,none"] <= 1.0 and 0.0 <= mc["acc_norm,none"] <= 1.0 and mc["sample_len"] == 4
     assert 0.0 <= gen["exact_match,none"] <= 1.0 and gen["sample_len"] == 4
     stats = results["config"]["drllm"]["layer_stats"]
-    assert stats["by_kind"]["loglikelihood"]["prompts"] == 3 + 3 + 3 + 3
-    assert stats["by_kind"]["generate_until"]["prompts"] == 4 and stats["mean_layers"] == 30.0
+    # four 3-choice questions: one request per choice, one routed context per question
+    assert stats["by_kind"]["loglikelihood"]["requests"] == 3 + 3 + 3 + 3
+    assert stats["by_kind"]["loglikelihood"]["contexts"] == 4
+    assert stats["by_kind"]["generate_until"]["requests"] == stats["by_kind"]["generate_until"]["contexts"] == 4
+    assert stats["requests"] == 16 and stats["contexts"] == 8 and stats["mean_layers"] == 30.0
 
 
 @pytest.mark.slow
@@ -511,3 +519,31 @@ def test_drllm_lm_eval_includes_the_shipped_tasks_unless_given_a_path(monkeypatc
     lmeval.main(["--config", "run.yaml"])  # its own include_path, if any, is not overridden
     assert calls == [["--tasks", "dart_offline", "--include_path", str(PATH)],
                      ["--tasks", "mine", "--include_path", "/my/tasks"], ["--config", "run.yaml"]]
+
+
+def test_layer_stats_count_routed_contexts_and_requests_apart():
+    """A 4-choice question is one routed context and four requests (one per choice): with a fake routed model
+    (no weights), three such questions log 12 requests over 3 contexts, each context's path counted once."""
+    from lm_eval.api.model import TemplateLM
+
+    from drllm.core.executor import LogLikelihood
+    from drllm.core.paths import LayerPath
+
+    def loglikelihood(requests, batch_size, prompts):  # odd-length prompts run all 4 blocks, even ones skip one
+        paths = [LayerPath.from_counts([1, 1, 1, 1] if len(prompt) % 2 else [0, 1, 1, 1]) for prompt in prompts]
+        return [LogLikelihood(-1.0, False, len(c)) for _, c in requests], paths
+
+    lm = DrLLM.__new__(DrLLM)
+    TemplateLM.__init__(lm)  # rank and cache hook, as DrLLM.__init__ sets them
+    lm.batch_size, lm._max_length, lm.path_log = 4, 64, []
+    lm.routed = SimpleNamespace(num_layers=4, loglikelihood=loglikelihood)
+    questions = {"Q1": [1, 5], "Q22": [1, 6, 7], "Q333": [1, 8, 9, 10]}  # context lengths 2, 3, 4: paths 3, 4, 3
+    requests = [((q, f" {c}"), ids, [20 + c]) for q, ids in questions.items() for c in range(4)]
+    assert len(lm._loglikelihood_tokens(requests, disable_tqdm=True)) == 12
+    stats = lm.layer_stats()
+    assert stats["by_kind"]["loglikelihood"] == {
+        "requests": 12, "contexts": 3, "mean_layers": pytest.approx((4 * 3 + 4 * 4 + 4 * 3) / 12),
+        "mean_layers_per_context": pytest.approx((3 + 4 + 3) / 3), "distinct_paths": 2}
+    assert (stats["num_layers"], stats["requests"], stats["contexts"]) == (4, 12, 3)
+    lm._loglikelihood_tokens(requests[:4], disable_tqdm=True)  # the first question again: 4 requests, no new context
+    assert (lm.layer_stats()["requests"], lm.layer_stats()["contexts"]) == (16, 3)
