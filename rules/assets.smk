@@ -3,19 +3,19 @@
 
 rule prepare_model:
     input:
-        script=f"{workflow.basedir}/workflow/scripts/prepare_model.py",
+        script=f"{SCRIPTS}/prepare_model.py",
         # a local GGUF file is an input: replacing it rematerialises the model (and reruns what depends on it)
-        gguf=[config["model"]["path"]] if config["model"].get("source") == "gguf" else [],
+        gguf=lambda wc: [MODELS[wc.model]["path"]] if MODELS[wc.model].get("source") == "gguf" else [],
     output:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         weights=f"{MODEL_DIR}/model.safetensors",
     params:
-        model=json.dumps(config["model"], sort_keys=True),
+        model=model_block_json,
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
-        f"logs/prepare_model/{MODEL}.log",
+        "logs/prepare_model/{model}.log",
     benchmark:
-        f"benchmarks/prepare_model/{MODEL}.tsv"
+        "benchmarks/prepare_model/{model}.tsv"
     threads: 2
     conda:
         "../envs/drllm.yaml"
@@ -28,7 +28,7 @@ rule prepare_model:
 # `splits`: adding a split leaves the others alone).
 rule prepare_data:
     input:
-        script=f"{workflow.basedir}/workflow/scripts/prepare_data.py",
+        script=f"{SCRIPTS}/prepare_data.py",
         source=data_source_files,
     output:
         "resources/data/{benchmark}/{split}.parquet",

@@ -2,6 +2,7 @@
 # its own text (tests/test_workflow.py checks that no file reads a name a later include defines).
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -15,8 +16,61 @@ envvars:
 _BIN = os.path.dirname(sys.executable)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:  # parsed again per job: prepend once
     os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
-MODEL = config["model"]["name"]
-MODEL_DIR = f"resources/models/{MODEL}"
+
+# -- models and result trees ---------------------------------------------------------------------------------
+# `models:` (several) replaces `model:` (one) when given; every artifact lives under its model's name, so models
+# and runs coexist: <results.dir>[/<results.run>]/{prompts,search,routers,eval,report,release}/<model>/.
+MODEL_BLOCKS = config.get("models") or [config["model"]]
+MODELS = {block["name"]: block for block in MODEL_BLOCKS}
+if len(MODELS) != len(MODEL_BLOCKS):
+    _names = [block["name"] for block in MODEL_BLOCKS]
+    raise ValueError(f"config models: names must be unique (they name result trees), got {_names}")
+# Models with `routers:` evaluate those routers: no search, training or release is scheduled for them.
+IMPORTED_MODELS = sorted(name for name, block in MODELS.items() if block.get("routers"))
+TRAINED_MODELS = sorted(name for name in MODELS if name not in IMPORTED_MODELS)
+
+
+def _names_pattern(names):
+    """A wildcard constraint matching exactly these model names (none: matches nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+wildcard_constraints:
+    model=_names_pattern(MODELS),
+
+
+_RESULTS = config.get("results") or {}
+_RUN = _RESULTS.get("run")
+RESULTS = os.path.join(_RESULTS.get("dir") or "results", _RUN or "").rstrip("/")
+LOGS = os.path.join("logs", _RUN) if _RUN else "logs"
+BENCHMARKS = os.path.join("benchmarks", _RUN) if _RUN else "benchmarks"
+# Rule inputs name the scripts relative to the working directory, so a moved or copied checkout plans nothing.
+SCRIPTS = os.path.relpath(os.path.join(workflow.basedir, "workflow", "scripts"))
+MODEL_DIR = "resources/models/{model}"
+PROMPTS = f"{RESULTS}/prompts/{{model}}/{{task}}.parquet"
+SEARCH_DIR = f"{RESULTS}/search/{{model}}"
+ROUTER_DIR = f"{RESULTS}/routers/{{model}}"
+EVAL_DIR = f"{RESULTS}/eval/{{model}}"
+REPORT_DIR = f"{RESULTS}/report/{{model}}"
+CROSS_MODEL_DIR = f"{RESULTS}/report"
+RELEASE_DIR = f"{RESULTS}/release/{{model}}"
+
+
+def model_block_json(wc):
+    """The model block as prepare_model reads it (without `routers`: changing them rematerialises nothing)."""
+    return json.dumps({key: value for key, value in MODELS[wc.model].items() if key != "routers"}, sort_keys=True)
+
+
+# Trees written before results were per model held prompts and the report directly: say the two moves once.
+_single = next(iter(MODELS))
+if len(MODELS) == 1 and not _RUN and (glob_wildcards(f"{RESULTS}/prompts/{{task,[A-Za-z0-9_]+}}.parquet").task
+                                      or os.path.exists(f"{RESULTS}/report/report.md")):
+    print(
+        f"drllm: results/prompts and results/report are per model now; to keep this tree, run: mkdir -p "
+        f"{RESULTS}/prompts/{_single} {RESULTS}/report/{_single} && mv {RESULTS}/prompts/*.parquet "
+        f"{RESULTS}/prompts/{_single}/ && mv {RESULTS}/report/*.* {RESULTS}/report/{_single}/",
+        file=sys.stderr,
+    )
 DATA_FILES = [
     f"resources/data/{benchmark}/{split}.parquet"
     for benchmark, block in config["data"].items()
@@ -33,13 +87,21 @@ if "resources" in config:
 SEARCH = config["search"]
 # `samples: 0` disables a task: config overlays merge key by key and cannot delete one.
 SEARCH_TASKS = {name: block for name, block in SEARCH["tasks"].items() if block["samples"] > 0}
-SEARCH_SHARDS = [
-    f"results/search/{MODEL}/{task}/shard-{shard}.parquet"
-    for task in SEARCH_TASKS
-    for shard in range(SEARCH["shards"])
-]
-# -- routers (rules/train.smk; read by the router cells and the release) ------------------------------------
-ROUTER_DIR = f"results/routers/{MODEL}"
+# One model's shards and prompts ({model} left to the rule's wildcard).
+SEARCH_SHARDS = expand(f"{SEARCH_DIR}/{{task}}/shard-{{shard}}.parquet", task=SEARCH_TASKS,
+                       shard=range(SEARCH["shards"]), allow_missing=True)
+SEARCH_PROMPTS = expand(PROMPTS, task=SEARCH_TASKS, allow_missing=True)
+
+
+# -- routers (rules/train.smk) -------------------------------------------------------------------------------
+def router_source_files(wc):
+    """A local release folder's files are inputs (replacing them re-imports); a hub id has none."""
+    source = MODELS[wc.model]["routers"]["source"]
+    if not os.path.isdir(source):
+        return []
+    return [os.path.join(source, name) for name in ("routers.safetensors", "router_config.json", "calibration.json")]
+
+
 # Benchmarks declared by config (`kind`, `source`, `fields`) and the formats reading them: checked here, so a bad
 # block stops the run before any job, naming the key. Without drllm in this interpreter (snakemake outside the
 # venv) the data stage checks the blocks instead.
@@ -75,7 +137,6 @@ def data_block_json(wc):
 
 # -- evaluation (rules/eval.smk, rules/report.smk) ---------------------------------------------------------
 EVAL = config["eval"]
-EVAL_DIR = f"results/eval/{MODEL}"
 EVAL_SELECTED = EVAL["select"] or list(EVAL["benchmarks"])
 _unknown_selected = sorted(set(EVAL_SELECTED) - set(EVAL["benchmarks"]))
 if _unknown_selected:
@@ -107,15 +168,36 @@ EVAL_METHODS = (
     + [f"random@{k}" for k in EVAL["random_k"]]
 )
 # An entry's own `methods` list replaces the global one for that entry (e.g. a frontier sweep on one benchmark).
-EVAL_CELLS = [
-    f"{EVAL_DIR}/{benchmark}/{method}.parquet"
-    for benchmark, block in EVAL_ENTRIES.items()
-    for method in block.get("methods", EVAL_METHODS)
-    # lm-eval tasks: base, router and router@<p> (the calibrated knob is not passed to lm-eval cells)
-    if "lm_eval" not in block or (method.split("@")[0] in ("base", "router")
-                                  and method not in ("router@calibrated", "router@certified")
-                                  and not method.startswith("router@t"))
-]
+# lm-eval tasks: base, router and router@<p> (the calibrated knob is not passed to lm-eval cells).
+def _lm_eval_runs(method):
+    return (method.split("@")[0] in ("base", "router") and method not in ("router@calibrated", "router@certified")
+            and not method.startswith("router@t"))
+
+
+# safest / safest@k read the search's single-skip sweep, which imported routers do not come with.
+def _needs_search(method):
+    return method.split("@")[0] == "safest"
+
+
+def eval_cells(model):
+    """One model's evaluation cells."""
+    return [
+        f"{EVAL_DIR.format(model=model)}/{benchmark}/{method}.parquet"
+        for benchmark, block in EVAL_ENTRIES.items()
+        for method in block.get("methods", EVAL_METHODS)
+        if ("lm_eval" not in block or _lm_eval_runs(method)) and not (model in IMPORTED_MODELS and _needs_search(method))
+    ]
+
+
+def eval_skipped(model):
+    """The benchmarks without a source, and for imported routers the cells that need this run's search."""
+    return EVAL_SKIPPED + [
+        {"benchmark": f"{benchmark} {method}", "reason": "needs the search's single-skip sweep, which imported "
+         "routers (model.routers) do not come with"}
+        for benchmark, block in EVAL_ENTRIES.items()
+        for method in block.get("methods", EVAL_METHODS)
+        if model in IMPORTED_MODELS and _needs_search(method)
+    ]
 
 
 def eval_entry_json(wc):
@@ -129,7 +211,7 @@ def eval_cell_inputs(wc):
     kind, _, param = wc.method.partition("@")
     inputs = {
         "manifest": f"{MODEL_DIR}/drllm_model.json",
-        "script": f"{workflow.basedir}/workflow/scripts/evaluate.py",
+        "script": f"{SCRIPTS}/evaluate.py",
     }
     if "lm_eval" not in entry:
         inputs["data"] = "resources/data/{benchmark}/{split}.parquet".format(**entry)
@@ -142,8 +224,8 @@ def eval_cell_inputs(wc):
     if kind == "static":
         inputs["influence"] = f"{EVAL_DIR}/block_influence.parquet"
     if kind == "safest":  # the blocks most often safe to skip alone, from the search's single-skip sweep
-        inputs["influence"] = f"results/search/{MODEL}/layer_safety.parquet"
-    return inputs
+        inputs["influence"] = f"{SEARCH_DIR}/layer_safety.parquet"
+    return {name: path.format(model=wc.model) for name, path in inputs.items()}  # input functions are not formatted
 
 
 # The inputs a cell may or may not have (eval_cell_inputs) and the evaluate.py flag each becomes; the routers are
@@ -199,9 +281,11 @@ CALIBRATION_DATA = {
 
 
 # -- report (rules/report.smk) ------------------------------------------------------------------------------
-def report_inputs(wildcards):
-    """The cells, and the calibration file when a router@certified cell is reported (its certificate is shown)."""
-    inputs = {"cells": EVAL_CELLS, "script": f"{workflow.basedir}/workflow/scripts/report.py"}
-    if any(os.path.basename(cell) == "router@certified.parquet" for cell in EVAL_CELLS):
-        inputs["calibration"] = f"{ROUTER_DIR}/calibration.json"
+def report_inputs(wc):
+    """One model's cells, and its calibration file when a router@certified cell is reported (its certificate is
+    shown)."""
+    cells = eval_cells(wc.model)
+    inputs = {"cells": cells, "script": f"{SCRIPTS}/report.py"}
+    if any(os.path.basename(cell) == "router@certified.parquet" for cell in cells):
+        inputs["calibration"] = f"{ROUTER_DIR}/calibration.json".format(model=wc.model)
     return inputs

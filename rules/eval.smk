@@ -10,8 +10,8 @@ wildcard_constraints:
 rule block_influence:
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
-        prompts=expand("results/prompts/{task}.parquet", task=SEARCH_TASKS),
-        script=f"{workflow.basedir}/workflow/scripts/block_influence.py",
+        prompts=SEARCH_PROMPTS,
+        script=f"{SCRIPTS}/block_influence.py",
     output:
         f"{EVAL_DIR}/block_influence.parquet",
     params:
@@ -22,9 +22,9 @@ rule block_influence:
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
-        f"logs/block_influence/{MODEL}.log",
+        f"{LOGS}/block_influence/{{model}}.log",
     benchmark:
-        f"benchmarks/block_influence/{MODEL}.tsv"
+        f"{BENCHMARKS}/block_influence/{{model}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -46,9 +46,9 @@ rule evaluate:
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
-        f"logs/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.log",
+        f"{LOGS}/evaluate/{{model}}/{{eval_benchmark}}/{{method}}.log",
     benchmark:
-        f"benchmarks/evaluate/{MODEL}/{{eval_benchmark}}/{{method}}.tsv"
+        f"{BENCHMARKS}/evaluate/{{model}}/{{eval_benchmark}}/{{method}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:

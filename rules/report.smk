@@ -1,6 +1,5 @@
 # Report stage: Tables 3/4 equivalents, plots and a summary Parquet from every evaluation cell.
 
-REPORT_DIR = "results/report"
 # In-domain: entries on a benchmark the search (and so the routers) trained on; the frontier plots a panel each.
 REPORT_IN_DOMAIN = sorted(
     name
@@ -35,16 +34,16 @@ rule report:
             category="Evaluation",
         ),
     params:
-        skipped=json.dumps(EVAL_SKIPPED, sort_keys=True),
+        skipped=lambda wc: json.dumps(eval_skipped(wc.model), sort_keys=True),
         in_domain=json.dumps(REPORT_IN_DOMAIN),
         seed=EVAL["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.markdown),
         calibration=lambda wildcards, input: shlex.join(["--calibration", input.calibration])
         if "calibration" in input.keys() else "",
     log:
-        "logs/report/report.log",
+        f"{LOGS}/report/{{model}}.log",
     benchmark:
-        "benchmarks/report/report.tsv"
+        f"{BENCHMARKS}/report/{{model}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -55,19 +54,18 @@ rule report:
 
 # Release: the routers as one shareable directory whose model card carries the search settings, the search summary
 # and the evaluation table (drllm.routing.card.release_card).
-RELEASE_DIR = f"results/release/{MODEL}"
-
-
 rule release_routers:
+    wildcard_constraints:
+        model=_names_pattern(TRAINED_MODELS),
     input:
         weights=f"{ROUTER_DIR}/routers.safetensors",
         router_config=f"{ROUTER_DIR}/router_config.json",
         card=f"{ROUTER_DIR}/README.md",
         calibration=f"{ROUTER_DIR}/calibration.json",
         shards=SEARCH_SHARDS,
-        search_summary=f"results/search/{MODEL}/summary.md",
+        search_summary=f"{SEARCH_DIR}/summary.md",
         report_summary=f"{REPORT_DIR}/summary.parquet",
-        script=f"{workflow.basedir}/workflow/scripts/release_routers.py",
+        script=f"{SCRIPTS}/release_routers.py",
     output:
         weights=f"{RELEASE_DIR}/routers.safetensors",
         router_config=f"{RELEASE_DIR}/router_config.json",
@@ -77,12 +75,38 @@ rule release_routers:
         router_dir=lambda wildcards, input: os.path.dirname(input.weights),
         out_dir=lambda wildcards, output: os.path.dirname(output.weights),
     log:
-        f"logs/release_routers/{MODEL}.log",
+        f"{LOGS}/release_routers/{{model}}.log",
     benchmark:
-        f"benchmarks/release_routers/{MODEL}.tsv"
+        f"{BENCHMARKS}/release_routers/{{model}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:
         "python {input.script} --router-dir {params.router_dir} --shards {input.shards:q} "
         "--search-summary {input.search_summary} --report-summary {input.report_summary} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Cross-model: the paper's Table 3 / Table 4 layout, one row per model, from every model's report summary.
+rule cross_model_report:
+    input:
+        summaries=expand(f"{REPORT_DIR}/summary.parquet", model=MODELS),
+        script=f"{SCRIPTS}/cross_model_report.py",
+    output:
+        markdown=report(f"{CROSS_MODEL_DIR}/cross_model.md", caption="../workflow/report/cross_model.rst", category="Models"),
+        table=report(f"{CROSS_MODEL_DIR}/cross_model.parquet", caption="../workflow/report/cross_model.rst", category="Models"),
+        figure=report(f"{CROSS_MODEL_DIR}/cross_model.png", caption="../workflow/report/cross_model.rst", category="Models"),
+    params:
+        summaries=lambda wildcards, input: shlex.join(
+            arg for name, path in zip(MODELS, input.summaries) for arg in ("--summary", f"{name}={path}")
+        ),
+        in_domain=json.dumps(REPORT_IN_DOMAIN),
+        out_dir=lambda wildcards, output: os.path.dirname(output.markdown),
+    log:
+        f"{LOGS}/report/cross_model.log",
+    benchmark:
+        f"{BENCHMARKS}/report/cross_model.tsv"
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "python {input.script} {params.summaries} --in-domain-json {params.in_domain:q} "
         "--out-dir {params.out_dir} > {log} 2>&1"

@@ -9,9 +9,9 @@ wildcard_constraints:
 rule select_prompts:
     input:
         records=lambda wc: "resources/data/{benchmark}/{split}.parquet".format(**SEARCH_TASKS[wc.task]),
-        script=f"{workflow.basedir}/workflow/scripts/select_prompts.py",
+        script=f"{SCRIPTS}/select_prompts.py",
     output:
-        "results/prompts/{task}.parquet",
+        PROMPTS,
     params:
         format=lambda wc: SEARCH_TASKS[wc.task]["format"],
         samples=lambda wc: SEARCH_TASKS[wc.task]["samples"],
@@ -21,9 +21,9 @@ rule select_prompts:
         else "",
         seed=SEARCH["seed"],
     log:
-        "logs/select_prompts/{task}.log",
+        f"{LOGS}/select_prompts/{{model}}/{{task}}.log",
     benchmark:
-        "benchmarks/select_prompts/{task}.tsv"
+        f"{BENCHMARKS}/select_prompts/{{model}}/{{task}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -35,10 +35,10 @@ rule select_prompts:
 rule search_shard:
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
-        prompts="results/prompts/{task}.parquet",
-        script=f"{workflow.basedir}/workflow/scripts/search.py",
+        prompts=PROMPTS,
+        script=f"{SCRIPTS}/search.py",
     output:
-        f"results/search/{MODEL}/{{task}}/shard-{{shard}}.parquet",
+        f"{SEARCH_DIR}/{{task}}/shard-{{shard}}.parquet",
     params:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         settings=json.dumps(
@@ -61,9 +61,9 @@ rule search_shard:
         # the job's `gpu` resource (a profile's set-resources, or none): Ray gets exactly these
         gpus=lambda wildcards, resources: resources.get("gpu", 0),
     log:
-        f"logs/search/{MODEL}/{{task}}-{{shard}}.log",
+        f"{LOGS}/search/{{model}}/{{task}}-{{shard}}.log",
     benchmark:
-        f"benchmarks/search/{MODEL}/{{task}}-{{shard}}.tsv"
+        f"{BENCHMARKS}/search/{{model}}/{{task}}-{{shard}}.tsv"
     threads: 2
     conda:
         "../envs/drllm.yaml"
@@ -80,15 +80,15 @@ rule search_summary:
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         shards=SEARCH_SHARDS,
-        script=f"{workflow.basedir}/workflow/scripts/search_summary.py",
+        script=f"{SCRIPTS}/search_summary.py",
     output:
-        table=f"results/search/{MODEL}/summary.parquet",
-        markdown=report(f"results/search/{MODEL}/summary.md", caption="../workflow/report/search_summary.rst", category="Search"),
-        safety=f"results/search/{MODEL}/layer_safety.parquet",
+        table=f"{SEARCH_DIR}/summary.parquet",
+        markdown=report(f"{SEARCH_DIR}/summary.md", caption="../workflow/report/search_summary.rst", category="Search"),
+        safety=f"{SEARCH_DIR}/layer_safety.parquet",
     log:
-        f"logs/search_summary/{MODEL}.log",
+        f"{LOGS}/search_summary/{{model}}.log",
     benchmark:
-        f"benchmarks/search_summary/{MODEL}.tsv"
+        f"{BENCHMARKS}/search_summary/{{model}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:

@@ -2,11 +2,13 @@
 
 
 rule router_samples:
+    wildcard_constraints:
+        model=_names_pattern(TRAINED_MODELS),
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
-        prompts=expand("results/prompts/{task}.parquet", task=SEARCH_TASKS),
+        prompts=SEARCH_PROMPTS,
         shards=SEARCH_SHARDS,
-        script=f"{workflow.basedir}/workflow/scripts/router_samples.py",
+        script=f"{SCRIPTS}/router_samples.py",
     output:
         f"{ROUTER_DIR}/samples.parquet",
     params:
@@ -15,9 +17,9 @@ rule router_samples:
             {key: SEARCH[key] for key in ("formats", "chat_template")}, sort_keys=True
         ),
     log:
-        f"logs/router_samples/{MODEL}.log",
+        f"{LOGS}/router_samples/{{model}}.log",
     benchmark:
-        f"benchmarks/router_samples/{MODEL}.tsv"
+        f"{BENCHMARKS}/router_samples/{{model}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:
@@ -26,10 +28,12 @@ rule router_samples:
 
 
 rule train_routers:
+    wildcard_constraints:
+        model=_names_pattern(TRAINED_MODELS),
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         samples=f"{ROUTER_DIR}/samples.parquet",
-        script=f"{workflow.basedir}/workflow/scripts/train_routers.py",
+        script=f"{SCRIPTS}/train_routers.py",
     output:
         weights=f"{ROUTER_DIR}/routers.safetensors",
         config=f"{ROUTER_DIR}/router_config.json",
@@ -44,9 +48,9 @@ rule train_routers:
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
-        f"logs/train_routers/{MODEL}.log",
+        f"{LOGS}/train_routers/{{model}}.log",
     benchmark:
-        f"benchmarks/train_routers/{MODEL}.tsv"
+        f"{BENCHMARKS}/train_routers/{{model}}.tsv"
     threads: 2
     conda:
         "../envs/drllm.yaml"
@@ -58,12 +62,14 @@ rule train_routers:
 
 # Calibration (drllm.routing.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
 rule calibrate_routers:
+    wildcard_constraints:
+        model=_names_pattern(TRAINED_MODELS),
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         weights=f"{ROUTER_DIR}/routers.safetensors",
-        prompts=expand("results/prompts/{task}.parquet", task=SEARCH_TASKS),
+        prompts=SEARCH_PROMPTS,
         data=list(CALIBRATION_DATA.values()),
-        script=f"{workflow.basedir}/workflow/scripts/calibrate_routers.py",
+        script=f"{SCRIPTS}/calibrate_routers.py",
     output:
         f"{ROUTER_DIR}/calibration.json",
     params:
@@ -81,12 +87,43 @@ rule calibrate_routers:
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
-        f"logs/calibrate_routers/{MODEL}.log",
+        f"{LOGS}/calibrate_routers/{{model}}.log",
     benchmark:
-        f"benchmarks/calibrate_routers/{MODEL}.tsv"
+        f"{BENCHMARKS}/calibrate_routers/{{model}}.tsv"
     conda:
         "../envs/drllm.yaml"
     shell:
         "python {input.script} --model-dir {params.model_dir} --routers {params.routers} "
         "--data {params.data} --prompts {input.prompts} --config-json {params.settings:q} --no-progress "
         "--device {params.device} --dtype {params.dtype} --out {output} > {log} 2>&1"
+
+
+# Routers from elsewhere (`model.routers`: a release folder or a hub repo id), checked against the model's name,
+# revision and weights hash; in place of the search, training and calibration above.
+rule import_routers:
+    wildcard_constraints:
+        model=_names_pattern(IMPORTED_MODELS),
+    input:
+        manifest=f"{MODEL_DIR}/drllm_model.json",
+        source=router_source_files,
+        script=f"{SCRIPTS}/import_routers.py",
+    output:
+        weights=f"{ROUTER_DIR}/routers.safetensors",
+        config=f"{ROUTER_DIR}/router_config.json",
+        calibration=f"{ROUTER_DIR}/calibration.json",
+        provenance=f"{ROUTER_DIR}/source.json",
+    params:
+        model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+        out_dir=lambda wildcards, output: os.path.dirname(output.weights),
+        source=lambda wc: MODELS[wc.model]["routers"]["source"],
+        revision=lambda wc: shlex.join(["--revision", MODELS[wc.model]["routers"]["revision"]])
+        if MODELS[wc.model]["routers"].get("revision") else "",
+    log:
+        f"{LOGS}/import_routers/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/import_routers/{{model}}.tsv"
+    conda:
+        "../envs/drllm.yaml"
+    shell:
+        "python {input.script} --source {params.source:q} {params.revision} --model-dir {params.model_dir} "
+        "--out-dir {params.out_dir} > {log} 2>&1"

@@ -38,7 +38,8 @@ def test_tiny_config_runs_through_real_slurm_jobs_to_the_report(tmp_path, smollm
     # the materialised model from the session fixture: the scheduler test is about the DAG, not the GGUF
     shutil.copytree(smollm2_dir, work / "resources" / "models" / "smollm2-135m-instruct")
     (work / "slurm.yaml").write_text(yaml.safe_dump(SLURM_OVERLAY))
-    targets = ["results/search/smollm2-135m-instruct/summary.parquet", "results/report/report.md"]
+    targets = ["results/search/smollm2-135m-instruct/summary.parquet",
+               "results/report/smollm2-135m-instruct/report.md"]
     result = snakemake(*targets, "--cores", "all", "--profile", "slurm-ci",
                        "--configfile", "config/tiny.yaml", "slurm.yaml", cwd=work)
     routers = work / "results" / "routers" / "smollm2-135m-instruct"
@@ -49,7 +50,7 @@ def test_tiny_config_runs_through_real_slurm_jobs_to_the_report(tmp_path, smollm
     assert "has been submitted with SLURM jobid" in out and "rule_search_shard" in out
     assert "rule_train_routers" in out and "rule_evaluate" in out and "rule_report" in out
     assert "localrule" not in out
-    report = work / "results" / "report"
+    report = work / "results" / "report" / "smollm2-135m-instruct"
     assert "agieval" in (report / "report.md").read_text()  # the finished report, skipped benchmark included
     summary = pl.read_parquet(report / "summary.parquet")
     assert sorted(summary.select("benchmark", "method").iter_rows()) == [("arc_easy", "base"), ("arc_easy", "router")]

@@ -258,7 +258,7 @@ def lm_eval_overlay(work) -> dict:
 
 
 ROUTED_CELLS = 2 * 7  # router, router@0.25, router@calibrated, router@certified, static, random, safest on 2 benchmarks
-REPORTED = {"report": 1, "release_routers": 1, "all": 1}
+REPORTED = {"report": 1, "cross_model_report": 1, "release_routers": 1, "all": 1}
 # a config change reruns exactly the stages it reaches through params:
 RERUNS = {
     "train.epochs": ({"train": {"epochs": 3}},
@@ -339,7 +339,7 @@ def test_tiny_run_evaluation_and_report(tiny_run):
         {("local_mc", m) for m in ("base", "router", "router@0.25")}
     assert cells.filter(pl.col("method") == "base")["path_length"].unique().to_list() == [30]
     assert cells.filter((pl.col("benchmark") == "arc_easy") & (pl.col("method") == "router")).height == 3
-    report = work / "results" / "report"
+    report = work / "results" / "report" / "smollm2-135m-instruct"
     text = (report / "report.md").read_text()
     assert "agieval" in text and "no data source" in text  # skipped, with the reason
     assert all((report / name).stat().st_size > 0 for name in
@@ -362,7 +362,7 @@ def test_tiny_run_provenance(tiny_run):
         if record["stage"] not in ("prepare_data", "select_prompts"):
             assert record["model"]["weights_sha256"] == manifest["weights_sha256"], path
     assert set(by_stage) == {"prepare_data", "select_prompts", "search", "search_summary", "router_samples",
-                             "train_routers", "block_influence", "evaluate", "report"}
+                             "train_routers", "block_influence", "evaluate", "report", "cross_model_report"}
     assert by_stage["train_routers"][0]["config"]["epochs"] == 25
     [search_summary] = [r for r in by_stage["search_summary"] if r["artifact"] != "block influence"]
     assert [entry["files"] for entry in search_summary["inputs"]] == [3]  # the 3 shards agree
@@ -372,6 +372,8 @@ def test_tiny_run_provenance(tiny_run):
                        "local_mc": {"lm_eval"}}
     assert {record["artifact"] for record in by_stage["report"]} == {"report summary", "frontier points"}
     assert sum(entry["files"] for entry in by_stage["report"][0]["inputs"]) == len(by_stage["evaluate"])
+    [cross_model] = by_stage["cross_model_report"]
+    assert cross_model["config"]["models"] == ["smollm2-135m-instruct"] and cross_model["inputs"][0]["files"] == 1
 
 
 @pytest.mark.slow
@@ -381,11 +383,98 @@ def test_tiny_run_leaves_nothing_to_do(tiny_run):
 
 
 @pytest.mark.slow
+def test_a_moved_finished_run_plans_nothing(tiny_run, tmp_path):
+    """No rule input, output or param holds an absolute path: a finished run copied elsewhere is up to date."""
+    import os
+
+    work, configs, _ = tiny_run
+    moved = tmp_path / "moved"
+    shutil.copytree(work, moved, symlinks=True, copy_function=os.link)  # hard links: every file keeps its mtime
+    assert "Nothing to be done" in snakemake("-n", *configs, cwd=moved).stdout
+
+
+@pytest.mark.slow
+def test_a_model_added_to_a_finished_run_plans_only_its_jobs(tiny_run):
+    """`models:` lists several models, each in its own result trees: adding one schedules its jobs and the
+    cross-model table, nothing of the finished model."""
+    work, configs, _ = tiny_run
+    first = yaml.safe_load((work / "config" / "config.yaml").read_text())["model"]
+    (work / "models.yaml").write_text(yaml.safe_dump({"models": [first, {"name": "smollm2-again",
+                                                                         "source": "embedded"}]}))
+    result = snakemake("-n", *configs, "models.yaml", cwd=work)
+    out = result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["prepare_model"] == 1 and jobs["train_routers"] == 1 and jobs["report"] == 1
+    assert jobs["cross_model_report"] == 1 and jobs["release_routers"] == 1
+    assert set(re.findall(r"model=([\w.-]+)", out)) == {"smollm2-again"}
+    assert "results/report/smollm2-again/report.md" in out and "results/search/smollm2-again/arc_easy/" in out
+    two = yaml.safe_dump({"models": [first, {**first, "name": "smollm2-b"}], "results": {"run": "pair"}})
+    (work / "models.yaml").write_text(two)  # a fresh run of both: two trees under results/pair, one table
+    jobs = planned_jobs(result := snakemake("-n", *configs, "models.yaml", cwd=work))
+    assert jobs["train_routers"] == 2 and jobs["report"] == 2 and jobs["cross_model_report"] == 1
+    assert "results/pair/report/cross_model.md" in result.stdout and "logs/pair/report/smollm2-b.log" in result.stdout
+    bad = yaml.safe_dump({"models": [first, first]})
+    (work / "models.yaml").write_text(bad)
+    refused = snakemake("-n", *configs, "models.yaml", cwd=work, check=False)
+    assert refused.returncode != 0 and "config models: names must be unique" in refused.stdout + refused.stderr
+
+
+@pytest.mark.slow
+def test_released_routers_evaluate_on_a_new_benchmark_without_search_or_training(tiny_run):
+    """`model.routers` names a release folder: only data, import and evaluation jobs run, into their own run tree,
+    and the imported routers route the real model."""
+    import polars as pl
+
+    work, configs, manifest = tiny_run
+    capitals = [{"q": f"Which city is the capital of {country}?", "opts": options, "gold": gold}
+                for country, options, gold in [("France", ["Paris", "Rome"], 0), ("Italy", ["Paris", "Rome"], 1),
+                                               ("Japan", ["Lima", "Tokyo", "Oslo"], 1),
+                                               ("Peru", ["Lima", "Tokyo"], 0)]]
+    (work / "capitals.jsonl").write_text("".join(json.dumps(row) + "\n" for row in capitals))
+    overlay = {
+        "results": {"run": "imported"},
+        "model": {"routers": {"source": "results/release/smollm2-135m-instruct"}},
+        "data": {"capitals": {"kind": "multiple_choice", "source": {"path": "capitals.jsonl"}, "splits": ["test"],
+                              "fields": {"question": "q", "choices": "opts", "answer": "gold"},
+                              "answer_format": "index"}},
+        "eval": {"select": ["capitals"], "methods": ["base", "router", "router@certified"], "knobs": [],
+                 "static_k": [], "random_k": [],
+                 "benchmarks": {"capitals": {"benchmark": "capitals", "split": "test", "format": "cloze"}}},
+    }
+    (work / "imported.yaml").write_text(yaml.safe_dump(overlay))
+    jobs = planned_jobs(snakemake("-n", *configs, "imported.yaml", cwd=work))
+    assert jobs == {"prepare_data": 1, "import_routers": 1, "evaluate": 3, "report": 1, "cross_model_report": 1,
+                    "all": 1}
+    snakemake("--cores", "2", *configs, "imported.yaml", cwd=work)
+    tree = work / "results" / "imported"
+    source = json.loads((tree / "routers" / "smollm2-135m-instruct" / "source.json").read_text())
+    assert "results/release/smollm2-135m-instruct" in json.dumps(source)
+    cells = pl.read_parquet(tree / "eval" / "smollm2-135m-instruct" / "capitals" / "*.parquet")
+    assert sorted(cells["method"].unique()) == ["base", "router", "router@certified"] and cells.height == 12
+    assert (tree / "report" / "cross_model.md").is_file()
+    assert not (tree / "search").exists() and not (tree / "release").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay, expected", list(RERUNS.values()), ids=list(RERUNS))
 def test_a_config_change_reruns_exactly_the_stages_it_reaches(tiny_run, overlay, expected):
     work, configs, _ = tiny_run
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     assert planned_jobs(snakemake("-n", *configs, "overlay.yaml", cwd=work)) == expected
+
+
+def test_two_models_config_plans_two_trees_and_one_table(tmp_path):
+    """config/two_models.yaml: SmolLM2 and a user-assembled Gemma GGUF, each in its own tree, one cross-model table."""
+    work = workdir_copy(tmp_path)
+    gguf = work / "resources" / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"GGUF")  # a dry run only plans: the file is not read
+    result = snakemake("-n", "--configfile", "config/tiny.yaml", "config/two_models.yaml", cwd=work)
+    jobs = planned_jobs(result)
+    assert jobs["prepare_model"] == 2 and jobs["train_routers"] == 2 and jobs["report"] == 2
+    assert jobs["cross_model_report"] == 1 and jobs["release_routers"] == 2
+    for model in ("smollm2-135m-instruct", "gemma-3-270m"):
+        assert f"results/two-models/report/{model}/report.md" in result.stdout
 
 
 def test_study_config_plans_the_study():

@@ -5,7 +5,7 @@ full path (drllm.evaluation.baselines). The static evaluation method removes the
 
 Example:
   python workflow/scripts/block_influence.py --model-dir resources/models/smollm2-135m-instruct \\
-      --prompts results/prompts/*.parquet --settings-json '{"chat_template": true}' \\
+      --prompts results/prompts/smollm2-135m-instruct/*.parquet --settings-json '{"chat_template": true}' \\
       --out results/eval/smollm2-135m-instruct/block_influence.parquet
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ pooled per-prompt losses (drllm.routing.certify) is written too, as `certified`,
 Example:
   python workflow/scripts/calibrate_routers.py --model-dir resources/models/smollm2-135m-instruct \\
       --routers results/routers/smollm2-135m-instruct \\
-      --data arc_easy=resources/data/arc_easy/validation.parquet --prompts results/prompts/arc_easy.parquet \\
+      --data arc_easy=resources/data/arc_easy/validation.parquet --prompts results/prompts/smollm2-135m-instruct/arc_easy.parquet \\
       --config-json '{"max_drop": 0.005, "sets": {"arc_easy": {"benchmark": "arc_easy", "split": "validation",
                       "format": "cloze", "samples": 200}}}' \\
       --out results/routers/smollm2-135m-instruct/calibration.json

@@ -6,7 +6,7 @@ Example:
   python workflow/scripts/release_routers.py --router-dir results/routers/smollm2-135m-instruct \\
       --shards results/search/smollm2-135m-instruct/*/shard-*.parquet \\
       --search-summary results/search/smollm2-135m-instruct/summary.md \\
-      --report-summary results/report/summary.parquet --out-dir results/release/smollm2-135m-instruct
+      --report-summary results/report/smollm2-135m-instruct/summary.parquet --out-dir results/release/smollm2-135m-instruct
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Example:
   python workflow/scripts/router_samples.py --model-dir resources/models/smollm2-135m-instruct \\
-      --prompts results/prompts/*.parquet --shards results/search/smollm2-135m-instruct/*/shard-*.parquet \\
+      --prompts results/prompts/smollm2-135m-instruct/*.parquet --shards results/search/smollm2-135m-instruct/*/shard-*.parquet \\
       --settings-json '{"formats": {"cloze": {"normalize": "chars"}}, "chat_template": true}' \\
       --out results/routers/smollm2-135m-instruct/samples.parquet
 """

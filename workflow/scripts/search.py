@@ -8,7 +8,7 @@ with a second seed; that label is the row's labels_check (the summary's label ag
 
 Example:
   python workflow/scripts/search.py --model-dir resources/models/smollm2-135m-instruct \\
-      --prompts results/prompts/arc_easy.parquet --shard 0 --num-shards 2 \\
+      --prompts results/prompts/smollm2-135m-instruct/arc_easy.parquet --shard 0 --num-shards 2 \\
       --settings-json '{"mcts": {"simulations": 50}, "seed": 0}' --backend ray --workers 2 --cpus 2 \\
       --out results/search/smollm2-135m-instruct/arc_easy/shard-0.parquet
 """

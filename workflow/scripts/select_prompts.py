@@ -2,7 +2,7 @@
 
 Example:
   python workflow/scripts/select_prompts.py --records resources/data/arc_easy/validation.parquet \\
-      --task arc_easy --format cloze --samples 16 --seed 0 --out results/prompts/arc_easy.parquet
+      --task arc_easy --format cloze --samples 16 --seed 0 --out results/prompts/smollm2-135m-instruct/arc_easy.parquet
 """
 from __future__ import annotations
 

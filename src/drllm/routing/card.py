@@ -77,7 +77,7 @@ def render_card(config: RouterConfig, manifest: dict[str, Any], labels: Sequence
         EVALUATION_HEADING,
         "",
         "Benchmark accuracy and layers saved against the base model and baselines: the pipeline's report "
-        "(`results/report/report.md`, `summary.parquet`) for the run that trained these routers.",
+        "(`results/report/<model>/report.md`, `summary.parquet`) for the run that trained these routers.",
         "",
     ])
 
