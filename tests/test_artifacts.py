@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from drllm.core.artifacts import (PROVENANCE_KEY, ArtifactError, read_parquet, read_provenance, validate_provenance,
                                   write_parquet)
-from drllm.core.provenance import stage_provenance
+from drllm.core.provenance import GRADER_VERSION, stage_provenance
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import prepare_data  # noqa: E402
@@ -39,8 +39,6 @@ def test_provenance_round_trips_through_the_file_metadata(tmp_path):
     assert record["config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert record["model"] == {"name": "tiny-model", "source": "hub", "path": "owner/tiny-model",
                                "revision": "abc123", "weights_sha256": "f" * 64}
-    from drllm.formats.grading import GRADER_VERSION
-
     assert record["grader"] == {"drllm.tasks": str(GRADER_VERSION),
                                 "math_verify": importlib.metadata.version("math-verify")}
     assert read_parquet(path, SCHEMA, "search shard").to_pylist() == ROWS  # the schema check is unchanged

@@ -9,12 +9,11 @@ import pytest
 
 from drllm.data.examples import Example
 from drllm.core.executor import PathExecutor
-from drllm.evaluation.metrics import (bootstrap_interval, exact_match, gsm8k_equal, gsm8k_normalize, gsm8k_strict,
-                                      max_over_golds, normalize_answer, paired_bootstrap_delta, token_f1,
-                                      wilson_interval)
+from drllm.evaluation.metrics import bootstrap_interval, paired_bootstrap_delta, wilson_interval
 from drllm.core.paths import LayerPath
 from drllm.formats.answers import GSM8KFormat, QAFormat, get_format
-from drllm.formats.grading import Outcome, first_answer_line
+from drllm.formats.grading import (Outcome, exact_match, first_answer_line, gsm8k_equal, gsm8k_normalize, gsm8k_strict,
+                                   max_over_golds, normalize_answer, token_f1)
 from drllm.formats.prompts import GSM8K_INSTRUCTION, QA_INSTRUCTION, QA_INSTRUCTION_NO_CONTEXT
 from test_tasks import StubExecutor, byte_tokenizer, math_example, mc_example, model
 

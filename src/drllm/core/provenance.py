@@ -31,6 +31,10 @@ from drllm.core.artifacts import (MODEL_FIELDS, PROVENANCE_VERSION, canonical_js
                                   validate_provenance)
 
 GRADERS = ("drllm", "lm_eval")
+# The version of drllm's own grading (drllm.formats: prompts, answer extraction, grading rules). Bump it when any
+# of them changes, so scores made by different grading can be told apart. Kept here, not in formats, because core
+# imports no higher package.
+GRADER_VERSION = 1
 
 
 def package_version(distribution: str) -> str | None:
@@ -58,8 +62,6 @@ def grader_versions(graders: Iterable[str]) -> dict | None:
         raise ValueError(f"unknown grader(s) {unknown}; expected some of {list(GRADERS)}")
     versions = {}
     if "drllm" in graders:
-        from drllm.formats.grading import GRADER_VERSION
-
         versions["drllm.tasks"] = str(GRADER_VERSION)
         versions["math_verify"] = package_version("math-verify") or "not installed"
     if "lm_eval" in graders:

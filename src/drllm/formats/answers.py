@@ -51,11 +51,11 @@ import torch
 
 from drllm.core.executor import ChoiceBatch, PathExecutor, RunState
 from drllm.core.paths import LayerPath
-from drllm.evaluation.metrics import exact_match, gsm8k_equal, gsm8k_strict, max_over_golds, token_f1
-from drllm.formats.grading import (LETTERS, Outcome, extract_boxed, first_answer_line, letters_for, math_equal,
-                                   strict_letter)
+from drllm.formats.grading import (LETTERS, Outcome, exact_match, extract_boxed, first_answer_line, gsm8k_equal,
+                                   gsm8k_strict, letters_for, math_equal, max_over_golds, strict_letter, token_f1)
 from drllm.formats.prompts import (BOXED_INSTRUCTION, Encoded, GSM8K_INSTRUCTION, QA_INSTRUCTION,
-                                   QA_INSTRUCTION_NO_CONTEXT, _with_context, encode_pair, letter_phrase, render_prompt)
+                                   QA_INSTRUCTION_NO_CONTEXT, encode_pair, letter_phrase, render_prompt,
+                                   with_context)
 
 
 def _check_choices(example, name: str) -> None:
@@ -185,7 +185,7 @@ class LetterFormat(_GenerateFormat):
         lines = [example.question]
         lines += [f"{letter}. {choice}" for letter, choice in zip(letters, example.choices)]
         lines.append(f"Answer with a single letter ({letter_phrase(len(letters))}) and nothing else.")
-        return _with_context(example, "\n".join(lines))
+        return with_context(example, "\n".join(lines))
 
     def encode(self, example, tokenizer, *, chat_template: bool = True) -> Encoded:
         _check_choices(example, self.name)
@@ -209,7 +209,7 @@ class BoxedFormat(_GenerateFormat):
 
     @staticmethod
     def prompt(example) -> str:
-        return _with_context(example, f"{example.question}\n{BOXED_INSTRUCTION}")
+        return with_context(example, f"{example.question}\n{BOXED_INSTRUCTION}")
 
     def encode(self, example, tokenizer, *, chat_template: bool = True) -> Encoded:
         golds = tuple(a for a in (example.answers or [example.answer]) if a and a.strip())
@@ -233,7 +233,7 @@ class GSM8KFormat(_GenerateFormat):
 
     @staticmethod
     def prompt(example) -> str:
-        return _with_context(example, f"{example.question}\n{GSM8K_INSTRUCTION}")
+        return with_context(example, f"{example.question}\n{GSM8K_INSTRUCTION}")
 
     def encode(self, example, tokenizer, *, chat_template: bool = True) -> Encoded:
         if not example.answer.strip():
@@ -258,7 +258,7 @@ class QAFormat(_GenerateFormat):
     @staticmethod
     def prompt(example) -> str:
         instruction = QA_INSTRUCTION if getattr(example, "context", None) else QA_INSTRUCTION_NO_CONTEXT
-        return _with_context(example, f"Question: {example.question}\n{instruction}")
+        return with_context(example, f"Question: {example.question}\n{instruction}")
 
     def encode(self, example, tokenizer, *, chat_template: bool = True) -> Encoded:
         # no gold answer = unanswerable (SQuAD v2); the metrics score that against the empty answer
@@ -292,7 +292,7 @@ class ClozeFormat(AnswerFormat):
 
     @staticmethod
     def context(example) -> str:
-        return _with_context(example, f"Question: {example.question}\nAnswer:")
+        return with_context(example, f"Question: {example.question}\nAnswer:")
 
     def encode(self, example, tokenizer, *, chat_template: bool = True) -> Encoded:
         """Plain text whatever `chat_template` says (lm-eval's loglikelihood tasks use no chat template)."""

@@ -1,15 +1,22 @@
 r"""Grading: the answer extraction and equivalence checks every format grades with (strict letter regex,
-last \boxed{}, math-verify equivalence, the first answer line), the `Outcome` of one path, and GRADER_VERSION
-(bumped whenever prompts or grading change; recorded in every graded artifact's provenance)."""
+last \boxed{}, math-verify equivalence, the first answer line), the `Outcome` of one path, and the answer metrics:
+
+* SQuAD -- `normalize_answer`, `exact_match`, `token_f1`, `max_over_golds`: the official SQuAD v2.0 evaluation
+  script (which adds empty-answer handling to v1.1's definitions).
+* GSM8K -- `gsm8k_strict`, `gsm8k_equal`: lm-eval-harness's gsm8k task, "strict-match" filter and its
+  exact_match settings.
+
+Bump drllm.core.provenance.GRADER_VERSION whenever a prompt or a grading rule here changes: every graded
+artifact records it."""
 from __future__ import annotations
 
 import re
+import string
 import threading
+from collections import Counter
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
-# Bump when a prompt, an answer extraction or a grading rule below changes: artifacts record it (drllm.core.provenance),
-# so scores made by different grading can be told apart.
-GRADER_VERSION = 1
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -151,3 +158,84 @@ def first_answer_line(text: str | None) -> str:
         if line.strip():
             return _ANSWER_PREFIX.sub("", line.strip()).strip()
     return ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# SQuAD
+# --------------------------------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's official normalisation: lowercase, drop ASCII punctuation, drop the articles a/an/the,
+    collapse whitespace (evaluate-v2.0.py `normalize_answer`, same steps in the same order)."""
+    text = "".join(ch for ch in (text or "").lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalised strings are equal, else 0.0 (SQuAD v2.0 `compute_exact`)."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """F1 of the normalised tokens' bag overlap (SQuAD v2.0 `compute_f1`).
+
+    When either side normalises to no tokens, the F1 is 1.0 if both do, else 0.0 (v2's rule for
+    unanswerable questions: an empty prediction is the correct abstention).
+    """
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_over_golds(metric: Callable[[str, str], float], prediction: str, golds: Sequence[str]) -> float:
+    """The best `metric(prediction, gold)` over the gold answers (SQuAD scores against every annotator).
+
+    No gold answers means an unanswerable question (SQuAD v2): scored against the single gold "" as the
+    official script does, so only an empty prediction (an abstention) scores 1.
+    """
+    golds = [g for g in golds if normalize_answer(g)] or [""]  # v2 drops golds that normalise to nothing
+    return max(metric(prediction, gold) for gold in golds)
+
+
+# --------------------------------------------------------------------------------------------------------
+# GSM8K
+# --------------------------------------------------------------------------------------------------------
+
+_GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+# lm-eval gsm8k exact_match `regexes_to_ignore`, applied in this order to prediction and reference alike
+_GSM8K_IGNORE = [re.compile(r","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$")]
+
+
+def gsm8k_normalize(text: str) -> str:
+    """An answer as lm-eval's gsm8k exact_match compares it: commas, `$`, anything up to a "#### " and one
+    trailing "." removed (its `regexes_to_ignore`), lowercased; surrounding whitespace stripped too."""
+    text = text.strip()
+    for pattern in _GSM8K_IGNORE:
+        text = pattern.sub("", text)
+    return text.strip().lower()
+
+
+def gsm8k_strict(text: str | None) -> str | None:
+    """The normalised number after the first "#### " in `text` (lm-eval gsm8k "strict-match": regex
+    ``#### (\\-?[0-9\\.\\,]+)``, first match); None when there is none (lm-eval's "[invalid]")."""
+    match = _GSM8K_STRICT.search(text or "")
+    return None if match is None else gsm8k_normalize(match.group(1))
+
+
+def gsm8k_equal(prediction: str | None, gold: str | None) -> bool:
+    """Whether two GSM8K answers are equal after `gsm8k_normalize` ("1,000" == "1000." == "$1000").
+    None or an answer that normalises to nothing is never equal."""
+    if prediction is None or gold is None:
+        return False
+    pred, ref = gsm8k_normalize(prediction), gsm8k_normalize(gold)
+    return bool(ref) and pred == ref

@@ -104,5 +104,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, _ids(tokenizer, continuation)
 
 
-def _with_context(example, text: str) -> str:
+def with_context(example, text: str) -> str:
+    """`text` after the example's passage and a blank line, when it has one."""
     return f"{example.context}\n\n{text}" if getattr(example, "context", None) else text

@@ -32,9 +32,8 @@ from typing import Any, Mapping, Sequence
 
 from drllm.core.executor import PathExecutor, RunState
 from drllm.core.paths import LayerPath
-from drllm.evaluation.metrics import normalize_answer, token_f1
 from drllm.formats.answers import AnswerFormat
-from drllm.formats.grading import Outcome
+from drllm.formats.grading import Outcome, normalize_answer, token_f1
 from drllm.formats.prompts import Encoded
 
 
