@@ -14,9 +14,10 @@ from drllm.evaluation.baselines import (block_influence, influence_rows, matched
                                         read_influence, static_path, write_influence)
 from drllm.data.examples import Example, write_examples
 from drllm.data.registry import load_benchmark
-from drllm.evaluation.cells import (EVAL_SCHEMA, CellContext, EvalEntry, EvaluationError, evaluate_examples,
-                                    read_calibration, read_cell, sample_examples)
-from drllm.evaluation.methods import CALIBRATED, CERTIFIED, Threshold, frontier_line, method_name, parse_method
+from drllm.data.entries import EvalEntry, sample_examples
+from drllm.evaluation.cells import EVAL_SCHEMA, CellContext, EvaluationError, evaluate_examples, read_cell
+from drllm.evaluation.methods import Threshold, frontier_line, method_name, parse_method
+from drllm.routing.calibration import CALIBRATED, CERTIFIED, read_calibration
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.router import RouterConfig, RouterStack

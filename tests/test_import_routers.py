@@ -14,8 +14,7 @@ import torch
 
 from drllm.core.artifacts import ArtifactError
 from drllm.core.models import MANIFEST, file_sha256, read_manifest
-from drllm.evaluation.cells import read_calibration
-from drllm.evaluation.methods import CERTIFIED
+from drllm.routing.calibration import CERTIFIED, read_calibration
 from drllm.routing.imported import SOURCE_FILE, import_routers, resolve_router_source
 from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterConfig,
                                   RouterStack)

@@ -23,10 +23,10 @@ import json
 import sys
 
 from drllm.core.artifacts import ArtifactError, write_json
+from drllm.data.entries import sample_examples
 from drllm.data.examples import read_examples
 from drllm.routing.calibration import (CalibrationConfig, calibration_curve, certify_point, choose_operating_point,
                                        curve_records, operating_points, point_name, point_record)
-from drllm.evaluation.cells import sample_examples
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.routing.router import RouterStack

@@ -17,11 +17,10 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from drllm.core.artifacts import ArtifactError, read_json, read_parquet, write_parquet
+from drllm.core.artifacts import read_parquet, write_parquet
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.core.seeds import derived_seed
-from drllm.evaluation.methods import CALIBRATED, CERTIFIED
+from drllm.data.entries import EvalEntry
 from drllm.formats.answers import AnswerFormat
 from drllm.formats.grading import Outcome
 from drllm.formats.prompts import Encoded
@@ -67,40 +66,12 @@ def read_cell(path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Methods and benchmark entries
+# Settings
 # --------------------------------------------------------------------------------------------------------
 
 
 class EvaluationError(RuntimeError):
     """A cell failed; the message names the benchmark, the method and, when known, the example."""
-
-
-def read_calibration(path, which: str = CALIBRATED) -> tuple[float | None, float | None]:
-    """The operating point (knob p, threshold tau) of router@calibrated (the calibration JSON's `knob` and
-    `threshold`) or router@certified (its `certified` object's); one of the two is null, or tau is null and p is
-    0.5 when the point is the base model."""
-    if not path:
-        raise ValueError(f"method 'router@{which}' needs --calibration (results/routers/<model>/calibration.json)")
-    value = read_json(path, "router calibration file")
-    if not isinstance(value, dict):
-        raise ArtifactError(f"router calibration file {path} must hold a JSON object with a 'knob', "
-                            f"got {type(value).__name__}")
-    if which == CERTIFIED:
-        value = value.get("certified")
-        if not isinstance(value, dict):
-            raise ArtifactError(f"router calibration file {path} has no 'certified' object: calibrate with "
-                                "calibrate.certify set (drllm.routing.certify)")
-    knob, threshold = value.get("knob"), value.get("threshold")
-    if knob is not None and (isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0):
-        raise ArtifactError(f"router calibration file {path}: 'knob' must be a number in [-1, 1], got {knob!r}")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0.0 <= threshold <= 1.0):
-        raise ArtifactError(f"router calibration file {path}: 'threshold' must be a number in [0, 1], "
-                            f"got {threshold!r}")
-    if (knob is None) == (threshold is None):
-        raise ArtifactError(f"router calibration file {path}: exactly one of 'knob' and 'threshold' must be set "
-                            f"({which}), got knob {knob!r}, threshold {threshold!r}")
-    return (None if knob is None else float(knob)), (None if threshold is None else float(threshold))
 
 
 @dataclass(frozen=True)
@@ -140,82 +111,6 @@ class EvalSettings:
         if not isinstance(settings.formats, dict):
             raise ValueError(f"evaluation setting formats must be a mapping, got {settings.formats!r}")
         return settings
-
-
-@dataclass(frozen=True)
-class EvalEntry:
-    """Which records, in which answer format, how many examples: one config `eval.benchmarks` entry, or one
-    `calibrate.sets` entry (section "calibrate.sets", no lm-eval tasks)."""
-
-    name: str
-    benchmark: str
-    split: str
-    format: str
-    samples: int | None = None       # None = every record
-    levels: tuple[int, ...] | None = None
-    options: dict = field(default_factory=dict)  # answer format options
-    lm_eval: dict | None = None      # {task: name or config dict, metric, include_path, apply_chat_template}
-
-    @classmethod
-    def from_config(cls, name: str, block: dict, formats: dict | None = None,
-                    section: str = "eval.benchmarks") -> "EvalEntry":
-        known = {"benchmark", "split", "format", "samples", "levels", "options"}
-        if section == "eval.benchmarks":
-            known.add("lm_eval")
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"{section}.{name}: unknown key(s) {unknown}; expected {sorted(known)}")
-        if block.get("lm_eval") is not None:
-            return cls._lm_eval_entry(name, block)
-        for key in ("benchmark", "split", "format"):
-            if not isinstance(block.get(key), str) or not block[key]:
-                raise ValueError(f"{section}.{name}.{key} must be a non-empty string")
-        samples = block.get("samples")
-        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-            raise ValueError(f"{section}.{name}.samples must be a positive integer or null, got {samples!r}")
-        options = {**(formats or {}).get(block["format"], {}), **(block.get("options") or {})}
-        levels = block.get("levels")
-        return cls(name, block["benchmark"], block["split"], block["format"], samples,
-                   tuple(levels) if levels else None, options)
-
-
-    @classmethod
-    def _lm_eval_entry(cls, name: str, block: dict) -> "EvalEntry":
-        spec = block["lm_eval"]
-        where = f"eval.benchmarks.{name}.lm_eval"
-        known = {"task", "metric", "include_path", "apply_chat_template"}
-        if not isinstance(spec, dict) or sorted(set(spec) - known):
-            raise ValueError(f"{where} must be a mapping with keys among {sorted(known)}")
-        if not isinstance(spec.get("task"), (str, dict)) or not spec["task"]:
-            raise ValueError(f"{where}.task must be an lm-eval task name or a task config mapping")
-        if not isinstance(spec.get("metric"), str) or not spec["metric"]:
-            raise ValueError(f"{where}.metric must name the per-sample metric to report (acc, acc_norm, ...)")
-        extra = sorted(set(block) - {"lm_eval", "samples"})
-        if extra:
-            raise ValueError(f"eval.benchmarks.{name}: {extra} do not apply to an lm-eval task (only samples)")
-        samples = block.get("samples")
-        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-            raise ValueError(f"eval.benchmarks.{name}.samples must be a positive integer or null, got {samples!r}")
-        return cls(name, name, "lm_eval", "lm_eval", samples, None, {}, dict(spec))
-
-
-def sample_examples(examples: list, entry: EvalEntry, seed: int) -> list:
-    """The entry's evaluated sample, in record order: `samples` records drawn with a seed; with `levels`, drawn
-    per level in equal shares (the first levels get the remainder) so every level is represented."""
-    if entry.levels is not None:
-        examples = [ex for ex in examples if ex.level in entry.levels]
-    if not examples:
-        raise ArtifactError(f"eval.benchmarks.{entry.name}: no records left (levels {entry.levels})")
-    if entry.samples is None or entry.samples >= len(examples):
-        return list(examples)
-    rng = np.random.default_rng(derived_seed(seed, "eval", entry.name))
-    strata = [[i for i, ex in enumerate(examples) if ex.level == level] for level in sorted(entry.levels or ())]
-    strata = [stratum for stratum in strata if stratum] or [list(range(len(examples)))]
-    keep: list[int] = []
-    for position, stratum in enumerate(strata):
-        quota = entry.samples // len(strata) + (position < entry.samples % len(strata))
-        keep += rng.choice(stratum, size=min(quota, len(stratum)), replace=False).tolist()
-    return [examples[i] for i in sorted(keep)]
 
 
 def gold_text(example) -> str:

@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet, write_text
 from drllm.core.figures import pyplot, save_figure
+from drllm.core.tables import markdown_table
 from drllm.evaluation.methods import order_methods, parse_method
 from drllm.evaluation.plots import _message
-from drllm.evaluation.report import markdown_table
 from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA, Z95, _joined
 
 IN_DOMAIN_AVERAGE = "(in-domain)"       # average rows' benchmark (config names cannot hold parentheses)

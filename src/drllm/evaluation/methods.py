@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from drllm.routing.calibration import CALIBRATED, CERTIFIED
+
 LM_EVAL_METHODS = ("base", "router")  # lm-eval tasks run through the drllm model: all layers or routed (and @p)
 PLAIN_METHODS = ("base", "router", "static", "random", "safest", "oracle")
 BUDGET_METHODS = ("static", "random", "safest")  # <kind>@<k>: k layers removed, independent of the router
-CALIBRATED = "calibrated"             # router@calibrated: the knob comes from the calibration file
-CERTIFIED = "certified"               # router@certified: the certified operating point from the calibration file
 FILE_POINTS = (CALIBRATED, CERTIFIED)  # router@<these>: the operating point is read from the calibration file
 _REMOVALS = re.compile(r"0|[1-9][0-9]*")  # canonical integers only: the name is also the cell's file name
 PLAIN_ROUTER_KNOB = -0.5         # drllm.routing.router.apply_knob(probs, -0.5) == probs: the plain router on the knob curve

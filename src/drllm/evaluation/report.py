@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from drllm.core.artifacts import ArtifactError, read_provenance, write_parquet, write_text
+from drllm.core.tables import markdown_table
 from drllm.evaluation.cells import read_cell
 from drllm.evaluation.methods import order_methods
 from drllm.evaluation.plots import plot_accuracy_vs_layers, plot_frontier, plot_layer_actions, plot_routing_consensus
@@ -30,12 +31,6 @@ FIGURES = ("accuracy_vs_layers", "frontier", "layer_actions", "routing_consensus
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
 
 
 def _score_cell(row: dict) -> str:

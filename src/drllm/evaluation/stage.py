@@ -16,12 +16,14 @@ from pathlib import Path
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.core.provenance import stage_provenance
+from drllm.data.entries import EvalEntry, sample_examples
 from drllm.data.examples import read_examples
-from drllm.evaluation.cells import (CellContext, EvalEntry, EvalSettings, EvaluationError, cell_accuracy, cell_row,
-                                    evaluate_examples, read_calibration, sample_examples, write_cell)
-from drllm.evaluation.methods import CALIBRATED, FILE_POINTS, LM_EVAL_METHODS, Threshold, method_name, parse_method
+from drllm.evaluation.cells import (CellContext, EvalSettings, EvaluationError, cell_accuracy, cell_row,
+                                    evaluate_examples, write_cell)
+from drllm.evaluation.methods import FILE_POINTS, LM_EVAL_METHODS, Threshold, method_name, parse_method
 from drllm.evaluation.policies import MethodInputs, build_policy
 from drllm.formats.answers import get_format
+from drllm.routing.calibration import CALIBRATED, read_calibration
 from drllm.routing.router import RouterStack
 from drllm.search.shards import Checkpoint
 

@@ -26,11 +26,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from drllm.evaluation.cells import EvalEntry
+from drllm.core.artifacts import ArtifactError, read_json
+from drllm.data.entries import EvalEntry
 from drllm.routing.certify import CertifyConfig, certify, upper_bound
 
 BASE_KNOB = 0.5  # p = 0.5 executes every block: the base model
 KNOB, THRESHOLD = "knob", "threshold"  # the two axes of operating points
+CALIBRATED = "calibrated"  # the calibration file's chosen point (its `knob`, `threshold`): router@calibrated
+CERTIFIED = "certified"    # its `certified` object's point: router@certified
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,34 @@ def point_name(axis: str, value: float) -> str:
 def point_record(axis: str, value: float) -> dict:
     """The operating point as calibration.json and evaluation read it: {knob, threshold}, one of them null."""
     return {"knob": value if axis == KNOB else None, "threshold": value if axis == THRESHOLD else None}
+
+
+def read_calibration(path, which: str = CALIBRATED) -> tuple[float | None, float | None]:
+    """The operating point (knob p, threshold tau) of router@calibrated (the calibration JSON's `knob` and
+    `threshold`) or router@certified (its `certified` object's); one of the two is null, or tau is null and p is
+    0.5 when the point is the base model."""
+    if not path:
+        raise ValueError(f"method 'router@{which}' needs --calibration (results/routers/<model>/calibration.json)")
+    value = read_json(path, "router calibration file")
+    if not isinstance(value, dict):
+        raise ArtifactError(f"router calibration file {path} must hold a JSON object with a 'knob', "
+                            f"got {type(value).__name__}")
+    if which == CERTIFIED:
+        value = value.get("certified")
+        if not isinstance(value, dict):
+            raise ArtifactError(f"router calibration file {path} has no 'certified' object: calibrate with "
+                                "calibrate.certify set (drllm.routing.certify)")
+    knob, threshold = value.get("knob"), value.get("threshold")
+    if knob is not None and (isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0):
+        raise ArtifactError(f"router calibration file {path}: 'knob' must be a number in [-1, 1], got {knob!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0.0 <= threshold <= 1.0):
+        raise ArtifactError(f"router calibration file {path}: 'threshold' must be a number in [0, 1], "
+                            f"got {threshold!r}")
+    if (knob is None) == (threshold is None):
+        raise ArtifactError(f"router calibration file {path}: exactly one of 'knob' and 'threshold' must be set "
+                            f"({which}), got knob {knob!r}, threshold {threshold!r}")
+    return (None if knob is None else float(knob)), (None if threshold is None else float(threshold))
 
 
 @dataclass

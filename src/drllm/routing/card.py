@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from drllm.core.artifacts import ArtifactError, write_text
-from drllm.evaluation.report import markdown_table
+from drllm.core.tables import markdown_table
 from drllm.routing.router import CARD_FILE, CLASSES, RouterConfig
 
 EVALUATION_HEADING = "## Evaluation"
@@ -94,7 +94,7 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
     """The training card completed for release: its evaluation pointer replaced by the search settings (each
     distinct `search_config` of the shards), the search summary table, the certified operating point (the
     calibration file's `certified` object, when calibrated with `certify`) and the evaluation table (base and
-    router rows of the report summary, drllm.evaluation.summary.REPORT_SUMMARY_SCHEMA)."""
+    router rows of the report summary, REPORT_SUMMARY_SCHEMA of evaluation.summary)."""
     from drllm.routing.calibration import certified_summary
 
     if EVALUATION_HEADING not in card:

@@ -16,7 +16,7 @@ from typing import Any
 
 from drllm.core.artifacts import ArtifactError, atomic_path, read_json, write_json
 from drllm.core.models import file_sha256
-from drllm.evaluation.methods import CALIBRATED, CERTIFIED
+from drllm.routing.calibration import CALIBRATED, CERTIFIED, read_calibration
 from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterStack,
                                   download_routers)
 
@@ -111,8 +111,6 @@ def import_routers(source_dir: str | os.PathLike, manifest: dict[str, Any], out_
 def check_calibration(path: Path, manifest: dict[str, Any]) -> None:
     """The calibration file as evaluation reads it (its calibrated point, and its certified point when it has
     one), made for this model when it says which (calibrate_routers.py writes `model` and `num_layers`)."""
-    from drllm.evaluation.cells import read_calibration  # here: that module pulls in transformers (seconds)
-
     read_calibration(path, CALIBRATED)
     calibration = read_json(path, "router calibration file")
     if calibration.get("certified") is not None:
