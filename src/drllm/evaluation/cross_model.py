@@ -17,11 +17,10 @@ from typing import Iterable
 import pyarrow as pa
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet, write_text
-from drllm.core.figures import pyplot, save_figure
+from drllm.core.figures import placeholder_figure, pyplot, save_figure
 from drllm.core.tables import markdown_table
 from drllm.evaluation.methods import order_methods, parse_method
-from drllm.evaluation.plots import _message
-from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA, Z95, _joined
+from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA, Z95, joined
 
 IN_DOMAIN_AVERAGE = "(in-domain)"       # average rows' benchmark (config names cannot hold parentheses)
 OUT_OF_DOMAIN_AVERAGE = "(out-of-domain)"
@@ -161,7 +160,7 @@ def _average_row(model: str, method: str, in_domain: bool, rows: list[dict]) -> 
     score, low, high = combined("", "score", (0.0, 1.0))
     base, base_low, base_high = combined("base_", "base_score", (0.0, 1.0))
     delta, delta_low, delta_high = combined("delta_", "delta_vs_base", (-1.0, 1.0))
-    out.update(metric=_joined(r["metric"] for r in parts), n=sum(r["n"] for r in parts), score=score, ci_low=low,
+    out.update(metric=joined(r["metric"] for r in parts), n=sum(r["n"] for r in parts), score=score, ci_low=low,
                ci_high=high, base_score=base, base_ci_low=base_low, base_ci_high=base_high,
                n_paired=sum(r["n_paired"] for r in parts), delta_vs_base=delta, delta_ci_low=delta_low,
                delta_ci_high=delta_high, num_layers=max(r["num_layers"] for r in parts),
@@ -285,7 +284,7 @@ def plot_cross_model(rows: list[dict], path) -> None:
     title = "Accuracy change vs layers saved"
     points = [r for r in rows if r["method"] != "base" and r["present"] and r["delta_vs_base"] is not None]
     if not points:
-        return _message(path, title, "no method with a paired delta vs base")
+        return placeholder_figure(path, title, "no method with a paired delta vs base")
     plt = pyplot()
     from matplotlib.lines import Line2D
 

@@ -8,31 +8,21 @@ from collections import defaultdict
 
 import numpy as np
 
-from drllm.core.figures import pyplot, save_figure
+from drllm.core.figures import placeholder_figure, pyplot, save_figure
 from drllm.evaluation.methods import PLAIN_ROUTER_KNOB, method_sort_key, order_methods, sweep_param
-from drllm.evaluation.summary import ACTIONS, MEAN_BENCHMARK, _n_label, layer_action_shares, routing_consensus
+from drllm.evaluation.summary import ACTIONS, MEAN_BENCHMARK, layer_action_shares, n_label, routing_consensus
 
 
 # --------------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------------
 
-def _message(path, title: str, text: str) -> None:
-    """A placeholder figure, so a missing method never breaks the report (or snakemake's declared outputs)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, transform=ax.transAxes)
-    ax.set_title(title)
-    ax.set_axis_off()
-    save_figure(fig, path)
-
-
 def plot_accuracy_vs_layers(summary: list[dict], path) -> None:
     """Mean score vs mean executed layers: one style per method, per-benchmark points, big per-method average,
     and the router@p knob curve (router placed at its knob value) per benchmark and on average."""
     title = "Accuracy vs executed layers"
     if not summary:
-        return _message(path, title, "no evaluation results")
+        return placeholder_figure(path, title, "no evaluation results")
     plt = pyplot()
     methods = order_methods(r["method"] for r in summary)
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
@@ -93,7 +83,7 @@ def plot_frontier(points: list[dict], path) -> None:
     panels = sorted({p["benchmark"] for p in points if p["in_domain"] and p["benchmark"] != MEAN_BENCHMARK})
     panels += [MEAN_BENCHMARK] if points else []
     if not points:
-        return _message(path, title, "no frontier methods evaluated")
+        return placeholder_figure(path, title, "no frontier methods evaluated")
     plt = pyplot()
     columns = min(3, len(panels))
     rows_ = math.ceil(len(panels) / columns)
@@ -119,7 +109,7 @@ def plot_frontier(points: list[dict], path) -> None:
                 draw(group, label=method, ls="none", mec="black", mew=0.6, **style)
         name = benchmark
         if benchmark == MEAN_BENCHMARK:  # a method averages the benchmarks that have it
-            name = f"mean over {_n_label([p['benchmarks'] for p in here])} benchmark(s)"
+            name = f"mean over {n_label([p['benchmarks'] for p in here])} benchmark(s)"
         ax.set(title=name, xlabel="mean executed layers per example", ylabel="score (%)")
         ax.grid(alpha=0.3)
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))  # one legend for every panel
@@ -135,7 +125,7 @@ def plot_layer_actions(rows: list[dict], path, method: str = "router") -> None:
     title = f"Per-layer actions ({method})"
     shares = layer_action_shares(rows, method)
     if not shares:
-        return _message(path, title, f"no {method} results")
+        return placeholder_figure(path, title, f"no {method} results")
     plt = pyplot()
     benchmarks = list(shares)
     width = max(s.shape[1] for s in shares.values())
@@ -158,7 +148,7 @@ def plot_routing_consensus(rows: list[dict], path, method: str = "router") -> No
     title = f"Routing consensus per layer ({method})"
     consensus = routing_consensus(rows, method)
     if not consensus:
-        return _message(path, title, f"no {method} results")
+        return placeholder_figure(path, title, f"no {method} results")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for c in consensus:

@@ -19,8 +19,8 @@ from drllm.core.tables import markdown_table
 from drllm.evaluation.cells import read_cell
 from drllm.evaluation.methods import order_methods
 from drllm.evaluation.plots import plot_accuracy_vs_layers, plot_frontier, plot_layer_actions, plot_routing_consensus
-from drllm.evaluation.summary import (_joined, FRONTIER_SCHEMA, MEAN_BENCHMARK, REPORT_SUMMARY_SCHEMA, _n_label,
-                                      frontier_points, routing_consensus, scores_by_level, summarize_cells)
+from drllm.evaluation.summary import (FRONTIER_SCHEMA, MEAN_BENCHMARK, REPORT_SUMMARY_SCHEMA, frontier_points, joined,
+                                      n_label, routing_consensus, scores_by_level, summarize_cells)
 
 FIGURES = ("accuracy_vs_layers", "frontier", "layer_actions", "routing_consensus")
 
@@ -94,7 +94,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
     methods = order_methods(r["method"] for r in summary)
     cells = {(r["benchmark"], r["method"]): r for r in summary}
     by_bench = {b: [r for r in summary if r["benchmark"] == b] for b in benchmarks}
-    models = _joined(r["model"] for r in summary) or "–"
+    models = joined(r["model"] for r in summary) or "–"
     out = ["# Dr.LLM evaluation report", "",
            f"Model: {models}. {len(benchmarks)} benchmark(s), {len(methods)} method(s), {len(summary)} cell(s).", ""]
 
@@ -103,7 +103,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
             "Δ = mean paired difference to `base` on shared examples in points, `*` when its 95% paired "
             "bootstrap interval excludes 0. n = examples per cell.", ""]
     if summary:
-        body = [[b, _joined(r["metric"] for r in by_bench[b]), _n_label([r["n"] for r in by_bench[b]])]
+        body = [[b, joined(r["metric"] for r in by_bench[b]), n_label([r["n"] for r in by_bench[b]])]
                 + [_score_cell(cells[(b, m)]) if (b, m) in cells else "–" for m in methods] for b in benchmarks]
         average = ["**average**", "", ""]
         for m in methods:
@@ -124,7 +124,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
             "Mean executed layers per example (path length, repeats counted), and in brackets the layer "
             "applications relative to `base` summed over shared examples. L = layers of the model.", ""]
     if summary:
-        body = [[b, _joined(r["num_layers"] for r in by_bench[b])]
+        body = [[b, joined(r["num_layers"] for r in by_bench[b])]
                 + [_layers_cell(cells[(b, m)]) if (b, m) in cells else "–" for m in methods] for b in benchmarks]
         average = ["**average**", ""]
         for m in methods:

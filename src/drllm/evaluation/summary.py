@@ -73,7 +73,8 @@ def _is_binary(values) -> bool:
 # Summary
 # --------------------------------------------------------------------------------------------------------
 
-def _joined(values) -> str:
+def joined(values) -> str:
+    """The distinct non-null values, sorted, as one comma-separated cell."""
     return ", ".join(sorted({str(v) for v in values if v is not None}))
 
 
@@ -104,8 +105,8 @@ def summarize_cells(rows: list[dict], seed: int = 0, resamples: int = RESAMPLES)
         row = {
             "benchmark": benchmark, "method": method,
             "knob": method_knob(method, knob) if method.startswith("router@") else knob,
-            "model": _joined(r["model"] for r in cell), "metric": _joined(r["metric"] for r in cell),
-            "source": _joined(r["source"] for r in cell), "n": len(cell),
+            "model": joined(r["model"] for r in cell), "metric": joined(r["metric"] for r in cell),
+            "source": joined(r["source"] for r in cell), "n": len(cell),
             "score": float(scores.mean()), "ci_low": ci[0], "ci_high": ci[1], "ci_method": ci_method,
             "num_layers": int(layers.max()),
             "mean_path_length": float(paths.mean()), "mean_layers_saved": float((layers - paths).mean()),
@@ -207,7 +208,8 @@ def routing_consensus(rows: list[dict], method: str = "router") -> list[dict]:
     return result
 
 
-def _n_label(ns: list[int]) -> str:
+def n_label(ns: list[int]) -> str:
+    """An example count for a table cell: the count, or min–max when they differ."""
     return str(ns[0]) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
 
 

@@ -10,8 +10,8 @@ import torch
 from drllm.routing.features import teacher_forced_features
 from drllm.routing.router import RouterStack
 from drllm.routing.samples import TrainingSample, validate_samples
-from drllm.routing.training import (TrainConfig, TrainHistory, _check_stack, _train_loop, classification_metrics,
-                                    focal_loss)
+from drllm.routing.training import (TrainConfig, TrainHistory, check_stack, classification_metrics, focal_loss,
+                                    train_loop)
 
 
 def teacher_forced_step(stack: RouterStack, executor, samples: Sequence[TrainingSample], weights: torch.Tensor,
@@ -33,7 +33,7 @@ def train_full_forward(stack: RouterStack, executor, samples: Sequence[TrainingS
     it is only the slow reference that proves the cache changes nothing.
     """
     validate_samples(samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
-    _check_stack(stack, executor.num_layers, config.windows, config)
+    check_stack(stack, executor.num_layers, config.windows, config)
     labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long)
 
     def loss_of(indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -53,4 +53,4 @@ def train_full_forward(stack: RouterStack, executor, samples: Sequence[TrainingS
             return {"loss": float(focal_loss(logits, target, weights, config.gamma)),
                     **classification_metrics(logits, target)}
 
-    return _train_loop(stack, labels, loss_of, config, evaluate, len(val_samples or []), log)
+    return train_loop(stack, labels, loss_of, config, evaluate, len(val_samples or []), log)

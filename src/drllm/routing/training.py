@@ -375,9 +375,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
             "accuracy_by_layer": correct.mean(0).tolist()}
 
 
-def _train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                config: TrainConfig, evaluate: Callable[[torch.Tensor], dict] | None, val_count: int,
-                log: Callable[[str], None] | None) -> TrainHistory:
+def train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               config: TrainConfig, evaluate: Callable[[torch.Tensor], dict] | None, val_count: int,
+               log: Callable[[str], None] | None) -> TrainHistory:
     """Shared by the cached and the full-forward trainers: same shuffling, batching, schedule, metrics."""
     count = labels.shape[0]
     if count == 0:
@@ -473,7 +473,8 @@ def _train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[tor
     return history
 
 
-def _check_stack(stack: RouterStack, num_layers: int, windows: int, config: TrainConfig) -> None:
+def check_stack(stack: RouterStack, num_layers: int, windows: int, config: TrainConfig) -> None:
+    """The router stack and the features agree on layers and windows (both trainers check it)."""
     if stack.num_layers != num_layers:
         raise ArtifactError(f"router stack has {stack.num_layers} routers, the features have {num_layers} layers")
     if windows != config.windows:
@@ -536,7 +537,7 @@ def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
     """
     if len(cache) == 0:
         raise ArtifactError("no training samples in the feature cache")
-    _check_stack(stack, cache.num_layers, cache.means.shape[2], config)
+    check_stack(stack, cache.num_layers, cache.means.shape[2], config)
     device = stack.device
     if config.standardize:  # raw residual-stream means have norms in the hundreds: fresh routers saturate
         mean, std = feature_statistics(cache)
@@ -573,7 +574,7 @@ def _train(stack: RouterStack, cache: FeatureCache, config: TrainConfig, val_cac
 
     evaluate = None
     if val_cache is not None and len(val_cache):
-        _check_stack(stack, val_cache.num_layers, val_cache.means.shape[2], config)
+        check_stack(stack, val_cache.num_layers, val_cache.means.shape[2], config)
 
         def evaluate(weights):
             return evaluate_cache(stack, val_cache, weights, config.gamma, target=config.target)
@@ -581,4 +582,4 @@ def _train(stack: RouterStack, cache: FeatureCache, config: TrainConfig, val_cac
     labels = cache.labels
     if config.target == "safety":
         labels = safety_classes(cache.safety_targets(torch.arange(len(cache)), cache.labels.device))
-    return _train_loop(stack, labels, loss_of, config, evaluate, 0 if val_cache is None else len(val_cache), log)
+    return train_loop(stack, labels, loss_of, config, evaluate, 0 if val_cache is None else len(val_cache), log)
