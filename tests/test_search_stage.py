@@ -63,16 +63,15 @@ def serial_shard(smollm2_dir, prompt_file, tmp_path_factory):
 def test_shards_identical_across_backends_and_worker_counts(smollm2_dir, prompt_file, serial_shard, tmp_path):
     outputs = {"serial": serial_shard}
     # prompts searched in lockstep (--batch-prompts) give the rows of one prompt at a time
-    for name, extra in {"ray1": ["--backend", "ray", "--workers", "1", "--batch-prompts", "4"],
-                        "ray2": ["--backend", "ray", "--workers", "2", "--batch-prompts", "2"]}.items():
+    # (one Ray run: two workers and lockstep batches at once; every Ray start costs seconds of CPU)
+    for name, extra in {"ray2": ["--backend", "ray", "--workers", "2", "--batch-prompts", "2"]}.items():
         outputs[name] = tmp_path / f"{name}.parquet"
         assert run_cli(smollm2_dir, prompt_file, outputs[name], *extra) == 0
     serial = without_timing(outputs["serial"])
     assert serial.height == 4 and serial["evaluations"].min() >= 2
-    assert serial.equals(without_timing(outputs["ray1"]))
     assert serial.equals(without_timing(outputs["ray2"]))
     provenance = {name: pq.read_schema(path).metadata[b"drllm"] for name, path in outputs.items()}
-    assert provenance["serial"] == provenance["ray1"] == provenance["ray2"]
+    assert provenance["serial"] == provenance["ray2"]
     assert not (serial_shard.parent / "serial.parquet.progress.jsonl").exists()
     # the Table 2 summary reads the shards back
     manifest = smollm2_dir / "drllm_model.json"

@@ -437,20 +437,20 @@ def test_released_routers_evaluate_on_a_new_benchmark_without_search_or_training
         "data": {"capitals": {"kind": "multiple_choice", "source": {"path": "capitals.jsonl"}, "splits": ["test"],
                               "fields": {"question": "q", "choices": "opts", "answer": "gold"},
                               "answer_format": "index"}},
-        "eval": {"select": ["capitals"], "methods": ["base", "router", "router@certified"], "knobs": [],
+        "eval": {"select": ["capitals"], "methods": ["base", "router"], "knobs": [],
                  "static_k": [], "random_k": [],
                  "benchmarks": {"capitals": {"benchmark": "capitals", "split": "test", "format": "cloze"}}},
     }
     (work / "imported.yaml").write_text(yaml.safe_dump(overlay))
     jobs = planned_jobs(snakemake("-n", *configs, "imported.yaml", cwd=work))
-    assert jobs == {"prepare_data": 1, "import_routers": 1, "evaluate": 3, "report": 1, "cross_model_report": 1,
+    assert jobs == {"prepare_data": 1, "import_routers": 1, "evaluate": 2, "report": 1, "cross_model_report": 1,
                     "all": 1}
     snakemake("--cores", "2", *configs, "imported.yaml", cwd=work)
     tree = work / "results" / "imported"
     source = json.loads((tree / "routers" / "smollm2-135m-instruct" / "source.json").read_text())
     assert "results/release/smollm2-135m-instruct" in json.dumps(source)
     cells = pl.read_parquet(tree / "eval" / "smollm2-135m-instruct" / "capitals" / "*.parquet")
-    assert sorted(cells["method"].unique()) == ["base", "router", "router@certified"] and cells.height == 12
+    assert sorted(cells["method"].unique()) == ["base", "router"] and cells.height == 8
     assert (tree / "report" / "cross_model.md").is_file()
     assert not (tree / "search").exists() and not (tree / "release").exists()
 

@@ -16,12 +16,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from drllm.core.artifacts import ArtifactError
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.cross_model import DEFAULT_METHODS, load_summaries, write_cross_model_report
+from drllm.evaluation.summary import parse_in_domain
 
 
 def parse_summary(text: str) -> tuple[str, str]:
@@ -30,17 +30,6 @@ def parse_summary(text: str) -> tuple[str, str]:
     if not sep or not name.strip() or not path:
         raise ValueError(f"--summary expects MODEL=PATH, got {text!r}")
     return name.strip(), path
-
-
-def parse_in_domain(text: str) -> list[str] | None:
-    """--in-domain-json: null (every benchmark) or a JSON list of benchmark names."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--in-domain-json is not valid JSON: {exc}") from exc
-    if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        raise ValueError(f"--in-domain-json must be null or a list of benchmark names, got {value!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from drllm.core.artifacts import ArtifactError, read_json
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.report import build_report, validate_skipped
+from drllm.evaluation.summary import parse_in_domain
 
 
 def parse_skipped(text: str) -> list[dict]:
@@ -35,17 +36,6 @@ def parse_skipped(text: str) -> list[dict]:
             raise ValueError(f"--skipped-json is neither valid JSON ({exc}) nor a file: {text!r}") from exc
         value = read_json(text, "skipped-benchmarks file")
     return validate_skipped(value)
-
-
-def parse_in_domain(text: str) -> list[str] | None:
-    """--in-domain-json: null (every benchmark) or a JSON list of benchmark names."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--in-domain-json is not valid JSON: {exc}") from exc
-    if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        raise ValueError(f"--in-domain-json must be null or a list of benchmark names, got {value!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

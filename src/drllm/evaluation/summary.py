@@ -2,6 +2,7 @@
 the base model, layers), the accuracy/compute frontier, per-layer action shares and routing consensus."""
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from typing import Iterable
@@ -222,3 +223,14 @@ def scores_by_level(rows: list[dict]) -> list[dict]:
     multi = {b for b in {k[0] for k in groups} if len({k[1] for k in groups if k[0] == b}) > 1}
     return [{"benchmark": b, "level": level, "method": m, "n": len(v), "score": float(np.mean(v))}
             for (b, level, m), v in sorted(groups.items()) if b in multi]
+
+
+def parse_in_domain(text: str) -> list[str] | None:
+    """The report scripts' --in-domain-json: null (every benchmark) or a JSON list of benchmark names."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--in-domain-json is not valid JSON: {exc}") from exc
+    if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"--in-domain-json must be null or a list of benchmark names, got {value!r}")
+    return value
