@@ -32,7 +32,7 @@ def routed(request):
 def reference_path(routed: RoutedModel, ids: list[int]) -> LayerPath:
     """The routed path computed the slow, obvious way: one prompt, block by block, router.route on each input."""
     executor, steps = routed.executor, []
-    hidden = executor.decoder.embed_tokens(torch.tensor([ids]))
+    hidden = executor.embed(torch.tensor([ids]))
     for layer in range(executor.num_layers):
         action = int(routed.routers.route(layer, hidden).argmax(-1))
         for _ in range(action):

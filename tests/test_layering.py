@@ -1,6 +1,6 @@
 """The package layering (issue 21): no package below evaluation imports it, core imports no other drllm
 package, and no module imports another module's private (underscore) name. Static: the source is read with ast,
-nothing is imported."""
+nothing is imported. Also the one model seam: only the executor reaches the model's embedding and rotary modules."""
 
 import ast
 from pathlib import Path
@@ -99,3 +99,37 @@ def test_checker_allows_own_private_names(tmp_path):
     (root / "core").mkdir(parents=True)
     (root / "core" / "a.py").write_text("from drllm.core.a import _x\nfrom . import b\nfrom drllm.core.b import __all__\n")
     assert layering_violations(root) == []
+
+
+# the model's own embedding and the resume hook: only executor.py may reach them, through `embed`/`resume_hidden`
+# everywhere else, so an architecture quirk (an embedding multiplier, say) is handled in one place
+MODEL_PROBES = ("embed_tokens", "rotary_emb", "_resume_hidden")
+SEAM_OWNER = SRC / "core" / "executor.py"
+
+
+def seam_violations(paths) -> list[str]:
+    found = []
+    for path in paths:
+        if path == SEAM_OWNER:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        found += [f"{path}:{node.lineno}: .{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and node.attr in MODEL_PROBES]
+    return found
+
+
+def test_one_model_seam():
+    """Only the executor touches the decoder's embedding and rotary modules (issue 21): the library, the scripts,
+    the benchmarks and the tests embed and resume through its public methods."""
+    repo = SRC.parents[1]
+    paths = [path for folder in ("src", "workflow", "bench", "tools", "tests")
+             for path in sorted((repo / folder).rglob("*.py"))]
+    assert SEAM_OWNER in paths and len(paths) > 40
+    found = seam_violations(paths)
+    assert not found, "model probes outside the executor:\n" + "\n".join(found)
+
+
+def test_seam_checker_catches(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("h = executor.decoder.embed_tokens(ids)\nx = executor._resume_hidden(s, 2, p, ids, None)\n")
+    assert [line.split(": ")[1] for line in seam_violations([bad])] == [".embed_tokens", "._resume_hidden"]

@@ -75,6 +75,45 @@ def test_path_count_must_match_the_batch(executor):
         path_batch.prefill(executor, input_ids, attention_mask, PATHS[:5])
 
 
+def test_an_embedding_quirk_in_the_executor_reaches_every_mixed_path_forward(executor, monkeypatch, no_tie_guard):
+    """One model seam: a made-up architecture quirk (an embedding multiplier) put in `executor.embed` alone is what
+    every mixed-path entry point starts from, so their rows still equal the executor's own runs."""
+    original, calls = executor.embed, []
+
+    def scaled(input_ids):
+        calls.append(tuple(input_ids.shape))
+        return original(input_ids) * 3.0
+
+    batch, paths = prompts((4, 8, 6), seed=2), PATHS[:3]
+    input_ids, attention_mask = pad_left(batch)
+    plain = path_batch.prefill(executor, input_ids, attention_mask, paths).logits
+    monkeypatch.setattr(executor, "embed", scaled)
+    state = path_batch.prefill(executor, input_ids, attention_mask, paths)
+    assert calls == [(3, 8)] and not torch.allclose(state.logits, plain, atol=1e-3)
+    for row, (ids, path) in enumerate(zip(batch, paths)):
+        alone = executor.prefill(torch.tensor([ids]), None, path, logits="last")
+        assert torch.allclose(state.logits[row], alone.logits[0], atol=1e-4)
+    calls.clear()
+    path_batch.decode_step(executor, state, torch.full((3,), 5))
+    assert calls == [(3, 1)]
+    calls.clear()
+    scored = path_batch.score_together(executor, [path_batch.ScoreRequest(choices, path) for choices, path in
+                                                  zip(choice_batches()[:2], paths)], max_padding=float("inf"))
+    assert calls == [(6, 10)]  # both option batches in one mixed-path pass
+    for (got, _), choices, path in zip(scored, choice_batches()[:2], paths):
+        want, _ = executor.score(choices, path)
+        assert torch.allclose(torch.tensor([r.logprob for r in got]), torch.tensor([r.logprob for r in want]),
+                              atol=1e-4)
+    calls.clear()
+    generated = path_batch.generate_together(executor, [path_batch.GenerateRequest(ids, path, 3)
+                                                        for ids, path in zip(batch, paths)],
+                                             eos_token_id=[], max_padding=float("inf"))
+    assert calls[0] == (3, 8)  # the batch's prefill, then its decode steps
+    for got, ids, path in zip(generated, batch, paths):
+        want = executor.generate(torch.tensor([ids]), None, path, max_new_tokens=3, eos_token_id=[])
+        assert got.tokens.tolist() == want.tokens.tolist()
+
+
 @pytest.mark.slow
 def test_mixed_smollm2_batch_equals_each_prompt_alone(smollm2):
     """The real embedded model: chat prompts on different paths (skips, a repeat) decoded as one batch."""

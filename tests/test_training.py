@@ -235,7 +235,7 @@ def test_cache_features_match_single_unpadded_forwards(executor):
     # a skipped layer's router sees what the next layer's sees; router 0 sees the embeddings
     skipped = 1  # LABELS[1] skips layer 1
     torch.testing.assert_close(cache.means[skipped, 1], cache.means[skipped, 2])
-    embeddings = executor.decoder.embed_tokens(torch.tensor([samples[0].input_ids]))
+    embeddings = executor.embed(torch.tensor([samples[0].input_ids]))
     torch.testing.assert_close(cache.means[0, 0, :8], window_mean_pool(embeddings, None, 8)[0][0])
 
 

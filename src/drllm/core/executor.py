@@ -161,6 +161,35 @@ class PathExecutor:
         """A cache with one slot per executed step, each of its layer's attention type."""
         return _cache_for(path, self.layer_types, self._cache_kwargs)
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering step 0: the token embeddings of `input_ids` (moved to the model's device).
+
+        Every forward here and in `path_batch` starts with this call, so an architecture's embedding quirk belongs
+        here and nowhere else. Gemma's sqrt(hidden size) scale needs nothing: its embedding module applies it.
+        """
+        return self.decoder.embed_tokens(input_ids.to(self.device))
+
+    def resume_hidden(self, resume: RunState, step: int, path: LayerPath, input_ids: torch.Tensor,
+                      cache: DynamicCache | None = None) -> torch.Tensor:
+        """The residual stream entering step `step` of `path`, taken from `resume`: an earlier run of the same
+        input ids that kept its hidden states (keep_hidden=True) and shares `path`'s first `step` steps. With
+        `cache` (`new_cache(path)`), that run's first `step` slots replace its first ones. Running the remaining
+        steps from here (`apply_block`, slot = step index) continues the forward as if it had run from step 0.
+        Raises ValueError when `resume` cannot stand in for those steps.
+        """
+        if resume.hidden is None:
+            raise ValueError("cannot resume: the earlier run did not keep hidden states (keep_hidden=True)")
+        if step > len(resume.path) or path.common_prefix(resume.path) < step:
+            raise ValueError(f"cannot resume at step {step}: path {path} and earlier path {resume.path} "
+                             f"share only {path.common_prefix(resume.path)} leading steps")
+        if resume.input_ids.shape != input_ids.shape or not torch.equal(resume.input_ids, input_ids):
+            raise ValueError("cannot resume: the earlier run was on different input ids")
+        if cache is not None:
+            if resume.cache is None:
+                raise ValueError("cannot resume with a cache: the earlier run kept none (use_cache=True)")
+            cache.layers[:step] = _copy_cache(resume.cache).layers[:step]
+        return resume.hidden[step]
+
     def cache_slot(self, layer: int):
         """A fresh, empty cache slot for one execution of block `layer` (append it to a cache's layers)."""
         return DYNAMIC_LAYER_TYPE_MAPPING[self.layer_types[layer]](**self._cache_kwargs[layer])
@@ -242,10 +271,10 @@ class PathExecutor:
         position_ids = positions_from_mask(attention_mask, input_ids.shape[1], self.device)
         cache = self.new_cache(path) if use_cache else None
         if resume is not None and resume_step > 0:
-            hidden = self._resume_hidden(resume, resume_step, path, input_ids, cache)
+            hidden = self.resume_hidden(resume, resume_step, path, input_ids, cache)
         else:
             resume_step = 0
-            hidden = self.decoder.embed_tokens(input_ids)
+            hidden = self.embed(input_ids)
         # prefill masks depend only on the attention mask, so a half-filled resumed cache must not be consulted
         masks, rotary = self._step_inputs(hidden, attention_mask, position_ids, None, path)
         hidden, kept = self._run_steps(hidden, path, resume_step, masks, rotary, position_ids, cache, keep_hidden)
@@ -253,20 +282,6 @@ class PathExecutor:
             kept = list(resume.hidden[:resume_step]) + kept
         return RunState(path, input_ids, attention_mask, position_ids, self.output_logits(hidden, logits), hidden, kept,
                         cache)
-
-    def _resume_hidden(self, resume: RunState, step: int, path: LayerPath, input_ids, cache) -> torch.Tensor:
-        if resume.hidden is None:
-            raise ValueError("cannot resume: the earlier run did not keep hidden states (keep_hidden=True)")
-        if step > len(resume.path) or path.common_prefix(resume.path) < step:
-            raise ValueError(f"cannot resume at step {step}: path {path} and earlier path {resume.path} "
-                             f"share only {path.common_prefix(resume.path)} leading steps")
-        if resume.input_ids.shape != input_ids.shape or not torch.equal(resume.input_ids, input_ids):
-            raise ValueError("cannot resume: the earlier run was on different input ids")
-        if cache is not None:
-            if resume.cache is None:
-                raise ValueError("cannot resume with a cache: the earlier run kept none (use_cache=True)")
-            cache.layers[:step] = _copy_cache(resume.cache).layers[:step]
-        return resume.hidden[step]
 
     @torch.no_grad()
     def decode_step(self, state: RunState, next_tokens: torch.Tensor) -> torch.Tensor:
@@ -279,7 +294,7 @@ class PathExecutor:
         state.attention_mask = torch.cat(
             [state.attention_mask, state.attention_mask.new_ones((batch, 1))], dim=-1)
         position_ids = (state.attention_mask.long().sum(-1, keepdim=True) - 1)
-        hidden = self.decoder.embed_tokens(next_tokens.view(batch, 1).to(self.device))
+        hidden = self.embed(next_tokens.view(batch, 1))
         masks, rotary = self._step_inputs(hidden, state.attention_mask, position_ids, state.cache, state.path)
         hidden, _ = self._run_steps(hidden, state.path, 0, masks, rotary, position_ids, state.cache, False)
         return self.logits_from_hidden(hidden)[:, -1]
@@ -413,7 +428,7 @@ class PathExecutor:
         mask = torch.cat([torch.ones((options, context), dtype=batch.attention_mask.dtype),
                           batch.attention_mask[:, context:]], dim=-1).to(self.device)
         position_ids = torch.arange(context, context + width, device=self.device).expand(options, -1)
-        hidden = self.decoder.embed_tokens(tokens)
+        hidden = self.embed(tokens)
         masks, rotary = self._step_inputs(hidden, mask, position_ids, cache, state.path)
         hidden, _ = self._run_steps(hidden, state.path, 0, masks, rotary, position_ids, cache, False)
         rows, cols = batch.rows.to(self.device), batch.cols.to(self.device)

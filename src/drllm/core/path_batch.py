@@ -172,7 +172,7 @@ def prefill(executor, input_ids: torch.Tensor, attention_mask: torch.Tensor | No
         runs = list(zip(*(executor.as_path(path).counts() for path in paths)))  # [layer][row]
         route = lambda layer, hidden: runs[layer]  # noqa: E731
     position_ids = positions_from_mask(attention_mask, length, executor.device)
-    hidden = executor.decoder.embed_tokens(input_ids)
+    hidden = executor.embed(input_ids)
     inputs = RowInputs(*executor.step_inputs(hidden, attention_mask, position_ids), position_ids)
     batch = PathBatch(rows, executor.num_layers, executor.device)
     cache = empty_cache() if use_cache else None
@@ -193,7 +193,7 @@ def decode_step(executor, state: BatchState, next_tokens: torch.Tensor) -> torch
         state.attention_mask = torch.ones_like(state.input_ids)
     state.attention_mask = torch.cat([state.attention_mask, state.attention_mask.new_ones((rows, 1))], dim=-1)
     position_ids = state.attention_mask.long().sum(-1, keepdim=True) - 1
-    hidden = executor.decoder.embed_tokens(next_tokens.view(rows, 1).to(executor.device))
+    hidden = executor.embed(next_tokens.view(rows, 1))
     masks, rotary = executor.step_inputs(hidden, state.attention_mask, position_ids, state.cache,
                                          state.batch.layers())
     hidden = run_steps(executor, hidden, state.batch, RowInputs(masks, rotary, position_ids), state.cache)
@@ -288,13 +288,13 @@ def _score_group(executor, requests: Sequence[ScoreRequest],
         attention_mask[offset:offset + count, :request_width] = request.batch.attention_mask
     input_ids, attention_mask = input_ids.to(executor.device), attention_mask.to(executor.device)
     position_ids = positions_from_mask(attention_mask, width, executor.device)
-    hidden = executor.decoder.embed_tokens(input_ids)
+    hidden = executor.embed(input_ids)
     spans = [slice(offset, offset + request.batch.input_ids.shape[0]) for request, offset in zip(requests, offsets)]
     own_ids = [request.batch.input_ids.to(executor.device) for request in requests]
     kept: list[list[torch.Tensor]] = []
     for request, path, start, span, request_width, ids in zip(requests, paths, starts, spans, widths, own_ids):
         if start > 0:  # other requests' rows are written below, never these: the views stay valid
-            entering = executor._resume_hidden(request.resume, start, path, ids, None)
+            entering = executor.resume_hidden(request.resume, start, path, ids)
             hidden[span, :request_width] = entering
             kept.append(list(request.resume.hidden[:start]) + [entering] if keep_hidden else [])
         else:
@@ -387,14 +387,14 @@ def _generate_group(executor, requests: Sequence[GenerateRequest], ids: Sequence
             input_ids[row, width - length:] = own[0]
             attention_mask[row, width - length:] = 1
     position_ids = positions_from_mask(attention_mask, width, device)
-    hidden = executor.decoder.embed_tokens(input_ids)
+    hidden = executor.embed(input_ids)
     spans = [slice(width - length, width) for length in lengths]
     kept: list[list[torch.Tensor]] = []
     for row, (request, path, start, span, own) in enumerate(zip(requests, paths, starts, spans, ids)):
         if start > 0:  # other rows' writes never touch this row: the views stay valid
             if request.resume.cache is None:
                 raise ValueError("cannot resume with a cache: the earlier run kept none (use_cache=True)")
-            entering = executor._resume_hidden(request.resume, start, path, own, None)
+            entering = executor.resume_hidden(request.resume, start, path, own)
             hidden[row:row + 1, span] = entering
             kept.append(list(request.resume.hidden[:start]) + [entering])
         else:
