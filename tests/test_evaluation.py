@@ -74,8 +74,10 @@ def test_lm_eval_entries_validate():
         EvalEntry.from_config("hs", {"lm_eval": {"task": "hellaswag"}})
     with pytest.raises(ValueError, match=r"\['format'\] do not apply to an lm-eval task"):
         EvalEntry.from_config("hs", {"lm_eval": {"task": "hellaswag", "metric": "acc"}, "format": "cloze"})
-    with pytest.raises(ValueError, match="lm_eval must be a mapping"):
+    with pytest.raises(ValueError, match=r"eval.benchmarks.hs.lm_eval: unknown key\(s\) \['shots'\]"):
         EvalEntry.from_config("hs", {"lm_eval": {"task": "hellaswag", "metric": "acc", "shots": 5}})
+    with pytest.raises(ValueError, match="lm_eval must be a mapping"):
+        EvalEntry.from_config("hs", {"lm_eval": "hellaswag"})
 
 
 def _records(n=30):
@@ -248,7 +250,7 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
                               "--entry-json", '{"name": "a", "benchmark": "arc_easy", "split": "test", '
                                               '"format": "cloze"}', "--settings-json", '{"sed": 1}',
                               "--method", "base", "--out", str(tmp_path / "o.parquet")])
-    assert code == 2 and "unknown evaluation setting(s) ['sed']" in capsys.readouterr().err
+    assert code == 2 and "evaluation settings: unknown key(s) ['sed']" in capsys.readouterr().err
     for settings, message in [('{"oracle": {"mcts": {"simulations": 0}}}', "simulations must be >= 1"),
                               ('{"oracle": {"samples": 0}}', "oracle.samples must be an integer >= 1 or null"),
                               ('{"seed": "0"}', "evaluation setting seed must be an integer")]:

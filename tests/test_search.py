@@ -565,7 +565,7 @@ def test_search_settings_are_validated_once_naming_the_field():
     assert settings.chat_template is False and settings.prefix_cache == 8 and settings.reward_config().kind == "binary"
     assert json.loads(settings.to_json())["mcts"] == {"simulations": 7}  # search_config records the keys given
     assert SearchSettings.from_dict({"chat_template": True}, manifest).chat_template is True
-    for block, message in [({"mcts_typo": {}}, r"unknown search setting\(s\) \['mcts_typo'\]"),
+    for block, message in [({"mcts_typo": {}}, r"search settings: unknown key\(s\) \['mcts_typo'\]"),
                            ({"mcts": {"min_saving": 0}}, "min_saving must be >= 1"),
                            ({"prefix_cache": -1}, "search.prefix_cache must be >= 0"),
                            ({"seed_check": -1}, "search.seed_check must be >= 0"),

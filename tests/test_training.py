@@ -578,7 +578,7 @@ def test_cli_errors_exit_2(tiny_dir, tmp_path, capsys):
     assert run_cli(tiny_dir, tmp_path / "bad.parquet", tmp_path / "o") == 2
     assert "'b': 5 labels, but the model has 4 layers" in capsys.readouterr().err
     assert run_cli(tiny_dir, tmp_path / "samples.parquet", tmp_path / "o", "not-a-file.json") == 2
-    assert "neither a JSON object nor an existing file" in capsys.readouterr().err
+    assert "--config-json is neither valid JSON" in (err := capsys.readouterr().err) and "nor an existing file" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -11,10 +11,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import json_argument, run_script
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model
 from drllm.core.provenance import stage_provenance
@@ -32,10 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    try:
-        settings = json.loads(args.settings_json)
-        if not isinstance(settings, dict):
-            raise ValueError("--settings-json must be a JSON object")
+
+    def body() -> None:
+        settings = json_argument(args.settings_json, "--settings-json")
         encoding = PromptEncoding.from_dict(settings)
         model, tokenizer, manifest = load_model(args.model_dir, device=args.device, dtype=args.dtype)
         chat_template = chat_template_for(encoding.chat_template, manifest)
@@ -47,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         influence, tokens = block_influence(PathExecutor(model), prompts)
         write_influence(args.out, influence_rows(manifest["name"], influence, len(prompts), tokens),
                         stage_provenance("block_influence", settings, manifest))
-    except (ArtifactError, ValueError) as exc:
-        print(f"block_influence: error: {exc}", file=sys.stderr)
-        return 2
-    order = sorted(range(len(influence)), key=lambda layer: influence[layer])
-    print(f"block_influence: {len(prompts)} prompts, {tokens} tokens; least influential layers first: "
-          f"{order[:8]} -> {args.out}")
-    return 0
+        order = sorted(range(len(influence)), key=lambda layer: influence[layer])
+        print(f"block_influence: {len(prompts)} prompts, {tokens} tokens; least influential layers first: "
+              f"{order[:8]} -> {args.out}")
+
+    return run_script("block_influence", body)
 
 
 if __name__ == "__main__":

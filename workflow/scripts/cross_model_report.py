@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import run_script
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.cross_model import DEFAULT_METHODS, load_summaries, write_cross_model_report
 from drllm.evaluation.summary import parse_in_domain
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{DEFAULT_METHODS[1]} where a summary has it)")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         entries = [parse_summary(text) for text in args.summary]
         in_domain = parse_in_domain(args.in_domain_json)
         summaries = load_summaries(entries)  # first: a bad file is named as a report summary
@@ -56,12 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                                       inputs=[path for _, path in entries])
         paths = write_cross_model_report(summaries, args.out_dir, in_domain=in_domain, methods=args.methods,
                                          provenance=provenance, sources=dict(entries))
-    except (ArtifactError, ValueError) as exc:  # ArtifactError is a ValueError; both mean bad input
-        print(f"cross_model_report: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"cross_model_report: {len(entries)} model(s) -> {paths['markdown']}, {paths['table'].name}, "
-          f"{paths['figure'].name}")
-    return 0
+        print(f"cross_model_report: {len(entries)} model(s) -> {paths['markdown']}, {paths['table'].name}, "
+              f"{paths['figure'].name}")
+
+    return run_script("cross_model_report", body)
 
 
 if __name__ == "__main__":

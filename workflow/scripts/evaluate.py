@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import EXPECTED_ERRORS, run_script
 from drllm.evaluation.cells import EvaluationError
 from drllm.evaluation.stage import CellRequest, run_cell
 
@@ -58,14 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     request = CellRequest(**{key: value for key, value in vars(args).items() if key != "no_progress"},
                           progress=not args.no_progress)
     try:
-        print(run_cell(request))
-    except (ArtifactError, ValueError, EvaluationError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return run_script("evaluate", lambda: print(run_cell(request)), EXPECTED_ERRORS + (EvaluationError,))
     except KeyboardInterrupt:
         print("evaluate: interrupted; finished examples are kept for the next run", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

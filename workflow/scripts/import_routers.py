@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import run_script
 from drllm.core.models import read_manifest
 from drllm.routing.imported import import_routers, resolve_router_source
 
@@ -30,17 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True, help="the materialised base model (its drllm_model.json)")
     parser.add_argument("--out-dir", required=True, help="where the routers go (results/routers/<model>)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         manifest = read_manifest(args.model_dir)
         source_dir = resolve_router_source(args.source, args.revision)
         record = import_routers(source_dir, manifest, args.out_dir, source=args.source, revision=args.revision)
-    except (ArtifactError, ValueError) as exc:
-        print(f"import_routers: error: {exc}", file=sys.stderr)
-        return 2
-    where = f" (hub commit {record['hub']['commit']})" if record["hub"] else ""
-    print(f"import_routers: {args.source}{where} -> {args.out_dir}: routers for {manifest['name']} "
-          f"({', '.join(sorted(record['files']))})")
-    return 0
+        where = f" (hub commit {record['hub']['commit']})" if record["hub"] else ""
+        print(f"import_routers: {args.source}{where} -> {args.out_dir}: routers for {manifest['name']} "
+              f"({', '.join(sorted(record['files']))})")
+
+    return run_script("import_routers", body)
 
 
 if __name__ == "__main__":

@@ -16,29 +16,14 @@ Prints one summary line on success; on a data or argument problem prints the rea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import json_argument, run_script
 from drllm.data.examples import describe_examples, write_examples
 from drllm.data.registry import BENCHMARKS, load_benchmark
 from drllm.data.declared import KINDS, is_config_declared, load_custom
 from drllm.core.provenance import stage_provenance
-
-
-def parse_json_object(text: str | None, flag: str) -> dict | None:
-    """'' or None (or JSON null / {}) -> None; otherwise the JSON object given to `flag`."""
-    if text is None or not text.strip():
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{flag} is not valid JSON: {exc}") from exc
-    if value is None or value == {}:
-        return None
-    if not isinstance(value, dict):
-        raise ArtifactError(f"{flag} must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def parse_levels(text: str | None) -> list[int] | None:
@@ -69,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        hub, levels = parse_json_object(args.hub_json, "--hub-json"), parse_levels(args.levels)
-        block = parse_json_object(args.data_json, "--data-json")
+
+    def body() -> None:
+        # '', null and {} all mean "not given"
+        hub = json_argument(args.hub_json, "--hub-json", null=True) or None
+        levels = parse_levels(args.levels)
+        block = json_argument(args.data_json, "--data-json", null=True) or None
         if is_config_declared(block):
             if hub or levels:
                 raise ArtifactError(f"data.{args.benchmark} declares its own benchmark: --hub-json and --levels "
@@ -85,11 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         config = {"benchmark": args.benchmark, "split": args.split, "data": block, "hub": hub, "levels": levels,
                   "limit": args.limit}
         write_examples(args.out, examples, stage_provenance("prepare_data", config))
-    except ArtifactError as exc:
-        print(f"prepare_data: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"prepare_data: wrote {describe_examples(examples)} -> {args.out}")
-    return 0
+        print(f"prepare_data: wrote {describe_examples(examples)} -> {args.out}")
+
+    return run_script("prepare_data", body)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import EXPECTED_ERRORS, json_argument, run_script
 from drllm.core.models import ModelSpec, materialize
 
 
@@ -23,21 +22,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="the config's model block as JSON: name, source (embedded|gguf|hub|local), path, revision")
     parser.add_argument("--out-dir", required=True, help="directory to write (resources/models/<name>)")
     args = parser.parse_args(argv)
-    try:
-        block = json.loads(args.model_json)
-        spec = ModelSpec.from_config(block)
+
+    def body() -> None:
+        spec = ModelSpec.from_config(json_argument(args.model_json, "--model-json"))
         started = time.perf_counter()
         manifest = materialize(spec, args.out_dir)
-    except json.JSONDecodeError as exc:
-        print(f"error: --model-json is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    except (ArtifactError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"materialised {manifest['name']} ({manifest['architecture']}, {manifest['num_layers']} layers, "
-          f"{manifest['num_parameters'] / 1e6:.1f}M parameters) in {time.perf_counter() - started:.1f}s "
-          f"-> {args.out_dir}")
-    return 0
+        print(f"materialised {manifest['name']} ({manifest['architecture']}, {manifest['num_layers']} layers, "
+              f"{manifest['num_parameters'] / 1e6:.1f}M parameters) in {time.perf_counter() - started:.1f}s "
+              f"-> {args.out_dir}")
+
+    # TypeError: a model the path executor cannot drive (UnsupportedModelError)
+    return run_script("prepare_model", body, EXPECTED_ERRORS + (TypeError,))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, atomic_path, read_json, read_parquet, write_text
+from drllm.core.cli import run_script
 from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA
 from drllm.routing.router import CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from drllm.routing.card import release_card
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
     router_dir, out_dir = Path(args.router_dir), Path(args.out_dir)
-    try:
+
+    def body() -> None:
         for name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, CALIBRATION_FILE):
             if not (router_dir / name).is_file():
                 raise ArtifactError(f"router directory {router_dir}: {name} missing (run the training and "
@@ -45,16 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         calibration = read_json(router_dir / CALIBRATION_FILE, "router calibration file")
         card = release_card((router_dir / CARD_FILE).read_text(), settings,
                             summary_md.read_text().split("\n", 1)[-1], evaluation, calibration.get("certified"))
-    except ArtifactError as exc:
-        print(f"release_routers: error: {exc}", file=sys.stderr)
-        return 2
-    for name in (WEIGHTS_FILE, CONFIG_FILE, CALIBRATION_FILE):
-        with atomic_path(out_dir / name) as tmp:
-            shutil.copyfile(router_dir / name, tmp)
-    write_text(out_dir / CARD_FILE, card)  # last: its presence marks a complete release
-    print(f"release_routers: {router_dir} -> {out_dir} ({len(evaluation)} report rows, "
-          f"{len(set(settings))} search setting(s))")
-    return 0
+        for name in (WEIGHTS_FILE, CONFIG_FILE, CALIBRATION_FILE):
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(router_dir / name, tmp)
+        write_text(out_dir / CARD_FILE, card)  # last: its presence marks a complete release
+        print(f"release_routers: {router_dir} -> {out_dir} ({len(evaluation)} report rows, "
+              f"{len(set(settings))} search setting(s))")
+
+    return run_script("release_routers", body)
 
 
 if __name__ == "__main__":

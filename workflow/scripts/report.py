@@ -17,25 +17,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, read_json
+from drllm.core.cli import json_argument, run_script
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.report import build_report, validate_skipped
 from drllm.evaluation.summary import parse_in_domain
-
-
-def parse_skipped(text: str) -> list[dict]:
-    """--skipped-json: a JSON list, or the path of a file holding one."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if not Path(text).is_file():
-            raise ValueError(f"--skipped-json is neither valid JSON ({exc}) nor a file: {text!r}") from exc
-        value = read_json(text, "skipped-benchmarks file")
-    return validate_skipped(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", default="",
                         help="routers' calibration.json: its certified operating point is reported (router@certified)")
     args = parser.parse_args(argv)
-    try:
-        skipped = parse_skipped(args.skipped_json)
+
+    def body() -> None:
+        skipped = validate_skipped(json_argument(args.skipped_json, "--skipped-json", list, file=True))
         in_domain = parse_in_domain(args.in_domain_json)
         provenance = stage_provenance("report", {"skipped": skipped, "in_domain": in_domain, "seed": args.seed},
                                       inputs=args.cells)
@@ -65,15 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ArtifactError(f"{args.calibration} has no certified point (calibrate.certify is not set)")
         paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed, in_domain=in_domain,
                              provenance=provenance, certified=certified)
-    except (ArtifactError, ValueError) as exc:  # ArtifactError is a ValueError; both mean bad input
-        print(f"report: error: {exc}", file=sys.stderr)
-        return 2
-    import polars as pl
+        import polars as pl
 
-    summary = pl.read_parquet(paths["summary"])
-    print(f"report: {summary['benchmark'].n_unique()} benchmark(s) x {summary['method'].n_unique()} method(s) "
-          f"({summary.height} cells), {len(skipped)} skipped -> {paths['report']}")
-    return 0
+        summary = pl.read_parquet(paths["summary"])
+        print(f"report: {summary['benchmark'].n_unique()} benchmark(s) x {summary['method'].n_unique()} method(s) "
+              f"({summary.height} cells), {len(skipped)} skipped -> {paths['report']}")
+
+    return run_script("report", body)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from transformers import AutoTokenizer
 
 from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import json_argument, run_script
 from drllm.core.models import chat_template_for, read_manifest
 from drllm.core.provenance import stage_provenance
 from drllm.search.shards import PromptEncoding, read_prompts, read_shard
@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings-json", default="{}", help="the search's formats and chat_template")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         manifest = read_manifest(args.model_dir)
-        settings = json.loads(args.settings_json)
+        settings = json_argument(args.settings_json, "--settings-json")
         encoding = PromptEncoding.from_dict(settings)
         results = [row for path in args.shards for row in read_shard(path, manifest["name"], manifest["num_layers"])]
         prompts = [row for path in args.prompts for row in read_prompts(path)]
@@ -43,11 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "(search more prompts, or a model that answers some of them)")
         # the shards are listed as inputs: their grader labelled these samples
         write_samples(args.out, samples, stage_provenance("router_samples", settings, manifest, inputs=args.shards))
-    except (ArtifactError, ValueError) as exc:
-        print(f"router_samples: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{len(samples)} training samples from {len(results)} searched prompts -> {args.out}")
-    return 0
+        print(f"{len(samples)} training samples from {len(results)} searched prompts -> {args.out}")
+
+    return run_script("router_samples", body)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Prompt i of the prompt set belongs to shard i mod num_shards. Finished prompts a
 With Ray, a lost worker (preemption, OOM kill) is replaced and its prompt searched again, up to --max-retries
 times per prompt. With the setting seed_check N, the shard's first N prompts (by prompt index) are searched again
 with a second seed; that label is the row's labels_check (the summary's label agreement across seeds).
+The stage itself is drllm.search.stage (prepare_shard, search_shard); this script parses the command line.
 
 Example:
   python workflow/scripts/search.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -15,27 +16,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
-from tqdm import tqdm
-
-from drllm.core.artifacts import ArtifactError
-from drllm.core.models import read_manifest
-from drllm.core.provenance import stage_provenance
-from drllm.search.shards import Checkpoint, read_prompts, seed_check_ids, write_shard
-from drllm.formats.answers import FORMATS
-from drllm.search.workers import RayClusterError, SearchSettings, run_ray, run_serial
-
-BACKENDS = ("serial", "ray")
-
-
-def parse_settings(text: str, manifest: dict) -> SearchSettings:
-    block = json.loads(text)
-    if not isinstance(block, dict):
-        raise ValueError("--settings-json must be a JSON object")
-    return SearchSettings.from_dict(block, manifest)
+from drllm.core.cli import EXPECTED_ERRORS, fail, json_argument
+from drllm.search.stage import BACKENDS, SearchInterrupted, ShardRequest, prepare_shard, search_shard
+from drllm.search.workers import RayClusterError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,71 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        if not 0 <= args.shard < args.num_shards:
-            raise ValueError(f"--shard {args.shard} is outside 0..{args.num_shards - 1}")
-        if args.workers < 1:
-            raise ValueError("--workers must be >= 1")
-        if args.batch_prompts < 1:
-            raise ValueError(f"--batch-prompts must be >= 1, got {args.batch_prompts}")
-        if args.max_retries < 0:
-            raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
-        manifest = read_manifest(args.model_dir)
-        settings = parse_settings(args.settings_json, manifest)
-        provenance = stage_provenance("search", json.loads(args.settings_json), manifest, graders=["drllm"])
-        prompts = read_prompts(args.prompts)
-        rows = [row for row in prompts if row["prompt_index"] % args.num_shards == args.shard]
-        unknown = sorted({row["format"] for row in prompts} - set(FORMATS))
-        if unknown:
-            raise ValueError(f"prompt set {args.prompts}: unknown answer format(s) {unknown}; "
-                             f"known: {sorted(FORMATS)}")
-    except (ArtifactError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        print(f"search: error: {exc}", file=sys.stderr)
-        return 2
-
-    task = rows[0]["task"] if rows else "?"
-    fingerprint = {"settings": settings.to_json(), "prompts": [(r["id"], r["format"]) for r in rows]}
-    checkpoint = Checkpoint(args.out + ".progress.jsonl", fingerprint)
-    checked = seed_check_ids(rows, settings.seed_check)
-    todo = [{**row, "seed_check": row["id"] in checked} for row in rows if row["id"] not in checkpoint.rows]
-    label = f"{task} shard {args.shard}/{args.num_shards}"
-    print(f"[{label}] {len(rows)} prompts, {len(rows) - len(todo)} already done (checkpoint), "
-          f"backend {args.backend}, {args.workers} worker(s), {args.batch_prompts} prompt(s) in lockstep", flush=True)
-    if args.backend == "serial":
-        results = run_serial(todo, args.model_dir, settings, args.device, args.dtype, threads=args.cpus,
-                             batch_prompts=args.batch_prompts)
-    else:
-        results = run_ray(todo, args.model_dir, settings, args.device, args.dtype, workers=args.workers,
-                          cpus=args.cpus, gpus=args.gpus, address=args.ray_address or None,
-                          max_retries=args.max_retries, batch_prompts=args.batch_prompts)
-    started = time.perf_counter()
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=label, unit="prompt",
-               disable=not sys.stderr.isatty())
+        prepared = prepare_shard(ShardRequest(
+            args.model_dir, args.prompts, args.out, json_argument(args.settings_json, "--settings-json"),
+            shard=args.shard, num_shards=args.num_shards, backend=args.backend, workers=args.workers, cpus=args.cpus,
+            gpus=args.gpus, ray_address=args.ray_address, max_retries=args.max_retries,
+            batch_prompts=args.batch_prompts, device=args.device, dtype=args.dtype))
+    except EXPECTED_ERRORS as exc:  # bad input; an error during the search itself keeps its traceback
+        return fail("search", exc)
     try:
-        for done, result in enumerate(results, start=1):
-            checkpoint.add(result)
-            bar.update(1)
-            rate = done / (time.perf_counter() - started)
-            eta = (len(todo) - done) / rate if rate else float("inf")
-            print(f"[{label}] {len(checkpoint.rows)}/{len(rows)} prompts, {rate:.3f} prompts/s, ETA {eta:.0f}s, "
-                  f"last: {result['prompt_id']} default_correct={result['default_correct']} "
-                  f"saved={result['layers_saved']} evaluations={result['evaluations']}", flush=True)
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint.close()
-        print(f"[{label}] interrupted: {len(checkpoint.rows)} finished prompts kept in {checkpoint.path}; "
-              "rerun the same command to resume", file=sys.stderr)
+        print(search_shard(prepared), flush=True)
+    except SearchInterrupted as exc:
+        print(exc, file=sys.stderr)
         return 130
     except RayClusterError as exc:
-        bar.close()
-        checkpoint.close()
-        print(f"search: error: {exc}\n[{label}] {len(checkpoint.rows)} finished prompts kept in {checkpoint.path}; "
-              "rerun the same command to resume", file=sys.stderr)
-        return 1
-    bar.close()
-    write_shard(args.out, [checkpoint.rows[row["id"]] for row in rows], provenance)
-    checkpoint.close(remove=True)
-    kept = sum(checkpoint.rows[row["id"]]["kept"] for row in rows)
-    print(f"[{label}] wrote {len(rows)} prompts ({kept} kept) -> {args.out}", flush=True)
+        return fail("search", exc, code=1)
     return 0
 
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from drllm.core.artifacts import ArtifactError, read_json, write_text
+from drllm.core.cli import run_script
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.baselines import influence_rows, write_influence
 from drllm.search.shards import format_summary, read_shard, summarize_search, write_summary
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", nargs="+", required=True)
     parser.add_argument("--out", required=True, help="summary Parquet; a .md table is written beside it")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         manifest = read_json(args.manifest, "model manifest")
         model = manifest["name"]
         rows = [row for path in args.shards for row in read_shard(path, model, manifest["num_layers"])]
@@ -43,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
                   for layer in range(manifest["num_layers"])] if swept else []
         write_influence(Path(args.out).with_name("layer_safety.parquet"),
                         influence_rows(model, unsafe, len(swept), 0) if swept else [], provenance)
-    except ArtifactError as exc:
-        print(f"search_summary: error: {exc}", file=sys.stderr)
-        return 2
-    table = format_summary(summary)
-    write_text(Path(args.out).with_suffix(".md"), f"# Search summary: {model}\n\n{table}\n")
-    print(table)
-    return 0
+        table = format_summary(summary)
+        write_text(Path(args.out).with_suffix(".md"), f"# Search summary: {model}\n\n{table}\n")
+        print(table)
+
+    return run_script("search_summary", body)
 
 
 if __name__ == "__main__":

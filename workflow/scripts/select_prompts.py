@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.core.artifacts import ArtifactError
+from drllm.core.cli import run_script
 from drllm.data.examples import read_examples
 from drllm.core.provenance import stage_provenance
 from drllm.search.shards import select_prompts, write_prompts
@@ -25,18 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="", help="comma-separated levels to keep (DART), empty = all")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
         records = [example.to_dict() for example in read_examples(args.records)]
         rows = select_prompts(records, args.task, args.format, args.samples, args.seed, levels or None)
         config = {"task": args.task, "format": args.format, "samples": args.samples, "seed": args.seed,
                   "levels": levels}
         write_prompts(args.out, rows, stage_provenance("select_prompts", config))
-    except (ArtifactError, ValueError) as exc:
-        print(f"select_prompts: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.task}: {len(rows)} prompts from {len(records)} records -> {args.out}")
-    return 0
+        print(f"{args.task}: {len(rows)} prompts from {len(records)} records -> {args.out}")
+
+    return run_script("select_prompts", body)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ cache with one forward pass per sample, trains the routers on it and writes to -
   README.md                                  the model card (drllm.routing.card): base model, revision and weights
                                              hash, label statistics, training settings, the selected epoch's fit
 
+The stage itself is drllm.routing.train_stage.run_training; this script parses the command line.
+
 Example:
   python workflow/scripts/train_routers.py --model-dir resources/models/smollm2-135m-instruct \\
       --samples results/train/smollm2-135m-instruct/samples.parquet \\
@@ -21,50 +23,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
-import time
-from pathlib import Path
 
-import torch
-
-from drllm.core.artifacts import ArtifactError, write_json
-from drllm.core.models import read_manifest, resolve_device, resolve_dtype
-from drllm.core.provenance import stage_provenance
-from drllm.routing.card import write_card
-from drllm.routing.features import build_feature_cache, pick_cache_device
-from drllm.routing.plots import plot_curves, plot_label_distribution
-from drllm.routing.router import CLASSES, Decision, RouterConfig, RouterStack
-from drllm.routing.samples import read_samples, split_samples, validate_samples
-from drllm.routing.training import (TrainConfig, label_counts, safety_classes, selected_row, train_class_weights,
-                                    train_routers, write_metrics)
-
-
-def read_config_block(text: str) -> dict:
-    """--config-json: a JSON object, or the path of a file holding one."""
-    stripped = text.strip()
-    if not stripped.startswith("{"):
-        path = Path(stripped)
-        if not path.is_file():
-            raise ValueError(f"--config-json is neither a JSON object nor an existing file: {text!r}")
-        stripped = path.read_text()
-    block = json.loads(stripped)
-    if not isinstance(block, dict):
-        raise ValueError("--config-json must be a JSON object")
-    return block
-
-
-def load_base(model_dir: str, device: str, dtype: str):
-    """The frozen base model of a materialised directory (no tokenizer needed: samples are token ids)."""
-    from transformers import AutoModelForCausalLM
-
-    manifest = read_manifest(model_dir)
-    torch_device = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, torch_device))
-    model.to(torch_device).eval()
-    model.requires_grad_(False)
-    return model, manifest
+from drllm.core.cli import EXPECTED_ERRORS, json_argument, run_script
+from drllm.routing.train_stage import TrainRequest, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,94 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="progress bar while building the feature cache")
     args = parser.parse_args(argv)
 
-    try:
-        config_block = read_config_block(args.config_json)
-        config = TrainConfig.from_dict(config_block)
-        manifest = read_manifest(args.model_dir)
-        provenance = stage_provenance("train_routers", config_block, manifest)
-        num_layers, hidden_size = int(manifest["num_layers"]), int(manifest["hidden_size"])
-        samples = read_samples(args.samples)
-        validate_samples(samples, num_layers)
-        train, val = split_samples(samples, config.val_fraction, config.seed)
-        model, manifest = load_base(args.model_dir, args.device, args.dtype)
-    except (ArtifactError, ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
-        print(f"train_routers: error: {exc}", file=sys.stderr)
-        return 2
+    def body() -> None:
+        config = json_argument(args.config_json, "--config-json", file=True)
+        print(run_training(TrainRequest(args.model_dir, args.samples, args.out_dir, config, device=args.device,
+                                        dtype=args.dtype, progress=args.progress)))
 
-    from drllm.core.executor import PathExecutor
-
-    try:
-        executor = PathExecutor(model)
-        if executor.num_layers != num_layers:
-            raise ArtifactError(f"{args.model_dir}: manifest says {num_layers} layers, the model has "
-                                f"{executor.num_layers}")
-        if config.target == "safety":
-            missing = [s.prompt_id for s in samples if s.safety is None]
-            if missing:
-                raise ArtifactError(f"train.target safety: {len(missing)} samples have no safety targets (e.g. "
-                                    f"{missing[0]!r}); run the search with search.labeler: safety")
-            counts = label_counts(safety_classes(torch.tensor([s.safety for s in train])))
-        else:
-            counts = label_counts([s.labels for s in train])
-        weights = train_class_weights(counts, config)
-        print(f"train_routers: {manifest['name']} ({num_layers} layers, d={hidden_size}); {len(train)} train / "
-              f"{len(val)} validation samples (split by prompt, seed {config.seed})")
-        print("train_routers: class counts " + ", ".join(f"{n}={c}" for n, c in zip(CLASSES, counts)))
-        mode = {"effective": f"effective, beta {config.beta}"}.get(config.class_weights, config.class_weights)
-        print(f"train_routers: class weights ({mode}) "
-              + ", ".join(f"{n}={w:.4f}" for n, w in zip(CLASSES, weights.tolist())))
-        if config.teacher_force == "default":  # every sample's features along the full path
-            train, val = ([dataclasses.replace(s, labels=[1] * num_layers) for s in part] for part in (train, val))
-        started = time.perf_counter()
-        cache_device = pick_cache_device(len(samples), num_layers, config.windows, hidden_size, config.cache_dtype,
-                                         executor.device)
-        cache = build_feature_cache(executor, train, config.windows, config.cache_batch_size, config.cache_dtype,
-                                    device=cache_device, progress=args.progress,
-                                    exclude_first=config.pool_exclude_first)
-        val_cache = (build_feature_cache(executor, val, config.windows, config.cache_batch_size, config.cache_dtype,
-                                         device=cache_device, exclude_first=config.pool_exclude_first)
-                     if val else None)
-        cache_seconds = time.perf_counter() - started
-        print(f"train_routers: feature cache {cache.nbytes / 2**20:.1f} MiB (+ validation "
-              f"{0 if val_cache is None else val_cache.nbytes / 2**20:.1f} MiB) on {cache_device} in "
-              f"{cache_seconds:.1f}s")
-        del executor, model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-        stack = RouterStack(RouterConfig(base_model=manifest["name"], num_layers=num_layers, hidden_size=hidden_size,
-                                         base_model_revision=manifest.get("revision"),
-                                         base_model_sha256=manifest.get("weights_sha256"),
-                                         windows=config.windows, hidden=config.hidden, label_counts=counts,
-                                         training=config.to_dict(), pool_exclude_first=config.pool_exclude_first,
-                                         decision=(Decision("threshold", config.threshold).to_dict()
-                                                   if config.target == "safety" else Decision().to_dict())),
-                               seed=config.seed)
-        stack.to(resolve_device(args.device))
-        print(f"train_routers: {stack.num_parameters():,} router parameters")
-        history = train_routers(stack, cache, config, val_cache, log=lambda m: print(f"train_routers: {m}"))
-        train_seconds = sum(row["seconds"] for row in history.epochs)
-
-        out = Path(args.out_dir)
-        stack.save_pretrained(out)
-        write_metrics(out / "metrics.parquet", history.epochs, provenance)
-        summary = {key: value for key, value in history.to_dict().items() if key not in ("epochs", "step_losses")}
-        summary.update({"model": manifest["name"], "num_layers": num_layers, "hidden_size": hidden_size,
-                        "router_parameters": stack.num_parameters(), "config": config.to_dict(),
-                        "cache_seconds": cache_seconds, "train_seconds": train_seconds,
-                        "cache_bytes": cache.nbytes, "selected_epoch": history.selected_epoch,
-                        "selected": selected_row(history.epochs), "final": history.epochs[-1]})
-        write_json(out / "train_summary.json", summary)
-        labels = [list(s.labels) for s in samples]
-        write_card(out, stack.config, manifest, labels, summary["selected"])
-        plot_curves(out / "training_curves.png", history.epochs)
-        plot_label_distribution(out / "label_distribution.png", labels,
-                                f"{manifest['name']}: label shares per layer ({len(samples)} samples)")
-        print(f"train_routers: wrote {out}")
-    except (ArtifactError, ValueError) as exc:
-        print(f"train_routers: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_script("train_routers", body, EXPECTED_ERRORS + (OSError,))  # OSError: the model's files
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from drllm.core.artifacts import ArtifactError
+from drllm.core.blocks import check_keys
 from drllm.data.examples import DataUnavailableError, Example
 from drllm.data.mappers import last_boxed, lookup, parse_level, unique
 from drllm.core.seeds import stable_hash
@@ -130,9 +131,7 @@ class CustomBenchmark:
         where = f"data.{name}"
         if not isinstance(block, dict):
             raise BenchmarkConfigError(f"{where} must be a mapping, got {type(block).__name__}")
-        unknown = sorted(set(block) - BLOCK_KEYS)
-        if unknown:
-            raise BenchmarkConfigError(f"{where}: unknown key(s) {unknown}; expected {sorted(BLOCK_KEYS)}")
+        check_keys(where, block, BLOCK_KEYS, error=BenchmarkConfigError)
         kind = block.get("kind")
         if kind not in KINDS:
             raise BenchmarkConfigError(f"{where}.kind must be one of {list(KINDS)}, got {kind!r}")
@@ -220,9 +219,7 @@ def _source(where: str, block: Any) -> Source:
     if not isinstance(block, dict):
         raise BenchmarkConfigError(f"{where}.source must be a mapping with `path` (a local file) or `hub` (a hub "
                                    f"dataset id), got {block!r}")
-    unknown = sorted(set(block) - SOURCE_KEYS)
-    if unknown:
-        raise BenchmarkConfigError(f"{where}.source: unknown key(s) {unknown}; expected {sorted(SOURCE_KEYS)}")
+    check_keys(f"{where}.source", block, SOURCE_KEYS, error=BenchmarkConfigError)
     if ("path" in block) == ("hub" in block):
         raise BenchmarkConfigError(f"{where}.source needs exactly one of `path` (a local .jsonl/.json/.csv/.parquet "
                                    f"file) and `hub` (a hub dataset id), got {sorted(block)}")

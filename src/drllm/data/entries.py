@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drllm.core.artifacts import ArtifactError
+from drllm.core.blocks import check_keys
 from drllm.core.seeds import derived_seed
 
 
@@ -32,9 +33,7 @@ class EvalEntry:
         known = {"benchmark", "split", "format", "samples", "levels", "options"}
         if section == "eval.benchmarks":
             known.add("lm_eval")
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"{section}.{name}: unknown key(s) {unknown}; expected {sorted(known)}")
+        check_keys(f"{section}.{name}", block, known)
         if block.get("lm_eval") is not None:
             return cls._lm_eval_entry(name, block)
         for key in ("benchmark", "split", "format"):
@@ -54,8 +53,9 @@ class EvalEntry:
         spec = block["lm_eval"]
         where = f"eval.benchmarks.{name}.lm_eval"
         known = {"task", "metric", "include_path", "apply_chat_template"}
-        if not isinstance(spec, dict) or sorted(set(spec) - known):
+        if not isinstance(spec, dict):
             raise ValueError(f"{where} must be a mapping with keys among {sorted(known)}")
+        check_keys(where, spec, known)
         if not isinstance(spec.get("task"), (str, dict)) or not spec["task"]:
             raise ValueError(f"{where}.task must be an lm-eval task name or a task config mapping")
         if not isinstance(spec.get("metric"), str) or not spec["metric"]:

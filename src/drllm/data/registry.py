@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from drllm.core.artifacts import ArtifactError
+from drllm.core.blocks import check_keys
 from drllm.data.examples import DataUnavailableError, Example, check_unique_ids
 from drllm.data.mappers import (AGIEVAL_FIELDS, AIME_FIELDS, ARC_FIELDS, DART_FIELDS, GPQA_FIELDS, GSM8K_FIELDS,
                                 MMLU_FIELDS, PIQA_FIELDS, SQUAD_FIELDS, TRUTHFULQA_FIELDS, FieldSpec, MapperContext,
@@ -146,9 +147,7 @@ def _load_hub(bench: Benchmark, split: str, hub: dict) -> list[Example]:
     kwargs.setdefault("split", split)
     if not isinstance(overrides, dict):
         raise ArtifactError(f"{bench.name}: hub 'fields' must be a mapping of field -> column")
-    unknown = sorted(set(overrides) - set(bench.fields))
-    if unknown:
-        raise ArtifactError(f"{bench.name}: unknown field(s) {unknown} in hub 'fields'; known: {sorted(bench.fields)}")
+    check_keys(f"{bench.name}: hub 'fields'", overrides, bench.fields, noun="field", error=ArtifactError)
     if partition and split not in ("train", "test"):
         raise ArtifactError(f"{bench.name}: hub 'partition' needs split 'train' or 'test', got {split!r}")
 

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from drllm.core.artifacts import read_parquet, write_parquet
+from drllm.core.blocks import check_keys
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.data.entries import EvalEntry
@@ -91,12 +92,11 @@ class EvalSettings:
     def from_dict(cls, block: dict | None) -> "EvalSettings":
         block = dict(block or {})
         known = ["seed", "chat_template", "formats", "oracle", "prefix_cache"]
-        unknown = sorted(set(block) - set(known))
-        if unknown:
-            raise ValueError(f"unknown evaluation setting(s) {unknown}; expected some of {known}")
+        check_keys("evaluation settings", block, known)
         oracle = block.pop("oracle", None) or {}
-        if not isinstance(oracle, dict) or set(oracle) - {"samples", "mcts", "reward"}:
+        if not isinstance(oracle, dict):
             raise ValueError(f"evaluation setting oracle must be a mapping of samples, mcts and reward, got {oracle!r}")
+        check_keys("evaluation setting oracle", oracle, ("samples", "mcts", "reward"))
         settings = cls(**block, oracle_samples=oracle.get("samples"),
                        oracle_mcts=MCTSConfig.from_dict(oracle.get("mcts")),
                        oracle_reward=RewardConfig.from_dict(oracle.get("reward")))

@@ -55,6 +55,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from drllm.core.blocks import check_keys
 from drllm.core.executor import LogLikelihood
 from drllm.routing.inference import RoutedModel, pad_left
 from drllm.core.paths import LayerPath
@@ -65,6 +66,8 @@ MAX_LENGTH_CAP = 4096
 DEFAULT_MAX_LENGTH = 2048   # when neither the config nor the tokenizer gives a context length
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_GEN_TOKS = 256
+MODEL_ARGUMENTS = ("pretrained", "routers", "knob", "device", "dtype", "batch_size", "max_length",
+                   "max_gen_toks", "add_bos_token", "max_batch_size")  # DrLLM's keyword arguments
 GREEDY_KWARGS = {"until", "do_sample", "temperature"}
 MAX_TOKEN_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")  # lm-eval's order
 
@@ -150,9 +153,7 @@ class DrLLM(TemplateLM):
                  max_gen_toks: int | str | None = DEFAULT_MAX_GEN_TOKS, add_bos_token: bool | str | None = None,
                  max_batch_size: int | str | None = None, **unknown: Any):
         super().__init__()
-        if unknown:
-            raise ValueError(f"drllm: unknown model argument(s) {sorted(unknown)}; expected pretrained, routers, "
-                             "knob, device, dtype, batch_size, max_length, max_gen_toks, add_bos_token")
+        check_keys("drllm", unknown, MODEL_ARGUMENTS, noun="model argument")
         pretrained = _optional_str("pretrained", pretrained)
         if pretrained is None:
             raise ValueError("drllm: the model argument 'pretrained' (a materialised model directory, e.g. "

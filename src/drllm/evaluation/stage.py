@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from drllm.core.cli import json_argument
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.core.provenance import stage_provenance
@@ -47,18 +48,8 @@ class CellRequest:
     progress: bool = True
 
 
-def _json_object(text: str, flag: str) -> dict:
-    try:
-        block = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag} is not valid JSON: {exc}") from exc
-    if not isinstance(block, dict):
-        raise ValueError(f"{flag} must be a JSON object")
-    return block
-
-
 def parse_entry(text: str, formats: dict) -> EvalEntry:
-    block = _json_object(text, "--entry-json")
+    block = json_argument(text, "--entry-json")
     if not isinstance(block.get("name"), str):
         raise ValueError("--entry-json must be a JSON object with a 'name'")
     name = block.pop("name")
@@ -106,7 +97,7 @@ def run_cell(request: CellRequest) -> str:
 
     Raises ValueError / ArtifactError / EvaluationError naming what is wrong; a checkpoint of finished examples
     is kept on any failure or interrupt."""
-    given = _json_object(request.settings_json, "--settings-json")
+    given = json_argument(request.settings_json, "--settings-json")
     settings = EvalSettings.from_dict(given)
     entry = parse_entry(request.entry_json, settings.formats)
     kind, knob = parse_method(request.method)

@@ -2,7 +2,6 @@
 the base model, layers), the accuracy/compute frontier, per-layer action shares and routing consensus."""
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, defaultdict
 from typing import Iterable
@@ -10,6 +9,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
+from drllm.core.cli import json_argument
 from drllm.evaluation.methods import (FRONTIER_POINTS, frontier_line, method_knob, method_sort_key, order_methods,
                                       sweep_param)
 from drllm.evaluation.metrics import bootstrap_interval, wilson_interval
@@ -227,10 +227,4 @@ def scores_by_level(rows: list[dict]) -> list[dict]:
 
 def parse_in_domain(text: str) -> list[str] | None:
     """The report scripts' --in-domain-json: null (every benchmark) or a JSON list of benchmark names."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--in-domain-json is not valid JSON: {exc}") from exc
-    if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        raise ValueError(f"--in-domain-json must be null or a list of benchmark names, got {value!r}")
-    return value
+    return json_argument(text, "--in-domain-json", list, null=True, items=str, what="a list of benchmark names")

@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from drllm.core.blocks import check_keys
 from drllm.core.executor import ChoiceBatch, PathExecutor, RunState
 from drllm.core.paths import LayerPath
 from drllm.formats.grading import (LETTERS, Outcome, exact_match, extract_boxed, first_answer_line, gsm8k_equal,
@@ -333,8 +334,5 @@ def get_format(name: str, **options: Any) -> AnswerFormat:
     if name not in FORMATS:
         raise ValueError(f"unknown answer format {name!r}; known formats: {sorted(FORMATS)}")
     cls = FORMATS[name]
-    unknown = sorted(set(options) - set(cls.option_names))
-    if unknown:
-        raise ValueError(f"answer format {name!r}: unknown option(s) {unknown}; "
-                         f"known options: {list(cls.option_names)}")
+    check_keys(f"answer format {name!r}", options, cls.option_names, noun="option")
     return cls(**options)

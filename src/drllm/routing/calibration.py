@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from drllm.core.artifacts import ArtifactError, read_json
+from drllm.core.blocks import check_keys
 from drllm.data.entries import EvalEntry
 from drllm.routing.certify import CertifyConfig, certify, upper_bound
 
@@ -74,9 +75,7 @@ class CalibrationConfig:
         when given), and the evaluation's formats and chat_template."""
         block = dict(block or {})
         known = {"max_drop", "knobs", "seed", "sets", "formats", "chat_template", "thresholds", "certify"}
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"calibrate: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        check_keys("calibrate", block, known)
         formats = block.pop("formats", None) or {}
         if not isinstance(formats, Mapping):
             raise ValueError(f"calibrate: formats must be a mapping of format options, got {formats!r}")

@@ -69,6 +69,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from drllm.core.blocks import check_keys
+
 LOSSES = ("disagreement", "accuracy_drop")
 P_VALUES = ("wsr", "hb", "binomial")
 DEFAULT_P_VALUE = {"disagreement": "binomial", "accuracy_drop": "wsr"}
@@ -113,9 +115,7 @@ class CertifyConfig:
     def from_dict(cls, block: Mapping[str, Any]) -> "CertifyConfig":
         block = dict(block or {})
         known = {"epsilon", "delta", "loss", "p_value", "order_seed"}
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"certify: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        check_keys("certify", block, known)
         missing = sorted({"epsilon", "delta"} - set(block))
         if missing:
             raise ValueError(f"certify: missing key(s) {missing}")

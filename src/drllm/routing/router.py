@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from drllm.core.artifacts import ArtifactError, atomic_path, canonicalize_safetensors_header, read_json, write_json
+from drllm.core.blocks import check_keys
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
 CLASSES = ("skip", "execute", "repeat")
@@ -193,9 +194,7 @@ class RouterConfig:
         if not isinstance(block, dict):
             raise ValueError(f"router config must be a mapping, got {type(block).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"router config: unknown key(s) {unknown}; expected {sorted(known)}")
+        check_keys("router config", block, known)
         missing = sorted({"base_model", "num_layers", "hidden_size"} - set(block))
         if missing:
             raise ValueError(f"router config: missing key(s) {missing}")
@@ -486,9 +485,7 @@ class Decision:
             return block
         block = dict(block or {})
         known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(block) - set(known))
-        if unknown:
-            raise ValueError(f"router decision: unknown key(s) {unknown}; expected some of {known}")
+        check_keys("router decision", block, known)
         return cls(**block)
 
     def to_dict(self) -> dict[str, Any]:

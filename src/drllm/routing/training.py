@@ -38,6 +38,7 @@ import pyarrow as pa
 import torch
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.core.blocks import check_keys
 from drllm.routing.features import CACHE_DTYPES, FeatureCache
 from drllm.routing.router import CLASSES, EXECUTE, SKIP, RouterStack
 
@@ -212,9 +213,7 @@ class TrainConfig:
     def from_dict(cls, block: dict[str, Any] | None) -> "TrainConfig":
         block = dict(block or {})
         known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(block) - set(known))
-        if unknown:
-            raise ValueError(f"train config: unknown key(s) {unknown}; known: {known}")
+        check_keys("train config", block, known)
         return cls(**block)
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 import numpy as np
 
+from drllm.core.blocks import check_keys
 from drllm.core.paths import MAX_REPEATS, LayerPath, PathError
 
 MODES = ("branching", "chain")
@@ -133,9 +134,7 @@ class MCTSConfig:
         """Build and validate a config from a mapping (e.g. the `search.mcts` block); unknown keys are errors."""
         data = dict(data or {})
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"MCTS config: unknown key(s) {unknown}; expected some of {known}")
+        check_keys("MCTS config", data, known)
         config = cls(**data)
         config.validate()
         return config

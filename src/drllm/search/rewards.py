@@ -30,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
+from drllm.core.blocks import check_keys
 from drllm.core.executor import PathExecutor, RunState
 from drllm.core.paths import LayerPath
 from drllm.formats.answers import AnswerFormat
@@ -66,9 +67,7 @@ class RewardConfig:
     def from_dict(cls, data: Mapping[str, Any] | None) -> "RewardConfig":
         data = dict(data or {})
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"search reward: unknown key(s) {unknown}; expected some of {known}")
+        check_keys("search reward", data, known)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Generator, Mapping
 
+from drllm.core.blocks import check_keys
 from drllm.core.paths import LayerPath
 from drllm.search.mcts import is_correct
 
@@ -45,9 +46,7 @@ class SafetyConfig:
     def from_dict(cls, data: Mapping[str, Any] | None) -> "SafetyConfig":
         data = dict(data or {})
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"search.safety: unknown key(s) {unknown}; expected some of {known}")
+        check_keys("search.safety", data, known)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
+from drllm.core.blocks import check_keys
 from drllm.core.seeds import derived_seed
 from drllm.data.examples import EXAMPLE_SCHEMA, Example
 
@@ -104,9 +105,7 @@ class PromptEncoding:
     @classmethod
     def from_dict(cls, block: dict | None) -> "PromptEncoding":
         block = dict(block or {})
-        unknown = sorted(set(block) - {"formats", "chat_template"})
-        if unknown:
-            raise ValueError(f"prompt encoding settings: unknown key(s) {unknown}; expected formats, chat_template")
+        check_keys("prompt encoding settings", block, ("formats", "chat_template"))
         encoding = cls(**block)
         if not isinstance(encoding.formats, dict):
             raise ValueError(f"search.formats must be a mapping of format options, got {encoding.formats!r}")

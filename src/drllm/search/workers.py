@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
+from drllm.core.blocks import check_keys
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for
 from drllm.core.seeds import derived_seed, text_digest
@@ -86,9 +87,7 @@ class SearchSettings:
         (chat_template: the model's own, see drllm.core.models.chat_template_for)."""
         block = dict(block or {})
         known = [f.name for f in fields(cls) if f.name not in ("model", "num_layers")]
-        unknown = sorted(set(block) - set(known))
-        if unknown:
-            raise ValueError(f"unknown search setting(s) {unknown}; expected some of {known}")
+        check_keys("search settings", block, known)
         block["chat_template"] = chat_template_for(block.get("chat_template"), manifest)
         block.setdefault("mcts", {})
         block["reward"] = block.get("reward") or {}
