@@ -90,14 +90,14 @@ def test_letter_shards_identical_at_any_batch_width(smollm2_dir, tmp_path):
     write_prompts(prompts, select_prompts(records, "arc_easy", "letter", 5, seed=0))
     settings = json.dumps({"mcts": {"simulations": 3, "early_stop": False}, "seed": 3, "formats": {"letter": {}}})
     shards = {}
-    for width in (1, 4, 8):
+    for width in (1, 3):  # 3: a full lockstep group of 3, then a ragged one of 2
         shards[width] = tmp_path / f"width{width}.parquet"
         assert run_cli(smollm2_dir, prompts, shards[width], "--backend", "serial", "--batch-prompts", str(width),
                        settings=settings) == 0
     one = without_timing(shards[1])
     assert one.height == 5 and one["evaluations"].min() >= 3
-    assert one.equals(without_timing(shards[4])) and one.equals(without_timing(shards[8]))
-    assert pq.read_schema(shards[1]).metadata[b"drllm"] == pq.read_schema(shards[8]).metadata[b"drllm"]
+    assert one.equals(without_timing(shards[3]))
+    assert pq.read_schema(shards[1]).metadata[b"drllm"] == pq.read_schema(shards[3]).metadata[b"drllm"]
 
 
 def test_sharding_splits_prompts(smollm2_dir, prompt_file, tmp_path):
