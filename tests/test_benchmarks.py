@@ -126,6 +126,18 @@ def test_dart_partition_disjoint_and_covering(dart_splits):
     assert not any(ex.question.startswith("Problem:") for ex in train)
 
 
+@pytest.mark.parametrize("name", ["arc_easy", "arc_challenge"])
+def test_arc_test_halves_disjoint_and_covering(name):
+    whole = load_benchmark(name, "test")
+    search, held_out = load_benchmark(name, "test_search"), load_benchmark(name, "test_eval")
+    check_examples(search, name, "test_search")
+    check_examples(held_out, name, "test_eval")
+    assert not {ex.question for ex in search} & {ex.question for ex in held_out}
+    assert sorted(ex.id for ex in search + held_out) == sorted(ex.id for ex in whole)
+    assert 0.4 < len(search) / len(whole) < 0.6
+    assert "test_search" in search[0].source
+
+
 def test_dart_answers_come_from_boxed(dart_splits):
     by_id = {ex.id: ex for ex in dart_splits["train"] + dart_splits["test"]}
     # The packaged `answer` of algebra/0025 is mangled ('[0,\\iny)'); the boxed solution is right.

