@@ -17,6 +17,11 @@ _BIN = os.path.dirname(sys.executable)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:  # parsed again per job: prepend once
     os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
 
+# Plugin modules (config `plugins:`) register extension-point entries; every job inherits the variable, so each
+# stage imports them before looking a name up (drllm.core.plugins).
+os.environ["DRLLM_PLUGINS"] = ",".join(config.get("plugins") or [])
+
+
 # -- models and result trees ---------------------------------------------------------------------------------
 # `models:` (several) replaces `model:` (one) when given; every artifact lives under its model's name, so models
 # and runs coexist: <results.dir>[/<results.run>]/{prompts,search,routers,eval,report,release}/<model>/.

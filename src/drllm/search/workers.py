@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 
 from drllm.core.blocks import check_keys
+from drllm.core.plugins import PLUGINS_ENV, plugin_modules
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for
 from drllm.core.seeds import derived_seed, text_digest
@@ -348,7 +349,10 @@ def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: 
     try:
         weights = ray.put(shared_weight_arrays(model_dir))
         threads = max(1, cpus // workers)
-        actor_class = ray.remote(num_cpus=threads, num_gpus=(gpus / workers) if gpus else 0)(SearchWorker)
+        options = {"num_cpus": threads, "num_gpus": (gpus / workers) if gpus else 0}
+        if plugin_modules():  # workers import the same plugins (on a cluster they must be installed there too)
+            options["runtime_env"] = {"env_vars": {PLUGINS_ENV: os.environ[PLUGINS_ENV]}}
+        actor_class = ray.remote(**options)(SearchWorker)
 
         # pending: future -> (actor, batch); batch None marks a `location` call, which answers once the model is loaded
         pending: dict = {}

@@ -1,0 +1,75 @@
+"""Extension points: named lookup tables (rewards, labelers, router kinds, evaluation methods) and the plugin
+modules that add to them.
+
+Each extension point is one `Table`; the built-in entries are registered where they are defined, and a plugin
+module registers more when it is imported. The config's `plugins:` list names such modules (importable: installed
+or on PYTHONPATH); rules/common.smk puts them in the environment variable DRLLM_PLUGINS, which every stage
+inherits (local jobs and SLURM jobs alike), and each table imports them before its first lookup, so the stage that
+looks a name up knows the plugin's entries. README: "Adding a reward, labeler, router kind or method".
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Generic, Iterator, TypeVar
+
+PLUGINS_ENV = "DRLLM_PLUGINS"  # comma-separated module names
+_loaded: set[str] = set()
+
+T = TypeVar("T")
+
+
+class PluginError(ImportError):
+    """A plugin module named in the config (`plugins:`) could not be imported."""
+
+
+def plugin_modules() -> list[str]:
+    """The plugin modules named in DRLLM_PLUGINS, in order."""
+    return [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+
+
+def load_plugins(modules: list[str] | None = None) -> None:
+    """Import each plugin module once (default: those in DRLLM_PLUGINS); importing one registers its entries."""
+    for name in plugin_modules() if modules is None else modules:
+        if name in _loaded:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise PluginError(f"config plugins: cannot import plugin module {name!r} ({exc}); it must be "
+                              "installed or on PYTHONPATH") from exc
+        _loaded.add(name)
+
+
+class Table(Generic[T]):
+    """Named entries of one extension point. `get` loads the plugins first, and an unknown name fails naming the
+    config key that chose it and every known name."""
+
+    def __init__(self, what: str, config_key: str):
+        self.what, self.config_key = what, config_key
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T) -> T:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"{self.what} names must be identifiers, got {name!r}")
+        if name in self._entries and self._entries[name] is not entry:
+            raise ValueError(f"{self.what} {name!r} is already registered")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> T:
+        load_plugins()
+        if name not in self._entries:
+            raise ValueError(f"{self.config_key}: unknown {self.what} {name!r}; known: {self.names()}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        load_plugins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
