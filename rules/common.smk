@@ -6,21 +6,22 @@ import re
 import shlex
 import sys
 
-# Rules run `python`: the interpreter running Snakemake is put first on PATH here (its venv works unactivated),
-# and jobs inherit it (SLURM: sbatch --export=ALL); under --sdm conda the job shell sources conda's `activate`,
-# which puts the env's bin before it, so there `python` is the env's.
-envvars:
-    "PATH",
-
-
-_BIN = os.path.dirname(sys.executable)
-if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:  # parsed again per job: prepend once
-    os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
-
 # Plugin modules (config `plugins:`) register extension-point entries; every job inherits the variable, so each
 # stage imports them before looking a name up (drllm.core.plugins).
 os.environ["DRLLM_PLUGINS"] = ",".join(config.get("plugins") or [])
 
+
+envvars:
+    "PATH",
+    "DRLLM_PLUGINS",
+
+
+# Rules run `python`: the interpreter running Snakemake is put first on PATH here (its venv works unactivated),
+# and jobs inherit it (SLURM: sbatch --export=ALL); under --sdm conda the job shell sources conda's `activate`,
+# which puts the env's bin before it, so there `python` is the env's.
+_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:  # parsed again per job: prepend once
+    os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
 
 # -- models and result trees ---------------------------------------------------------------------------------
 # `models:` (several) replaces `model:` (one) when given; every artifact lives under its model's name, so models
@@ -141,6 +142,9 @@ def data_block_json(wc):
 
 
 # -- evaluation (rules/eval.smk, rules/report.smk) ---------------------------------------------------------
+# The method table: which methods exist, what their cells read, the `method` wildcard's pattern.
+from drllm.evaluation.methods import cell_inputs, lm_eval_runs, method_pattern, needs_search, parse_method
+
 EVAL = config["eval"]
 EVAL_SELECTED = EVAL["select"] or list(EVAL["benchmarks"])
 _unknown_selected = sorted(set(EVAL_SELECTED) - set(EVAL["benchmarks"]))
@@ -172,25 +176,26 @@ EVAL_METHODS = (
     + [f"static@{k}" for k in EVAL["static_k"]]
     + [f"random@{k}" for k in EVAL["random_k"]]
 )
-# An entry's own `methods` list replaces the global one for that entry (e.g. a frontier sweep on one benchmark).
-# lm-eval tasks: base, router and router@<p> (the calibrated knob is not passed to lm-eval cells).
-def _lm_eval_runs(method):
-    return (method.split("@")[0] in ("base", "router") and method not in ("router@calibrated", "router@certified")
-            and not method.startswith("router@t"))
-
-
-# safest / safest@k read the search's single-skip sweep, which imported routers do not come with.
-def _needs_search(method):
-    return method.split("@")[0] == "safest"
+# Every method name is checked against the method table (drllm.evaluation.methods, plugins included) before any
+# job runs, naming the config key; an entry's own `methods` list replaces the global one for that entry.
+for _name, _methods in [("eval.methods", EVAL_METHODS)] + [
+    (f"eval.benchmarks.{name}.methods", block["methods"]) for name, block in EVAL_ENTRIES.items() if "methods" in block
+]:
+    for _method in _methods:
+        try:
+            parse_method(_method)
+        except ValueError as _error:
+            raise ValueError(f"config {_name}: {_error}") from None
 
 
 def eval_cells(model):
-    """One model's evaluation cells."""
+    """One model's evaluation cells. lm-eval tasks run the methods the table marks lm_eval (no threshold or file
+    point); imported routers come without a search, so cells reading it are left out (eval_skipped says so)."""
     return [
         f"{EVAL_DIR.format(model=model)}/{benchmark}/{method}.parquet"
         for benchmark, block in EVAL_ENTRIES.items()
         for method in block.get("methods", EVAL_METHODS)
-        if ("lm_eval" not in block or _lm_eval_runs(method)) and not (model in IMPORTED_MODELS and _needs_search(method))
+        if ("lm_eval" not in block or lm_eval_runs(method)) and not (model in IMPORTED_MODELS and needs_search(method))
     ]
 
 
@@ -201,7 +206,7 @@ def eval_skipped(model):
          "routers (model.routers) do not come with"}
         for benchmark, block in EVAL_ENTRIES.items()
         for method in block.get("methods", EVAL_METHODS)
-        if model in IMPORTED_MODELS and _needs_search(method)
+        if model in IMPORTED_MODELS and needs_search(method)
     ]
 
 
@@ -211,26 +216,28 @@ def eval_entry_json(wc):
     return json.dumps({"name": wc.eval_benchmark, **entry}, sort_keys=True)
 
 
+# The artifacts a method's cells may read (drllm.evaluation.methods.cell_inputs names them per method).
+EVAL_CELL_ARTIFACTS = {
+    "routers": f"{ROUTER_DIR}/routers.safetensors",
+    "calibration": f"{ROUTER_DIR}/calibration.json",  # the operating point the calibration stage chose
+    "router_cell": f"{EVAL_DIR}/{{eval_benchmark}}/router.parquet",  # matched to the router's savings
+    "block_influence": f"{EVAL_DIR}/block_influence.parquet",  # ShortGPT's ranking
+    "layer_safety": f"{SEARCH_DIR}/layer_safety.parquet",  # the blocks most often safe to skip alone (the sweep)
+}
+
+
 def eval_cell_inputs(wc):
     entry = EVAL_ENTRIES[wc.eval_benchmark]
-    kind, _, param = wc.method.partition("@")
     inputs = {
         "manifest": f"{MODEL_DIR}/drllm_model.json",
         "script": f"{SCRIPTS}/evaluate.py",
     }
     if "lm_eval" not in entry:
         inputs["data"] = "resources/data/{benchmark}/{split}.parquet".format(**entry)
-    if kind == "router":
-        inputs["routers"] = f"{ROUTER_DIR}/routers.safetensors"
-    if wc.method in ("router@calibrated", "router@certified"):  # the operating point the calibration stage chose
-        inputs["calibration"] = f"{ROUTER_DIR}/calibration.json"
-    if kind in ("static", "random", "safest") and not param:  # matched to the router's savings on the same examples
-        inputs["router_cell"] = f"{EVAL_DIR}/{wc.eval_benchmark}/router.parquet"
-    if kind == "static":
-        inputs["influence"] = f"{EVAL_DIR}/block_influence.parquet"
-    if kind == "safest":  # the blocks most often safe to skip alone, from the search's single-skip sweep
-        inputs["influence"] = f"{SEARCH_DIR}/layer_safety.parquet"
-    return {name: path.format(model=wc.model) for name, path in inputs.items()}  # input functions are not formatted
+    for name, artifact in cell_inputs(wc.method).items():
+        inputs[name] = EVAL_CELL_ARTIFACTS[artifact]
+    # input functions are not formatted
+    return {name: path.format(model=wc.model, eval_benchmark=wc.eval_benchmark) for name, path in inputs.items()}
 
 
 # The inputs a cell may or may not have (eval_cell_inputs) and the evaluate.py flag each becomes; the routers are
@@ -256,7 +263,7 @@ def eval_optional_flags(wildcards, input):
 
 def eval_settings(wc):
     """Only the settings this cell's method reads, so editing one method's settings reruns only its cells."""
-    kind = wc.method.split("@")[0]
+    kind = parse_method(wc.method)[0]
     settings = {
         "seed": EVAL["seed"],
         "chat_template": EVAL["chat_template"],

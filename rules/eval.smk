@@ -1,9 +1,8 @@
 # Evaluation stage: fan-out over benchmark x method, one Parquet cell each; the static baseline's calibration.
 
 wildcard_constraints:
-    # base, oracle; router, router@<p>, router@t<tau>, router@calibrated, router@certified; static / random /
-    # safest, static@<k> / random@<k> / safest@<k>
-    method=r"base|oracle|router(@(-?[0-9.]+|t[0-9.]+|calibrated|certified))?|(static|random|safest)(@[0-9]+)?",
+    # every name the method table's grammar accepts (drllm.evaluation.methods), plugin methods included
+    method=method_pattern(),
     eval_benchmark="[A-Za-z0-9_]+",
 
 

@@ -10,6 +10,26 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"  # toy extension-point entries (toy_plugins)
+
+
+@pytest.fixture
+def toy_plugins():
+    """The toy reward, labeler, router kind and method registered for one test, removed afterwards."""
+    import sys
+
+    if str(PLUGINS_DIR) not in sys.path:
+        sys.path.insert(0, str(PLUGINS_DIR))
+    import toy_plugins as module
+
+    module.register_all()
+    yield module
+    module.unregister_all()
+
+
+@pytest.fixture
+def toy_method(toy_plugins):
+    return toy_plugins.TOY_METHOD
 
 
 def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, **overrides):

@@ -402,21 +402,45 @@ def test_oracle_is_judged_by_the_search_reward_and_the_report_names_it(tiny_inpu
     assert "`oracle`" not in build_report([tmp_path / "base.parquet"], [], tmp_path / "r3")["report"].read_text()
 
 
-def test_rule_regex_and_schema_pattern_accept_the_method_grammar():
-    """rules/eval.smk's wildcard constraint and the schema's entry-methods pattern spell parse_method's grammar."""
+def test_rule_pattern_and_schema_shape_come_from_the_method_table():
+    """rules/eval.smk's wildcard is the table's pattern; the schema checks the shape <kind>[@<param>] and leaves
+    kinds and parameters to the table (so a plugin method needs no schema edit)."""
     import re
 
     import yaml
 
     from conftest import REPO
+    from drllm.evaluation.methods import method_pattern
 
-    rule = re.search(r'method=r"([^"]+)"', (REPO / "rules" / "eval.smk").read_text()).group(1)
+    assert "method=method_pattern()," in (REPO / "rules" / "eval.smk").read_text()
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    shape = schema["$defs"]["method_name"]["pattern"]
     entry = schema["properties"]["eval"]["properties"]["benchmarks"]["additionalProperties"]
-    pattern = entry["properties"]["methods"]["items"]["pattern"]
+    assert entry["properties"]["methods"]["items"] == {"$ref": "#/$defs/method_name"}
+    assert schema["properties"]["eval"]["properties"]["methods"]["items"] == {"$ref": "#/$defs/method_name"}
     for name in ("base", "oracle", "router", "router@-0.25", "router@t0.9", "router@calibrated",
                  "router@certified", "static", "static@2", "random@3", "safest", "safest@4"):
         parse_method(name)
-        assert re.fullmatch(rule, name) and re.fullmatch(pattern, name), name
-    for name in ("greedy", "router@x", "safest@calibrated", "oracle@2"):
-        assert not (re.fullmatch(rule, name) and re.fullmatch(pattern, name)), name
+        assert re.fullmatch(method_pattern(), name) and re.fullmatch(shape, name), name
+    for name in ("greedy", "router@x", "safest@calibrated", "oracle@2", "static@02"):
+        with pytest.raises(ValueError):
+            parse_method(name)
+        if name != "static@02":  # the pattern only routes cells; parse_method refuses non-canonical k
+            assert not re.fullmatch(method_pattern(), name), name
+
+
+def test_a_registered_method_joins_the_grammar_and_its_cells_read_what_it_declares(toy_method):
+    from drllm.evaluation.methods import (cell_inputs, frontier_line, method_pattern, method_sort_key,
+                                          needs_search, order_methods)
+    import re
+
+    assert parse_method("unsafest@3") == ("unsafest", 3) and re.fullmatch(method_pattern(), "unsafest@3")
+    assert cell_inputs("unsafest") == {"router_cell": "router_cell", "influence": "layer_safety"}
+    assert cell_inputs("unsafest@3") == {"influence": "layer_safety"} and needs_search("unsafest@3")
+    assert frontier_line("unsafest@3") == "unsafest@k"
+    # its order (7.8) puts it after safest (6.5) and its k sweep (+1) after the oracle (8)
+    assert order_methods(["unsafest@3", "oracle", "base", "unsafest"]) == ["base", "unsafest", "oracle",
+                                                                           "unsafest@3"]
+    assert method_sort_key("router@certified") < method_sort_key("router@0.5") < method_sort_key("static")
+
+

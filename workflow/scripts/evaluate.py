@@ -24,6 +24,7 @@ import sys
 
 from drllm.core.cli import EXPECTED_ERRORS, run_script
 from drllm.evaluation.cells import EvaluationError
+from drllm.evaluation.methods import grammar
 from drllm.evaluation.stage import CellRequest, run_cell
 
 
@@ -36,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entry-json", required=True,
                         help="the eval.benchmarks entry as JSON: name, benchmark, split, format, samples, levels, "
                              "options")
-    parser.add_argument("--method", required=True, help="base | router | router@<p> | router@t<tau> | "
-                                                        "router@calibrated | router@certified | static | static@<k> "
-                                                        "| safest | safest@<k> | random | random@<k> | oracle")
+    parser.add_argument("--method", required=True, help=f"{grammar()} (drllm.evaluation.methods; plugin "
+                                                        "methods too, with DRLLM_PLUGINS set)")
     parser.add_argument("--settings-json", default="{}",
                         help="seed, chat_template, formats (per-format options), prefix_cache, "
                              "oracle {samples, mcts, reward (the search's; absent: binary)}")

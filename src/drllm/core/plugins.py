@@ -57,6 +57,10 @@ class Table(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests that register a toy one clean up after themselves)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
         load_plugins()
         if name not in self._entries:

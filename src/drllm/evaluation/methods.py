@@ -1,31 +1,89 @@
-"""The evaluation methods' names, one grammar for the library: base | router | router@<p> (control knob p in
-[-1, 1]) | router@t<tau> (threshold decision: skip when P(skip) >= tau, tau in [0, 1]) | router@calibrated |
-router@certified (the operating point certified on calibration prompts, drllm.routing.certify) | static |
-static@<k> | random | random@<k> (k layers removed) | safest | safest@<k> (the blocks most often safe to skip
-alone in the search's single-skip sweep) | oracle.
-`parse_method` / `method_name` read and write a cell's name; the rest orders and classifies names for the report.
-(The rules' `method` wildcard constraint spells the same grammar as a regex.)"""
+"""Evaluation methods: one table (`METHODS`) says, per method kind, its name grammar, the files its cells read and
+the function that gives each example's path. The rules (rules/common.smk: which cells exist, their inputs, the
+wildcard pattern), the evaluate stage and the report all read this table, so a new method is one module with a
+policy builder plus one `Method` entry (README: "Adding an evaluation method").
+
+Names: <kind> or <kind>@<param>, the parameter grammar set by the kind's `param`:
+  none    base | oracle
+  router  router | router@<p> (control knob p in [-1, 1]) | router@t<tau> (threshold decision: skip when
+          P(skip) >= tau, tau in [0, 1]) | router@calibrated | router@certified (the operating point in the
+          calibration file, drllm.routing.calibration)
+  budget  static | static@<k>, random | random@<k>, safest | safest@<k> (k layers removed; without k, matched
+          per benchmark to the router cell's savings)
+This module imports no model code: the Snakefile reads it when it plans the cells.
+"""
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
+from drllm.core.plugins import Table
 from drllm.routing.calibration import CALIBRATED, CERTIFIED
 
-LM_EVAL_METHODS = ("base", "router")  # lm-eval tasks run through the drllm model: all layers or routed (and @p)
-PLAIN_METHODS = ("base", "router", "static", "random", "safest", "oracle")
-BUDGET_METHODS = ("static", "random", "safest")  # <kind>@<k>: k layers removed, independent of the router
+PARAMS = ("none", "budget", "router")
 FILE_POINTS = (CALIBRATED, CERTIFIED)  # router@<these>: the operating point is read from the calibration file
+INFLUENCE_SOURCES = ("block_influence", "layer_safety")  # the per-layer ranking a method's `influence` input is
+SEARCH_ARTIFACTS = ("layer_safety",)  # made by this run's search: routers imported from elsewhere lack them
+PLAIN_ROUTER_KNOB = -0.5  # drllm.routing.decision.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
 _REMOVALS = re.compile(r"0|[1-9][0-9]*")  # canonical integers only: the name is also the cell's file name
-PLAIN_ROUTER_KNOB = -0.5         # drllm.routing.router.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
-SWEEPS = ("router", "static", "random", "safest")  # <kind>@<param> methods drawn as lines on the frontier
-FRONTIER_POINTS = ("base", "router", "router@calibrated", "router@certified", "oracle")  # single markers
+# The rules' wildcard pattern per parameter grammar (parse_method checks the values).
+_PARAM_PATTERNS = {"none": "", "budget": "(@[0-9]+)?",
+                   "router": f"(@(-?[0-9.]+|t[0-9.]+|{'|'.join(FILE_POINTS)}))?"}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One evaluation method kind: what its name may carry, what its cells read, how it picks paths."""
+
+    kind: str
+    policy: str                    # "module:function" -> build(ctx, settings, inputs, param, threshold) -> PathPolicy
+    param: str = "none"            # none | budget (<kind>@<k>) | router (@<p>, @t<tau>, @calibrated, @certified)
+    routers: bool = False          # reads the trained routers
+    influence: str | None = None   # reads a per-layer ranking: block_influence (ShortGPT) | layer_safety (the sweep)
+    matched: bool = False          # without a parameter, matched to the router cell's savings (reads that cell)
+    lm_eval: bool = False          # also runs lm-eval tasks through the drllm lm-eval model (no threshold or file point)
+    marker: bool = False           # the plain name is one marker on the accuracy-vs-layers frontier
+    order: float = 9.0             # where the report lists it; its @-sweeps follow
+    summary: str = ""              # one line for --help
+
+    def __post_init__(self) -> None:
+        if self.param not in PARAMS:
+            raise ValueError(f"method {self.kind!r}: param must be one of {list(PARAMS)}, got {self.param!r}")
+        if self.influence is not None and self.influence not in INFLUENCE_SOURCES:
+            raise ValueError(f"method {self.kind!r}: influence must be one of {list(INFLUENCE_SOURCES)} or None")
+        if ":" not in self.policy:
+            raise ValueError(f"method {self.kind!r}: policy must be 'module:function', got {self.policy!r}")
+
+
+METHODS: Table[Method] = Table("evaluation method", "eval.methods")
+
+
+def register_method(method: Method) -> Method:
+    return METHODS.register(method.kind, method)
+
+
+_POLICIES = "drllm.evaluation.policies"
+for _method in (
+    Method("base", f"{_POLICIES}:base_policy", lm_eval=True, marker=True, order=0, summary="every layer"),
+    Method("router", f"{_POLICIES}:router_policy", param="router", routers=True, lm_eval=True, marker=True,
+           order=1, summary="the routers' path (knob p, threshold tau or the calibrated / certified point)"),
+    Method("static", f"{_POLICIES}:ranked_policy", param="budget", influence="block_influence", matched=True,
+           order=4, summary="ShortGPT: the k least influential blocks removed for every input"),
+    Method("random", f"{_POLICIES}:random_policy", param="budget", matched=True, order=6,
+           summary="k random blocks removed per example (seeded)"),
+    Method("safest", f"{_POLICIES}:ranked_policy", param="budget", influence="layer_safety", matched=True,
+           order=6.5, summary="the k blocks most often safe to skip alone in the search's sweep, removed"),
+    Method("oracle", f"{_POLICIES}:oracle_policy", marker=True, order=8,
+           summary="the MCTS on the item itself with its gold answer (a ceiling)"),
+):
+    register_method(_method)
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """router@t<tau>: the threshold decision at tau (drllm.routing.router.Decision), not the knob."""
+    """router@t<tau>: the threshold decision at tau (drllm.routing.decision.Decision), not the knob."""
 
     value: float
 
@@ -34,21 +92,34 @@ class Threshold:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Methods
+# Names
 # --------------------------------------------------------------------------------------------------------
 
-def parse_method(name: str) -> tuple[str, float | int | str | None]:
+def grammar() -> str:
+    """Every accepted name form, for error messages and --help."""
+    forms = []
+    for kind in METHODS:
+        param = METHODS.get(kind).param
+        forms.append({"none": kind, "budget": f"{kind}[@<k>]",
+                      "router": f"{kind}[@<p> | @t<tau> | {' | '.join('@' + p for p in FILE_POINTS)}]"}[param])
+    return " | ".join(forms)
+
+
+def method_pattern() -> str:
+    """The regex the rules' `method` wildcard uses: every name the table's grammar accepts."""
+    return "|".join(f"{re.escape(kind)}{_PARAM_PATTERNS[METHODS.get(kind).param]}" for kind in METHODS)
+
+
+def parse_method(name: str) -> tuple[str, float | int | str | Threshold | None]:
     """A method name -> (kind, parameter). 'base' -> ('base', None); 'router@-0.25' -> ('router', -0.25);
     'router@calibrated' -> ('router', CALIBRATED); 'static@3' -> ('static', 3). Unknown names raise ValueError."""
     kind, at, param = name.partition("@")
-    expected = (f"expected one of {list(PLAIN_METHODS)}, router@<p> with p in [-1, 1], router@t<tau> with tau in "
-                f"[0, 1], router@{CALIBRATED}, router@{CERTIFIED}, static@<k>, random@<k> or safest@<k> with k a "
-                "non-negative integer")
-    if kind not in PLAIN_METHODS or (at and kind not in ("router", *BUDGET_METHODS)):
+    expected = (f"expected {grammar()} (p in [-1, 1], tau in [0, 1], k a non-negative integer)")
+    if kind not in METHODS or (at and METHODS.get(kind).param == "none"):
         raise ValueError(f"unknown evaluation method {name!r}; {expected}")
     if not at:
         return kind, None
-    if kind in BUDGET_METHODS:
+    if METHODS.get(kind).param == "budget":
         if not _REMOVALS.fullmatch(param):
             raise ValueError(f"method {name!r}: the number of removed layers after '@' must be a non-negative "
                              f"integer (written without sign or leading zeros); {expected}")
@@ -62,7 +133,7 @@ def parse_method(name: str) -> tuple[str, float | int | str | None]:
             raise ValueError(f"method {name!r}: the threshold after '@t' must be a number in [0, 1]") from exc
         if not 0.0 <= tau <= 1.0 or param[1:] != f"{tau:g}":
             raise ValueError(f"method {name!r}: the threshold must be in [0, 1], written as :g writes it "
-                             f"(router@t{tau:g})")
+                             f"({kind}@t{tau:g})")
         return kind, Threshold(tau)
     try:
         value = float(param)
@@ -73,68 +144,124 @@ def parse_method(name: str) -> tuple[str, float | int | str | None]:
         raise ValueError(f"method {name!r}: the knob must be in [-1, 1]")
     return kind, value
 
-def method_name(kind: str, param: float | int | str | None = None) -> str:
+
+def method_name(kind: str, param: float | int | str | Threshold | None = None) -> str:
     """The inverse of parse_method (knobs written with :g, as the rules name the cells)."""
     if param is None:
         return kind
-    if isinstance(param, (str, Threshold)) or (isinstance(param, int) and kind in BUDGET_METHODS):
+    if isinstance(param, (str, Threshold)) or (isinstance(param, int) and METHODS.get(kind).param == "budget"):
         return f"{kind}@{param}"
     return f"{kind}@{param:g}"
 
 
+def get_method(name: str) -> Method:
+    """The table entry of a method name (its kind)."""
+    return METHODS.get(parse_method(name)[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a cell reads and runs
+# --------------------------------------------------------------------------------------------------------
+
+def cell_inputs(name: str) -> dict[str, str]:
+    """The inputs a cell of this method reads besides the records and the model: input name (evaluate.py's flag:
+    routers, calibration, router_cell, influence) -> the artifact it is (routers, calibration, router_cell,
+    block_influence, layer_safety). The rules map artifacts to paths."""
+    kind, param = parse_method(name)
+    method = METHODS.get(kind)
+    inputs = {}
+    if method.routers:
+        inputs["routers"] = "routers"
+    if param in FILE_POINTS:
+        inputs["calibration"] = "calibration"
+    if method.matched and param is None:
+        inputs["router_cell"] = "router_cell"
+    if method.influence is not None:
+        inputs["influence"] = method.influence
+    return inputs
+
+
+def needs_search(name: str) -> bool:
+    """Whether the cell reads this run's search (imported routers come without one)."""
+    return any(artifact in SEARCH_ARTIFACTS for artifact in cell_inputs(name).values())
+
+
+def lm_eval_runs(name: str) -> bool:
+    """Whether an lm-eval task can run this method: kinds marked lm_eval, plain or with a knob (the lm-eval model
+    takes the knob only: no threshold decision, no calibration file)."""
+    kind, param = parse_method(name)
+    return METHODS.get(kind).lm_eval and (param is None or isinstance(param, float))
+
+
+def policy_builder(kind: str) -> Callable:
+    """The method's policy builder, imported on first use (model code stays out of the rules' process)."""
+    module, _, function = METHODS.get(kind).policy.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Report order and the accuracy-vs-layers frontier
+# --------------------------------------------------------------------------------------------------------
+
 def method_knob(method: str, knob: float | None = None) -> float | None:
-    """The knob p of "router@<p>" (from the name; router@calibrated / @certified: the cell's knob column); None
+    """The knob p of "<router kind>@<p>" (from the name; @calibrated / @certified: the cell's knob column); None
     otherwise (thresholds included)."""
     try:
         kind, param = parse_method(method)
     except ValueError:
         return None
-    if kind != "router" or param is None or isinstance(param, Threshold):
+    if METHODS.get(kind).param != "router" or param is None or isinstance(param, Threshold):
         return None
     return knob if param in FILE_POINTS else float(param)
 
 
 def sweep_param(method: str) -> float | None:
-    """The swept parameter of router@<p> (p), router@t<tau> (tau) and static@<k> / random@<k> / safest@<k> (k);
-    None otherwise (router@calibrated / @certified are not points of a sweep; names outside the grammar are
-    nobody's sweep)."""
+    """The swept parameter of router@<p> (p), router@t<tau> (tau) and <budget kind>@<k> (k); None otherwise
+    (file points are not points of a sweep; names outside the grammar are nobody's sweep)."""
     try:
         kind, param = parse_method(method)
     except ValueError:
         return None
-    if kind not in SWEEPS or param is None or param in FILE_POINTS:
+    if param is None or param in FILE_POINTS:
         return None
     return float(param.value) if isinstance(param, Threshold) else float(param)
 
 
+def frontier_line(method: str) -> str | None:
+    """The frontier line a method belongs to (router@p, router@t, static@k, ...), None for a single marker."""
+    if sweep_param(method) is None:
+        return None
+    kind, param = parse_method(method)
+    if METHODS.get(kind).param == "budget":
+        return f"{kind}@k"
+    return f"{kind}@t" if isinstance(param, Threshold) else f"{kind}@p"
+
+
+def is_frontier_point(method: str) -> bool:
+    """A single marker on the frontier: a plain name marked so (base, router, oracle) or a file point."""
+    try:
+        kind, param = parse_method(method)
+    except ValueError:
+        return False
+    return (param is None and METHODS.get(kind).marker) or param in FILE_POINTS
+
+
 def method_sort_key(method: str) -> tuple:
-    """base, router, router@calibrated, router@p by p, static, static@k by k, random, random@k by k, oracle,
-    then anything else by name."""
-    fixed = {"base": 0, "router": 1, "router@calibrated": 2, "router@certified": 2.5, "static": 4, "random": 6,
-             "safest": 6.5, "oracle": 8}
-    if method in fixed:
-        return (fixed[method], 0.0, method)
-    param = sweep_param(method)
-    if param is not None:
-        line = frontier_line(method)
-        sweeps = {"router@p": 3, "router@t": 3.5, "static@k": 5, "random@k": 7, "safest@k": 7.5}
-        return (sweeps[line], param, method)
-    return (9, 0.0, method)
+    """Table order: base, router, router@calibrated, router@certified, router@p by p, router@t by tau, static,
+    static@k by k, random, ..., oracle; then anything else by name."""
+    try:
+        kind, param = parse_method(method)
+    except ValueError:
+        return (99.0, 0.0, method)
+    order = METHODS.get(kind).order
+    if param is None:
+        return (order, 0.0, method)
+    if param in FILE_POINTS:
+        return (order + 1 + 0.5 * FILE_POINTS.index(param), 0.0, method)
+    line = frontier_line(method)
+    offset = 2.5 if line.endswith("@t") else 2 if line.endswith("@p") else 1
+    return (order + offset, sweep_param(method), method)
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:
     return sorted(set(methods), key=method_sort_key)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Accuracy-vs-layers frontier
-# --------------------------------------------------------------------------------------------------------
-
-def frontier_line(method: str) -> str | None:
-    """The frontier line a method belongs to (router@p, static@k, random@k), None for a single marker."""
-    if sweep_param(method) is None:
-        return None
-    kind, param = parse_method(method)
-    if isinstance(param, Threshold):
-        return "router@t"
-    return {"router": "router@p", "static": "static@k", "random": "random@k", "safest": "safest@k"}[kind]

@@ -1,10 +1,15 @@
-"""Which path each evaluation method takes for an example: `build_policy` turns a parsed method name into the
-function the per-example loop (`drllm.evaluation.cells.evaluate_examples`) calls.
+"""Which path each evaluation method takes for an example: the policy builders the method table
+(`drllm.evaluation.methods.METHODS`) names, and `build_policy`, which looks a kind's builder up and calls it.
+
+A builder is `build(ctx, settings, inputs, param, threshold) -> PathPolicy`, the function the per-example loop
+(`drllm.evaluation.cells.evaluate_examples`) calls: `param` is parse_method's parameter (a file point already read
+from the calibration file: the router's p), `threshold` the threshold decision's tau or None.
 
 base: every layer; router / router@<p>: the routers' path with knob p (router@t<tau>: threshold decision at tau);
 static: ShortGPT block removal, matched to the router cell's mean savings or k layers; safest: the same with the
-blocks most often safe to skip alone in the search's sweep removed first; random: random skips, matched per example to the router cell or k per
-example (seeded per example); oracle: the search run with the gold answer, returning its path and outcome.
+blocks most often safe to skip alone in the search's sweep removed first; random: random skips, matched per
+example to the router cell or k per example (seeded per example); oracle: the search run with the gold answer,
+returning its path and outcome.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from drllm.core.seeds import derived_seed
 from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
                                         read_influence, static_path)
 from drllm.evaluation.cells import CellContext, EvalSettings, PathPolicy, read_cell
+from drllm.evaluation.methods import METHODS, policy_builder
 from drllm.routing.inference import RoutedModel
 from drllm.routing.router import Decision
 
@@ -35,59 +41,68 @@ def router_rows_by_id(path: str, method: str) -> dict[str, dict]:
     return {row["example_id"]: row for row in read_cell(path)}
 
 
-def build_policy(kind: str, knob, ctx: CellContext, settings: EvalSettings, inputs: MethodInputs,
+def build_policy(kind: str, param, ctx: CellContext, settings: EvalSettings, inputs: MethodInputs,
                  threshold: float | None = None) -> PathPolicy:
-    """The function giving each example's path (or path and outcome) for this method.
+    """The function giving each example's path (or path and outcome) for this method kind (see the module
+    docstring for `param` and `threshold`)."""
+    return policy_builder(kind)(ctx, settings, inputs, param, threshold)
 
-    `knob` is parse_method's parameter, with router@calibrated's already read from the file: the router's p,
-    static@k's / random@k's / safest@k's k, or None (static, safest and random then match the router cell).
-    `threshold`: route with the threshold decision at this tau (router@t<tau>, a file point) instead of the
-    routers' own decision.
-    """
+
+def base_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, param, threshold) -> PathPolicy:
     executor = ctx.executor
-    seed = settings.seed
-    if kind == "base":
-        return lambda index, example, encoded: executor.default_path()
-    if kind == "router":
-        if inputs.routers is None:
-            raise ValueError(f"method {ctx.method!r} needs --routers (a trained router directory)")
-        decision = None
-        if threshold is not None:
-            decision = Decision.from_dict(inputs.routers.config.decision).with_threshold(threshold)
-        routed = RoutedModel(executor, inputs.routers, knob, ctx.tokenizer, decision=decision)
-        return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
-    if kind in ("static", "safest"):
-        if not inputs.influence:
-            what = "block influence" if kind == "static" else "layer safety (search)"
-            raise ValueError(f"method {ctx.method!r} needs --influence (the {what} file)")
-        influence = read_influence(inputs.influence, ctx.model, executor.num_layers)
-        if knob is None:
-            remove = matched_removals(list(router_rows_by_id(inputs.router_cell, kind).values()))
-        else:
-            remove = fixed_removals(ctx.method, knob, executor.num_layers)
-        path = static_path(influence, remove)
-        print(f"evaluate: {kind} path removes {executor.num_layers - len(path)} layers: {path}")
-        return lambda index, example, encoded: path
-    if kind == "random" and knob is not None:
-        remove = fixed_removals(ctx.method, knob, executor.num_layers)
+    return lambda index, example, encoded: executor.default_path()
+
+
+def router_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, knob, threshold) -> PathPolicy:
+    if inputs.routers is None:
+        raise ValueError(f"method {ctx.method!r} needs --routers (a trained router directory)")
+    decision = None
+    if threshold is not None:
+        decision = Decision.from_dict(inputs.routers.config.decision).with_threshold(threshold)
+    routed = RoutedModel(ctx.executor, inputs.routers, knob, ctx.tokenizer, decision=decision)
+    return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
+
+
+def ranked_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, remove, threshold) -> PathPolicy:
+    """One path for every input: the blocks ranked first by the method's influence table removed (static:
+    ShortGPT's block influence; safest: the sweep's safe rates), k of them or as many as the router saved."""
+    executor, kind = ctx.executor, ctx.method.partition("@")[0]
+    if not inputs.influence:
+        what = {"block_influence": "block influence", "layer_safety": "layer safety (search)"}
+        raise ValueError(f"method {ctx.method!r} needs --influence (the {what[METHODS.get(kind).influence]} file)")
+    influence = read_influence(inputs.influence, ctx.model, executor.num_layers)
+    if remove is None:
+        remove = matched_removals(list(router_rows_by_id(inputs.router_cell, kind).values()))
+    else:
+        remove = fixed_removals(ctx.method, remove, executor.num_layers)
+    path = static_path(influence, remove)
+    print(f"evaluate: {kind} path removes {executor.num_layers - len(path)} layers: {path}")
+    return lambda index, example, encoded: path
+
+
+def random_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, remove, threshold) -> PathPolicy:
+    executor, seed = ctx.executor, settings.seed
+    if remove is not None:
+        remove = fixed_removals(ctx.method, remove, executor.num_layers)
         return lambda index, example, encoded: random_path(executor.num_layers, remove,
                                                            random_seed(seed, ctx.entry.name, example.id))
-    if kind == "random":
-        router_rows = router_rows_by_id(inputs.router_cell, kind)
+    router_rows = router_rows_by_id(inputs.router_cell, "random")
 
-        def random_policy(index, example, encoded):
-            if example.id not in router_rows:
-                raise ArtifactError(f"{inputs.router_cell} has no row for example {example.id!r}")
-            remove = executor.num_layers - router_rows[example.id]["path_length"]
-            return random_path(executor.num_layers, remove, random_seed(seed, ctx.entry.name, example.id))
-        return random_policy
-    if kind == "oracle":
-        mcts, prefix_cache, reward = settings.oracle_mcts, settings.prefix_cache, settings.oracle_reward
+    def matched_policy(index, example, encoded):
+        if example.id not in router_rows:
+            raise ArtifactError(f"{inputs.router_cell} has no row for example {example.id!r}")
+        removed = executor.num_layers - router_rows[example.id]["path_length"]
+        return random_path(executor.num_layers, removed, random_seed(seed, ctx.entry.name, example.id))
+    return matched_policy
 
-        def oracle_policy(index, example, encoded):
-            path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,
-                                             derived_seed(seed, "oracle", ctx.entry.name, example.id), prefix_cache,
-                                             reward)
-            return path, outcome
-        return oracle_policy
-    raise ValueError(f"unknown method kind {kind!r}")
+
+def oracle_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, param, threshold) -> PathPolicy:
+    executor, seed = ctx.executor, settings.seed
+    mcts, prefix_cache, reward = settings.oracle_mcts, settings.prefix_cache, settings.oracle_reward
+
+    def policy(index, example, encoded):
+        path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,
+                                         derived_seed(seed, "oracle", ctx.entry.name, example.id), prefix_cache,
+                                         reward)
+        return path, outcome
+    return policy

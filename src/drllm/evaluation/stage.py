@@ -21,7 +21,7 @@ from drllm.data.entries import EvalEntry, sample_examples
 from drllm.data.examples import read_examples
 from drllm.evaluation.cells import (CellContext, EvalSettings, EvaluationError, cell_accuracy, cell_row,
                                     evaluate_examples, write_cell)
-from drllm.evaluation.methods import FILE_POINTS, LM_EVAL_METHODS, Threshold, method_name, parse_method
+from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, method_name, parse_method
 from drllm.evaluation.policies import MethodInputs, build_policy
 from drllm.formats.answers import get_format
 from drllm.routing.calibration import CALIBRATED, read_calibration
@@ -61,12 +61,14 @@ def lm_eval_rows(request: CellRequest, entry: EvalEntry, kind: str, knob, settin
     """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
     from drllm.evaluation.lmeval import DrLLM, evaluate_task
 
-    if kind not in LM_EVAL_METHODS:
+    if not METHODS.get(kind).lm_eval:
+        runs = [name for name in METHODS if METHODS.get(name).lm_eval]
         raise ValueError(f"method {method!r} does not apply to the lm-eval task {entry.name!r} "
-                         f"(lm-eval tasks run {list(LM_EVAL_METHODS)}, router@<p> and router@{CALIBRATED})")
-    if kind == "router" and not request.routers:
-        raise ValueError("method 'router' needs --routers (a trained router directory)")
-    lm = DrLLM(pretrained=request.model_dir, routers=request.routers if kind == "router" else None, knob=knob,
+                         f"(lm-eval tasks run {runs}, their @<p> knobs and router@{CALIBRATED})")
+    uses_routers = METHODS.get(kind).routers
+    if uses_routers and not request.routers:
+        raise ValueError(f"method {kind!r} needs --routers (a trained router directory)")
+    lm = DrLLM(pretrained=request.model_dir, routers=request.routers if uses_routers else None, knob=knob,
                device=request.device, dtype=request.dtype)
     started = time.perf_counter()
     spec = entry.lm_eval
@@ -125,7 +127,7 @@ def run_cell(request: CellRequest) -> str:
     if kind == "oracle" and settings.oracle_samples:
         examples = examples[:settings.oracle_samples]
     routers = None
-    if kind == "router":
+    if METHODS.get(kind).routers:
         if not request.routers:
             raise ValueError(f"method {method!r} needs --routers (a trained router directory)")
         routers = RouterStack.for_model(request.routers, manifest)
@@ -139,13 +141,14 @@ def run_cell(request: CellRequest) -> str:
                    "data": Path(request.data).name,
                    "examples": [ex.id for ex in examples]}
     checkpoint = Checkpoint(f"{request.out}.progress.jsonl", fingerprint, key="example_id")
+    routed = METHODS.get(kind).param == "router"
     try:
         if checkpoint.rows:
             print(f"evaluate: resuming, {len(checkpoint.rows)} of {len(examples)} examples already done")
         rows = evaluate_examples(ctx, examples, policy, done=checkpoint.rows, on_row=checkpoint.add,
                                  progress=request.progress,
-                                 knob=knob if kind == "router" else None,  # static@k's k is in the name
-                                 threshold=threshold if kind == "router" else None)
+                                 knob=knob if routed else None,  # static@k's k is in the name
+                                 threshold=threshold if routed else None)
         write_cell(request.out, rows, provenance)
     except BaseException:
         checkpoint.close()

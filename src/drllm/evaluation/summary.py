@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from drllm.core.cli import json_argument
-from drllm.evaluation.methods import (FRONTIER_POINTS, frontier_line, method_knob, method_sort_key, order_methods,
-                                      sweep_param)
+from drllm.evaluation.methods import (frontier_line, is_frontier_point, method_knob, method_sort_key,
+                                      order_methods, sweep_param)
 from drllm.evaluation.metrics import bootstrap_interval, wilson_interval
 
 Z95 = 1.959963984540054          # two-sided 95% normal quantile
@@ -53,7 +53,7 @@ REPORT_SUMMARY_SCHEMA = pa.schema([
 # benchmark: its own interval).
 FRONTIER_SCHEMA = pa.schema([
     pa.field("benchmark", pa.string(), nullable=False),      # evaluation entry, or "(mean)"
-    pa.field("method", pa.string(), nullable=False),         # router@p, static@k, random@k, or a FRONTIER_POINTS one
+    pa.field("method", pa.string(), nullable=False),         # router@p, static@k, random@k, or a single frontier point
     pa.field("line", pa.string()),                           # router@p | static@k | random@k; null = single marker
     pa.field("param", pa.float64()),                         # p of router@p, k of static@k / random@k, else null
     pa.field("in_domain", pa.bool_(), nullable=False),       # benchmark drawn from the search tasks' benchmarks
@@ -141,11 +141,11 @@ def _versus_base(cell: list[dict], base: list[dict] | None, seed: int, resamples
 
 
 def frontier_points(summary: list[dict], in_domain: Iterable[str] | None = None) -> list[dict]:
-    """FRONTIER_SCHEMA rows from summary rows: the swept methods and FRONTIER_POINTS, per benchmark and averaged.
+    """FRONTIER_SCHEMA rows from summary rows: the swept methods and the single points (base, router, file points, oracle), per benchmark and averaged.
 
     `in_domain` names the benchmarks the routers were trained on (None: unknown, every benchmark counts as such).
     """
-    chosen = [r for r in summary if frontier_line(r["method"]) is not None or r["method"] in FRONTIER_POINTS]
+    chosen = [r for r in summary if frontier_line(r["method"]) is not None or is_frontier_point(r["method"])]
     domain = None if in_domain is None else set(in_domain)
     points = [{"benchmark": r["benchmark"], "method": r["method"], "line": frontier_line(r["method"]),
                "param": sweep_param(r["method"]), "in_domain": domain is None or r["benchmark"] in domain,
