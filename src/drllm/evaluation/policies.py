@@ -98,7 +98,7 @@ def random_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs
 
 def oracle_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, param, threshold) -> PathPolicy:
     executor, seed = ctx.executor, settings.seed
-    mcts, prefix_cache, reward = settings.oracle_mcts, settings.prefix_cache, settings.oracle_reward
+    mcts, prefix_cache, reward = settings.oracle.mcts, settings.prefix_cache, settings.oracle.reward
 
     def policy(index, example, encoded):
         path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,

@@ -124,8 +124,8 @@ def run_cell(request: CellRequest) -> str:
                 f"{cell_accuracy(rows):.4f} -> {request.out}")
     answer_format = get_format(entry.format, **entry.options)
     examples = sample_examples(read_examples(request.data), entry, settings.seed)
-    if kind == "oracle" and settings.oracle_samples:
-        examples = examples[:settings.oracle_samples]
+    if kind == "oracle" and settings.oracle.samples:
+        examples = examples[:settings.oracle.samples]
     routers = None
     if METHODS.get(kind).routers:
         if not request.routers:

@@ -28,6 +28,7 @@ import numpy as np
 
 from drllm.core.artifacts import ArtifactError, read_json
 from drllm.core.blocks import check_keys
+from drllm.core.settings import check_fields, setting
 from drllm.data.entries import EvalEntry
 from drllm.routing.certify import CertifyConfig, certify, upper_bound
 
@@ -41,18 +42,17 @@ CERTIFIED = "certified"    # its `certified` object's point: router@certified
 class CalibrationConfig:
     """The `calibrate:` block as the stage receives it (rules/train.smk), built and validated once by `from_dict`."""
 
-    max_drop: float = 0.005           # largest score drop vs base allowed on any set (0.005 = 0.5 points)
+    # largest score drop vs base allowed on any set (0.005 = 0.5 points)
+    max_drop: float = setting(0.005, "number", low=0, high=1, high_open=True)
     knobs: tuple[float, ...] = (-0.5, -0.45, -0.4, -0.35, -0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0)
-    seed: int = 0
+    seed: int = setting(0, "int")
     sets: tuple[EvalEntry, ...] = ()  # calibrate.sets by name; eval.formats' options for each format folded in
-    chat_template: bool | None = None      # None: the model's own (drllm.core.models.chat_template_for)
+    chat_template: bool | None = setting(None, "bool", nullable=True)  # None: the model's own (chat_template_for)
     thresholds: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # threshold routers' grid of tau
     certify: CertifyConfig | None = None   # Learn-then-Test settings of router@certified; None = not certified
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) \
-                or not 0.0 <= self.max_drop < 1.0:
-            raise ValueError(f"calibrate.max_drop must be a number in [0, 1), got {self.max_drop!r}")
+        check_fields(self, "calibrate")
         knobs = tuple(self.knobs or ())
         if not knobs:
             raise ValueError("calibrate.knobs must list at least one knob p")
@@ -60,7 +60,6 @@ class CalibrationConfig:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not -1.0 <= p <= 1.0:
                 raise ValueError(f"calibrate.knobs: every p must be a number in [-1, 1], got {p!r}")
         object.__setattr__(self, "knobs", tuple(sorted({float(p) for p in knobs} | {BASE_KNOB})))
-        object.__setattr__(self, "max_drop", float(self.max_drop))
         thresholds = tuple(self.thresholds or ())
         for tau in thresholds:
             if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
@@ -87,9 +86,6 @@ class CalibrationConfig:
                                   for name, spec in sorted(sets_block.items()))
         if block.get("certify") is not None:
             block["certify"] = CertifyConfig.from_dict(block["certify"])
-        chat_template = block.get("chat_template")
-        if chat_template is not None and not isinstance(chat_template, bool):
-            raise ValueError(f"calibrate: chat_template must be true, false or null, got {chat_template!r}")
         return cls(**block)
 
 

@@ -69,7 +69,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from drllm.core.blocks import check_keys
+from drllm.core.settings import check_fields, from_block, setting
 
 LOSSES = ("disagreement", "accuracy_drop")
 P_VALUES = ("wsr", "hb", "binomial")
@@ -86,40 +86,29 @@ def _is_number(value: Any) -> bool:
 class CertifyConfig:
     """The target: risk <= epsilon with probability >= 1 - delta, for a loss and the p-value that tests it."""
 
-    epsilon: float
-    delta: float
-    loss: str = "accuracy_drop"
-    p_value: str | None = None   # None: binomial for disagreement, wsr for accuracy_drop
-    order_seed: int | None = 0   # wsr only: seed of the random order the losses are bet on; None = the given order
+    epsilon: float = setting(kind="number", low=0, high=1, low_open=True, high_open=True)
+    delta: float = setting(kind="number", low=0, high=1, low_open=True, high_open=True)
+    loss: str = setting("accuracy_drop", "str", choices=LOSSES)
+    # None: binomial for disagreement, wsr for accuracy_drop
+    p_value: str | None = setting(None, "str", choices=P_VALUES, nullable=True)
+    # wsr only: seed of the random order the losses are bet on; None = the given order
+    order_seed: int | None = setting(0, "int", nullable=True)
 
     def __post_init__(self) -> None:
-        for name in ("epsilon", "delta"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 < float(value) < 1.0:
-                raise ValueError(f"certify.{name} must be a number in (0, 1), got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.loss not in LOSSES:
-            raise ValueError(f"certify.loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        check_fields(self, "calibrate.certify")
         method = DEFAULT_P_VALUE[self.loss] if self.p_value is None else self.p_value
-        if method not in P_VALUES:
-            raise ValueError(f"certify.p_value must be one of {list(P_VALUES)}, got {self.p_value!r}")
         if method == "binomial" and self.loss != "disagreement":
             raise ValueError(f"certify.p_value 'binomial' is exact only for 0/1 losses (loss 'disagreement'), "
                              f"not for loss {self.loss!r}; use 'wsr' or 'hb'")
         object.__setattr__(self, "p_value", method)
-        if self.order_seed is not None and (isinstance(self.order_seed, bool) or
-                                            not isinstance(self.order_seed, (int, np.integer))):
-            raise ValueError(f"certify.order_seed must be an integer or null, got {self.order_seed!r}")
 
     @classmethod
     def from_dict(cls, block: Mapping[str, Any]) -> "CertifyConfig":
         block = dict(block or {})
-        known = {"epsilon", "delta", "loss", "p_value", "order_seed"}
-        check_keys("certify", block, known)
         missing = sorted({"epsilon", "delta"} - set(block))
         if missing:
-            raise ValueError(f"certify: missing key(s) {missing}")
-        return cls(**block)
+            raise ValueError(f"calibrate.certify: missing key(s) {missing}")
+        return from_block(cls, block, "calibrate.certify")
 
     def to_dict(self) -> dict:
         return asdict(self)
