@@ -52,6 +52,20 @@ class Accepts:
         text = noun + (" " + " and ".join(bounds) if bounds else "")
         return text + (" or null" if self.nullable else "")
 
+    def json_schema(self) -> dict:
+        """The JSON-schema rule accepting the same values (tests/test_settings.py holds the config schema to it)."""
+        if self.choices is not None:
+            rule: dict = {"enum": list(self.choices) + ([None] if self.nullable else [])}
+            return rule
+        kind = {"int": "integer", "number": "number", "bool": "boolean", "str": "string", "mapping": "object",
+                "list": "array"}[self.kind]
+        rule = {"type": [kind, "null"] if self.nullable else kind}
+        if self.low is not None:
+            rule["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            rule["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        return rule
+
     def check(self, value: Any) -> Any:
         """The value normalised (ints accepted as numbers become floats); ValueError without the field's name."""
         if value is None:
