@@ -583,7 +583,7 @@ def test_config_schema_and_stage_settings_agree_on_every_bound():
     for the keys they read (the MCTS block has its own test above)."""
     import jsonschema
 
-    from drllm.evaluation.cells import EvalSettings
+    from drllm.evaluation.settings import EvalSettings
     from drllm.search.workers import SearchSettings
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import REPO
 from drllm.core.settings import Accepts, check_fields, from_block, setting
-from drllm.evaluation.cells import EvalSettings, OracleSettings
+from drllm.evaluation.settings import EvalSettings, OracleSettings
 from drllm.routing.calibration import CalibrationConfig
 from drllm.routing.certify import CertifyConfig
 

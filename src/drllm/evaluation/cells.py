@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from drllm.core.artifacts import read_parquet, write_parquet
-from drllm.core.blocks import check_keys
-from drllm.core.settings import check_fields, setting
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.data.entries import EvalEntry
 from drllm.formats.answers import AnswerFormat
 from drllm.formats.grading import Outcome
 from drllm.formats.prompts import Encoded
-from drllm.search.mcts import MCTSConfig
-from drllm.search.rewards import RewardConfig
 
 # One row per example of one cell (benchmark x method). `score` is what the benchmark's metric averages
 # (1/0 for accuracy metrics, token F1 for f1); `correct` is the 0/1 grade (exact match for f1).
@@ -74,53 +70,6 @@ def read_cell(path) -> list[dict]:
 
 class EvaluationError(RuntimeError):
     """A cell failed; the message names the benchmark, the method and, when known, the example."""
-
-
-@dataclass(frozen=True)
-class OracleSettings:
-    """eval.oracle as the oracle's cells receive it: the search's settings with the oracle's over them."""
-
-    samples: int | None = setting(None, "int", low=1, nullable=True)  # only the first N sampled examples
-    mcts: MCTSConfig = field(default_factory=MCTSConfig)       # search.mcts with eval.oracle.mcts over it
-    reward: RewardConfig = field(default_factory=RewardConfig)  # search.reward with eval.oracle.reward over it
-
-    def __post_init__(self) -> None:
-        check_fields(self, "eval.oracle")
-        if self.reward.kind == "agreement":
-            raise ValueError("eval.oracle.reward: the oracle searches with the gold answer, so its reward must be "
-                             "gold-based (binary or robust), not agreement (set eval.oracle.reward)")
-
-    @classmethod
-    def from_dict(cls, block: dict | None) -> "OracleSettings":
-        if block is not None and not isinstance(block, dict):
-            raise ValueError(f"eval.oracle must be a mapping of samples, mcts and reward, got {block!r}")
-        block = dict(block or {})
-        check_keys("eval.oracle", block, ("samples", "mcts", "reward"))
-        return cls(samples=block.get("samples"), mcts=MCTSConfig.from_dict(block.get("mcts")),
-                   reward=RewardConfig.from_dict(block.get("reward")))
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The settings an evaluation cell reads (the rules pass only its method's: rules/common.smk `eval_settings`),
-    built and validated once by `from_dict`."""
-
-    seed: int = setting(0, "int")
-    chat_template: bool | None = setting(None, "bool", nullable=True)  # None: the model's own (chat_template_for)
-    formats: dict = setting(kind="mapping", factory=dict)
-    oracle: OracleSettings = field(default_factory=OracleSettings)
-    prefix_cache: int = setting(8, "int", low=0)  # oracle cells: the search's prefix reuse
-
-    def __post_init__(self) -> None:
-        check_fields(self, "eval")
-
-    @classmethod
-    def from_dict(cls, block: dict | None) -> "EvalSettings":
-        """From the settings the rule passes: seed, chat_template, formats, prefix_cache and oracle {samples, mcts,
-        reward}."""
-        block = dict(block or {})
-        check_keys("eval", block, [f.name for f in fields(cls)])
-        return cls(**{**block, "oracle": OracleSettings.from_dict(block.get("oracle"))})
 
 
 def gold_text(example) -> str:

@@ -19,8 +19,9 @@ from drllm.core.artifacts import ArtifactError
 from drllm.core.seeds import derived_seed
 from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
                                         read_influence, static_path)
-from drllm.evaluation.cells import CellContext, EvalSettings, PathPolicy, read_cell
+from drllm.evaluation.cells import CellContext, PathPolicy, read_cell
 from drllm.evaluation.methods import METHODS, policy_builder
+from drllm.evaluation.settings import EvalSettings
 from drllm.routing.inference import RoutedModel
 from drllm.routing.router import Decision
 

@@ -19,10 +19,11 @@ from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.core.provenance import stage_provenance
 from drllm.data.entries import EvalEntry, sample_examples
 from drllm.data.examples import read_examples
-from drllm.evaluation.cells import (CellContext, EvalSettings, EvaluationError, cell_accuracy, cell_row,
-                                    evaluate_examples, write_cell)
+from drllm.evaluation.cells import (CellContext, EvaluationError, cell_accuracy, cell_row, evaluate_examples,
+                                    write_cell)
 from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, method_name, parse_method
 from drllm.evaluation.policies import MethodInputs, build_policy
+from drllm.evaluation.settings import EvalSettings
 from drllm.formats.answers import get_format
 from drllm.routing.calibration import CALIBRATED, read_calibration
 from drllm.routing.router import RouterStack
