@@ -18,14 +18,14 @@ PLAIN_METHODS = ("base", "router", "static", "random", "safest", "oracle")
 BUDGET_METHODS = ("static", "random", "safest")  # <kind>@<k>: k layers removed, independent of the router
 FILE_POINTS = (CALIBRATED, CERTIFIED)  # router@<these>: the operating point is read from the calibration file
 _REMOVALS = re.compile(r"0|[1-9][0-9]*")  # canonical integers only: the name is also the cell's file name
-PLAIN_ROUTER_KNOB = -0.5         # drllm.routing.router.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
+PLAIN_ROUTER_KNOB = -0.5         # drllm.routing.decision.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
 SWEEPS = ("router", "static", "random", "safest")  # <kind>@<param> methods drawn as lines on the frontier
 FRONTIER_POINTS = ("base", "router", "router@calibrated", "router@certified", "oracle")  # single markers
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """router@t<tau>: the threshold decision at tau (drllm.routing.router.Decision), not the knob."""
+    """router@t<tau>: the threshold decision at tau (drllm.routing.decision.Decision), not the knob."""
 
     value: float
 

@@ -16,7 +16,7 @@ from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle
                                         read_influence, static_path)
 from drllm.evaluation.cells import CellContext, EvalSettings, PathPolicy, read_cell
 from drllm.routing.inference import RoutedModel
-from drllm.routing.router import Decision
+from drllm.routing.decision import Decision
 
 
 @dataclass(frozen=True)
