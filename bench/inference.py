@@ -7,7 +7,7 @@ On the same chat prompts (ARC test questions in the letter format), interleaved 
     path decoded as its own batch by the plain executor), with the block calls per decoded token of each
   * router overhead: the routed prefill vs a prefill along the same path without routing, and the routers alone
     (pooling + MLPs + decisions of all layers) as a share of that prefill, for the packed routing step
-    (drllm.routing.router.PackedRouters) and, side by side, the step it replaced (`reference_routing` below)
+    (drllm.routing.kinds.mlp.PackedRouters) and, side by side, the step it replaced (`reference_routing` below)
 Routers: the trained ones (--routers, default results/routers/<model>) when present, else random routers made
 to skip (labelled so). --knob adds a control-knob setting that skips more.
 
@@ -33,9 +33,11 @@ from drllm.data.registry import load_benchmark
 from drllm.core.executor import PathExecutor
 from torch.nn import functional as F
 
-from drllm.routing.inference import RoutedModel, greedy_action, pad_left
+from drllm.routing.inference import RoutedModel, pad_left
 from drllm.core.models import load_model, read_manifest, resolve_device
-from drllm.routing.router import RouterConfig, RouterStack, apply_knob, probabilities, window_assignment
+from drllm.routing.decision import apply_knob, decide_row, probabilities
+from drllm.routing.pooling import window_assignment
+from drllm.routing.router import RouterConfig, RouterStack
 from drllm.formats.answers import get_format
 
 
@@ -75,7 +77,7 @@ def reference_routing(routed: RoutedModel, input_ids: torch.Tensor, attention_ma
         probs = probabilities(F.linear(z, fc2.weight, fc2.bias))
         if knob is not None:
             probs = apply_knob(probs, knob)
-        return [greedy_action(row) for row in probs.tolist()]
+        return [decide_row(row) for row in probs.tolist()]
 
     return route
 

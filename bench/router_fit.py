@@ -26,7 +26,8 @@ import torch
 
 from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model
-from drllm.routing.router import CLASSES, RouterConfig, RouterStack
+from drllm.routing.decision import CLASSES
+from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.features import build_feature_cache
 from drllm.routing.samples import read_samples
 from drllm.routing.training import TrainConfig, classification_metrics, label_counts, train_routers

@@ -9,7 +9,9 @@ from drllm.core.artifacts import ArtifactError
 from drllm.core.executor import PathExecutor
 from drllm.routing.inference import RoutedModel, pad_left
 from drllm.core.paths import LayerPath
-from drllm.routing.router import RouterConfig, RouterStack, apply_knob, decide, probabilities, window_mean_pool
+from drllm.routing.decision import apply_knob, decide, probabilities
+from drllm.routing.pooling import window_mean_pool
+from drllm.routing.router import RouterConfig, RouterStack
 
 LAYERS = 6
 
@@ -145,7 +147,7 @@ def test_routing_step_decides_as_the_reference(knob):
 def test_router_step_runs_on_its_own_threads_and_restores_them(monkeypatch):
     """router_threads=1: the router step runs on one CPU thread and gives the blocks back the process's setting;
     None leaves it alone. Decisions are the same either way."""
-    from drllm.routing.router import PromptRouting
+    from drllm.routing.kinds.mlp import PromptRouting
 
     seen = []
     logits = PromptRouting.logits

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from drllm.core.artifacts import ArtifactError
-from drllm.routing.router import (CONFIG_FILE, WEIGHTS_FILE, Router, RouterConfig, RouterStack, apply_knob, decide,
-                                  knob_affine, probabilities, router_parameter_count, window_mean_pool)
+from drllm.routing.decision import apply_knob, decide, decide_row, knob_affine, probabilities
+from drllm.routing.kinds.mlp import Router, router_parameter_count
+from drllm.routing.pooling import window_mean_pool
+from drllm.routing.router import CONFIG_FILE, WEIGHTS_FILE, RouterConfig, RouterStack
 
 
 def reference_pool(tokens: torch.Tensor, windows: int) -> torch.Tensor:
@@ -196,13 +198,11 @@ def test_packed_routers_follow_parameter_changes(tmp_path):
 
 
 def test_host_decision_equals_decide():
-    """The routing pass decides on the host (one sync per block) exactly as `decide` does on the device."""
-    from drllm.routing.inference import greedy_action
-
+    """The routing pass decides row by row on the host (one sync per block) exactly as `decide` does on a tensor."""
     ties = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [0.45, 0.1, 0.45], [0.5, 0.25, 0.25], [1 / 3] * 3])
     probs = torch.cat([ties, apply_knob(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), 0.0),
                        torch.rand(256, 3).softmax(-1)])
-    assert [greedy_action(row) for row in probs.tolist()] == decide(probs).tolist()
+    assert [decide_row(row) for row in probs.tolist()] == decide(probs).tolist()
 
 
 def test_stack_forward_equals_per_router_calls():

@@ -122,7 +122,7 @@ def test_safety_sweep_is_seed_free_and_labels_hard_prompts_all_execute():
 
 
 def test_pooling_can_leave_out_the_first_token():
-    from drllm.routing.router import window_assignment, window_mean_pool
+    from drllm.routing.pooling import window_assignment, window_mean_pool
 
     hidden = torch.arange(2 * 5 * 1, dtype=torch.float32).view(2, 5, 1)
     hidden[:, 0] = 1e4  # a huge constant first state, as BOS is at middle layers
@@ -138,7 +138,8 @@ def test_pooling_can_leave_out_the_first_token():
 
 def test_threshold_decision_skips_where_p_skip_passes_and_respects_the_budget():
     from drllm.routing.inference import RoutedModel
-    from drllm.routing.router import Decision, RouterConfig, RouterStack
+    from drllm.routing.decision import Decision
+    from drllm.routing.router import RouterConfig, RouterStack
 
     executor = PathExecutor(tiny_model("llama", layers=6))
     stack = RouterStack(RouterConfig(base_model="tiny", num_layers=6, hidden_size=64, hidden=8,

@@ -12,7 +12,8 @@ from conftest import REPO, tiny_model
 from drllm.core.artifacts import ArtifactError, write_json
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.routing.router import RouterConfig, RouterStack, window_mean_pool
+from drllm.routing.pooling import window_mean_pool
+from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.features import FeatureCache, build_feature_cache, teacher_forced_features
 from drllm.routing.full_forward import train_full_forward
 from drllm.routing.samples import TrainingSample, read_samples, split_samples, validate_samples, write_samples

@@ -23,7 +23,7 @@ from drllm.evaluation.cells import CellContext, PathPolicy, read_cell
 from drllm.evaluation.methods import METHODS, policy_builder
 from drllm.evaluation.settings import EvalSettings
 from drllm.routing.inference import RoutedModel
-from drllm.routing.router import Decision
+from drllm.routing.decision import Decision
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Calibrated, budget-aware routing (beyond the paper): pick the control knob p on held-out prompts.
 
 Trained routers are often over-confident: a router that puts probability ~1 on skip where its labels were noisy
-costs accuracy. The knob p of App. C (drllm.routing.router.apply_knob) trades savings for safety: on (-0.5, 0.5) a block
+costs accuracy. The knob p of App. C (drllm.routing.decision.apply_knob) trades savings for safety: on (-0.5, 0.5) a block
 deviates from execute only when the router's margin over execute exceeds t/(1-t), t = p + 0.5. Calibration routes
 held-out validation prompts (never searched, never trained on) at every p of a grid, scores them with the same
 answer formats as evaluation, and keeps the p with the largest mean saving whose score on EVERY calibration set
@@ -258,7 +258,7 @@ def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[EvalEnt
     from tqdm import tqdm
 
     from drllm.routing.inference import RoutedModel
-    from drllm.routing.router import Decision
+    from drllm.routing.decision import Decision
     from drllm.formats.answers import get_format
 
     curve: list[CurvePoint] = []

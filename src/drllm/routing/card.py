@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 from drllm.core.artifacts import ArtifactError, write_text
 from drllm.core.tables import markdown_table
-from drllm.routing.router import CARD_FILE, CLASSES, RouterConfig
+from drllm.routing.decision import CLASSES
+from drllm.routing.router import CARD_FILE, RouterConfig
 
 EVALUATION_HEADING = "## Evaluation"
 

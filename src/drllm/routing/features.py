@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import torch
 
 from drllm.core.artifacts import ArtifactError
-from drllm.routing.router import window_assignment
+from drllm.routing.pooling import window_assignment
 from drllm.routing.samples import TrainingSample, validate_samples
 
 # --------------------------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ the block are computed, each execution with its own cache slot holding exactly t
 routes and decodes exactly as it would alone, with no wasted block applications, and a batch whose prompts take
 different paths decodes as one batch rather than one batch per path.
 
-Routing cost per block: the packed router (drllm.routing.router.PackedRouters: pooling matmul, first layer, GELU, vote and
-output layer in one matmul), a softmax, and one host sync (the decisions decide which rows run the block, so they
-must reach the host; the pooling matrix and window vote are built once per prompt).
+Routing cost per block: the router kind's packed step (for mlp, drllm.routing.kinds.mlp.PackedRouters: pooling
+matmul, first layer, GELU, vote and output layer in one matmul), a softmax, and one host sync (the decisions decide
+which rows run the block, so they must reach the host; the pooling matrix and window vote are built once per prompt).
 
 The control knob p (App. C) blends router probabilities with fixed actions: p = -0.5 is the plain router,
 p = 0.5 executes every block (the base model), p = -1 / 1 skips / repeats every block.
@@ -27,13 +27,8 @@ from drllm.core import path_batch
 from drllm.core.executor import LogLikelihood, PathExecutor
 from drllm.core.path_batch import BatchGeneration as RoutedGeneration, BatchState
 from drllm.core.paths import LayerPath
-from drllm.routing.router import EXECUTE, SKIP, Decision, RouterStack, knob_affine
-
-
-def greedy_action(probs: Sequence[float]) -> int:
-    """drllm.routing.router.decide for one row of probabilities on the host: argmax, with a tie to execute going to execute."""
-    best = max(range(len(probs)), key=lambda action: (probs[action], -action))
-    return EXECUTE if probs[EXECUTE] >= probs[best] else best
+from drllm.routing.decision import EXECUTE, SKIP, Decision, decide_row, knob_affine
+from drllm.routing.router import RouterStack
 
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,28 +103,28 @@ class RoutedModel:
         """route(layer, hidden) -> per-row runs of that block, for this batch (pooling matrix built once)."""
         batch, length = input_ids.shape
         if self.knob_scale == 0.0:  # the knob ignores the router: every block gets the same action, no router runs
-            actions = [greedy_action(self.knob_offset.tolist())] * batch
+            actions = [decide_row(self.knob_offset.tolist())] * batch
             return lambda layer, hidden: actions
         prompt = self.routers.packed().prompt(attention_mask, batch, length, self.device)
         scale, offset = self.knob_scale, self.knob_offset
-        def decide_row(probs: Sequence[float], row: int) -> int:
-            return greedy_action(probs)
+        def decide_in_row(probs: Sequence[float], row: int) -> int:
+            return decide_row(probs)
 
         if self.decision.rule == "threshold":
             threshold, budget = self.decision.threshold, self.decision.budget
             skipped = [0] * batch  # per row: blocks skipped so far in this prefill
 
-            def decide_row(probs: Sequence[float], row: int) -> int:
+            def decide_in_row(probs: Sequence[float], row: int) -> int:
                 if probs[SKIP] >= threshold and (budget is None or skipped[row] < budget):
                     skipped[row] += 1
                     return SKIP
                 return EXECUTE
 
         def decisions(layer: int, hidden: torch.Tensor) -> list[int]:
-            probs = torch.softmax(prompt.logits(layer, hidden).float(), dim=-1)  # as drllm.routing.router.probabilities
+            probs = torch.softmax(prompt.logits(layer, hidden).float(), dim=-1)  # as drllm.routing.decision.probabilities
             if offset is not None:  # apply_knob, in the same float32 operations
                 probs = probs.mul_(scale).add_(offset)
-            return [decide_row(row, index) for index, row in enumerate(probs.tolist())]  # the block's one host sync
+            return [decide_in_row(row, index) for index, row in enumerate(probs.tolist())]  # the block's one host sync
 
         threads = self.router_threads if self.device.type == "cpu" else None
         if threads is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from drllm.core.figures import pyplot, save_figure
-from drllm.routing.router import CLASSES
+from drllm.routing.decision import CLASSES
 
 
 def plot_curves(path: Path, epochs: list[dict]) -> None:

@@ -23,7 +23,8 @@ from drllm.core.provenance import stage_provenance
 from drllm.routing.card import write_card
 from drllm.routing.features import build_feature_cache, pick_cache_device
 from drllm.routing.plots import plot_curves, plot_label_distribution
-from drllm.routing.router import CLASSES, Decision, RouterConfig, RouterStack
+from drllm.routing.decision import CLASSES, Decision
+from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.samples import read_samples, split_samples, validate_samples
 from drllm.routing.training import (TrainConfig, label_counts, safety_classes, selected_row, train_class_weights,
                                     train_routers, write_metrics)
@@ -114,7 +115,8 @@ def run_training(request: TrainRequest, log: Callable[[str], None] = stage_log) 
                                      windows=config.windows, hidden=config.hidden, label_counts=counts,
                                      training=config.to_dict(), pool_exclude_first=config.pool_exclude_first,
                                      decision=(Decision("threshold", config.threshold).to_dict()
-                                               if config.target == "safety" else Decision().to_dict())),
+                                               if config.target == "safety" else Decision().to_dict()),
+                                     kind=config.router_kind),
                         seed=config.seed)
     stack.to(resolve_device(request.device))
     log(f"{stack.num_parameters():,} router parameters")

@@ -40,7 +40,9 @@ import torch
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
 from drllm.core.blocks import check_keys
 from drllm.routing.features import CACHE_DTYPES, FeatureCache
-from drllm.routing.router import CLASSES, EXECUTE, SKIP, RouterStack
+from drllm.routing.decision import CLASSES, EXECUTE, SKIP
+from drllm.routing.kinds import ROUTER_KINDS
+from drllm.routing.router import RouterStack
 
 METRICS_SCHEMA = pa.schema([
     pa.field("epoch", pa.int64(), nullable=False),
@@ -123,6 +125,7 @@ class TrainConfig:
     #                                 the safety targets were measured and where routing starts at inference
     threshold: float = 0.5          # target safety: the routers' default decision, skip when P(skip) >= threshold
     pool_exclude_first: bool = False  # pooling leaves each prompt's first token (a constant state) out
+    router_kind: str = "mlp"        # what a router is (drllm.routing.kinds; a plugin's kind by name)
 
     def __post_init__(self) -> None:
         positive_ints = ("epochs", "batch_size", "grad_accumulation", "windows", "hidden", "cache_batch_size")
@@ -179,6 +182,11 @@ class TrainConfig:
             raise ValueError(f"train config: standardize must be true or false, got {self.standardize!r}")
         if not isinstance(self.pool_exclude_first, bool):
             raise ValueError(f"train config: pool_exclude_first must be true or false, got {self.pool_exclude_first!r}")
+        kind = ROUTER_KINDS.get(self.router_kind)  # unknown: names train.router_kind and the known kinds
+        for name, method in (("standardize", "fold_standardization"), ("prior_init", "init_at_prior")):
+            if getattr(self, name) and not kind.supports(method):  # refused now, not after the epochs
+                raise ValueError(f"train config: {name} needs the router kind to provide {method}, and "
+                                 f"{self.router_kind!r} does not; set {name} to false")
         if self.select_epoch not in SELECT_EPOCH:
             raise ValueError(f"train config: select_epoch must be one of {list(SELECT_EPOCH)}, "
                              f"got {self.select_epoch!r}")
@@ -217,7 +225,10 @@ class TrainConfig:
         return cls(**block)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        block = dataclasses.asdict(self)
+        if block["router_kind"] == "mlp":  # as RouterConfig.to_dict: router_config.json's `training` predates kinds
+            del block["router_kind"]       # (absent == mlp), and mlp routers' files stay byte-identical
+        return block
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -473,11 +484,14 @@ def train_loop(stack: RouterStack, labels: torch.Tensor, loss_of: Callable[[torc
 
 
 def check_stack(stack: RouterStack, num_layers: int, windows: int, config: TrainConfig) -> None:
-    """The router stack and the features agree on layers and windows (both trainers check it)."""
+    """The router stack agrees with the features on layers and windows, and with the config on its kind (both
+    trainers check it)."""
     if stack.num_layers != num_layers:
         raise ArtifactError(f"router stack has {stack.num_layers} routers, the features have {num_layers} layers")
     if windows != config.windows:
         raise ValueError(f"features were pooled into {windows} windows, the config says {config.windows}")
+    if stack.config.kind != config.router_kind:
+        raise ValueError(f"router stack is of kind {stack.config.kind!r}, train.router_kind says {config.router_kind!r}")
 
 
 def evaluate_cache(stack: RouterStack, cache: FeatureCache, weights: torch.Tensor | None = None,
@@ -516,13 +530,9 @@ def standardized(cache: FeatureCache, mean: torch.Tensor, std: torch.Tensor) -> 
 
 
 def fold_standardization(stack: RouterStack, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """Make routers trained on standardised features take raw ones: fc1(x') with x' = (x - m) / s equals
-    fc1'(x) with W' = W / s and b' = b - W (m / s), so inference needs no extra step (float32 rounding aside)."""
-    with torch.no_grad():
-        for layer, router in enumerate(stack.routers):
-            m, s = mean[layer].to(router.fc1.weight), std[layer].to(router.fc1.weight)
-            router.fc1.bias.sub_(router.fc1.weight @ (m / s))
-            router.fc1.weight.div_(s[None, :])
+    """Make routers trained on standardised features take raw ones (the router kind changes its parameters so,
+    e.g. mlp's first layer), so inference needs no extra step."""
+    stack.kind.fold_standardization(stack.routers, mean, std)
 
 
 def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
@@ -550,14 +560,11 @@ def train_routers(stack: RouterStack, cache: FeatureCache, config: TrainConfig,
 
 
 def init_at_prior(stack: RouterStack, safety: torch.Tensor, floor: float = 1e-3) -> None:
-    """Each router's output layer set to predict its layer's mean safety whatever the input: fc2 weights 0, biases
-    [log p, log(1 - p), log floor] (p clipped to [floor, 1 - floor]); fc1 keeps its initialisation."""
+    """Each router set to predict its layer's mean safety whatever the input: log-probabilities [log p, log(1 - p),
+    log floor] (p clipped to [floor, 1 - floor]), set by the router kind (mlp: output weights 0, these biases)."""
     rate = safety.float().mean(0).clamp(floor, 1.0 - floor)
-    with torch.no_grad():
-        for layer, router in enumerate(stack.routers):
-            p = float(rate[layer])
-            router.fc2.weight.zero_()
-            router.fc2.bias.copy_(torch.tensor([math.log(p), math.log(1.0 - p), math.log(floor)]))
+    log_probs = torch.tensor([[math.log(p), math.log(1.0 - p), math.log(floor)] for p in rate.tolist()])
+    stack.kind.init_at_prior(stack.routers, log_probs)
 
 
 def _train(stack: RouterStack, cache: FeatureCache, config: TrainConfig, val_cache: FeatureCache | None,
