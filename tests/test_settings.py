@@ -12,6 +12,7 @@ from drllm.core.settings import Accepts, check_fields, from_block, setting
 from drllm.evaluation.settings import EvalSettings, OracleSettings
 from drllm.routing.calibration import CalibrationConfig
 from drllm.routing.certify import CertifyConfig
+from drllm.routing.training import TrainConfig
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
@@ -21,6 +22,7 @@ BLOCKS = [
     (("eval", "oracle"), OracleSettings),
     (("calibrate",), CalibrationConfig),
     (("calibrate", "certify"), CertifyConfig),
+    (("train",), TrainConfig),
 ]
 # Fields that read another block's key (the rules pass it along).
 ELSEWHERE = {(CalibrationConfig, "chat_template"): ("eval", "chat_template"),

@@ -212,9 +212,9 @@ def test_warmup_config_errors_name_the_fields():
         TrainConfig(warmup_steps=500)
     with pytest.raises(ValueError, match="warmup_steps and warmup_fraction are both null"):
         TrainConfig(warmup_fraction=None)
-    with pytest.raises(ValueError, match="warmup_fraction must be a number in"):
+    with pytest.raises(ValueError, match="train.warmup_fraction must be a number >= 0 and < 1 or null"):
         TrainConfig(warmup_fraction=1.0)
-    with pytest.raises(ValueError, match="warmup_steps must be an integer >= 0 or null"):
+    with pytest.raises(ValueError, match="train.warmup_steps must be an integer >= 0 or null"):
         TrainConfig(warmup_steps=-1, warmup_fraction=None)
     assert TrainConfig(warmup_steps=0, warmup_fraction=None).warmup_steps == 0
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 import torch
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.core.blocks import check_keys
+from drllm.core.settings import check_fields, from_block, setting
 from drllm.routing.features import CACHE_DTYPES, FeatureCache
 from drllm.routing.decision import CLASSES, EXECUTE, SKIP
 from drllm.routing.kinds import ROUTER_KINDS
@@ -96,122 +96,73 @@ class TrainConfig:
     the warm-up (paper: warmup_steps 500) and select_epoch (paper silent; "last" keeps the paper's plain run),
     whose paper settings suit ~4,000 samples but not a few hundred; config/paper.yaml sets the paper's."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None       # absolute warm-up (paper 500), capped at half the total steps
-    warmup_fraction: float | None = 0.05  # warm-up as a share of the total steps; null to use warmup_steps
-    epochs: int = 25
-    batch_size: int = 16            # samples per micro-batch
-    grad_accumulation: int = 1      # effective batch = batch_size * grad_accumulation (paper: 16)
-    gamma: float = 2.0              # focal loss
-    class_weights: str = "none"     # "none" (uniform), "effective" (paper, uses beta) or "fixed" (fixed_weights)
-    beta: float = 0.999             # effective-number class weights
+    lr: float = setting(1e-3, "number", low=0, low_open=True)
+    weight_decay: float = setting(0.01, "number", low=0)
+    # absolute warm-up (paper 500), capped at half the total steps
+    warmup_steps: int | None = setting(None, "int", low=0, nullable=True)
+    # warm-up as a share of the total steps; null to use warmup_steps
+    warmup_fraction: float | None = setting(0.05, "number", low=0, high=1, high_open=True, nullable=True)
+    epochs: int = setting(25, "int", low=1)
+    batch_size: int = setting(16, "int", low=1)            # samples per micro-batch
+    grad_accumulation: int = setting(1, "int", low=1)      # effective batch = batch_size * grad_accumulation (paper 16)
+    gamma: float = setting(2.0, "number", low=0)           # focal loss
+    # "none" (uniform), "effective" (paper, uses beta) or "fixed" (fixed_weights)
+    class_weights: str = setting("none", "str", choices=CLASS_WEIGHT_MODES)
+    beta: float = setting(0.999, "number", low=0, high=1, high_open=True)  # effective-number class weights
     fixed_weights: list[float] | None = None  # [skip, execute, repeat] for class_weights "fixed"
-    select_epoch: str = "val_macro_f1"  # or "val_loss" or "last": which epoch's routers are kept
-    windows: int = 8
-    hidden: int = 128
-    val_fraction: float = 0.1
-    seed: int = 0                   # router init and shuffling
-    cache_dtype: str = "float32"    # or "bfloat16" to halve the feature cache
-    cache_batch_size: int = 8       # prompts per teacher-forced forward when building features
-    max_grad_norm: float | None = None
-    standardize: bool = False       # train on window features standardised per (layer, dim) with the training cache's
-    #                                 statistics, folded into each router's first layer afterwards (exact)
-    prior_init: bool = False        # target safety: start every router at its layer's training safe rate (output
-    #                                 weights 0, biases = the prior's log-probabilities), so training moves away
-    #                                 from the per-layer prior only where the prompt features pay for it
-    target: str = "path"            # path (the label path's counts, focal loss: paper) | safety (per-layer safety)
-    teacher_force: str = "label"    # features along the label path (paper) | default: along the full path, where
-    #                                 the safety targets were measured and where routing starts at inference
-    threshold: float = 0.5          # target safety: the routers' default decision, skip when P(skip) >= threshold
-    pool_exclude_first: bool = False  # pooling leaves each prompt's first token (a constant state) out
-    router_kind: str = "mlp"        # what a router is (drllm.routing.kinds; a plugin's kind by name)
+    # which epoch's routers are kept
+    select_epoch: str = setting("val_macro_f1", "str", choices=SELECT_EPOCH)
+    windows: int = setting(8, "int", low=1)
+    hidden: int = setting(128, "int", low=1)
+    val_fraction: float = setting(0.1, "number", low=0, high=1, high_open=True)
+    seed: int = setting(0, "int", low=0)                   # router init and shuffling
+    cache_dtype: str = setting("float32", "str", choices=tuple(CACHE_DTYPES))  # bfloat16 halves the feature cache
+    cache_batch_size: int = setting(8, "int", low=1)       # prompts per teacher-forced forward when building features
+    max_grad_norm: float | None = setting(None, "number", low=0, low_open=True, nullable=True)
+    # train on window features standardised per (layer, dim) with the training cache's statistics, folded into each
+    # router's first layer afterwards (exact)
+    standardize: bool = setting(False, "bool")
+    # target safety: start every router at its layer's training safe rate (output weights 0, biases = the prior's
+    # log-probabilities), so training moves away from the per-layer prior only where the prompt features pay for it
+    prior_init: bool = setting(False, "bool")
+    # path (the label path's counts, focal loss: paper) | safety (per-layer safety)
+    target: str = setting("path", "str", choices=TARGETS)
+    # features along the label path (paper) | default: along the full path, where the safety targets were measured
+    # and where routing starts at inference
+    teacher_force: str = setting("label", "str", choices=("label", "default"))
+    # target safety: the routers' default decision, skip when P(skip) >= threshold
+    threshold: float = setting(0.5, "number", low=0, high=1)
+    pool_exclude_first: bool = setting(False, "bool")  # pooling leaves each prompt's first token (a constant state) out
+    router_kind: str = setting("mlp", "str")  # what a router is (drllm.routing.kinds; a plugin's kind by name)
 
     def __post_init__(self) -> None:
-        positive_ints = ("epochs", "batch_size", "grad_accumulation", "windows", "hidden", "cache_batch_size")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"train config: {name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"train config: seed must be an integer >= 0, got {self.seed!r}")
-        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool) or
-                                              not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
-            raise ValueError(f"train config: warmup_steps must be an integer >= 0 or null, got {self.warmup_steps!r}")
-        if self.warmup_fraction is not None:
-            value = self.warmup_fraction
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or not 0.0 <= value < 1.0):
-                raise ValueError(f"train config: warmup_fraction must be a number in [0, 1) or null, got {value!r}")
-            self.warmup_fraction = float(value)
+        check_fields(self, "train")
         if self.warmup_steps is not None and self.warmup_fraction is not None:
-            raise ValueError(f"train config: warmup_steps ({self.warmup_steps}) and warmup_fraction "
+            raise ValueError(f"train: warmup_steps ({self.warmup_steps}) and warmup_fraction "
                              f"({self.warmup_fraction}) are both set; set one and the other to null "
                              "(warmup_fraction defaults to 0.05)")
         if self.warmup_steps is None and self.warmup_fraction is None:
-            raise ValueError("train config: warmup_steps and warmup_fraction are both null; set one of them")
-        if self.class_weights not in CLASS_WEIGHT_MODES:
-            raise ValueError(f"train config: class_weights must be one of {list(CLASS_WEIGHT_MODES)}, "
-                             f"got {self.class_weights!r}")
+            raise ValueError("train: warmup_steps and warmup_fraction are both null; set one of them")
         if self.class_weights == "fixed":
             weights = self.fixed_weights
             if (not isinstance(weights, (list, tuple)) or len(weights) != len(CLASSES)
                     or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
                            for w in weights) or sum(weights) <= 0):
-                raise ValueError(f"train config: fixed_weights must be {len(CLASSES)} numbers >= 0 "
+                raise ValueError(f"train.fixed_weights must be {len(CLASSES)} numbers >= 0 "
                                  f"[{', '.join(CLASSES)}] with a positive sum when class_weights is 'fixed', "
                                  f"got {weights!r}")
             self.fixed_weights = [float(w) for w in weights]
         elif self.fixed_weights is not None:
             # silently ignoring them would train with other weights than the config shows
-            raise ValueError(f"train config: fixed_weights is set but class_weights is {self.class_weights!r}; "
+            raise ValueError(f"train.fixed_weights is set but class_weights is {self.class_weights!r}; "
                              "set class_weights to 'fixed' or fixed_weights to null")
-        if self.teacher_force not in ("label", "default"):
-            raise ValueError(f"train config: teacher_force must be 'label' or 'default', got {self.teacher_force!r}")
-        if self.target not in TARGETS:
-            raise ValueError(f"train config: target must be one of {list(TARGETS)}, got {self.target!r}")
-        if (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))
-                or not 0.0 <= self.threshold <= 1.0):
-            raise ValueError(f"train config: threshold must be a number in [0, 1], got {self.threshold!r}")
-        self.threshold = float(self.threshold)
-        if not isinstance(self.prior_init, bool):
-            raise ValueError(f"train config: prior_init must be true or false, got {self.prior_init!r}")
         if self.prior_init and self.target != "safety":
-            raise ValueError("train config: prior_init needs target safety (it starts from the per-layer safe rate)")
-        if not isinstance(self.standardize, bool):
-            raise ValueError(f"train config: standardize must be true or false, got {self.standardize!r}")
-        if not isinstance(self.pool_exclude_first, bool):
-            raise ValueError(f"train config: pool_exclude_first must be true or false, got {self.pool_exclude_first!r}")
+            raise ValueError("train.prior_init needs target safety (it starts from the per-layer safe rate)")
         kind = ROUTER_KINDS.get(self.router_kind)  # unknown: names train.router_kind and the known kinds
         for name, method in (("standardize", "fold_standardization"), ("prior_init", "init_at_prior")):
             if getattr(self, name) and not kind.supports(method):  # refused now, not after the epochs
-                raise ValueError(f"train config: {name} needs the router kind to provide {method}, and "
+                raise ValueError(f"train.{name} needs the router kind to provide {method}, and "
                                  f"{self.router_kind!r} does not; set {name} to false")
-        if self.select_epoch not in SELECT_EPOCH:
-            raise ValueError(f"train config: select_epoch must be one of {list(SELECT_EPOCH)}, "
-                             f"got {self.select_epoch!r}")
-        for name in ("lr", "weight_decay", "gamma", "beta", "val_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"train config: {name} must be a finite number, got {value!r}")
-            setattr(self, name, float(value))
-        if self.lr <= 0:
-            raise ValueError(f"train config: lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"train config: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.gamma < 0:
-            raise ValueError(f"train config: gamma must be >= 0, got {self.gamma}")
-        if not 0.0 <= self.beta < 1.0:
-            raise ValueError(f"train config: beta must be in [0, 1), got {self.beta}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"train config: val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.cache_dtype not in CACHE_DTYPES:
-            raise ValueError(f"train config: cache_dtype must be one of {sorted(CACHE_DTYPES)}, "
-                             f"got {self.cache_dtype!r}")
-        if self.max_grad_norm is not None and (isinstance(self.max_grad_norm, bool) or
-                                               not isinstance(self.max_grad_norm, (int, float)) or
-                                               not self.max_grad_norm > 0):
-            raise ValueError(f"train config: max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
 
     @property
     def effective_batch(self) -> int:
@@ -219,10 +170,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, block: dict[str, Any] | None) -> "TrainConfig":
-        block = dict(block or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        check_keys("train config", block, known)
-        return cls(**block)
+        return from_block(cls, block, "train")
 
     def to_dict(self) -> dict[str, Any]:
         block = dataclasses.asdict(self)
