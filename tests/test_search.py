@@ -573,7 +573,7 @@ def test_search_settings_are_validated_once_naming_the_field():
                            ({"seed": "1"}, "search.seed must be an integer"),
                            ({"chat_template": "yes"}, "chat_template must be true or false"),
                            ({"formats": {"cloze": {"normalise": "chars"}}}, r"unknown option\(s\) \['normalise'\]"),
-                           ({"reward": {"kind": "fuzzy"}}, "search reward: kind must be one of")]:
+                           ({"reward": {"kind": "fuzzy"}}, r"search\.reward\.kind: unknown reward 'fuzzy'; known:")]:
         with pytest.raises(ValueError, match=message):
             SearchSettings.from_dict(block, manifest)
 

@@ -100,9 +100,10 @@ class EvalSettings:
         settings = cls(**block, oracle_samples=oracle.get("samples"),
                        oracle_mcts=MCTSConfig.from_dict(oracle.get("mcts")),
                        oracle_reward=RewardConfig.from_dict(oracle.get("reward")))
-        if settings.oracle_reward.kind == "agreement":
+        if settings.oracle_reward.entry.gold_free:
             raise ValueError("evaluation setting oracle.reward: the oracle searches with the gold answer, so its "
-                             "reward must be gold-based (binary or robust), not agreement (set eval.oracle.reward)")
+                             f"reward must be gold-based (binary or robust), not {settings.oracle_reward.kind} "
+                             "(set eval.oracle.reward)")
         check_int(settings.seed, "evaluation setting seed")
         check_int(settings.prefix_cache, "evaluation setting prefix_cache", 0)
         samples = settings.oracle_samples
