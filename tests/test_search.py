@@ -631,7 +631,8 @@ def test_seed_check_searches_again_with_a_second_seed(expansion):
     from drllm.core.seeds import derived_seed
     from drllm.formats.answers import get_format
     from drllm.search.rewards import PathRewarder
-    from drllm.search.shards import encode_prompt_row, seed_check_ids, select_prompts
+    from drllm.search.prompts import encode_prompt_row, select_prompts
+    from drllm.search.shards import seed_check_ids
     from drllm.search.workers import SearchSettings, search_prompts
 
     executor = PathExecutor(tiny_model("llama", layers=6, vocab_size=259))

@@ -33,9 +33,9 @@ from drllm.core.seeds import derived_seed, text_digest
 from drllm.formats.answers import get_format
 from drllm.search.labelers import LABELERS
 from drllm.search.mcts import MCTSConfig, check_int, run_searches
+from drllm.search.prompts import encode_prompt_row
 from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
 from drllm.search.safety import SafetyConfig
-from drllm.search.shards import encode_prompt_row
 
 
 @dataclass(frozen=True)
