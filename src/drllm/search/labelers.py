@@ -30,7 +30,8 @@ class Labeler:
     the stage's `SearchSettings`; `rewarder`: the prompt's `PathRewarder`, for what the evaluated paths gave; `seed`:
     the prompt's derived seed, None for an unseeded labeler). `seeded` False: the label does not depend on the seed
     (a pure function of prompt and model), so the seed check (`search.seed_check`) repeats the label instead of
-    labelling again."""
+    labelling again. The shard row also reads the default path's outcome (`prediction_default`): a labeler that
+    does not evaluate it gets it evaluated afterwards, outside the cost columns."""
 
     name: str
     start: Callable[[int, "SearchSettings", PathRewarder, "int | None"], LabelSteps]

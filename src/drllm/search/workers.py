@@ -29,6 +29,7 @@ from drllm.core.blocks import check_keys
 from drllm.core.plugins import PLUGINS_ENV, plugin_modules
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for
+from drllm.core.paths import LayerPath
 from drllm.core.seeds import derived_seed, text_digest
 from drllm.formats.answers import get_format
 from drllm.search.labelers import LABELERS
@@ -164,11 +165,12 @@ def seed_check_labels(second, items: list) -> list:
 def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, encoded, rewarder: PathRewarder,
                result, seed: int, reward: RewardConfig, seconds: float, stats, check) -> dict:
     """One shard row; `stats`: the rewarder's counts after the first search; `check`: the seed check's label."""
-    default = tuple(range(executor.num_layers))
+    # the built-in labelers evaluate the default path first; a plugin's that did not gets it evaluated here
+    default = rewarder.outcome(LayerPath.default(executor.num_layers))
     best = result.best_path
     default_correct = result.default_correct
     if reward.entry.gold_free:  # every default agrees with itself: record the graded answer instead
-        default_correct = bool(rewarder.outcomes[default].correct)
+        default_correct = bool(default.correct)
     return {
         "prompt_id": row["id"], "prompt_index": row["prompt_index"], "task": row["task"],
         "benchmark": row["benchmark"], "subset": row["subset"], "level": row["level"],
@@ -181,7 +183,7 @@ def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, enco
         "best_length": len(best) if best is not None else None,
         "layers_saved": executor.num_layers - len(best) if best is not None else None,
         "wrong_to_correct": result.wrong_to_correct,
-        "prediction_default": rewarder.outcomes[default].prediction,
+        "prediction_default": default.prediction,
         "prediction_best": rewarder.outcomes[tuple(best)].prediction if best is not None else None,
         "simulations": result.simulations, "evaluations": stats.evaluations,
         "forward_passes": stats.forward_passes,
