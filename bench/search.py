@@ -20,7 +20,7 @@ import torch
 
 from drllm.data.registry import load_benchmark
 from drllm.core.models import read_manifest
-from drllm.search.shards import select_prompts
+from drllm.search.prompts import select_prompts
 from drllm.search.workers import SearchSettings, SearchWorker, run_ray
 
 

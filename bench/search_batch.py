@@ -27,7 +27,8 @@ from drllm.core import path_batch
 from drllm.core.artifacts import write_json
 from drllm.data.registry import load_benchmark
 from drllm.core.models import MANIFEST, read_manifest
-from drllm.search.shards import TIMING_COLUMNS, select_prompts
+from drllm.search.prompts import select_prompts
+from drllm.search.shards import TIMING_COLUMNS
 from drllm.formats.answers import FORMATS
 from drllm.search.workers import SearchSettings, SearchWorker
 

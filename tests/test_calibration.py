@@ -96,7 +96,7 @@ def test_calibration_stage_on_the_real_model(smollm2_dir, tmp_path, capsys):
     from drllm.data.registry import load_benchmark
     from drllm.core.models import read_manifest
     from drllm.routing.router import RouterConfig, RouterStack
-    from drllm.search.shards import select_prompts, write_prompts
+    from drllm.search.prompts import select_prompts, write_prompts
 
     sys.path.insert(0, str(REPO / "workflow" / "scripts"))
     calibrate = importlib.import_module("calibrate_routers")

@@ -21,7 +21,7 @@ from drllm.routing.calibration import CALIBRATED, CERTIFIED, read_calibration
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.router import RouterConfig, RouterStack
-from drllm.search.shards import select_prompts, write_prompts
+from drllm.search.prompts import select_prompts, write_prompts
 from drllm.formats.answers import get_format
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))

@@ -71,7 +71,8 @@ def test_generation_formats_use_the_grade_and_qa_its_f1_threshold():
 
 
 def test_reward_config_validation_names_the_field():
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(ValueError, match=r"search\.reward\.kind: unknown reward 'soft'; known: \['binary', 'robust', "
+                                         r"'agreement'\]"):
         RewardConfig(kind="soft")
     with pytest.raises(ValueError, match="margin"):
         RewardConfig(margin=-0.1)

@@ -83,7 +83,7 @@ def brute_force_labels(executor, encoded, reward, joint_checks):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_safety_labeler_equals_brute_force_on_a_tiny_model(kind):
-    from drllm.search.workers import _margin_reader
+    from drllm.search.labelers import margin_reader
 
     executor = PathExecutor(tiny_model(kind, layers=6))
     reward = RewardConfig(kind="agreement", margin=0.0)
@@ -92,7 +92,7 @@ def test_safety_labeler_equals_brute_force_on_a_tiny_model(kind):
     rewarders = [PathRewarder(executor, get_format("cloze"), enc, cache_size=4, reward=reward) for enc in prompts]
     # several prompts in lockstep, one batched evaluation per round, as the search stage drives them
     results = run_searches(lambda batch: rewards_together([(rewarders[i], path) for i, path in batch]),
-                           [sweep_steps(6, config, _margin_reader(r)) for r in rewarders])
+                           [sweep_steps(6, config, margin_reader(r)) for r in rewarders])
     deviating = 0
     for encoded, result, rewarder in zip(prompts, results, rewarders):
         safety, path = brute_force_labels(executor, encoded, reward, config.joint_checks)

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import REPO
 from drllm.data.registry import load_benchmark
-from drllm.search.shards import select_prompts, write_prompts
+from drllm.search.prompts import select_prompts, write_prompts
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import search  # noqa: E402

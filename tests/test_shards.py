@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from drllm.core.artifacts import ArtifactError
-from drllm.search.shards import (SHARD_SCHEMA, Checkpoint, format_summary, label_agreement, read_shard,
-                                 seed_check_ids, select_prompts, summarize_search, write_shard)
+from drllm.search.prompts import select_prompts
+from drllm.search.shards import SHARD_SCHEMA, Checkpoint, read_shard, seed_check_ids, write_shard
+from drllm.search.summary import format_summary, label_agreement, summarize_search
 
 
 def records(n=20):
@@ -157,7 +158,7 @@ def test_summary_reports_label_agreement_across_seeds(tmp_path):
     assert "| a | 2 | 2 |" in table and "| 2 | 1.00 | 1.00 |" in table and "| 1 | 0.50 | 0.00 |" in table
     assert "| 0 | – | – |" in format_summary(summarize_search([shard_row(0)]))
     from drllm.core.artifacts import read_parquet
-    from drllm.search.shards import SEARCH_SUMMARY_SCHEMA, write_summary
+    from drllm.search.summary import SEARCH_SUMMARY_SCHEMA, write_summary
 
     write_summary(tmp_path / "summary.parquet", summarize_search(identical + disjoint + [shard_row(5, task="c")]))
     written = {r["task"]: r for r in read_parquet(tmp_path / "summary.parquet", SEARCH_SUMMARY_SCHEMA,

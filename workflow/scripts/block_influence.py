@@ -18,7 +18,7 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.baselines import block_influence, influence_rows, write_influence
-from drllm.search.shards import PromptEncoding, encode_prompt_row, read_prompts
+from drllm.search.prompts import PromptEncoding, encode_prompt_row, read_prompts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ from drllm.core.artifacts import ArtifactError
 from drllm.core.cli import json_argument, run_script
 from drllm.core.models import chat_template_for, read_manifest
 from drllm.core.provenance import stage_provenance
-from drllm.search.shards import PromptEncoding, read_prompts, read_shard
+from drllm.search.prompts import PromptEncoding, read_prompts
+from drllm.search.shards import read_shard
 from drllm.routing.samples import samples_from_search, write_samples
 
 

@@ -20,7 +20,8 @@ from drllm.core.artifacts import ArtifactError, read_json, write_text
 from drllm.core.cli import run_script
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.baselines import influence_rows, write_influence
-from drllm.search.shards import format_summary, read_shard, summarize_search, write_summary
+from drllm.search.shards import read_shard
+from drllm.search.summary import format_summary, summarize_search, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import sys
 from drllm.core.cli import run_script
 from drllm.data.examples import read_examples
 from drllm.core.provenance import stage_provenance
-from drllm.search.shards import select_prompts, write_prompts
+from drllm.search.prompts import select_prompts, write_prompts
 
 
 def main(argv: list[str] | None = None) -> int:

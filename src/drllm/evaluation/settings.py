@@ -20,9 +20,9 @@ class OracleSettings:
 
     def __post_init__(self) -> None:
         check_fields(self, "eval.oracle")
-        if self.reward.kind == "agreement":
+        if self.reward.entry.gold_free:
             raise ValueError("eval.oracle.reward: the oracle searches with the gold answer, so its reward must be "
-                             "gold-based (binary or robust), not agreement (set eval.oracle.reward)")
+                             f"gold-based (binary or robust), not {self.reward.kind} (set eval.oracle.reward)")
 
     @classmethod
     def from_dict(cls, block: dict | None) -> "OracleSettings":

@@ -21,7 +21,7 @@ from drllm.data.examples import read_examples
 from drllm.routing.calibration import (CalibrationConfig, calibration_curve, certify_point, choose_operating_point,
                                        curve_records, operating_points, point_name, point_record)
 from drllm.routing.router import RouterStack
-from drllm.search.shards import read_prompts
+from drllm.search.prompts import read_prompts
 
 EPSILON_SWEEP = (0.005, 0.01, 0.02, 0.03, 0.05)  # calibration.json `certified.by_epsilon`: the same test at these
 RULE = ("largest mean saving whose score on every set is within max_drop of the base model (paired, same prompts); "

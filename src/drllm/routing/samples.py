@@ -41,7 +41,7 @@ def samples_from_search(shard_rows: Sequence[dict], prompt_rows: Sequence[dict],
                         formats: dict | None = None, chat_template: bool = True) -> list[TrainingSample]:
     """Training samples from the kept search results: each prompt re-encoded exactly as the search read it."""
     from drllm.core.seeds import text_digest
-    from drllm.search.shards import encode_prompt_row
+    from drllm.search.prompts import encode_prompt_row
 
     prompts = {(row["task"], row["id"]): row for row in prompt_rows}
     samples = []

@@ -5,7 +5,8 @@ the first differing step is already known. `PathRewarder` keeps the run states o
 (a small LRU) and resumes each new path from the one sharing the longest prefix; only the steps after the edit
 (and the decode steps, which depend on the whole path) are recomputed.
 
-Two rewards (`RewardConfig.kind`):
+The reward kinds (`RewardConfig.kind`) are entries of the table `REWARDS` (a `Reward` each); a plugin module
+registers more (README: "Adding a reward"). The built-in ones:
 
 * ``binary`` -- the paper's: 1 when the format grades the answer correct. On a 4-option cloze item a broken
   short path is "correct" by luck 25% of the time, and a wrong default accepts the first lucky hit.
@@ -28,9 +29,10 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from drllm.core.blocks import check_keys
+from drllm.core.plugins import Table
 from drllm.core.executor import PathExecutor, RunState
 from drllm.core.paths import LayerPath
 from drllm.formats.answers import AnswerFormat
@@ -38,21 +40,34 @@ from drllm.formats.grading import Outcome, normalize_answer, token_f1
 from drllm.formats.prompts import Encoded
 
 
-REWARD_KINDS = ("binary", "robust", "agreement")
+@dataclass(frozen=True)
+class Reward:
+    """One reward kind: `correct(config, outcome, encoded, reference)` judges an outcome (`reference`: the full
+    model's outcome on the prompt, or None); `needs_reference(config, encoded)` says whether `correct` needs that
+    reference for this prompt (it costs a default-path evaluation); `gold_free` marks a reward that judges against
+    the full model, not the gold answer: the default path is acceptable by definition, the shard's
+    `default_correct` records the graded answer instead, and the oracle (which searches with the gold) refuses it."""
+
+    name: str
+    correct: Callable[["RewardConfig", Outcome, Encoded, Outcome | None], bool]
+    needs_reference: Callable[["RewardConfig", Encoded], bool]
+    gold_free: bool = False
+
+
+REWARDS: Table[Reward] = Table("reward", "search.reward.kind")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     """Which paths count as correct in the search (see the module docstring)."""
 
-    kind: str = "binary"       # binary (paper) | robust | agreement
+    kind: str = "binary"       # a REWARDS name: binary (paper) | robust | agreement | a plugin's
     margin: float = 0.0        # choice formats: gold (robust) or the full model's choice (agreement) wins by this
     epsilon: float = math.inf  # robust, choice formats: gold score >= full model's gold score - epsilon
     min_f1: float = 0.5        # qa: F1 at least this counts as correct (agreement: F1 against the full model)
 
     def __post_init__(self) -> None:
-        if self.kind not in REWARD_KINDS:
-            raise ValueError(f"search reward: kind must be one of {list(REWARD_KINDS)}, got {self.kind!r}")
+        REWARDS.get(self.kind)  # an unknown kind fails naming the config key and the known kinds
         for name, low, high in (("margin", 0.0, math.inf), ("epsilon", 0.0, math.inf), ("min_f1", 0.0, 1.0)):
             value = getattr(self, name)
             if value is None and name == "epsilon":
@@ -82,20 +97,43 @@ class RewardConfig:
                         if k != "kind")
         return f"{self.kind}({args})"
 
+    @property
+    def entry(self) -> Reward:
+        """The kind's `Reward` (looked up each time: the settings travel to Ray workers, entries need not pickle)."""
+        return REWARDS.get(self.kind)
+
     def correct(self, outcome: Outcome, encoded: Encoded, reference: Outcome | None) -> bool:
         """Whether `outcome` (of `encoded` along some path) counts as correct; `reference` is the full model's
         outcome on the same prompt (the default path), needed by the robust reward on choice formats and by the
-        agreement reward everywhere."""
-        if self.kind == "agreement":
-            if reference is None:
-                raise ValueError("the agreement reward needs the full model's outcome (reference)")
-            return agrees(outcome, reference, encoded, self.margin, self.min_f1)
-        if encoded.format == "qa":
-            return outcome.score >= self.min_f1
-        if self.kind == "binary" or encoded.kind != "choices":
-            return bool(outcome.correct)
-        return robust_choice_correct(outcome.scores, outcome.choice, encoded.gold, self.margin, self.epsilon,
-                                     None if reference is None else reference.scores)
+        agreement reward everywhere (`Reward.needs_reference`)."""
+        return self.entry.correct(self, outcome, encoded, reference)
+
+
+def _binary_correct(config: RewardConfig, outcome: Outcome, encoded: Encoded, reference: Outcome | None) -> bool:
+    if encoded.format == "qa":
+        return outcome.score >= config.min_f1
+    return bool(outcome.correct)
+
+
+def _robust_correct(config: RewardConfig, outcome: Outcome, encoded: Encoded, reference: Outcome | None) -> bool:
+    if encoded.format == "qa" or encoded.kind != "choices":
+        return _binary_correct(config, outcome, encoded, reference)
+    return robust_choice_correct(outcome.scores, outcome.choice, encoded.gold, config.margin, config.epsilon,
+                                 None if reference is None else reference.scores)
+
+
+def _agreement_correct(config: RewardConfig, outcome: Outcome, encoded: Encoded,
+                       reference: Outcome | None) -> bool:
+    if reference is None:
+        raise ValueError("the agreement reward needs the full model's outcome (reference)")
+    return agrees(outcome, reference, encoded, config.margin, config.min_f1)
+
+
+REWARDS.register("binary", Reward("binary", _binary_correct, needs_reference=lambda config, encoded: False))
+REWARDS.register("robust", Reward("robust", _robust_correct,
+                                  needs_reference=lambda config, encoded: encoded.kind == "choices"))
+REWARDS.register("agreement", Reward("agreement", _agreement_correct,
+                                     needs_reference=lambda config, encoded: True, gold_free=True))
 
 
 def robust_choice_correct(scores, choice: int | None, gold: int, margin: float, epsilon: float,
@@ -193,11 +231,11 @@ class PathRewarder:
 
     def correct(self, path: LayerPath) -> bool:
         outcome = self.outcome(path)
-        if self.reward.kind == "agreement":  # the full model agrees with itself, near tie or not
-            return path.layers == tuple(range(self.executor.num_layers)) or \
-                self.reward.correct(outcome, self.encoded, self.reference())
-        needs_reference = self.reward.kind == "robust" and self.encoded.kind == "choices"
-        return self.reward.correct(outcome, self.encoded, self.reference() if needs_reference else None)
+        entry = self.reward.entry
+        if entry.gold_free and path.layers == tuple(range(self.executor.num_layers)):
+            return True  # the full model agrees with itself, near tie or not
+        reference = self.reference() if entry.needs_reference(self.reward, self.encoded) else None
+        return entry.correct(self.reward, outcome, self.encoded, reference)
 
     def __call__(self, path: LayerPath) -> float:
         return 1.0 if self.correct(path) else 0.0

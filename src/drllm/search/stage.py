@@ -18,7 +18,8 @@ from tqdm import tqdm
 from drllm.core.models import read_manifest
 from drllm.core.provenance import stage_provenance
 from drllm.formats.answers import FORMATS
-from drllm.search.shards import Checkpoint, read_prompts, seed_check_ids, write_shard
+from drllm.search.prompts import read_prompts
+from drllm.search.shards import Checkpoint, seed_check_ids, write_shard
 from drllm.search.workers import RayClusterError, SearchSettings, run_ray, run_serial
 
 BACKENDS = ("serial", "ray")

@@ -29,15 +29,14 @@ from drllm.core.blocks import check_keys
 from drllm.core.plugins import PLUGINS_ENV, plugin_modules
 from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for
+from drllm.core.paths import LayerPath
 from drllm.core.seeds import derived_seed, text_digest
 from drllm.formats.answers import get_format
-from drllm.search.mcts import MCTSConfig, check_int, run_searches, search_steps
-from drllm.search.rewards import PathRewarder, RewardConfig, choice_margin, rewards_together
-from drllm.search.safety import SafetyConfig, sweep_steps
-from drllm.search.shards import encode_prompt_row
-
-
-LABELERS = ("mcts", "safety")
+from drllm.search.labelers import LABELERS
+from drllm.search.mcts import MCTSConfig, check_int, run_searches
+from drllm.search.prompts import encode_prompt_row
+from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
+from drllm.search.safety import SafetyConfig
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class SearchSettings:
     prefix_cache: int = 8           # run states kept per prompt for prefix reuse; 0 disables reuse
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-format options
     reward: dict[str, Any] = field(default_factory=dict)  # drllm.search.rewards.RewardConfig fields; {} = binary
-    labeler: str = "mcts"           # mcts (the paper's single path) | safety (drllm.search.safety)
+    labeler: str = "mcts"           # a LABELERS name: mcts (the paper's single path) | safety | a plugin's
     safety: dict[str, Any] = field(default_factory=dict)  # drllm.search.safety.SafetyConfig fields
     seed_check: int = 0             # per shard, the first N prompts searched again with a second seed; 0 = off
 
@@ -68,8 +67,7 @@ class SearchSettings:
         check_int(self.seed_check, "search.seed_check", 0)
         if not isinstance(self.chat_template, bool):
             raise ValueError(f"search.chat_template must be true or false, got {self.chat_template!r}")
-        if self.labeler not in LABELERS:
-            raise ValueError(f"search.labeler must be one of {list(LABELERS)}, got {self.labeler!r}")
+        LABELERS.get(self.labeler)  # an unknown labeler fails naming the config key and the known ones
         for name in ("mcts", "formats", "reward", "safety"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"search.{name} must be a mapping, got {getattr(self, name)!r}")
@@ -108,7 +106,7 @@ class SearchSettings:
 
 
 def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: SearchSettings) -> dict:
-    """Run the MCTS on one prompt row; returns one shard row (see drllm.search.shards.SHARD_SCHEMA)."""
+    """Label one prompt row; returns one shard row (see drllm.search.shards.SHARD_SCHEMA)."""
     return search_prompts(executor, tokenizer, [row], settings)[0]
 
 
@@ -121,29 +119,30 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
 
     Rows marked `seed_check: true` (search.py marks the first `settings.seed_check` of a shard) are searched a
     second time with the seed derived from (seed + 1, task, id) and the same rewarder, so paths the first search
-    evaluated cost nothing; that label is the row's `labels_check`. The row's cost columns count the first search
-    only."""
+    evaluated cost nothing; that label is the row's `labels_check` (an unseeded labeler's label, e.g. the safety
+    sweep's, is repeated without a second run). The row's cost columns count the first search only."""
     started = time.perf_counter()
     reward = settings.reward_config()
-    config = settings.mcts_config()
+    labeler = LABELERS.get(settings.labeler)
     prompts = []
     for row in rows:
         answer_format, encoded = encode_prompt_row(row, tokenizer, settings.formats, settings.chat_template)
         rewarder = PathRewarder(executor, answer_format, encoded, cache_size=settings.prefix_cache,
                                 reuse_prefix=settings.prefix_cache > 0, reward=reward)
         prompts.append((row, encoded, rewarder, derived_seed(settings.seed, row["task"], row["id"])))
-    def start(item):  # one labelling run of (rewarder, seed); the safety sweep takes no seed
+    def start(item):  # one labelling run of (rewarder, seed)
         rewarder, seed = item
-        if settings.labeler == "safety":
-            return sweep_steps(executor.num_layers, settings.safety_config(), _margin_reader(rewarder))
-        return search_steps(executor.num_layers, config, seed)
+        return labeler.start(executor.num_layers, settings, rewarder, seed if labeler.seeded else None)
 
     results = run_searches(lambda batch: rewards_together([(prompts[index][2], path) for index, path in batch]),
                            [start((rewarder, seed)) for _, _, rewarder, seed in prompts])
     stats = [dataclasses.replace(rewarder.stats) for _, _, rewarder, _ in prompts]  # before the seed check
-    checks = seed_check_labels(start, [
-        (rewarder, derived_seed(settings.seed + 1, row["task"], row["id"])) if row.get("seed_check") else None
-        for row, _, rewarder, _ in prompts])
+    if labeler.seeded:
+        checks = seed_check_labels(start, [
+            (rewarder, derived_seed(settings.seed + 1, row["task"], row["id"])) if row.get("seed_check") else None
+            for row, _, rewarder, _ in prompts])
+    else:  # a second run would see the same rewards (the rewarder keeps them) and return the same label
+        checks = [result.best_path if row.get("seed_check") else None for (row, *_), result in zip(prompts, results)]
     seconds = (time.perf_counter() - started) / max(1, len(rows))
     return [_shard_row(executor, settings, row, encoded, rewarder, result, seed, reward, seconds, stat, check)
             for (row, encoded, rewarder, seed), result, stat, check in zip(prompts, results, stats, checks)]
@@ -151,8 +150,8 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
 
 def seed_check_labels(second, items: list) -> list:
     """The label (LayerPath or None) of a second search per item (rewarder, seed), in lockstep; None items stay
-    None; `second(item)` starts that search (a coroutine: mcts.search_steps with the item's seed, or the safety
-    sweep). The rewarders keep their evaluated paths, so only paths new to the second search cost an evaluation."""
+    None; `second(item)` starts that search (a labeler's coroutine, e.g. mcts.search_steps with the item's
+    seed). The rewarders keep their evaluated paths, so only paths new to the second search cost an evaluation."""
     todo = [index for index, item in enumerate(items) if item is not None]
     results = run_searches(
         lambda batch: rewards_together([(items[todo[index]][0], path) for index, path in batch]),
@@ -163,25 +162,15 @@ def seed_check_labels(second, items: list) -> list:
     return labels
 
 
-def _margin_reader(rewarder: PathRewarder):
-    """How clearly an evaluated path kept the full model's answer: the chosen option's lead over the runner-up
-    (choice formats); 0 for generation formats (their joint checks then go in layer order)."""
-    def margin_of(path) -> float:
-        outcome, reference = rewarder.outcomes[tuple(path)], rewarder.reference()
-        if rewarder.encoded.kind != "choices":
-            return 0.0
-        return choice_margin(outcome.scores, reference.choice)
-    return margin_of
-
-
 def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, encoded, rewarder: PathRewarder,
                result, seed: int, reward: RewardConfig, seconds: float, stats, check) -> dict:
     """One shard row; `stats`: the rewarder's counts after the first search; `check`: the seed check's label."""
-    default = tuple(range(executor.num_layers))
+    # the built-in labelers evaluate the default path first; a plugin's that did not gets it evaluated here
+    default = rewarder.outcome(LayerPath.default(executor.num_layers))
     best = result.best_path
     default_correct = result.default_correct
-    if reward.kind == "agreement":  # every default agrees with itself: record the graded answer instead
-        default_correct = bool(rewarder.outcomes[default].correct)
+    if reward.entry.gold_free:  # every default agrees with itself: record the graded answer instead
+        default_correct = bool(default.correct)
     return {
         "prompt_id": row["id"], "prompt_index": row["prompt_index"], "task": row["task"],
         "benchmark": row["benchmark"], "subset": row["subset"], "level": row["level"],
@@ -194,7 +183,7 @@ def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, enco
         "best_length": len(best) if best is not None else None,
         "layers_saved": executor.num_layers - len(best) if best is not None else None,
         "wrong_to_correct": result.wrong_to_correct,
-        "prediction_default": rewarder.outcomes[default].prediction,
+        "prediction_default": default.prediction,
         "prediction_best": rewarder.outcomes[tuple(best)].prediction if best is not None else None,
         "simulations": result.simulations, "evaluations": stats.evaluations,
         "forward_passes": stats.forward_passes,

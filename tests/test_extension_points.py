@@ -1,0 +1,114 @@
+"""Issue 21: a reward and a labeler are one entry each in a lookup table (drllm.search.rewards.REWARDS,
+drllm.search.labelers.LABELERS); entries registered in-process drive a tiny model's search, unknown names fail
+naming the config key and the known names."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from conftest import tiny_model
+from drllm.core.executor import PathExecutor
+from drllm.core.paths import LayerPath
+from drllm.search.labelers import LABELERS, Labeler
+from drllm.search.rewards import REWARDS, PathRewarder, Reward, RewardConfig
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    """Register entries for one test: each table gets a copy of its entries, restored afterwards."""
+    for table in (REWARDS, LABELERS):
+        monkeypatch.setattr(table, "_entries", dict(table._entries))
+    return lambda table, entry: table.register(entry.name, entry)
+
+
+def picks_option_one(config, outcome, encoded, reference):
+    return outcome.choice == 1  # a toy rule: the gold answer plays no part
+
+
+def test_a_registered_reward_judges_the_search(registered):
+    from drllm.formats.answers import get_format
+    from drllm.search.mcts import MCTSConfig, run_search
+    from test_safety import tiny_cloze
+
+    registered(REWARDS, Reward("option_one", picks_option_one, needs_reference=lambda config, encoded: False))
+    executor = PathExecutor(tiny_model("llama", layers=6))
+    seen = []
+    for seed in range(4):
+        rewarder = PathRewarder(executor, get_format("cloze"), tiny_cloze(6 + seed, seed=seed),
+                                reward=RewardConfig.from_dict({"kind": "option_one"}))
+        result = run_search(rewarder, 6, MCTSConfig(simulations=8, early_stop=False), seed)
+        for path, reward in result.evaluated:
+            assert reward == (1.0 if rewarder.outcomes[tuple(path)].choice == 1 else 0.0)
+            seen.append(reward)
+    assert 0 < sum(seen) < len(seen)  # the tiny model's paths gave both verdicts
+
+
+def test_a_gold_free_reward_is_refused_by_the_oracle(registered):
+    from drllm.evaluation.cells import EvalSettings
+
+    registered(REWARDS, Reward("same_option", picks_option_one, needs_reference=lambda config, encoded: True,
+                               gold_free=True))
+    assert RewardConfig(kind="same_option").entry.gold_free
+    with pytest.raises(ValueError, match="must be gold-based .*not same_option"):
+        EvalSettings.from_dict({"oracle": {"reward": {"kind": "same_option"}}})
+
+
+@dataclass
+class SkipLastResult:
+    """The attributes the shard row reads from a labeler's result."""
+
+    default_correct: bool
+    best_path: LayerPath | None
+    evaluated: list = field(default_factory=list)
+    wrong_to_correct: bool = False
+    simulations: int = 0
+    max_fanout: int = 0
+    max_depth: int = 1
+
+
+def test_a_registered_labeler_labels_through_search_prompts(registered):
+    """A toy labeler (skip the last block, one evaluation) runs through the search stage's worker code."""
+    from test_tasks import byte_tokenizer, mc_example
+
+    from drllm.core.seeds import derived_seed
+    from drllm.search.prompts import select_prompts
+    from drllm.search.workers import SearchSettings, search_prompts
+
+    seeds = []
+
+    def skip_last(num_layers, settings, rewarder, seed):
+        seeds.append(seed)
+        path = LayerPath.from_counts([1] * (num_layers - 1) + [0])
+        reward = yield path
+        default_correct = rewarder.correct(LayerPath.default(num_layers))  # evaluated outside the batch
+        return SkipLastResult(default_correct, path if reward > 0.5 else None, [(path, reward)])
+
+    registered(LABELERS, Labeler("skip_last", skip_last))
+    executor = PathExecutor(tiny_model("llama", layers=6, vocab_size=259))
+    records = [mc_example(id=f"q{i}", question=f"Question {i}: which one?", gold=i % 4).to_dict() for i in range(6)]
+    prompts = [{**row, "seed_check": row["prompt_index"] == 0}
+               for row in select_prompts(records, "arc_easy", "cloze", 6, seed=0)]
+    settings = SearchSettings(model="tiny", num_layers=6, mcts={}, chat_template=False, labeler="skip_last",
+                              seed_check=1)
+    rows = search_prompts(executor, byte_tokenizer(), prompts, settings)
+    assert seeds[:6] == [derived_seed(0, row["task"], row["id"]) for row in prompts]  # then the seed check's
+    assert seeds[6:] == [derived_seed(1, prompts[0]["task"], prompts[0]["id"])]
+    for row in rows:
+        assert row["labeler"] == "skip_last" and len(row["evaluated"]) == 1
+        assert row["evaluated"][0]["path"] == str(LayerPath.from_counts([1, 1, 1, 1, 1, 0]))
+        assert row["kept"] == (row["evaluated"][0]["reward"] == 1.0)
+        assert row["labels"] == ([1, 1, 1, 1, 1, 0] if row["kept"] else None)
+        assert row["evaluations"] == 2 and row["prediction_default"] is not None
+    assert rows[0]["labels_check"] == rows[0]["labels"] and all(row["labels_check"] is None for row in rows[1:])
+    assert 0 < sum(row["kept"] for row in rows) < len(rows)
+
+
+def test_unknown_reward_or_labeler_names_the_key_and_the_known_names():
+    from drllm.search.workers import SearchSettings
+
+    with pytest.raises(ValueError, match=r"search\.reward\.kind: unknown reward 'nope'; "
+                                         r"known: \['binary', 'robust', 'agreement'\]"):
+        RewardConfig.from_dict({"kind": "nope"})
+    with pytest.raises(ValueError, match=r"search\.labeler: unknown labeler 'nope'; known: \['mcts', 'safety'\]"):
+        SearchSettings.from_dict({"labeler": "nope"}, {"name": "m", "num_layers": 4})
