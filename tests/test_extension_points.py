@@ -45,7 +45,7 @@ def test_a_registered_reward_judges_the_search(registered):
 
 
 def test_a_gold_free_reward_is_refused_by_the_oracle(registered):
-    from drllm.evaluation.cells import EvalSettings
+    from drllm.evaluation.settings import EvalSettings
 
     registered(REWARDS, Reward("same_option", picks_option_one, needs_reference=lambda config, encoded: True,
                                gold_free=True))
