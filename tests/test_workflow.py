@@ -19,8 +19,8 @@ from conftest import REPO
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
-def snakemake(*args, cwd=REPO, check=True):
-    result = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+def snakemake(*args, cwd=REPO, check=True, env=None):
+    result = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -455,6 +455,48 @@ def test_released_routers_evaluate_on_a_new_benchmark_without_search_or_training
     assert sorted(cells["method"].unique()) == ["base", "router"] and cells.height == 8
     assert (tree / "report" / "cross_model.md").is_file()
     assert not (tree / "search").exists() and not (tree / "release").exists()
+
+
+@pytest.mark.slow
+def test_plugin_reward_labeler_router_kind_and_method_run_through_the_dag(tiny_run):
+    """config `plugins:` names a module (tests/plugins/toy_plugins.py) that registers a toy of each extension
+    point; the config names them and every stage that looks one up finds it: the search labels with the toy labeler
+    under the toy reward, the routers train as the toy kind, and the toy method's cell reads what it declares."""
+    import os
+
+    import polars as pl
+
+    from conftest import PLUGINS_DIR
+
+    work, configs, manifest = tiny_run
+    overlay = {
+        "results": {"run": "toys"},
+        "plugins": ["toy_plugins"],
+        # test time: one search prompt (ARC-Challenge), two epochs
+        "search": {"reward": {"kind": "top2"}, "labeler": "last_safe", "tasks": {"arc_easy": {"samples": 0}}},
+        "train": {"router_kind": "linear", "standardize": False, "prior_init": False, "epochs": 2},
+        "eval": {"select": ["arc_easy"], "methods": ["base", "router", "unsafest@2"], "knobs": [], "static_k": [],
+                 "random_k": []},
+    }
+    (work / "toys.yaml").write_text(yaml.safe_dump(overlay))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    tree = work / "results" / "toys"
+    model = manifest["name"]
+    cells = [f"results/toys/eval/{model}/arc_easy/{method}.parquet" for method in ("router", "unsafest@2")]
+    snakemake("--cores", "2", *cells, *configs, "toys.yaml", cwd=work, env=env)
+    shards = pl.read_parquet(tree / "search" / model / "*" / "shard-*.parquet")
+    assert set(shards["labeler"]) == {"last_safe"} and set(shards["reward"]) == {"top2(margin=0.02,epsilon=0.2,min_f1=0.5)"}
+    assert all(len(row) == manifest["num_layers"] for row in shards["layer_safety"])
+    assert all(saved in (0, 1) for saved in shards["layers_saved"])  # the toy label skips at most one block
+    router_config = json.loads((tree / "routers" / model / "router_config.json").read_text())
+    assert router_config["kind"] == "linear"
+    unsafest = pl.read_parquet(tree / "eval" / model / "arc_easy" / "unsafest@2.parquet")
+    assert set(unsafest["path_length"]) == {manifest["num_layers"] - 2}
+    assert pl.read_parquet(tree / "eval" / model / "arc_easy" / "router.parquet").height == 3
+    # without the plugin module the config's names are unknown, and the error names the key
+    bad = snakemake("-n", *cells, *configs, "toys.yaml", cwd=work, check=False)
+    assert bad.returncode != 0 and "toy_plugins" in bad.stdout + bad.stderr
 
 
 @pytest.mark.slow

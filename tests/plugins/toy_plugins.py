@@ -2,9 +2,14 @@
 `plugins: [toy_plugins]` (with tests/plugins on PYTHONPATH) in the tiny DAG run."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
+from drllm.core.paths import LayerPath
 from drllm.evaluation.methods import METHODS, Method
+from drllm.search.labelers import LABELERS, Labeler
+from drllm.search.rewards import REWARDS, Reward
 from drllm.routing.kinds import ROUTER_KINDS, RouterKind
 from drllm.routing.pooling import masked_window_mean
 
@@ -49,14 +54,59 @@ class LinearKind(RouterKind):
 TOY_ROUTER_KIND = LinearKind()
 
 
+def in_top_two(config, outcome, encoded, reference) -> bool:
+    """top2: the gold option is among the two best-scoring options (choice formats); else the graded answer."""
+    if encoded.kind != "choices" or not outcome.scores:
+        return bool(outcome.correct)
+    ranked = sorted(range(len(outcome.scores)), key=lambda index: -outcome.scores[index])
+    return encoded.gold in ranked[:2]
+
+
+TOY_REWARD = Reward("top2", in_top_two, needs_reference=lambda config, encoded: False)
+
+
+@dataclass
+class LastSafeResult:
+    default_correct: bool
+    best_path: LayerPath
+    evaluated: list
+    layer_safety: list
+    wrong_to_correct: bool = False
+    simulations: int = 0
+    max_fanout: int = 0
+    max_depth: int = 1
+
+
+def last_safe(num_layers, settings, rewarder, seed):
+    """last_safe: every single skip judged, and a label path skipping only the last block that is safe alone."""
+    default = LayerPath.default(num_layers)
+    default_reward = yield default
+    evaluated, safety = [(default, default_reward)], []
+    for layer in range(num_layers):
+        path = LayerPath(tuple(other for other in range(num_layers) if other != layer), num_layers)
+        reward = yield path
+        evaluated.append((path, reward))
+        safety.append(1.0 if reward > 0.5 else 0.0)
+    safe = [layer for layer, verdict in enumerate(safety) if verdict]
+    best = evaluated[safe[-1] + 1][0] if safe else default
+    return LastSafeResult(default_reward > 0.5, best, evaluated, safety)
+
+
+TOY_LABELER = Labeler("last_safe", last_safe, seeded=False)
+
+
 def register_all() -> None:
     METHODS.register(TOY_METHOD.kind, TOY_METHOD)
     ROUTER_KINDS.register("linear", TOY_ROUTER_KIND)
+    REWARDS.register(TOY_REWARD.name, TOY_REWARD)
+    LABELERS.register(TOY_LABELER.name, TOY_LABELER)
 
 
 def unregister_all() -> None:
     METHODS.unregister(TOY_METHOD.kind)
     ROUTER_KINDS.unregister("linear")
+    REWARDS.unregister(TOY_REWARD.name)
+    LABELERS.unregister(TOY_LABELER.name)
 
 
 register_all()
