@@ -21,7 +21,8 @@ import torch
 from drllm.data.registry import load_benchmark
 from drllm.core.models import read_manifest
 from drllm.search.prompts import select_prompts
-from drllm.search.workers import SearchSettings, SearchWorker, run_ray
+from drllm.search.settings import SearchSettings
+from drllm.search.workers import SearchWorker, run_ray
 
 
 def prompt_rows(benchmark: str, split: str, answer_format: str, count: int, seed: int) -> list[dict]:

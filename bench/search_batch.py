@@ -30,7 +30,8 @@ from drllm.core.models import MANIFEST, read_manifest
 from drllm.search.prompts import select_prompts
 from drllm.search.shards import TIMING_COLUMNS
 from drllm.formats.answers import FORMATS
-from drllm.search.workers import SearchSettings, SearchWorker
+from drllm.search.settings import SearchSettings
+from drllm.search.workers import SearchWorker
 
 # Llama-3.2-3B's block shape (config.json of meta-llama/Llama-3.2-3B-Instruct); the vocabulary is the embedded
 # model's tokenizer's, since the prompts are encoded with it.

@@ -183,7 +183,7 @@ def test_unknown_benchmark_lists_known():
 
 
 def test_unknown_split_lists_available():
-    with pytest.raises(ArtifactError, match=r"offline splits: \['validation', 'test'\]") as info:
+    with pytest.raises(ArtifactError, match=r"offline splits: \['validation', 'test', 'test_search', 'test_eval'\]") as info:
         load_benchmark("arc_easy", "train")
     assert "allenai/ai2_arc" in str(info.value)
     with pytest.raises(ArtifactError, match="'train', 'test'"):

@@ -251,7 +251,7 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
                                               '"format": "cloze"}', "--settings-json", '{"sed": 1}',
                               "--method", "base", "--out", str(tmp_path / "o.parquet")])
     assert code == 2 and "eval: unknown key(s) ['sed']" in capsys.readouterr().err
-    for settings, message in [('{"oracle": {"mcts": {"simulations": 0}}}', "simulations must be >= 1"),
+    for settings, message in [('{"oracle": {"mcts": {"simulations": 0}}}', "eval.oracle.mcts.simulations must be an integer >= 1"),
                               ('{"oracle": {"samples": 0}}', "eval.oracle.samples must be an integer >= 1 or null"),
                               ('{"seed": "0"}', "eval.seed must be an integer")]:
         code = evaluate_cli.main(["--model-dir", str(tmp_path), "--data", str(tmp_path / "x.parquet"),

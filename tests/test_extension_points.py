@@ -73,7 +73,8 @@ def test_a_registered_labeler_labels_through_search_prompts(registered):
 
     from drllm.core.seeds import derived_seed
     from drllm.search.prompts import select_prompts
-    from drllm.search.workers import SearchSettings, search_prompts
+    from drllm.search.settings import SearchSettings
+    from drllm.search.workers import search_prompts
 
     seeds = []
 
@@ -105,7 +106,7 @@ def test_a_registered_labeler_labels_through_search_prompts(registered):
 
 
 def test_unknown_reward_or_labeler_names_the_key_and_the_known_names():
-    from drllm.search.workers import SearchSettings
+    from drllm.search.settings import SearchSettings
 
     with pytest.raises(ValueError, match=r"search\.reward\.kind: unknown reward 'nope'; "
                                          r"known: \['binary', 'robust', 'agreement'\]"):

@@ -485,7 +485,7 @@ def test_bad_rewards_are_rejected():
 ])
 def test_invalid_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
-        MCTSConfig(**overrides).validate()
+        MCTSConfig(**overrides)
     with pytest.raises(ValueError, match=field):
         MCTSConfig.from_dict(overrides)
     with pytest.raises(ValueError, match=field):
@@ -511,7 +511,7 @@ def test_evaluation_budget_caps_real_evaluations():
     result = run_search(lambda p: calls.append(p) or 0.0, 8, config, seed=0)
     assert result.evaluations == 12 == len(calls)
     with pytest.raises(ValueError, match="max_evaluations"):
-        MCTSConfig(max_evaluations=0).validate()
+        MCTSConfig(max_evaluations=0)
 
 
 def probe_values(rule: dict) -> list:
@@ -556,7 +556,7 @@ def test_config_schema_and_mcts_config_agree_on_every_bound():
 
 
 def test_search_settings_are_validated_once_naming_the_field():
-    from drllm.search.workers import SearchSettings
+    from drllm.search.settings import SearchSettings
 
     manifest = {"name": "m", "num_layers": 4, "chat_template": False}
     settings = SearchSettings.from_dict({"mcts": {"simulations": 7}, "formats": {"cloze": {"normalize": "none"}}},
@@ -565,10 +565,10 @@ def test_search_settings_are_validated_once_naming_the_field():
     assert settings.chat_template is False and settings.prefix_cache == 8 and settings.reward_config().kind == "binary"
     assert json.loads(settings.to_json())["mcts"] == {"simulations": 7}  # search_config records the keys given
     assert SearchSettings.from_dict({"chat_template": True}, manifest).chat_template is True
-    for block, message in [({"mcts_typo": {}}, r"search settings: unknown key\(s\) \['mcts_typo'\]"),
-                           ({"mcts": {"min_saving": 0}}, "min_saving must be >= 1"),
-                           ({"prefix_cache": -1}, "search.prefix_cache must be >= 0"),
-                           ({"seed_check": -1}, "search.seed_check must be >= 0"),
+    for block, message in [({"mcts_typo": {}}, r"search: unknown key\(s\) \['mcts_typo'\]"),
+                           ({"mcts": {"min_saving": 0}}, "search.mcts.min_saving must be an integer >= 1"),
+                           ({"prefix_cache": -1}, "search.prefix_cache must be an integer >= 0"),
+                           ({"seed_check": -1}, "search.seed_check must be an integer >= 0"),
                            ({"mcts": {"expansion": "shuffled"}}, "expansion must be one of"),
                            ({"seed": "1"}, "search.seed must be an integer"),
                            ({"chat_template": "yes"}, "chat_template must be true or false"),
@@ -584,7 +584,7 @@ def test_config_schema_and_stage_settings_agree_on_every_bound():
     import jsonschema
 
     from drllm.evaluation.settings import EvalSettings
-    from drllm.search.workers import SearchSettings
+    from drllm.search.settings import SearchSettings
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     manifest = {"name": "m", "num_layers": 4}
@@ -633,7 +633,8 @@ def test_seed_check_searches_again_with_a_second_seed(expansion):
     from drllm.search.rewards import PathRewarder
     from drllm.search.prompts import encode_prompt_row, select_prompts
     from drllm.search.shards import seed_check_ids
-    from drllm.search.workers import SearchSettings, search_prompts
+    from drllm.search.settings import SearchSettings
+    from drllm.search.workers import search_prompts
 
     executor = PathExecutor(tiny_model("llama", layers=6, vocab_size=259))
     tokenizer = byte_tokenizer()

@@ -13,11 +13,19 @@ from drllm.evaluation.settings import EvalSettings, OracleSettings
 from drllm.routing.calibration import CalibrationConfig
 from drllm.routing.certify import CertifyConfig
 from drllm.routing.training import TrainConfig
+from drllm.search.mcts import MCTSConfig
+from drllm.search.rewards import RewardConfig
+from drllm.search.safety import SafetyConfig
+from drllm.search.settings import SearchSettings
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
 # config block (a path of schema properties) -> the settings class that reads it
 BLOCKS = [
+    (("search",), SearchSettings),
+    (("search", "mcts"), MCTSConfig),
+    (("search", "reward"), RewardConfig),
+    (("search", "safety"), SafetyConfig),
     (("eval",), EvalSettings),
     (("eval", "oracle"), OracleSettings),
     (("calibrate",), CalibrationConfig),
@@ -32,11 +40,17 @@ ELSEWHERE = {(CalibrationConfig, "chat_template"): ("eval", "chat_template"),
 MODEL_DEFAULTS = {"chat_template"}
 
 
+def resolve(node):
+    if "$ref" in node:  # "#/$defs/<name>"
+        return SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
 def schema_block(path):
     node = SCHEMA["properties"]
     for key in path[:-1]:
-        node = node[key]["properties"]
-    return node[path[-1]]
+        node = resolve(node[key])["properties"]
+    return resolve(node[path[-1]])
 
 
 def declared(cls):
@@ -53,7 +67,7 @@ def test_schema_and_settings_agree_on_bounds_choices_and_defaults(path, cls):
             rule = schema_block(ELSEWHERE[cls, field.name][:-1])["properties"][ELSEWHERE[cls, field.name][-1]]
         else:
             assert field.name in properties, f"{'.'.join(path)}.{field.name}: in {cls.__name__}, not in the schema"
-            rule = properties[field.name]
+            rule = resolve(properties[field.name])
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         if default is None and accepts.nullable and "null" not in str(rule):

@@ -13,6 +13,7 @@ schema's bounds and defaults equal to these).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import numbers
@@ -25,6 +26,9 @@ from drllm.core.blocks import check_keys
 
 KINDS = ("int", "number", "bool", "str", "mapping", "list")
 S = TypeVar("S")
+# The block a settings class is being built from (from_block), so one class read from two config blocks (the
+# search's MCTS and the oracle's) names the right one in its errors.
+_BUILDING: contextvars.ContextVar[tuple[type, str] | None] = contextvars.ContextVar("settings_block", default=None)
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,11 @@ def accepts(cls_or_obj, name: str) -> Accepts | None:
 
 def check_fields(obj, where: str) -> None:
     """Check every declared field of a settings object (frozen or not), normalising numbers; the first bad one
-    raises ValueError as `<where>.<field> must be <what it accepts>, got <value>`."""
+    raises ValueError as `<where>.<field> must be <what it accepts>, got <value>` (`where`: the block from_block
+    is building this object from, else the given one)."""
+    building = _BUILDING.get()
+    if building is not None and building[0] is type(obj):
+        where = building[1]
     for f in dataclasses.fields(obj):
         rule = f.metadata.get("accepts")
         if rule is None:
@@ -144,4 +152,8 @@ def from_block(cls: type[S], block: Mapping[str, Any] | None, where: str, *, exc
     block = dict(block or {})
     known = [f.name for f in dataclasses.fields(cls) if f.name not in fixed and f.name not in exclude]
     check_keys(where, block, known)
-    return cls(**block, **fixed)
+    token = _BUILDING.set((cls, where))
+    try:
+        return cls(**block, **fixed)
+    finally:
+        _BUILDING.reset(token)

@@ -30,8 +30,8 @@ class OracleSettings:
             raise ValueError(f"eval.oracle must be a mapping of samples, mcts and reward, got {block!r}")
         block = dict(block or {})
         check_keys("eval.oracle", block, ("samples", "mcts", "reward"))
-        return cls(samples=block.get("samples"), mcts=MCTSConfig.from_dict(block.get("mcts")),
-                   reward=RewardConfig.from_dict(block.get("reward")))
+        return cls(samples=block.get("samples"), mcts=MCTSConfig.from_dict(block.get("mcts"), "eval.oracle.mcts"),
+                   reward=RewardConfig.from_dict(block.get("reward"), "eval.oracle.reward"))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from drllm.search.rewards import PathRewarder, choice_margin
 from drllm.search.safety import sweep_steps
 
 if TYPE_CHECKING:
-    from drllm.search.workers import SearchSettings
+    from drllm.search.settings import SearchSettings
 
 LabelSteps = Generator[LayerPath, float, Any]
 

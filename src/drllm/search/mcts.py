@@ -70,7 +70,7 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 import numpy as np
 
-from drllm.core.blocks import check_keys
+from drllm.core.settings import check_fields, from_block, setting
 from drllm.core.paths import MAX_REPEATS, LayerPath, PathError
 
 MODES = ("branching", "chain")
@@ -85,59 +85,38 @@ Evaluate = Callable[[LayerPath], float]
 # ----------------------------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class MCTSConfig:
-    simulations: int = 50           # paper; authors' code 200
-    exploration: float = 1.8        # c in UCB
-    length_penalty: float = 3.0     # lambda
-    random_child_prob: float = 0.1
-    max_skip: int = 2               # skip 1..max_skip consecutive entries
-    max_repeat: int = 1             # copies one repeat inserts, 1..max_repeat (each layer still runs at most twice)
-    early_stop: bool = True
-    min_saving: int = 2             # default right: stop at a correct path >= min_saving layers shorter
-    mode: str = "branching"         # "branching" (real MCTS) | "chain" (authors' released behaviour)
-    widening: float | None = 0.5    # progressive widening exponent alpha; None = expand every untried action first
-    widening_k: float = 1.0
-    max_evaluations: int | None = None  # optional budget of real evaluations (compare modes at equal cost)
-    expansion: str = "random"       # "random" (paper) | "ordered" (legal_actions order, no random child: seedless)
-    tie_break: str = "first"        # label ties: "first" (fewer unique layers, earliest evaluated) | "canonical"
+    """The search's settings (config `search.mcts`, `eval.oracle.mcts`), checked once when made."""
+
+    simulations: int = setting(50, "int", low=1)             # paper; authors' code 200
+    exploration: float = setting(1.8, "number", low=0)      # c in UCB
+    length_penalty: float = setting(3.0, "number", low=0)   # lambda
+    random_child_prob: float = setting(0.1, "number", low=0, high=1)
+    max_skip: int = setting(2, "int", low=0)                # skip 1..max_skip consecutive entries
+    # copies one repeat inserts, 1..max_repeat (each layer still runs at most twice)
+    max_repeat: int = setting(1, "int", low=0)
+    early_stop: bool = setting(True, "bool")
+    min_saving: int = setting(2, "int", low=1)              # default right: stop at a correct path >= this shorter
+    # "branching" (real MCTS) | "chain" (authors' released behaviour)
+    mode: str = setting("branching", "str", choices=MODES)
+    # progressive widening exponent alpha; None = expand every untried action first
+    widening: float | None = setting(0.5, "number", low=0, high=1, nullable=True)
+    widening_k: float = setting(1.0, "number", low=0, low_open=True)
+    # optional budget of real evaluations (compare modes at equal cost)
+    max_evaluations: int | None = setting(None, "int", low=1, nullable=True)
+    # "random" (paper) | "ordered" (legal_actions order, no random child: seedless)
+    expansion: str = setting("random", "str", choices=EXPANSIONS)
+    # label ties: "first" (fewer unique layers, earliest evaluated) | "canonical"
+    tie_break: str = setting("first", "str", choices=TIE_BREAKS)
 
     def __post_init__(self) -> None:
         if isinstance(self.widening, str) and self.widening.strip().lower() in ("none", "null", ""):
             object.__setattr__(self, "widening", None)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        _check_int(self.simulations, "simulations", 1)
-        _check_real(self.exploration, "exploration", 0.0)
-        _check_real(self.length_penalty, "length_penalty", 0.0)
-        _check_real(self.random_child_prob, "random_child_prob", 0.0, 1.0)
-        _check_int(self.max_skip, "max_skip", 0)
-        _check_int(self.max_repeat, "max_repeat", 0)
-        if not isinstance(self.early_stop, (bool, np.bool_)):
-            raise ValueError(f"MCTS config: early_stop must be true or false, got {self.early_stop!r}")
-        _check_int(self.min_saving, "min_saving", 1)
-        if self.mode not in MODES:
-            raise ValueError(f"MCTS config: mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.widening is not None:
-            _check_real(self.widening, "widening", 0.0, 1.0)
-        _check_real(self.widening_k, "widening_k", 0.0)
-        if self.widening_k <= 0:
-            raise ValueError(f"MCTS config: widening_k must be > 0, got {self.widening_k!r}")
-        if self.max_evaluations is not None:
-            _check_int(self.max_evaluations, "max_evaluations", 1)
-        if self.expansion not in EXPANSIONS:
-            raise ValueError(f"MCTS config: expansion must be one of {list(EXPANSIONS)}, got {self.expansion!r}")
-        if self.tie_break not in TIE_BREAKS:
-            raise ValueError(f"MCTS config: tie_break must be one of {list(TIE_BREAKS)}, got {self.tie_break!r}")
+        check_fields(self, "search.mcts")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "MCTSConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "search.mcts") -> "MCTSConfig":
         """Build and validate a config from a mapping (e.g. the `search.mcts` block); unknown keys are errors."""
-        data = dict(data or {})
-        known = [f.name for f in fields(cls)]
-        check_keys("MCTS config", data, known)
-        config = cls(**data)
-        config.validate()
-        return config
+        return from_block(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -149,18 +128,6 @@ def check_int(value: Any, where: str, minimum: int | None = None) -> None:
         raise ValueError(f"{where} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{where} must be >= {minimum}, got {value!r}")
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    check_int(value, f"MCTS config: {name}", minimum)
-
-
-def _check_real(value: Any, name: str, low: float, high: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"MCTS config: {name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"MCTS config: {name} must be {bounds}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------------- actions
@@ -471,7 +438,6 @@ def search_steps(num_layers: int, config: MCTSConfig, seed: int) -> SearchSteps:
     """The search as a coroutine: yields each path it needs evaluated, takes the path's reward back through
     `send`, and returns the `SearchResult`. The search's state lives in the suspended coroutine, so a driver
     can advance many prompts' searches side by side (`run_searches`)."""
-    config.validate()
     rng = np.random.default_rng(seed)
     memo = Memo()
     tree = Tree(num_layers)

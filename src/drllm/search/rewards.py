@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from drllm.core.blocks import check_keys
+from drllm.core.settings import check_fields, from_block, setting
 from drllm.core.plugins import Table
 from drllm.core.executor import PathExecutor, RunState
 from drllm.core.paths import LayerPath
@@ -61,29 +61,24 @@ REWARDS: Table[Reward] = Table("reward", "search.reward.kind")
 class RewardConfig:
     """Which paths count as correct in the search (see the module docstring)."""
 
-    kind: str = "binary"       # a REWARDS name: binary (paper) | robust | agreement | a plugin's
-    margin: float = 0.0        # choice formats: gold (robust) or the full model's choice (agreement) wins by this
-    epsilon: float = math.inf  # robust, choice formats: gold score >= full model's gold score - epsilon
-    min_f1: float = 0.5        # qa: F1 at least this counts as correct (agreement: F1 against the full model)
+    kind: str = setting("binary", "str")  # a REWARDS name: binary (paper) | robust | agreement | a plugin's
+    # choice formats: gold (robust) or the full model's choice (agreement) wins by this
+    margin: float = setting(0.0, "number", low=0)
+    epsilon: float = math.inf  # robust, choice formats: gold score >= full model's gold score - epsilon (null: inf)
+    # qa: F1 at least this counts as correct (agreement: F1 against the full model)
+    min_f1: float = setting(0.5, "number", low=0, high=1)
 
     def __post_init__(self) -> None:
+        check_fields(self, "search.reward")
         REWARDS.get(self.kind)  # an unknown kind fails naming the config key and the known kinds
-        for name, low, high in (("margin", 0.0, math.inf), ("epsilon", 0.0, math.inf), ("min_f1", 0.0, 1.0)):
-            value = getattr(self, name)
-            if value is None and name == "epsilon":
-                object.__setattr__(self, name, math.inf)
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
-                    or not low <= value <= high:
-                raise ValueError(f"search reward: {name} must be a number in [{low}, {high}], got {value!r}")
-            object.__setattr__(self, name, float(value))
+        epsilon = math.inf if self.epsilon is None else self.epsilon  # YAML has no infinity
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or math.isnan(epsilon) or epsilon < 0:
+            raise ValueError(f"search.reward.epsilon must be a number >= 0 or null, got {self.epsilon!r}")
+        object.__setattr__(self, "epsilon", float(epsilon))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "RewardConfig":
-        data = dict(data or {})
-        known = [f.name for f in fields(cls)]
-        check_keys("search reward", data, known)
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "search.reward") -> "RewardConfig":
+        return from_block(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

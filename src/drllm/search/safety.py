@@ -25,29 +25,24 @@ one batched evaluation per round (`drllm.search.mcts.run_searches`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Generator, Mapping
 
-from drllm.core.blocks import check_keys
+from drllm.core.settings import check_fields, from_block, setting
 from drllm.core.paths import LayerPath
 from drllm.search.mcts import is_correct
 
 
 @dataclass(frozen=True)
 class SafetyConfig:
-    joint_checks: int = 4   # safe layers tried jointly (each one evaluation); 0 = single skips only
+    joint_checks: int = setting(4, "int", low=0)  # safe layers tried jointly (each one evaluation); 0 = single skips
 
     def __post_init__(self) -> None:
-        value = self.joint_checks
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"search.safety.joint_checks must be an integer >= 0, got {value!r}")
+        check_fields(self, "search.safety")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "SafetyConfig":
-        data = dict(data or {})
-        known = [f.name for f in fields(cls)]
-        check_keys("search.safety", data, known)
-        return cls(**data)
+        return from_block(cls, data, "search.safety")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

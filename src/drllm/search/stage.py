@@ -20,7 +20,8 @@ from drllm.core.provenance import stage_provenance
 from drllm.formats.answers import FORMATS
 from drllm.search.prompts import read_prompts
 from drllm.search.shards import Checkpoint, seed_check_ids, write_shard
-from drllm.search.workers import RayClusterError, SearchSettings, run_ray, run_serial
+from drllm.search.settings import SearchSettings
+from drllm.search.workers import RayClusterError, run_ray, run_serial
 
 BACKENDS = ("serial", "ray")
 

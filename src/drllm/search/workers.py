@@ -12,97 +12,26 @@ prompt searched again, a bounded number of times (`max_retries`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from drllm.core.blocks import check_keys
 from drllm.core.plugins import PLUGINS_ENV, plugin_modules
 from drllm.core.executor import PathExecutor
-from drllm.core.models import chat_template_for
 from drllm.core.paths import LayerPath
 from drllm.core.seeds import derived_seed, text_digest
-from drllm.formats.answers import get_format
 from drllm.search.labelers import LABELERS
-from drllm.search.mcts import MCTSConfig, check_int, run_searches
+from drllm.search.mcts import run_searches
 from drllm.search.prompts import encode_prompt_row
 from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
-from drllm.search.safety import SafetyConfig
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Everything a worker needs besides the model; JSON-serialisable for the shard's `search_config`.
-
-    Built once per stage by `from_dict` from the search keys of the config's `search:` block; the MCTS, reward
-    and answer-format settings are validated when the object is made (a bad value fails naming its field before
-    any worker starts) and kept as objects (`mcts_config()`, `reward_config()`). `mcts` and `reward` also keep
-    the keys as given, which is what `search_config` records.
-    """
-
-    model: str
-    num_layers: int
-    mcts: dict[str, Any]
-    seed: int = 0
-    chat_template: bool = True
-    prefix_cache: int = 8           # run states kept per prompt for prefix reuse; 0 disables reuse
-    formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-format options
-    reward: dict[str, Any] = field(default_factory=dict)  # drllm.search.rewards.RewardConfig fields; {} = binary
-    labeler: str = "mcts"           # a LABELERS name: mcts (the paper's single path) | safety | a plugin's
-    safety: dict[str, Any] = field(default_factory=dict)  # drllm.search.safety.SafetyConfig fields
-    seed_check: int = 0             # per shard, the first N prompts searched again with a second seed; 0 = off
-
-    def __post_init__(self) -> None:
-        check_int(self.seed, "search.seed")
-        check_int(self.prefix_cache, "search.prefix_cache", 0)
-        check_int(self.seed_check, "search.seed_check", 0)
-        if not isinstance(self.chat_template, bool):
-            raise ValueError(f"search.chat_template must be true or false, got {self.chat_template!r}")
-        LABELERS.get(self.labeler)  # an unknown labeler fails naming the config key and the known ones
-        for name in ("mcts", "formats", "reward", "safety"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"search.{name} must be a mapping, got {getattr(self, name)!r}")
-        for name, options in self.formats.items():
-            if not isinstance(options, dict):
-                raise ValueError(f"search.formats.{name} must be a mapping of options, got {options!r}")
-            get_format(name, **options)  # unknown formats or options fail here, naming them
-        object.__setattr__(self, "_mcts", MCTSConfig.from_dict(self.mcts))
-        object.__setattr__(self, "_reward", RewardConfig.from_dict(self.reward))
-        object.__setattr__(self, "_safety", SafetyConfig.from_dict(self.safety))
-
-    @classmethod
-    def from_dict(cls, block: dict[str, Any] | None, manifest: dict[str, Any]) -> "SearchSettings":
-        """The settings from the search keys of the config's `search:` block (as the search rule passes them) and
-        the materialised model's manifest; unknown keys fail naming them, absent ones take the defaults above
-        (chat_template: the model's own, see drllm.core.models.chat_template_for)."""
-        block = dict(block or {})
-        known = [f.name for f in fields(cls) if f.name not in ("model", "num_layers")]
-        check_keys("search settings", block, known)
-        block["chat_template"] = chat_template_for(block.get("chat_template"), manifest)
-        block.setdefault("mcts", {})
-        block["reward"] = block.get("reward") or {}
-        return cls(model=manifest["name"], num_layers=manifest["num_layers"], **block)
-
-    def reward_config(self) -> RewardConfig:
-        return self._reward
-
-    def mcts_config(self) -> MCTSConfig:
-        return self._mcts
-
-    def safety_config(self) -> SafetyConfig:
-        return self._safety
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+from drllm.search.settings import SearchSettings
 
 
 def search_prompt(executor: PathExecutor, tokenizer, row: dict, settings: SearchSettings) -> dict:
