@@ -1,7 +1,8 @@
 """Evaluation methods: one table (`METHODS`) says, per method kind, its name grammar, the files its cells read and
 the function that gives each example's path. The rules (rules/common.smk: which cells exist, their inputs, the
 wildcard pattern), the evaluate stage and the report all read this table, so a new method is one module with a
-policy builder plus one `Method` entry (README: "Adding an evaluation method").
+policy builder plus one `Method` entry (README: "Adding a reward, labeler, router kind
+or evaluation method").
 
 Names: <kind> or <kind>@<param>, the parameter grammar set by the kind's `param`:
   none    base | oracle
@@ -43,7 +44,7 @@ class Method:
     routers: bool = False          # reads the trained routers
     influence: str | None = None   # reads a per-layer ranking: block_influence (ShortGPT) | layer_safety (the sweep)
     matched: bool = False          # without a parameter, matched to the router cell's savings (reads that cell)
-    lm_eval: bool = False          # also runs lm-eval tasks through the drllm lm-eval model (no threshold or file point)
+    lm_eval: bool = False          # also runs lm-eval tasks through the drllm model (no threshold or file point)
     marker: bool = False           # the plain name is one marker on the accuracy-vs-layers frontier
     order: float = 9.0             # where the report lists it; its @-sweeps follow
     summary: str = ""              # one line for --help

@@ -141,7 +141,8 @@ def _versus_base(cell: list[dict], base: list[dict] | None, seed: int, resamples
 
 
 def frontier_points(summary: list[dict], in_domain: Iterable[str] | None = None) -> list[dict]:
-    """FRONTIER_SCHEMA rows from summary rows: the swept methods and the single points (base, router, file points, oracle), per benchmark and averaged.
+    """FRONTIER_SCHEMA rows from summary rows: the swept methods and the single points (base, router, file points,
+    oracle), per benchmark and averaged.
 
     `in_domain` names the benchmarks the routers were trained on (None: unknown, every benchmark counts as such).
     """

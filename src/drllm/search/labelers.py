@@ -5,7 +5,8 @@ evaluated, takes the path's reward back through `send`, and returns a result who
 (`default_correct`, `best_path`, `evaluated`, `wrong_to_correct`, `simulations`, `max_fanout`, `max_depth`, and
 optionally `layer_safety`; see `mcts.SearchResult`). `search.labeler` names the entry; the built-in ones are
 `mcts` (the paper's search, settings from `search.mcts`) and `safety` (`drllm.search.safety`, settings from
-`search.safety`); a plugin module registers more (README: "Adding a labeler").
+`search.safety`); a plugin module registers more (README: "Adding a reward, labeler, router kind
+or evaluation method").
 """
 from __future__ import annotations
 
