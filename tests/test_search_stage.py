@@ -110,7 +110,7 @@ def test_clear_failures(smollm2_dir, prompt_file, tmp_path, capsys):
                    settings=json.dumps({"mcts": {"simulations": 0}})) == 2
     assert "simulations" in capsys.readouterr().err
     assert run_cli(smollm2_dir, prompt_file, tmp_path / "x.parquet", settings='{"mcst": {}}') == 2
-    assert "search settings: unknown key(s) ['mcst']" in capsys.readouterr().err
+    assert "search: unknown key(s) ['mcst']" in capsys.readouterr().err
     broken = tmp_path / "broken.parquet"
     pl.read_parquet(prompt_file).drop("choices").write_parquet(broken)
     assert run_cli(smollm2_dir, broken, tmp_path / "x.parquet") == 2

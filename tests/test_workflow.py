@@ -242,6 +242,9 @@ LOCAL_DOCS = [{"question": "What is the capital of France?", "choices": ["Paris"
               {"question": "What is 2+2?", "choices": ["3", "4"], "answer": 1}]
 
 
+SQUAD_METHODS = ("base", "router", "router@calibrated", "oracle")
+
+
 def lm_eval_overlay(work) -> dict:
     """An lm-eval task on a local json file, added to the tiny config's evaluation."""
     import json
@@ -254,10 +257,15 @@ def lm_eval_overlay(work) -> dict:
             "doc_to_target": "{{answer}}", "metric_list": [{"metric": "acc_norm"}]}
     tiny = yaml.safe_load((work / "config" / "tiny.yaml").read_text())
     return {"eval": {"select": tiny["eval"]["select"] + ["local_mc"],
-                     "benchmarks": {"local_mc": {"lm_eval": {"task": task, "metric": "acc_norm"}}}}}
+                     "benchmarks": {"local_mc": {"lm_eval": {"task": task, "metric": "acc_norm"}},
+                                    # test time: the generation benchmark runs the methods whose code differs
+                                    # by format (the layer-removal baselines pick paths the same way on any)
+                                    "squad": {"methods": list(SQUAD_METHODS)}}}}
 
 
-ROUTED_CELLS = 2 * 7  # router, router@0.25, router@calibrated, router@certified, static, random, safest on 2 benchmarks
+# arc_easy: router, router@0.25, router@calibrated, router@certified, static, random, safest; squad: router,
+# router@calibrated
+ROUTED_CELLS = 7 + 2
 REPORTED = {"report": 1, "cross_model_report": 1, "release_routers": 1, "all": 1}
 # a config change reruns exactly the stages it reaches through params:
 RERUNS = {
@@ -275,7 +283,7 @@ RERUNS = {
                              {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1,
                               "train_routers": 1, "calibrate_routers": 1, "block_influence": 1,
                               "evaluate": ROUTED_CELLS + 2, **REPORTED}),
-    "eval.knobs": ({"eval": {"knobs": [0.5]}}, {"evaluate": 2 + 1, **REPORTED}),
+    "eval.knobs": ({"eval": {"knobs": [0.5]}}, {"evaluate": 1 + 1, **REPORTED}),  # arc_easy and local_mc
     "eval.benchmarks.samples": ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 9, **REPORTED}),
     "eval.oracle.mcts": ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, **REPORTED}),
 }
@@ -337,7 +345,7 @@ def test_tiny_run_evaluation_and_report(tiny_run):
     methods = {"base", "router", "router@0.25", "router@calibrated", "router@certified", "static", "random", "safest",
                "oracle"}
     assert {(b, m) for b, m in cells.select("benchmark", "method").unique().iter_rows()} == \
-        {(b, m) for b in ("arc_easy", "squad") for m in methods} | \
+        {("arc_easy", m) for m in methods} | {("squad", m) for m in SQUAD_METHODS} | \
         {("local_mc", m) for m in ("base", "router", "router@0.25")}
     assert cells.filter(pl.col("method") == "base")["path_length"].unique().to_list() == [30]
     assert cells.filter((pl.col("benchmark") == "arc_easy") & (pl.col("method") == "router")).height == 3

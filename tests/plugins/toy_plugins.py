@@ -78,17 +78,18 @@ class LastSafeResult:
 
 
 def last_safe(num_layers, settings, rewarder, seed):
-    """last_safe: every single skip judged, and a label path skipping only the last block that is safe alone."""
+    """last_safe: the last four blocks' single skips judged (the others count as unsafe), and a label path skipping
+    only the last block that is safe alone."""
     default = LayerPath.default(num_layers)
     default_reward = yield default
-    evaluated, safety = [(default, default_reward)], []
-    for layer in range(num_layers):
+    evaluated, safety = [(default, default_reward)], [0.0] * num_layers
+    best = default
+    for layer in range(max(0, num_layers - 4), num_layers):
         path = LayerPath(tuple(other for other in range(num_layers) if other != layer), num_layers)
         reward = yield path
         evaluated.append((path, reward))
-        safety.append(1.0 if reward > 0.5 else 0.0)
-    safe = [layer for layer, verdict in enumerate(safety) if verdict]
-    best = evaluated[safe[-1] + 1][0] if safe else default
+        if reward > 0.5:
+            safety[layer], best = 1.0, path
     return LastSafeResult(default_reward > 0.5, best, evaluated, safety)
 
 
