@@ -30,7 +30,8 @@ from drllm.routing.decision import CLASSES
 from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.features import build_feature_cache
 from drllm.routing.samples import read_samples
-from drllm.routing.training import TrainConfig, classification_metrics, label_counts, train_routers
+from drllm.routing.train_settings import TrainConfig
+from drllm.routing.training import classification_metrics, label_counts, train_routers
 
 EXECUTE = CLASSES.index("execute")
 SKIP = CLASSES.index("skip")

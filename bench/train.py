@@ -34,7 +34,8 @@ from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.features import build_feature_cache, pick_cache_device, teacher_forced_features
 from drllm.routing.full_forward import train_full_forward
 from drllm.routing.samples import TrainingSample, read_samples, write_samples
-from drllm.routing.training import TrainConfig, train_routers
+from drllm.routing.train_settings import TrainConfig
+from drllm.routing.training import train_routers
 
 DEFAULT_MODEL = Path("resources/models/smollm2-135m-instruct")
 SHAPES = {

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import REPO
 
-from drllm.routing.calibration import (BASE_KNOB, CalibrationConfig, CurvePoint, PointLosses, certify_point,
-                                       choose_operating_point)
+from drllm.routing.calibration import (BASE_KNOB, CurvePoint, PointLosses, certify_point, choose_operating_point)
+from drllm.routing.calibration_settings import CalibrationConfig
 from drllm.routing.certify import CertifyConfig
 
 

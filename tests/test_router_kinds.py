@@ -17,7 +17,8 @@ from drllm.routing.inference import RoutedModel, pad_left
 from drllm.routing.kinds import ROUTER_KINDS, RouterKind
 from drllm.routing.pooling import masked_window_mean, window_mean_pool
 from drllm.routing.router import CONFIG_FILE, RouterConfig, RouterStack
-from drllm.routing.training import TrainConfig, train_routers
+from drllm.routing.train_settings import TrainConfig
+from drllm.routing.training import train_routers
 
 LAYERS, DIM = 4, 64
 

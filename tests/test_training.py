@@ -17,9 +17,10 @@ from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.features import FeatureCache, build_feature_cache, teacher_forced_features
 from drllm.routing.full_forward import train_full_forward
 from drllm.routing.samples import TrainingSample, read_samples, split_samples, validate_samples, write_samples
-from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, TrainConfig, class_weights, focal_loss,
-                                    label_counts, lr_multiplier, read_metrics, resolve_warmup, train_class_weights,
-                                    train_loop, train_routers, write_metrics)
+from drllm.routing.train_settings import TrainConfig
+from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, class_weights, focal_loss, label_counts,
+                                    lr_multiplier, read_metrics, resolve_warmup, train_class_weights, train_loop,
+                                    train_routers, write_metrics)
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import train_routers as cli  # noqa: E402

@@ -18,8 +18,9 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.data.entries import sample_examples
 from drllm.data.examples import read_examples
-from drllm.routing.calibration import (CalibrationConfig, calibration_curve, certify_point, choose_operating_point,
-                                       curve_records, operating_points, point_name, point_record)
+from drllm.routing.calibration import (calibration_curve, certify_point, choose_operating_point, curve_records,
+                                       operating_points, point_name, point_record)
+from drllm.routing.calibration_settings import CalibrationConfig
 from drllm.routing.router import RouterStack
 from drllm.search.prompts import read_prompts
 

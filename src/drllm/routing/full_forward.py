@@ -10,8 +10,8 @@ import torch
 from drllm.routing.features import teacher_forced_features
 from drllm.routing.router import RouterStack
 from drllm.routing.samples import TrainingSample, validate_samples
-from drllm.routing.training import (TrainConfig, TrainHistory, check_stack, classification_metrics, focal_loss,
-                                    train_loop)
+from drllm.routing.train_settings import TrainConfig
+from drllm.routing.training import TrainHistory, check_stack, classification_metrics, focal_loss, train_loop
 
 
 def teacher_forced_step(stack: RouterStack, executor, samples: Sequence[TrainingSample], weights: torch.Tensor,

@@ -26,8 +26,9 @@ from drllm.routing.plots import plot_curves, plot_label_distribution
 from drllm.routing.decision import CLASSES, Decision
 from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.samples import read_samples, split_samples, validate_samples
-from drllm.routing.training import (TrainConfig, label_counts, safety_classes, selected_row, train_class_weights,
-                                    train_routers, write_metrics)
+from drllm.routing.train_settings import TrainConfig
+from drllm.routing.training import (label_counts, safety_classes, selected_row, train_class_weights, train_routers,
+                                    write_metrics)
 
 
 @dataclass(frozen=True)
