@@ -560,7 +560,12 @@ def test_study3_config_plans_the_safety_study():
     result = snakemake("-n", "--forceall", "--configfile", "config/study3.yaml")
     out = result.stdout + result.stderr
     jobs = planned_jobs(result)
-    assert jobs["search_shard"] == 2 and jobs["calibrate_routers"] == 1 and jobs["report"] == 1
+    assert jobs["search_shard"] == 3 and jobs["calibrate_routers"] == 1 and jobs["report"] == 1
+    # labels from ARC validation and one half of ARC test, evaluation on the other half
+    tasks = {name: block for name, block in config["search"]["tasks"].items() if block["samples"] > 0}
+    assert {block["split"] for block in tasks.values()} == {"validation", "test_search"}
+    assert sum(block["samples"] for block in tasks.values()) >= 770
+    assert {benchmarks[name]["split"] for name in ("arc_easy", "arc_challenge")} == {"test_eval"}
     for cell in ("arc_easy/router@certified", "arc_challenge/router@t0.9", "arc_easy/safest@2",
                  "arc_challenge/static@2", "arc_easy/random@2", "mmlu/router@certified", "squad/base"):
         assert f"results/eval/smollm2-135m-instruct/{cell}.parquet" in out, cell
