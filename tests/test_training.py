@@ -614,3 +614,14 @@ def test_smollm2_trains_two_epochs(smollm2):
         for key in ("train_loss", "val_loss", "val_macro_f1", "val_layer_accuracy"):
             assert math.isfinite(row[key]), key
     assert history.epochs[1]["train_loss"] < history.epochs[0]["train_loss"]
+
+
+def test_prior_validation_loss_is_the_soft_cross_entropy_of_the_training_rates():
+    from drllm.routing.samples import TrainingSample
+    from drllm.routing.training import prior_validation_loss
+
+    train = [TrainingSample("a", [1], [1, 1], [1.0, 0.0]), TrainingSample("b", [1], [1, 1], [0.0, 0.0])]
+    val = [TrainingSample("c", [1], [1, 1], [1.0, 1.0])]
+    # layer 0: rate 0.5, target 1 -> -log 0.5; layer 1: rate 0 clipped to 1e-3, target 1 -> -log 1e-3
+    assert prior_validation_loss([s.safety for s in train], [s.safety for s in val]) == \
+        pytest.approx((math.log(2) - math.log(1e-3)) / 2)

@@ -320,6 +320,8 @@ def test_tiny_run_assets_search_and_routers(tiny_run):
     assert manifest["weights_sha256"] in card and "# Dr.LLM routers for smollm2-135m-instruct" in card
     assert json.loads((routers / "router_config.json").read_text())["base_model_sha256"] == manifest["weights_sha256"]
     assert pl.read_parquet(routers / "metrics.parquet").height == 25
+    summary = json.loads((routers / "train_summary.json").read_text())
+    assert summary["prior_val_loss"] > 0  # safety targets: the routers' validation loss has the prior's beside it
 
 
 @pytest.mark.slow

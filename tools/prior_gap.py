@@ -4,7 +4,8 @@ on the same validation prompts (the training split, re-derived from the train se
 
     python tools/prior_gap.py results/routers/<model>
 
-Reads samples.parquet, metrics.parquet and train_summary.json from the router directory (safety targets only).
+Reads samples.parquet, metrics.parquet and train_summary.json from the router directory (safety targets only); the
+train stage records the same figure as `prior_val_loss` in train_summary.json since 2026-12-03.
 """
 from __future__ import annotations
 
@@ -14,17 +15,8 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from drllm.routing.samples import read_samples, split_samples
-from drllm.routing.training import read_metrics, selected_row
-
-
-def prior_validation_loss(train, val, floor: float = 1e-3) -> float:
-    """Soft cross-entropy of predicting every layer's training safe rate on the validation prompts."""
-    rate = torch.tensor([s.safety for s in train], dtype=torch.float64).mean(0).clamp(floor, 1 - floor)
-    target = torch.tensor([s.safety for s in val], dtype=torch.float64)
-    return float(-(target * rate.log() + (1 - target) * (1 - rate).log()).mean())
+from drllm.routing.training import prior_validation_loss, read_metrics, selected_row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     samples = read_samples(directory / "samples.parquet")
     train, val = split_samples(samples, config["val_fraction"], config["seed"])
-    prior = prior_validation_loss(train, val)
+    prior = prior_validation_loss([s.safety for s in train], [s.safety for s in val])
     best = selected_row(read_metrics(directory / "metrics.parquet"))
     print(json.dumps({"train_prompts": len(train), "val_prompts": len(val), "prior_val_loss": round(prior, 4),
                       "router_val_loss": round(best["val_loss"], 4), "epoch": best["epoch"],

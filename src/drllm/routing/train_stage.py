@@ -27,8 +27,8 @@ from drllm.routing.decision import CLASSES, Decision
 from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.samples import read_samples, split_samples, validate_samples
 from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import (label_counts, safety_classes, selected_row, train_class_weights, train_routers,
-                                    write_metrics)
+from drllm.routing.training import (label_counts, prior_validation_loss, safety_classes, selected_row,
+                                    train_class_weights, train_routers, write_metrics)
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,10 @@ def run_training(request: TrainRequest, log: Callable[[str], None] = stage_log) 
     stack.save_pretrained(out)
     write_metrics(out / "metrics.parquet", history.epochs, provenance)
     summary = {key: value for key, value in history.to_dict().items() if key not in ("epochs", "step_losses")}
+    if config.target == "safety" and val:  # the routers against each layer's training safe rate
+        prior = prior_validation_loss([s.safety for s in train], [s.safety for s in val])
+        summary["prior_val_loss"] = prior
+        log(f"per-layer prior: validation loss {prior:.4f}; routers {selected_row(history.epochs)['val_loss']:.4f}")
     summary.update({"model": manifest["name"], "num_layers": num_layers, "hidden_size": hidden_size,
                     "router_parameters": stack.num_parameters(), "config": config.to_dict(),
                     "cache_seconds": cache_seconds, "train_seconds": train_seconds,

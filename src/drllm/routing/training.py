@@ -157,6 +157,15 @@ def safety_loss(logits: torch.Tensor, safety: torch.Tensor) -> torch.Tensor:
     return -(safety * logp[..., SKIP] + (1.0 - safety) * logp[..., EXECUTE]).mean()
 
 
+def prior_validation_loss(train_safety, val_safety, floor: float = 1e-3) -> float:
+    """safety_loss of the per-layer prior on validation prompts: every layer predicts its training safe rate,
+    clipped as `init_at_prior` clips it. What routers must beat to route by the prompt rather than by the layer
+    (study 3, RESULTS.md: 0.545 vs the routers' 0.541)."""
+    rate = torch.tensor(train_safety, dtype=torch.float64).mean(0).clamp(floor, 1 - floor)
+    target = torch.tensor(val_safety, dtype=torch.float64)
+    return float(-(target * rate.log() + (1 - target) * (1 - rate).log()).mean())
+
+
 def safety_classes(safety: torch.Tensor) -> torch.Tensor:
     """Per-layer class ids of safety targets: skip where s >= 0.5, else execute (for counts and metrics)."""
     return torch.where(safety >= 0.5, SKIP, EXECUTE).long()
