@@ -15,6 +15,7 @@ from typing import Generic, Iterator, TypeVar
 
 PLUGINS_ENV = "DRLLM_PLUGINS"  # comma-separated module names
 _loaded: set[str] = set()
+_loaded_env: str | None = None  # the variable's value when its modules were last imported
 
 T = TypeVar("T")
 
@@ -29,8 +30,18 @@ def plugin_modules() -> list[str]:
 
 
 def load_plugins(modules: list[str] | None = None) -> None:
-    """Import each plugin module once (default: those in DRLLM_PLUGINS); importing one registers its entries."""
-    for name in plugin_modules() if modules is None else modules:
+    """Import each plugin module once (default: those in DRLLM_PLUGINS); importing one registers its entries.
+    Every table lookup calls this (rewards are looked up per evaluated path), so an unchanged variable returns
+    at once."""
+    global _loaded_env
+    if modules is None:
+        env = os.environ.get(PLUGINS_ENV, "")
+        if env == _loaded_env:
+            return
+        modules = plugin_modules()
+    else:
+        env = None
+    for name in modules:
         if name in _loaded:
             continue
         try:
@@ -39,6 +50,8 @@ def load_plugins(modules: list[str] | None = None) -> None:
             raise PluginError(f"config plugins: cannot import plugin module {name!r} ({exc}); it must be "
                               "installed or on PYTHONPATH") from exc
         _loaded.add(name)
+    if env is not None:
+        _loaded_env = env
 
 
 class Table(Generic[T]):

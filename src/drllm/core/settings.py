@@ -145,12 +145,11 @@ def check_fields(obj, where: str) -> None:
             object.__setattr__(obj, f.name, normalised)
 
 
-def from_block(cls: type[S], block: Mapping[str, Any] | None, where: str, *, exclude: tuple[str, ...] = (),
-               **fixed: Any) -> S:
+def from_block(cls: type[S], block: Mapping[str, Any] | None, where: str, **fixed: Any) -> S:
     """A settings object from a config block: unknown keys refused (naming `where` and the known keys), absent
     ones take the class's defaults; `fixed` sets fields the block may not (e.g. the model's layer count)."""
     block = dict(block or {})
-    known = [f.name for f in dataclasses.fields(cls) if f.name not in fixed and f.name not in exclude]
+    known = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
     check_keys(where, block, known)
     token = _BUILDING.set((cls, where))
     try:

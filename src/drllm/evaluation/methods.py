@@ -106,6 +106,11 @@ def grammar() -> str:
     return " | ".join(forms)
 
 
+def _expected() -> str:
+    """The grammar as an error message says it (built only when a name fails: parse_method runs per cell)."""
+    return f"expected {grammar()} (p in [-1, 1], tau in [0, 1], k a non-negative integer)"
+
+
 def method_pattern() -> str:
     """The regex the rules' `method` wildcard uses: every name the table's grammar accepts."""
     return "|".join(f"{re.escape(kind)}{_PARAM_PATTERNS[METHODS.get(kind).param]}" for kind in METHODS)
@@ -115,15 +120,14 @@ def parse_method(name: str) -> tuple[str, float | int | str | Threshold | None]:
     """A method name -> (kind, parameter). 'base' -> ('base', None); 'router@-0.25' -> ('router', -0.25);
     'router@calibrated' -> ('router', CALIBRATED); 'static@3' -> ('static', 3). Unknown names raise ValueError."""
     kind, at, param = name.partition("@")
-    expected = (f"expected {grammar()} (p in [-1, 1], tau in [0, 1], k a non-negative integer)")
     if kind not in METHODS or (at and METHODS.get(kind).param == "none"):
-        raise ValueError(f"unknown evaluation method {name!r}; {expected}")
+        raise ValueError(f"unknown evaluation method {name!r}; {_expected()}")
     if not at:
         return kind, None
     if METHODS.get(kind).param == "budget":
         if not _REMOVALS.fullmatch(param):
             raise ValueError(f"method {name!r}: the number of removed layers after '@' must be a non-negative "
-                             f"integer (written without sign or leading zeros); {expected}")
+                             f"integer (written without sign or leading zeros); {_expected()}")
         return kind, int(param)
     if param in FILE_POINTS:
         return kind, param
@@ -153,11 +157,6 @@ def method_name(kind: str, param: float | int | str | Threshold | None = None) -
     if isinstance(param, (str, Threshold)) or (isinstance(param, int) and METHODS.get(kind).param == "budget"):
         return f"{kind}@{param}"
     return f"{kind}@{param:g}"
-
-
-def get_method(name: str) -> Method:
-    """The table entry of a method name (its kind)."""
-    return METHODS.get(parse_method(name)[0])
 
 
 # --------------------------------------------------------------------------------------------------------
