@@ -281,6 +281,38 @@ def test_frontier_artifacts(tmp_path):
     assert pl.read_parquet(paths["frontier_points"]).height == 0 and paths["frontier"].stat().st_size > 0
 
 
+def frontier_point(method, line, param, layers, score, benchmark="arc"):
+    return {"benchmark": benchmark, "method": method, "line": line, "param": param, "in_domain": True,
+            "mean_layers": layers, "score": score, "ci_low": score - 0.04, "ci_high": score + 0.04, "n": 500,
+            "benchmarks": 1}
+
+
+def test_frontier_figure_draws_every_line_and_sets_the_oracle_apart(tmp_path):
+    """Threshold routers, safest@k and router@certified are drawn too; an oracle far above the rest does not set
+    the score axis: it sits at the top edge, its score written beside it."""
+    from drllm.evaluation.plots import frontier_ylim, plot_frontier
+
+    points = [frontier_point("base", None, None, 30.0, 0.48), frontier_point("router@certified", None, None, 29.8, 0.48),
+              frontier_point("router@t0.9", "router@t", 0.9, 29.9, 0.48),
+              frontier_point("router@t0.8", "router@t", 0.8, 27.1, 0.45),
+              frontier_point("safest@2", "safest@k", 2.0, 28.0, 0.48),
+              frontier_point("random@2", "random@k", 2.0, 28.0, 0.40),
+              frontier_point("oracle", None, None, 28.3, 0.84)]
+    low, high = frontier_ylim(points)
+    assert low < 36.0 and 52.0 < high < 84.0  # the others' intervals set the axis, not the oracle's 84%
+    def with_mean(panel):  # frontier_points always adds the mean panel's points
+        return [*panel, *({**p, "benchmark": MEAN_BENCHMARK} for p in panel)]
+
+    legend = plot_frontier(with_mean(points), tmp_path / "f.png")
+    assert {"router@t", "safest@k", "random@k", "base", "router@certified", "oracle (above, score written)"} \
+        == set(legend)
+    assert (tmp_path / "f.png").stat().st_size > 5000
+    # an oracle inside the others' range is an ordinary marker
+    near = [*points[:-1], frontier_point("oracle", None, None, 28.3, 0.49)]
+    assert "oracle" in plot_frontier(with_mean(near), tmp_path / "g.png")
+    assert frontier_ylim([points[-1]]) is None
+
+
 def test_cli_in_domain_argument(tmp_path, capsys):
     cells = frontier_cells(tmp_path)
     out = tmp_path / "cli"

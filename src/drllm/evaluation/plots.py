@@ -68,30 +68,57 @@ def plot_accuracy_vs_layers(summary: list[dict], path) -> None:
 
 
 LINE_STYLES = {"router@p": dict(color="tab:blue", marker="o", ls="-"),
+               "router@t": dict(color="tab:cyan", marker="o", ls="-"),
                "static@k": dict(color="tab:orange", marker="s", ls="--"),
+               "safest@k": dict(color="tab:brown", marker="s", ls="-."),
                "random@k": dict(color="tab:grey", marker="^", ls=":")}
 POINT_STYLES = {"base": dict(color="black", marker="*", ms=12), "router": dict(color="tab:blue", marker="D", ms=8),
                 "router@calibrated": dict(color="tab:purple", marker="P", ms=10),
+                "router@certified": dict(color="tab:red", marker="P", ms=10),
                 "oracle": dict(color="tab:green", marker="X", ms=10)}
+# Drawn apart: a ceiling far above the other methods (the oracle searches each item with its gold answer) would
+# squash every other point into a sliver; it sits at the panel's top edge with its score written beside it.
+APART = ("oracle",)
+OTHER_STYLES = [dict(color=c, marker=m) for c, m in zip(("tab:pink", "tab:olive", "darkcyan", "indigo"), "vhp<")]
 
 
-def plot_frontier(points: list[dict], path) -> None:
+def frontier_ylim(points: list[dict], pad: float = 0.08) -> tuple[float, float] | None:
+    """Score-axis limits (%) of one panel from its points' intervals, leaving out the methods drawn apart; None
+    when only those are there."""
+    kept = [p for p in points if p["method"] not in APART]
+    if not kept:
+        return None
+    low = 100 * min(min(p["ci_low"], p["score"]) for p in kept)
+    high = 100 * max(max(p["ci_high"], p["score"]) for p in kept)
+    margin = max(pad * (high - low), 1.0)
+    return max(0.0, low - margin), min(100.0, high + margin)
+
+
+def plot_frontier(points: list[dict], path) -> list[str]:
     """Score vs mean executed layers, one panel per in-domain benchmark and one for the mean over benchmarks:
-    router@p, static@k and random@k as lines sorted by layers, base / router / router@calibrated / oracle as
-    markers, 95% intervals as vertical error bars."""
+    each swept method (router@p, router@t, static@k, safest@k, random@k, a plugin's) as a line sorted by layers,
+    base / router / router@calibrated / router@certified / oracle as markers, 95% intervals as vertical error bars.
+    The oracle is drawn apart (`APART`) when it lies above the others. Returns the legend's labels."""
     title = "Accuracy vs layers frontier"
     panels = sorted({p["benchmark"] for p in points if p["in_domain"] and p["benchmark"] != MEAN_BENCHMARK})
     panels += [MEAN_BENCHMARK] if points else []
     if not points:
-        return placeholder_figure(path, title, "no frontier methods evaluated")
+        placeholder_figure(path, title, "no frontier methods evaluated")
+        return []
     plt = pyplot()
     columns = min(3, len(panels))
     rows_ = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows_, columns, figsize=(2 + 4.8 * columns, 0.6 + 3.8 * rows_), squeeze=False,
                              layout="constrained")
+    lines = sorted({p["line"] for p in points if p["line"]}, key=lambda line: (line not in LINE_STYLES, line))
+    markers = order_methods(p["method"] for p in points if not p["line"])
+    extra = iter(OTHER_STYLES * (1 + len(lines) + len(markers)))
+    styles = {line: LINE_STYLES.get(line) or dict(next(extra), ls="-") for line in lines}
+    styles.update({m: POINT_STYLES.get(m) or dict(next(extra), ms=8) for m in markers})
     legend = {}
     for ax, benchmark in zip(axes.flat, panels):
         here = [p for p in points if p["benchmark"] == benchmark]
+        limits = frontier_ylim(here)
 
         def draw(group, **style):
             y = np.array([p["score"] for p in group])
@@ -99,14 +126,23 @@ def plot_frontier(points: list[dict], path) -> None:
             ax.errorbar([p["mean_layers"] for p in group], 100 * y, yerr=100 * np.maximum(yerr, 0), capsize=3,
                         elinewidth=0.8, **style)
 
-        for line, style in LINE_STYLES.items():
+        for line in lines:
             group = sorted((p for p in here if p["line"] == line), key=lambda p: (p["mean_layers"], p["param"]))
             if group:
-                draw(group, label=line, ms=5, lw=1.4, **style)
-        for method, style in POINT_STYLES.items():
+                draw(group, label=line, ms=5, lw=1.4, **styles[line])
+        for method in markers:
             group = [p for p in here if p["method"] == method]
+            if method in APART and limits is not None:
+                for point in (p for p in group if 100 * p["score"] > limits[1]):
+                    ax.plot([point["mean_layers"]], [limits[1]], ls="none", clip_on=False, mec="black", mew=0.6,
+                            label=f"{method} (above, score written)", **styles[method])
+                    ax.annotate(f"{method} {100 * point['score']:.1f}%", (point["mean_layers"], limits[1]),
+                                xytext=(-4, -12), textcoords="offset points", ha="right", fontsize=7)
+                group = [p for p in group if 100 * p["score"] <= limits[1]]
             if group:
-                draw(group, label=method, ls="none", mec="black", mew=0.6, **style)
+                draw(group, label=method, ls="none", mec="black", mew=0.6, **styles[method])
+        if limits is not None:
+            ax.set_ylim(*limits)
         name = benchmark
         if benchmark == MEAN_BENCHMARK:  # a method averages the benchmarks that have it
             name = f"mean over {n_label([p['benchmarks'] for p in here])} benchmark(s)"
@@ -118,6 +154,7 @@ def plot_frontier(points: list[dict], path) -> None:
     fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8)
     fig.suptitle(title)
     save_figure(fig, path)
+    return list(legend)
 
 
 def plot_layer_actions(rows: list[dict], path, method: str = "router") -> None:
