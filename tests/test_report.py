@@ -240,9 +240,17 @@ def test_frontier_points_from_known_cells(tmp_path):
     assert squad["in_domain"] is False and squad["score"] == pytest.approx(0.1875)
     assert (squad["ci_low"], squad["ci_high"]) == bootstrap_interval([0.5, 0.0, 0.0, 0.25], 0, RESAMPLES)
 
-    # the mean: unweighted over the benchmarks that have the method, intervals combined as normal errors
+    # the mean: unweighted over the in-domain benchmarks that have the method (squad is out of domain), so base
+    # (also on squad) and the arc-only sweeps are averaged over the same benchmarks
     mean = at[(MEAN_BENCHMARK, "static@1")]
-    assert (mean["benchmarks"], mean["n"], mean["mean_layers"], mean["in_domain"]) == (2, 8, 3.0, False)
+    assert (mean["benchmarks"], mean["n"], mean["mean_layers"], mean["in_domain"], mean["score"]) == \
+        (1, 4, 3.0, True, 0.5)
+    assert at[(MEAN_BENCHMARK, "base")]["score"] == at[("arc", "base")]["score"]
+    # without an in-domain list every benchmark counts: intervals of independent benchmarks combined as normal errors
+    everything = {p["method"]: p for p in frontier_points(summarize_cells(rows, seed=0))
+                  if p["benchmark"] == MEAN_BENCHMARK}
+    mean = everything["static@1"]
+    assert (mean["benchmarks"], mean["n"], mean["in_domain"]) == (2, 8, True)
     assert mean["score"] == pytest.approx((0.5 + 0.1875) / 2)
     se = math.hypot(*[(p["ci_high"] - p["ci_low"]) / (2 * Z95) for p in (static, squad)]) / 2
     assert (mean["ci_low"], mean["ci_high"]) == pytest.approx((mean["score"] - Z95 * se, mean["score"] + Z95 * se))
@@ -268,7 +276,7 @@ def test_frontier_artifacts(tmp_path):
     assert table.height == 9 + 2 + 9
     assert paths["frontier"] == out / "frontier.png" and paths["frontier"].stat().st_size > 5000
     text = paths["report"].read_text()
-    assert "## Accuracy vs layers frontier" in text and "| static@1 | 2 | 3.0 | 34.4 ±" in text
+    assert "## Accuracy vs layers frontier" in text and "| static@1 | 1 | 3.0 | 50.0 ±" in text
     # Table 3 / 4 carry the new methods in report order
     assert ("| base | router | router@calibrated | router@-0.25 | router@0.25 | static | static@1 | static@2 "
             "| random@1 | oracle |") in text

@@ -139,8 +139,9 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
     mean_points = [p for p in frontier or [] if p["benchmark"] == MEAN_BENCHMARK]
     if mean_points:
         out += ["## Accuracy vs layers frontier", "",
-                "Per method, the unweighted mean over the benchmarks that have it of the mean "
-                "executed layers and the score in % ± half-width of the 95% interval; per benchmark in "
+                "Per method, the unweighted mean over the in-domain benchmarks that have it (all of its "
+                "benchmarks when none is in domain) of the mean executed layers and the score in % ± half-width "
+                "of the 95% interval; per benchmark in "
                 "`frontier.parquet` and `frontier.png`.", ""]
         body = [[p["method"], str(p["benchmarks"]), f"{p['mean_layers']:.1f}",
                  f"{_pct(p['score'])} ±{_pct((p['ci_high'] - p['ci_low']) / 2)}"] for p in mean_points]

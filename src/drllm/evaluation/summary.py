@@ -142,7 +142,8 @@ def _versus_base(cell: list[dict], base: list[dict] | None, seed: int, resamples
 
 def frontier_points(summary: list[dict], in_domain: Iterable[str] | None = None) -> list[dict]:
     """FRONTIER_SCHEMA rows from summary rows: the swept methods and the single points (base, router, file points,
-    oracle), per benchmark and averaged.
+    oracle), per benchmark and averaged (over a method's in-domain benchmarks; over all of its benchmarks when it has
+    no in-domain one).
 
     `in_domain` names the benchmarks the routers were trained on (None: unknown, every benchmark counts as such).
     """
@@ -156,7 +157,9 @@ def frontier_points(summary: list[dict], in_domain: Iterable[str] | None = None)
     for point in points:
         by_method[point["method"]].append(point)
     for method in order_methods(by_method):
-        rows = by_method[method]
+        # the mean over the in-domain benchmarks (the figure's panels), so methods evaluated on more benchmarks
+        # (base, out of domain too) and frontier sweeps (in domain only) are averaged over the same ones
+        rows = [r for r in by_method[method] if r["in_domain"]] or by_method[method]
         score = float(np.mean([r["score"] for r in rows]))
         if len(rows) == 1:  # one benchmark: its own (possibly asymmetric) interval
             low, high = rows[0]["ci_low"], rows[0]["ci_high"]
