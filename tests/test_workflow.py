@@ -573,3 +573,20 @@ def test_study3_config_plans_the_safety_study():
         assert f"results/eval/smollm2-135m-instruct/{cell}.parquet" in out, cell
     # calibration takes every validation question the search left: 570 + 299 - 300 >= 500
     assert "calibrate_routers" in out and '"samples": null' in out
+
+
+def test_labeler_comparison_configs_swap_only_the_labels():
+    """config/labelers/ (RESULTS.md, issue 19): over study 3, the paper's or canonical MCTS labels on study 3's 300
+    validation prompts, path routers, a knob sweep on the same calibration prompts, each arm in its own run tree."""
+    common = yaml.safe_load((REPO / "config" / "labelers" / "common.yaml").read_text())
+    assert common["search"]["tasks"]["arc_easy_test"]["samples"] == 0 and common["train"]["target"] == "path"
+    arms = {arm: yaml.safe_load((REPO / "config" / "labelers" / f"{arm}.yaml").read_text())
+            for arm in ("paper", "canonical")}
+    assert {(a["search"]["mcts"]["expansion"], a["search"]["mcts"]["tie_break"]) for a in arms.values()} == \
+        {("random", "first"), ("ordered", "canonical")}
+    target = "results/labelers-paper/routers/smollm2-135m-instruct/calibration.json"
+    result = snakemake("-n", "--forceall", target, "--configfile", "config/study3.yaml", "config/labelers/common.yaml",
+                       "config/labelers/paper.yaml")
+    out = result.stdout + result.stderr
+    assert planned_jobs(result)["search_shard"] == 2 and '"labeler": "mcts"' in out and '"target": "path"' in out
+    assert '"knobs": [-0.7, -0.6, -0.5, -0.35, -0.2]' in out
