@@ -100,6 +100,28 @@ def smollm2_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def slurm_slice(tmp_path_factory, smollm2_dir):
+    """tests/test_slurm.py's scheduler run (a slice of the tiny config through real SLURM jobs), started once."""
+    from test_slurm import SlurmSlice
+
+    run = SlurmSlice(tmp_path_factory.mktemp("slurm"), smollm2_dir)
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _slurm_slice_starts_early(request):
+    """When the SLURM test is selected and a cluster answers, its run starts at the session's first test: its
+    scheduler round trips are mostly waiting, so they overlap the suite instead of adding ~100 s to it."""
+    if any(getattr(item, "module", None) is not None and item.module.__name__ == "test_slurm"
+           for item in request.session.items):
+        from test_slurm import cluster_up
+
+        if cluster_up():
+            request.getfixturevalue("slurm_slice")
+
+
+@pytest.fixture(scope="session")
 def smollm2(smollm2_dir):
     from drllm.core.models import load_model
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
-from test_workflow import planned_jobs, snakemake, workdir_copy  # noqa: F401
+from test_workflow import SNAKEMAKE, workdir_copy
 
 pytestmark = pytest.mark.slow
 
@@ -35,27 +36,56 @@ SLURM_OVERLAY = {
 }
 
 
+ROUTERS = Path("results/routers/smollm2-135m-instruct")
+BASE_CELL = Path("results/eval/smollm2-135m-instruct/arc_easy/base.parquet")
+
+
+class SlurmSlice:
+    """The slice's snakemake run, started in the background (`start`) so that its scheduler round trips (each up to
+    the plugin's status polling, mostly idle) overlap the rest of the suite; `finish` waits for it."""
+
+    def __init__(self, work: Path, smollm2_dir: Path):
+        self.work = work
+        workdir_copy(work)
+        # the materialised model from the session fixture: the scheduler test is about the DAG, not the GGUF
+        # fresh times: newer than the assets script, so the model is not materialised again
+        shutil.copytree(smollm2_dir, work / "resources" / "models" / "smollm2-135m-instruct",
+                        copy_function=shutil.copy)
+        (work / "slurm.yaml").write_text(yaml.safe_dump(SLURM_OVERLAY))
+        # search and training: the rules that ask a cluster for threads and memory; the base cell runs beside them
+        targets = ["results/search/smollm2-135m-instruct/summary.parquet", str(BASE_CELL),
+                   str(ROUTERS / "routers.safetensors")]
+        self.args = [SNAKEMAKE, *targets, "--cores", "all", "--profile", "slurm-ci", "--configfile",
+                     "config/tiny.yaml", "slurm.yaml"]
+        self.log = open(work / "snakemake.out", "w+")
+        self.process = subprocess.Popen(self.args, cwd=work, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self, timeout: float = 900) -> str:
+        """Wait for the run; its output, or an AssertionError with the output's end when it failed."""
+        returncode = self.process.wait(timeout=timeout)
+        self.log.seek(0)
+        out = self.log.read()
+        if returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(self.args[1:])} failed:\n{out[-6000:]}")
+        return out
+
+    def stop(self) -> None:
+        """At session end: a run nobody waited for (its test deselected or failed first) is stopped."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+        self.log.close()
+
+
 @pytest.mark.skipif(not cluster_up(), reason="no SLURM cluster answers sinfo (run tests/slurm/start_cluster.sh)")
-def test_tiny_config_runs_through_real_slurm_jobs(tmp_path, smollm2_dir):
-    work = workdir_copy(tmp_path)
-    # the materialised model from the session fixture: the scheduler test is about the DAG, not the GGUF
-    # fresh times: newer than the assets script, so the model is not materialised again
-    shutil.copytree(smollm2_dir, work / "resources" / "models" / "smollm2-135m-instruct", copy_function=shutil.copy)
-    (work / "slurm.yaml").write_text(yaml.safe_dump(SLURM_OVERLAY))
-    # search and training: the rules that ask a cluster for threads and memory; the base cell runs beside them
-    # (each scheduler round trip costs up to ~36 s of the plugin's status polling, so the slice stops there)
-    routers = work / "results" / "routers" / "smollm2-135m-instruct"
-    base_cell = work / "results" / "eval" / "smollm2-135m-instruct" / "arc_easy" / "base.parquet"
-    targets = ["results/search/smollm2-135m-instruct/summary.parquet", str(base_cell.relative_to(work)),
-               str((routers / "routers.safetensors").relative_to(work))]
-    result = snakemake(*targets, "--cores", "all", "--profile", "slurm-ci",
-                       "--configfile", "config/tiny.yaml", "slurm.yaml", cwd=work)
-    assert pl.read_parquet(routers / "metrics.parquet").height == 25
+def test_tiny_config_runs_through_real_slurm_jobs(slurm_slice):
+    out = slurm_slice.finish()
+    work = slurm_slice.work
+    assert pl.read_parquet(work / ROUTERS / "metrics.parquet").height == 25
     assert (work / "results" / "search" / "smollm2-135m-instruct" / "summary.md").is_file()
-    out = result.stdout + result.stderr
     # every job went through sbatch (the plugin removes the SLURM logs of successful jobs)
     assert "has been submitted with SLURM jobid" in out and "rule_search_shard" in out
     assert "rule_train_routers" in out and "rule_evaluate" in out
     assert "localrule" not in out
-    cell = pl.read_parquet(base_cell)
+    cell = pl.read_parquet(work / BASE_CELL)
     assert cell.height == 3 and cell["path_length"].unique().to_list() == [30]
