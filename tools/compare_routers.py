@@ -77,12 +77,13 @@ def tables(curves: dict[str, list[dict]], savings: list[float]) -> str:
     return "\n".join(out)
 
 
-def plot(curves: dict[str, list[dict]], path: Path) -> None:
+def plot(curves: dict[str, list[dict]], path: Path, max_saving: float | None = None) -> None:
     from drllm.core.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, (drop_ax, agree_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for label, curve in curves.items():
+        curve = [p for p in curve if max_saving is None or p["saving"] <= max_saving]
         x = [p["saving"] for p in curve]
         drop_ax.plot(x, [100 * p["drop"] for p in curve], marker="o", label=label)
         agree_ax.plot(x, [p["agreement"] for p in curve], marker="o", label=label)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--savings", type=float, nargs="*", default=[0.5, 1.0, 2.0, 3.0],
                         help="layers saved at which the arms are read off (default: 0.5 1 2 3)")
     parser.add_argument("--figure", type=Path, help="also draw drop and agreement against layers saved (PNG)")
+    parser.add_argument("--max-saving", type=float, help="the figure leaves out points saving more layers than this")
     args = parser.parse_args(argv)
     calibrations = {}
     for arm in args.arms:
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = {label: pooled_curve(calibration) for label, calibration in calibrations.items()}
     print(tables(curves, args.savings))
     if args.figure:
-        plot(curves, args.figure)
+        plot(curves, args.figure, args.max_saving)
     return 0
 
 
