@@ -14,7 +14,6 @@ import argparse
 import datetime
 import glob
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -33,30 +32,23 @@ def cross_entropy(p: np.ndarray, y: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50) -> tuple[float, float]:
-    """(bias, weight) of P(y) = sigmoid(bias + weight * x) by Newton's method with a small ridge on the weight."""
-    w = np.array([math.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3)), 0.0])
-    features = np.stack([np.ones_like(x), x], axis=1)
-    ridge = np.diag([1e-6, l2]) / len(x)
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-features @ w))
-        gradient = features.T @ (p - y) / len(x) + ridge @ w
-        hessian = (features.T * (p * (1 - p))) @ features / len(x) + ridge
-        w -= np.linalg.solve(hessian, gradient)
-    return float(w[0]), float(w[1])
-
-
 def cross_validated_losses(safety: np.ndarray, log_margin: np.ndarray, folds: int = 5, seed: int = 0):
     """(prior loss, margin model loss) on held-out prompts, `folds`-fold over prompts."""
+    from sklearn.linear_model import LogisticRegression
+
     fold = np.random.default_rng(seed).permutation(len(safety)) % folds
     prior, margin = np.zeros_like(safety), np.zeros_like(safety)
+    features = log_margin[:, None]
     for f in range(folds):
         train, test = fold != f, fold == f
         for layer in range(safety.shape[1]):
             y = safety[train, layer]
             prior[test, layer] = y.mean()
-            bias, weight = fit_logistic(log_margin[train], y)
-            margin[test, layer] = 1 / (1 + np.exp(-(bias + weight * log_margin[test])))
+            if y.min() == y.max():  # one class in this fold: the prior is all a model could say
+                margin[test, layer] = y.mean()
+                continue
+            model = LogisticRegression().fit(features[train], y)
+            margin[test, layer] = model.predict_proba(features[test])[:, 1]
     return cross_entropy(prior, safety), cross_entropy(margin, safety)
 
 
@@ -95,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     share = safety.mean(axis=1)
     print(f"# {datetime.date.today()} {platform.machine()} {torch.get_num_threads()} threads; {len(margin)} prompts "
           f"from {search_dir}; full-model margins in {time.perf_counter() - started:.0f}s")
-    ranks = [np.argsort(np.argsort(v)) for v in (margin, share)]
+    from scipy.stats import spearmanr
+
     print(f"Spearman correlation of the answer margin with the share of safe single skips: "
-          f"{np.corrcoef(*ranks)[0, 1]:.3f}")
+          f"{spearmanr(margin, share).statistic:.3f}")
     print("\n| margin quintile | margin range | safe single skips (share) | prompts |\n|---|---|---|---|")
     edges = np.quantile(margin, np.linspace(0, 1, 6))
     quintile = np.clip(np.searchsorted(edges, margin, side="right") - 1, 0, 4)

@@ -48,7 +48,7 @@ def test_cli_prints_both_tables_and_refuses_other_prompts(tmp_path, capsys):
     figure = tmp_path / "compare.png"
     assert compare_routers.main([f"x={same}", f"y={same}", "--savings", "2.125", "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
-    assert "| x | t0.9 | 1.25 | +1.50 | 0.875 |" in out and "| 2.125 | +2.25 / 0.787 | +2.25 / 0.787 |" in out
+    assert "| x | tau=0.9 | 1.25 | +1.50 | 0.875 |" in out and "| 2.125 | +2.25 / 0.787 | +2.25 / 0.787 |" in out
     assert figure.stat().st_size > 5000
     assert compare_routers.main([f"x={same}", f"y={other}"]) == 2
     assert "y was calibrated on other prompts than x" in capsys.readouterr().err

@@ -55,15 +55,16 @@ def same_prompts(calibrations: dict[str, dict]) -> str | None:
     return None
 
 
-def point_name(point: dict) -> str:
-    return "base" if point["knob"] == 0.5 and point["axis"] == "knob" else \
-        f"t{point['knob']:g}" if point["axis"] == "threshold" else f"p={point['knob']:g}"
+def point_label(point: dict) -> str:
+    from drllm.routing.calibration import BASE_KNOB, KNOB, point_name
+
+    return "base" if (point["axis"], point["knob"]) == (KNOB, BASE_KNOB) else point_name(point["axis"], point["knob"])
 
 
 def tables(curves: dict[str, list[dict]], savings: list[float]) -> str:
     out = ["| arm | point | layers saved | accuracy drop (points) | agreement with base |", "|---|---|---|---|---|"]
     for label, curve in curves.items():
-        out += [f"| {label} | {point_name(p)} | {p['saving']:.2f} | {100 * p['drop']:+.2f} | {p['agreement']:.3f} |"
+        out += [f"| {label} | {point_label(p)} | {p['saving']:.2f} | {100 * p['drop']:+.2f} | {p['agreement']:.3f} |"
                 for p in curve]
     out += ["", "| layers saved | " + " | ".join(f"{label}: drop / agreement" for label in curves) + " |",
             "|---" * (1 + len(curves)) + "|"]

@@ -3,6 +3,7 @@ per-layer actions and their consensus. A figure whose data is missing becomes a 
 missing method never breaks the report's declared outputs."""
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 
@@ -112,7 +113,7 @@ def plot_frontier(points: list[dict], path) -> list[str]:
                              layout="constrained")
     lines = sorted({p["line"] for p in points if p["line"]}, key=lambda line: (line not in LINE_STYLES, line))
     markers = order_methods(p["method"] for p in points if not p["line"])
-    extra = iter(OTHER_STYLES * (1 + len(lines) + len(markers)))
+    extra = itertools.cycle(OTHER_STYLES)
     styles = {line: LINE_STYLES.get(line) or dict(next(extra), ls="-") for line in lines}
     styles.update({m: POINT_STYLES.get(m) or dict(next(extra), ms=8) for m in markers})
     legend = {}
