@@ -278,3 +278,20 @@ def test_upper_bound_covers_the_empirical_risk_and_shrinks_with_n(config, make):
             found.append(bound)
         bounds.append(float(np.median(found)))
     assert bounds[0] > bounds[1] > bounds[2]
+
+
+def test_a_null_epsilon_is_the_smallest_the_sample_size_supports():
+    from drllm.routing.certify import EPSILON_GRID, supported_epsilon
+
+    auto = CertifyConfig(epsilon=None, delta=0.1)
+    for n in (74, 300, 470, 5000):
+        chosen = supported_epsilon(auto, n).epsilon
+        assert min_samples(CertifyConfig(epsilon=chosen, delta=0.1)) <= n
+        smaller = [e for e in EPSILON_GRID if e < chosen]
+        assert all(min_samples(CertifyConfig(epsilon=e, delta=0.1)) > n for e in smaller)
+    assert supported_epsilon(auto, 74).epsilon == 0.075 and supported_epsilon(auto, 470).epsilon == 0.01
+    # certify resolves it before testing: zero losses on 100 prompts certify at 5 points, not at the 1 point
+    # 100 prompts cannot support
+    certificate = certify([(0.9, [0.0] * 100, 1.0)], auto)
+    assert certificate.certified and certificate.epsilon == 0.05
+    assert supported_epsilon(CertifyConfig(epsilon=0.01, delta=0.1), 5).epsilon == 0.01  # a named one stays

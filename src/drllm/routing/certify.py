@@ -62,6 +62,7 @@ Everything here is a pure function of plain data (mctx/numpy style); numpy only,
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import asdict, dataclass
@@ -76,6 +77,7 @@ P_VALUES = ("wsr", "hb", "binomial")
 DEFAULT_P_VALUE = {"disagreement": "binomial", "accuracy_drop": "wsr"}
 MAX_SAMPLES = 10**9       # min_samples searches up to this many prompts
 MAX_WSR_SAMPLES = 10**7   # ... and up to this many for wsr, whose best case is an O(n) array (epsilon >~ 5e-7)
+EPSILON_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)  # epsilon: null picks from these
 
 
 def _is_number(value: Any) -> bool:
@@ -86,7 +88,9 @@ def _is_number(value: Any) -> bool:
 class CertifyConfig:
     """The target: risk <= epsilon with probability >= 1 - delta, for a loss and the p-value that tests it."""
 
-    epsilon: float = setting(kind="number", low=0, high=1, low_open=True, high_open=True)
+    # null: the smallest value of EPSILON_GRID the calibration size supports (`supported_epsilon`), chosen before
+    # any loss is seen (it depends on n only), so the guarantee is unchanged
+    epsilon: float | None = setting(kind="number", low=0, high=1, low_open=True, high_open=True, nullable=True)
     delta: float = setting(kind="number", low=0, high=1, low_open=True, high_open=True)
     loss: str = setting("accuracy_drop", "str", choices=LOSSES)
     # None: binomial for disagreement, wsr for accuracy_drop
@@ -270,6 +274,18 @@ def _sample_cap(config: CertifyConfig) -> int:
     return min(MAX_SAMPLES, MAX_WSR_SAMPLES) if config.p_value == "wsr" else MAX_SAMPLES
 
 
+def supported_epsilon(config: CertifyConfig, n: int) -> CertifyConfig:
+    """`config` itself when it names epsilon; otherwise with the smallest epsilon of EPSILON_GRID that n prompts can
+    certify (min_samples <= n), or the grid's largest when none can (certify then refuses, saying so)."""
+    if config.epsilon is not None:
+        return config
+    for epsilon in EPSILON_GRID:
+        candidate = dataclasses.replace(config, epsilon=epsilon)
+        if min_samples(candidate) <= n:
+            return candidate
+    return dataclasses.replace(config, epsilon=EPSILON_GRID[-1])
+
+
 @functools.lru_cache(maxsize=256)
 def min_samples(config: CertifyConfig) -> int:
     """Smallest n at which n prompts with zero loss each could be certified (p <= delta); below it `certify` refuses.
@@ -388,6 +404,7 @@ def certify(points: Sequence[tuple[float, Sequence[float], float]], config: Cert
     n = sizes[0]
     if n == 0:
         raise ValueError("certify: the points have no losses (n = 0)")
+    config = supported_epsilon(config, n)
     table = [(parameter, values, saved, p_value(values, config)) for parameter, values, saved in parsed]
 
     try:
