@@ -30,6 +30,18 @@ def test_agreement_reward_on_constructed_score_vectors(scores, kept):
     assert AGREE.correct(cloze(scores, gold=3), choices(gold=3), full) is kept
 
 
+def test_agreement_with_epsilon_rejects_a_broken_path_that_keeps_the_option():
+    """A path that collapses every score but still ranks the full model's option first (a broken model keeping it by
+    chance) is rejected once the kept option must keep its score within epsilon; a healthy one is not."""
+    full = cloze([-1.0, -1.3, -1.5, -2.0], gold=3)
+    strict = RewardConfig(kind="agreement", margin=0.05, epsilon=0.2, min_f1=0.5)
+    broken, healthy = cloze([-3.0, -3.2, -3.5, -4.0], gold=3), cloze([-1.15, -1.4, -1.5, -2.0], gold=3)
+    assert AGREE.correct(broken, choices(gold=3), full)
+    assert not strict.correct(broken, choices(gold=3), full)
+    assert strict.correct(healthy, choices(gold=3), full)
+    assert strict.describe() == "agreement(margin=0.05,epsilon=0.2,min_f1=0.5)"
+
+
 def answer(text):
     return Outcome(correct=False, prediction=text, layer_applications=1, new_tokens=2)
 

@@ -17,7 +17,9 @@ or evaluation method"). The built-in ones:
   correct (the log-likelihood condition does not apply to them here).
 
 * ``agreement`` -- gold-free: a path is acceptable when it keeps the full model's answer, right or wrong.
-  Choice formats: the full model's chosen option still wins by at least `margin` (a near tie is not kept).
+  Choice formats: the full model's chosen option still wins by at least `margin` (a near tie is not kept), and
+  its score stays within `epsilon` of the full model's score for it (a broken path that still ranks the same
+  option first, at a collapsed score, is rejected; null = no such condition).
   Generation formats: the graded answer equals the full model's (`qa`: token F1 against the full model's answer
   >= `min_f1`). The default path is acceptable by definition. Any prompt can be labelled (wrong defaults
   included, as what is safe to skip, not as a fix) and prompts need no gold answer.
@@ -65,7 +67,9 @@ class RewardConfig:
     kind: str = setting("binary", "str")  # a REWARDS name: binary (paper) | robust | agreement | a plugin's
     # choice formats: gold (robust) or the full model's choice (agreement) wins by this
     margin: float = setting(0.0, "number", low=0)
-    epsilon: float = math.inf  # robust, choice formats: gold score >= full model's gold score - epsilon (null: inf)
+    # choice formats: the judged option's score >= the full model's score for it - epsilon (robust: the gold
+    # option; agreement: the full model's); null = inf
+    epsilon: float = math.inf
     # qa: F1 at least this counts as correct (agreement: F1 against the full model)
     min_f1: float = setting(0.5, "number", low=0, high=1)
 
@@ -122,7 +126,7 @@ def _agreement_correct(config: RewardConfig, outcome: Outcome, encoded: Encoded,
                        reference: Outcome | None) -> bool:
     if reference is None:
         raise ValueError("the agreement reward needs the full model's outcome (reference)")
-    return agrees(outcome, reference, encoded, config.margin, config.min_f1)
+    return agrees(outcome, reference, encoded, config.margin, config.min_f1, config.epsilon)
 
 
 REWARDS.register("binary", Reward("binary", _binary_correct, needs_reference=lambda config, encoded: False))
@@ -153,10 +157,12 @@ def choice_margin(scores, choice: int | None) -> float:
     return scores[choice] - max(others) if others else math.inf
 
 
-def agrees(outcome: Outcome, reference: Outcome, encoded: Encoded, margin: float, min_f1: float) -> bool:
+def agrees(outcome: Outcome, reference: Outcome, encoded: Encoded, margin: float, min_f1: float,
+           epsilon: float = math.inf) -> bool:
     """The agreement reward: `outcome` keeps the full model's answer `reference` (see the module docstring)."""
     if encoded.kind == "choices":
-        return outcome.choice == reference.choice and choice_margin(outcome.scores, reference.choice) >= margin
+        return (outcome.choice == reference.choice and choice_margin(outcome.scores, reference.choice) >= margin
+                and outcome.scores[reference.choice] >= reference.scores[reference.choice] - epsilon)
     if encoded.format == "qa":
         return token_f1(outcome.prediction, reference.prediction) >= min_f1
     return normalize_answer(outcome.prediction or "") == normalize_answer(reference.prediction or "")
