@@ -625,3 +625,15 @@ def test_prior_validation_loss_is_the_soft_cross_entropy_of_the_training_rates()
     # layer 0: rate 0.5, target 1 -> -log 0.5; layer 1: rate 0 clipped to 1e-3, target 1 -> -log 1e-3
     assert prior_validation_loss([s.safety for s in train], [s.safety for s in val]) == \
         pytest.approx((math.log(2) - math.log(1e-3)) / 2)
+
+
+def test_matched_threshold_skips_as_many_blocks_as_the_labels_on_average():
+    from drllm.routing.training import matched_threshold
+
+    probs = torch.tensor([[0.9, 0.8, 0.3, 0.1], [0.95, 0.6, 0.5, 0.2], [0.7, 0.65, 0.55, 0.4]])
+    tau = matched_threshold(probs, 1.0)  # one skip per prompt on average
+    assert tau == pytest.approx(0.8) and float((probs >= tau).sum(-1).float().mean()) == 1.0
+    tau = matched_threshold(probs, 2.0)
+    assert float((probs >= tau).sum(-1).float().mean()) <= 2.0
+    assert float((probs >= 0.5).sum(-1).float().mean()) > 2.0  # the next lower value would skip more
+    assert matched_threshold(probs, 0.0) == 1.0  # no skips at all

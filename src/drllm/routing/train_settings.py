@@ -57,8 +57,11 @@ class TrainConfig:
     # features along the label path (paper) | default: along the full path, where the safety targets were measured
     # and where routing starts at inference
     teacher_force: str = setting("label", "str", choices=("label", "default"))
-    # target safety: the routers' default decision, skip when P(skip) >= threshold
-    threshold: float = setting(0.5, "number", low=0, high=1)
+    # target safety: the routers' default decision, skip when P(skip) >= threshold; null: matched after training
+    # (drllm.routing.training.matched_threshold), the tau at which the routers skip on the validation prompts as
+    # many blocks as those prompts' labels jointly kept skipped. A fixed 0.5 is one block's chance of being safe
+    # alone: most blocks pass it, and the demo's router skipped 28 of 30 layers
+    threshold: float | None = setting(None, "number", low=0, high=1, nullable=True)
     pool_exclude_first: bool = setting(False, "bool")  # pooling leaves each prompt's first token (a constant state) out
     router_kind: str = setting("mlp", "str")  # what a router is (drllm.routing.kinds; a plugin's kind by name)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from drllm.core.artifacts import ArtifactError, write_json
@@ -92,6 +93,8 @@ def run_training(request: TrainRequest, log: Callable[[str], None] = stage_log) 
     log("class counts " + ", ".join(f"{n}={c}" for n, c in zip(CLASSES, counts)))
     mode = {"effective": f"effective, beta {config.beta}"}.get(config.class_weights, config.class_weights)
     log(f"class weights ({mode}) " + ", ".join(f"{n}={w:.4f}" for n, w in zip(CLASSES, weights.tolist())))
+    # the joint label paths' skips: what the matched threshold aims for on validation prompts
+    label_skips = float(np.mean([sum(1 for c in s.labels if c == 0) for s in (val or train)]))
     if config.teacher_force == "default":  # every sample's features along the full path
         train, val = ([dataclasses.replace(s, labels=[1] * num_layers) for s in part] for part in (train, val))
     started = time.perf_counter()
@@ -115,13 +118,22 @@ def run_training(request: TrainRequest, log: Callable[[str], None] = stage_log) 
                                      base_model_sha256=manifest.get("weights_sha256"),
                                      windows=config.windows, hidden=config.hidden, label_counts=counts,
                                      training=config.to_dict(), pool_exclude_first=config.pool_exclude_first,
-                                     decision=(Decision("threshold", config.threshold).to_dict()
+                                     # a null threshold is matched after training (below)
+                                     decision=(Decision("threshold", config.threshold or 0.0).to_dict()
                                                if config.target == "safety" else Decision().to_dict()),
                                      kind=config.router_kind),
                         seed=config.seed)
     stack.to(resolve_device(request.device))
     log(f"{stack.num_parameters():,} router parameters")
     history = train_routers(stack, cache, config, val_cache, log=log)
+    threshold_rule = None
+    if config.target == "safety" and config.threshold is None:
+        tau = matched_threshold(skip_probabilities(stack, val_cache or cache), label_skips)
+        stack.config.decision = Decision("threshold", tau).to_dict()
+        threshold_rule = {"threshold": tau, "target_skips": label_skips,
+                          "prompts": "validation" if val_cache is not None else "train"}
+        log(f"decision threshold {tau:.4f}: the routers skip {label_skips:.2f} blocks per "
+            f"{threshold_rule['prompts']} prompt on average, as many as their labels jointly kept")
     train_seconds = sum(row["seconds"] for row in history.epochs)
 
     out = Path(request.out_dir)
@@ -133,6 +145,7 @@ def run_training(request: TrainRequest, log: Callable[[str], None] = stage_log) 
         summary["prior_val_loss"] = prior
         log(f"per-layer prior: validation loss {prior:.4f}; routers {selected_row(history.epochs)['val_loss']:.4f}")
     summary.update({"model": manifest["name"], "num_layers": num_layers, "hidden_size": hidden_size,
+                    "matched_threshold": threshold_rule,
                     "router_parameters": stack.num_parameters(), "config": config.to_dict(),
                     "cache_seconds": cache_seconds, "train_seconds": train_seconds,
                     "cache_bytes": cache.nbytes, "selected_epoch": history.selected_epoch,

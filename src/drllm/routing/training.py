@@ -376,6 +376,29 @@ def evaluate_cache(stack: RouterStack, cache: FeatureCache, weights: torch.Tenso
     return {"loss": float(focal_loss(logits, labels, weights, gamma)), **classification_metrics(logits, labels)}
 
 
+def skip_probabilities(stack: RouterStack, cache: FeatureCache, batch_size: int = 256) -> torch.Tensor:
+    """P(skip) [N, L] of every cached prompt at every layer (features along the cached path)."""
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(cache), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(cache)))
+            means, window_mask, _ = cache.batch(index, stack.device)
+            chunks.append(torch.softmax(stack(means, window_mask).float(), dim=-1)[..., 0])
+    return torch.cat(chunks).cpu()
+
+
+def matched_threshold(skip_probs: torch.Tensor, target_skips: float) -> float:
+    """The smallest tau (the most skips) at which skipping where P(skip) >= tau skips at most `target_skips` blocks
+    per prompt on average; 1.0 when even the most confident block alone exceeds it."""
+    values = torch.unique(skip_probs.flatten()).sort(descending=True).values.tolist()
+    chosen = 1.0
+    for tau in values:
+        if float((skip_probs >= tau).sum(-1).float().mean()) > target_skips + 1e-9:
+            break
+        chosen = tau
+    return float(min(1.0, chosen))
+
+
 def feature_statistics(cache: FeatureCache, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation [L, d] of the valid window means of a cache, per layer and dimension."""
     weights = cache.window_mask.to(torch.float32)[:, None, :, None]  # [N, 1, W, 1]
