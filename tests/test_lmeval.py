@@ -615,3 +615,37 @@ def test_layer_stats_count_routed_contexts_and_requests_apart():
     assert (stats["num_layers"], stats["requests"], stats["contexts"]) == (4, 12, 3)
     lm._loglikelihood_tokens(requests[:4], disable_tqdm=True)  # the first question again: 4 requests, no new context
     assert (lm.layer_stats()["requests"], lm.layer_stats()["contexts"]) == (16, 3)
+
+
+def test_the_listed_format_encodes_like_the_shipped_listed_lm_eval_tasks(smollm2_dir):
+    """`listed` (options in the context, each option's text scored) and lm-eval's arc_*_listed_offline build the
+    same (context, continuation) requests for the same documents, and name the same gold option."""
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    from drllm.data.registry import load_benchmark
+    from drllm.evaluation.lmeval_tasks import PATH
+    from drllm.formats.answers import get_format
+    from drllm.formats.prompts import encode_pair
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    manager = TaskManager(include_path=str(PATH), include_defaults=False)
+    assert manager.task_index["ai2_arc_listed_offline"].tags == {"arc_easy_listed_offline",
+                                                                 "arc_challenge_listed_offline"}
+    tasks = manager.load(["arc_easy_listed_offline", "arc_challenge_listed_offline"])["tasks"]
+    listed = get_format("listed")
+    for name, benchmark in (("arc_easy_listed_offline", "arc_easy"), ("arc_challenge_listed_offline", "arc_challenge")):
+        task = tasks[name]
+        for doc, example in list(zip(task.eval_docs, load_benchmark(benchmark, "validation"), strict=True))[:25]:
+            encoded = listed.encode(example, tokenizer)
+            requests = task.construct_requests(doc, task.doc_to_text(doc), metadata=(name, 0, 1))
+            pairs = [request.arguments for request in requests]
+            assert [context for context, _ in pairs] == [encoded.prompt_text] * len(example.choices)
+            assert "\nA. " in encoded.prompt_text and encoded.options == tuple(example.choices)
+            for row, (context, continuation) in enumerate(pairs):  # the tokens scored are lm-eval's split
+                context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+                whole = context_ids + continuation_ids
+                assert encoded.batch.input_ids[row, :len(whole) - 1].tolist() == whole[:-1]
+                assert encoded.batch.counts[row] == len(continuation_ids)
+            assert [continuation for _, continuation in pairs] == [f" {choice}" for choice in example.choices]
+            assert task.doc_to_target(doc) == encoded.gold

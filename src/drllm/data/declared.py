@@ -56,7 +56,7 @@ KINDS = {
     "math": (("question",), ("id", "subset", "level", "answer", "solution")),
 }
 # Which answer formats (drllm.formats.answers) read each kind's records.
-KIND_FORMATS = {"multiple_choice": ("cloze", "letter"), "qa": ("qa",), "math": ("boxed", "gsm8k")}
+KIND_FORMATS = {"multiple_choice": ("cloze", "listed", "letter"), "qa": ("qa",), "math": ("boxed", "gsm8k")}
 ANSWER_FORMATS = ("index", "letter", "text", "label")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SOURCE_KEYS = {"path", "hub", "config", "split", "revision", "data_files"}

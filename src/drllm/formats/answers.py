@@ -22,6 +22,10 @@ Formats (METHOD.md section 6):
   the tokenizer has one), continuation `` {choice}``; all options in one forward pass; prediction = argmax of
   the summed log-probability divided by ``len(choice)`` (``normalize="chars"``, lm-eval acc_norm, default) or
   of the raw sum (``normalize="none"``, lm-eval acc).
+* ``listed`` -- cloze with the options in the context, so the routers (which pool the context) see them. Context
+  ``Question: {question}\nA. {choice 0}\nB. {choice 1}\n...\nAnswer:``, each option's own text scored as its
+  continuation, exactly as ``cloze`` (the shipped lm-eval tasks ``arc_*_listed_offline`` are the same prompt).
+  SmolLM2-135M loses ~11 points with it against cloze; a model that reads the options does not pay that.
 * ``boxed`` -- math (the paper's DART format). Prompt
   ``{question}\nThe final answer MUST BE put in \boxed{} and no explanation.``; greedy, at most 15 new tokens;
   the last ``\boxed{...}`` of the generation is graded against the gold answers by math equivalence
@@ -324,8 +328,19 @@ class ClozeFormat(AnswerFormat):
                        scores=tuple(scores))
 
 
-FORMATS: dict[str, type[AnswerFormat]] = {cls.name: cls for cls in (LetterFormat, ClozeFormat, BoxedFormat,
-                                                                    GSM8KFormat, QAFormat)}
+class ListedFormat(ClozeFormat):
+    """Cloze with the lettered options listed in the context (the routers see them); scored like cloze."""
+
+    name = "listed"
+
+    @staticmethod
+    def context(example) -> str:
+        options = "".join(f"{letter}. {choice}\n" for letter, choice in zip(LETTERS, example.choices))
+        return with_context(example, f"Question: {example.question}\n{options}Answer:")
+
+
+FORMATS: dict[str, type[AnswerFormat]] = {cls.name: cls for cls in (LetterFormat, ClozeFormat, ListedFormat,
+                                                                    BoxedFormat, GSM8KFormat, QAFormat)}
 
 
 def get_format(name: str, **options: Any) -> AnswerFormat:
