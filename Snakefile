@@ -17,6 +17,7 @@ include: "rules/common.smk"
 include: "rules/assets.smk"
 include: "rules/search.smk"
 include: "rules/train.smk"
+include: "rules/allocate.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
 

@@ -223,6 +223,7 @@ EVAL_CELL_ARTIFACTS = {
     "router_cell": f"{EVAL_DIR}/{{eval_benchmark}}/router.parquet",  # matched to the router's savings
     "block_influence": f"{EVAL_DIR}/block_influence.parquet",  # ShortGPT's ranking
     "layer_safety": f"{SEARCH_DIR}/layer_safety.parquet",  # the blocks most often safe to skip alone (the sweep)
+    "allocation": f"{ROUTER_DIR}/allocation.json",  # the fitted confidence read and its certified budget
 }
 
 
@@ -248,6 +249,7 @@ EVAL_OPTIONAL_FLAGS = {
     "router_cell": ("--router-cell", str),
     "influence": ("--influence", str),
     "calibration": ("--calibration", str),
+    "allocation": ("--allocation", str),
 }
 
 
@@ -300,4 +302,6 @@ def report_inputs(wc):
     inputs = {"cells": cells, "script": f"{SCRIPTS}/report.py"}
     if any(os.path.basename(cell) == "router@certified.parquet" for cell in cells):
         inputs["calibration"] = f"{ROUTER_DIR}/calibration.json".format(model=wc.model)
+    if any(os.path.basename(cell) == "sure@certified.parquet" for cell in cells):
+        inputs["allocation"] = f"{ROUTER_DIR}/allocation.json".format(model=wc.model)
     return inputs

@@ -38,8 +38,10 @@ rule report:
         in_domain=json.dumps(REPORT_IN_DOMAIN),
         seed=EVAL["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.markdown),
-        calibration=lambda wildcards, input: shlex.join(["--calibration", input.calibration])
-        if "calibration" in input.keys() else "",
+        files=lambda wildcards, input: shlex.join(
+            arg for name in ("calibration", "allocation") if name in input.keys()
+            for arg in (f"--{name}", getattr(input, name))
+        ),
     log:
         f"{LOGS}/report/{{model}}.log",
     benchmark:
@@ -48,7 +50,7 @@ rule report:
         "../envs/drllm.yaml"
     shell:
         "python {input.script} --cells {input.cells:q} --skipped-json {params.skipped:q} "
-        "--in-domain-json {params.in_domain:q} --seed {params.seed} {params.calibration} --out-dir {params.out_dir} "
+        "--in-domain-json {params.in_domain:q} --seed {params.seed} {params.files} --out-dir {params.out_dir} "
         "> {log} 2>&1"
 
 

@@ -29,7 +29,8 @@ def item(model, benchmark, method, i, score, counts):
             "example_index": i, "subset": None, "level": None, "source": f"hub/{benchmark}", "format": "cloze",
             "metric": "acc_norm", "prediction": "a", "gold": "a", "score": float(score), "correct": score == 1,
             "path": path, "counts": counts, "path_length": len(path), "num_layers": len(counts),
-            "layer_applications": len(path), "new_tokens": 0, "knob": None, "threshold": None, "seconds": 0.1}
+            "layer_applications": len(path), "new_tokens": 0, "knob": None, "threshold": None, "read_blocks": None,
+            "seconds": 0.1}
 
 
 def cells(model, spec):

@@ -35,7 +35,7 @@ def example(benchmark, method, i, score, counts, metric="acc_norm", knob=None):
             "example_index": i, "subset": None, "level": None, "source": f"hub/{benchmark}", "format": "cloze",
             "metric": metric, "prediction": "a", "gold": "a" if score == 1 else "b", "score": float(score),
             "correct": score == 1, "path": path, "counts": counts, "path_length": len(path), "num_layers": L,
-            "layer_applications": len(path), "new_tokens": 0, "knob": knob, "threshold": None,
+            "layer_applications": len(path), "new_tokens": 0, "knob": knob, "threshold": None, "read_blocks": None,
             "seconds": 0.5 + i / 100}
 
 

@@ -21,19 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.core.cli import json_argument, run_script
+from drllm.core.cli import json_argument, named_paths, run_script
 from drllm.routing.calibration_stage import CalibrationRequest, run_calibration
 
-
-def parse_data(items: list[str]) -> dict[str, str]:
-    """--data SET=PATH pairs."""
-    data = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--data takes SET=PATH pairs, got {item!r}")
-        data[name] = path
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         config = json_argument(args.config_json, "--config-json")
-        run_calibration(CalibrationRequest(args.model_dir, args.routers, parse_data(args.data), config, args.out,
+        run_calibration(CalibrationRequest(args.model_dir, args.routers, named_paths(args.data, "--data"), config, args.out,
                                            prompts=tuple(args.prompts), device=args.device, dtype=args.dtype,
                                            progress=not args.no_progress))
 

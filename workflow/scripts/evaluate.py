@@ -4,7 +4,8 @@ Methods: base | router | router@<p> (control knob p) | router@t<tau> (threshold 
 router@calibrated / router@certified (the point from --calibration) |
 static (needs --router-cell and --influence) | static@<k> (k layers removed; needs --influence) |
 safest / safest@<k> (as static, --influence = the search's layer_safety.parquet) |
-random (needs --router-cell) | random@<k> (k random layers per example) | oracle (MCTS with the gold answer,
+random (needs --router-cell) | random@<k> (k random layers per example) |
+sure@<b> / sure@certified (a skip budget per prompt from the confidence read; needs --allocation) | oracle (MCTS with the gold answer,
 judged by the oracle settings' reward: the rules pass search.reward).
 Finished examples are checkpointed (<out>.progress.jsonl), so a killed job resumes where it stopped. An entry with
 `lm_eval: {task, metric}` runs that lm-eval task through the drllm lm-eval model instead (base and router methods
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", default="",
                         help="router calibration JSON with the operating point (router@calibrated, "
                              "router@certified)")
+    parser.add_argument("--allocation", default="",
+                        help="allocation JSON: the fitted confidence read and its certified budget (sure@<b>, "
+                             "sure@certified)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--calibration", default="",
                         help="routers' calibration.json: its certified operating point is reported (router@certified)")
+    parser.add_argument("--allocation", default="",
+                        help="allocation.json: its certified budget is reported (sure@certified)")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -52,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             certified = read_json(args.calibration, "router calibration file").get("certified")
             if certified is None:
                 raise ArtifactError(f"{args.calibration} has no certified point (calibrate.certify is not set)")
+        allocation = read_json(args.allocation, "allocation file") if args.allocation else None
         paths = build_report(args.cells, skipped, args.out_dir, seed=args.seed, in_domain=in_domain,
-                             provenance=provenance, certified=certified)
+                             provenance=provenance, certified=certified, allocation=allocation)
         import polars as pl
 
         summary = pl.read_parquet(paths["summary"])

@@ -60,3 +60,14 @@ def run_script(script: str, body: Callable[[], int | None],
     except errors as exc:
         return fail(script, exc)
     return 0 if code is None else code
+
+
+def named_paths(items: list[str], flag: str) -> dict[str, str]:
+    """`NAME=PATH` arguments (e.g. --data arc_easy=resources/data/arc_easy/validation.parquet) as a mapping."""
+    pairs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{flag} takes NAME=PATH pairs, got {item!r}")
+        pairs[name] = path
+    return pairs

@@ -50,6 +50,8 @@ EVAL_SCHEMA = pa.schema([
     pa.field("new_tokens", pa.int64(), nullable=False),     # generated tokens (0 for log-likelihood formats)
     pa.field("knob", pa.float64()),                         # control knob p (router@p, router@calibrated), else null
     pa.field("threshold", pa.float64()),                    # threshold decision tau (router@t<tau>, certified), else null
+    pa.field("read_blocks", pa.float64()),                  # an early confidence read's cost in block-equivalents
+    #                                                         (sure), else null: a saving is net of it
     pa.field("seconds", pa.float64(), nullable=False),      # wall time for this example
 ])
 
@@ -95,20 +97,22 @@ class CellContext:
     chat_template: bool = True
 
 
-PathPolicy = Callable[[int, object, Encoded], "LayerPath | tuple[LayerPath, Outcome]"]
+# A policy gives the path, or (path, outcome) when it has evaluated it, or (path, outcome, read cost in
+# block-equivalents) when it also read the model's confidence on the way.
+PathPolicy = Callable[[int, object, Encoded], "LayerPath | tuple[LayerPath, Outcome] | tuple[LayerPath, Outcome, float]"]
 
 
 def cell_row(benchmark: str, method: str, model: str, *, example_id: str, example_index: int, subset, level,
              source: str, format: str, metric: str, prediction, gold, score: float, correct: bool, path: LayerPath,
              layer_applications: int, new_tokens: int, knob: float | None, seconds: float,
-             threshold: float | None = None) -> dict:
+             threshold: float | None = None, read_blocks: float | None = None) -> dict:
     """One EVAL_SCHEMA row; the path columns (`path`, `counts`, `path_length`, `num_layers`) come from `path`."""
     return {"benchmark": benchmark, "method": method, "model": model, "example_id": example_id,
             "example_index": example_index, "subset": subset, "level": level, "source": source, "format": format,
             "metric": metric, "prediction": prediction, "gold": gold, "score": score, "correct": correct,
             "path": list(path), "counts": path.counts(), "path_length": len(path), "num_layers": path.num_layers,
             "layer_applications": layer_applications, "new_tokens": new_tokens, "knob": knob,
-            "threshold": threshold, "seconds": seconds}
+            "threshold": threshold, "read_blocks": read_blocks, "seconds": seconds}
 
 
 def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, done: dict | None = None,
@@ -116,7 +120,8 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
                       knob: float | None = None, threshold: float | None = None) -> list[dict]:
     """Evaluate each example along the path `policy(index, example, encoded)` gives; one EVAL_SCHEMA row each.
 
-    A policy may also return (path, outcome) when it has already evaluated the path (the oracle's search).
+    A policy may also return (path, outcome) when it has already evaluated the path (the oracle's search), or
+    (path, outcome, read cost) when it read the model's confidence to choose it (sure).
     `done` maps example ids to rows finished earlier (a resumed cell); `on_row` sees each new row.
     """
     from tqdm import tqdm
@@ -135,8 +140,10 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
             started = time.perf_counter()
             encoded = ctx.answer_format.encode(example, ctx.tokenizer, chat_template=ctx.chat_template)
             chosen = policy(index, example, encoded)
+            read_blocks = None
             if isinstance(chosen, tuple):
-                path, outcome = chosen
+                path, outcome, *read = chosen
+                read_blocks = float(read[0]) if read else None
             else:
                 path = ctx.executor.as_path(chosen)
                 outcome, _ = ctx.answer_format.evaluate(ctx.executor, encoded, path)
@@ -149,7 +156,7 @@ def evaluate_examples(ctx: CellContext, examples: list, policy: PathPolicy, *, d
                        format=ctx.answer_format.name, metric=metric, prediction=outcome.prediction,
                        gold=gold_text(example), score=outcome.score, correct=bool(outcome.correct), path=path,
                        layer_applications=int(outcome.layer_applications), new_tokens=int(outcome.new_tokens),
-                       knob=knob, seconds=seconds, threshold=threshold)
+                       knob=knob, seconds=seconds, threshold=threshold, read_blocks=read_blocks)
         rows.append(row)
         if on_row is not None:
             on_row(row)

@@ -11,11 +11,14 @@ Names: <kind> or <kind>@<param>, the parameter grammar set by the kind's `param`
           calibration file, drllm.routing.calibration)
   budget  static | static@<k>, random | random@<k>, safest | safest@<k> (k layers removed; without k, matched
           per benchmark to the router cell's savings)
+  allocation  sure@<b> (a mean of b skips per prompt, spent where the early confidence read is highest) |
+          sure@certified (the budget the allocation file certifies; drllm.routing.allocation)
 This module imports no model code: the Snakefile reads it when it plans the cells.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -23,15 +26,16 @@ from typing import Callable, Iterable
 from drllm.core.plugins import Table
 from drllm.routing.calibration import CALIBRATED, CERTIFIED
 
-PARAMS = ("none", "budget", "router")
+PARAMS = ("none", "budget", "router", "allocation")
 FILE_POINTS = (CALIBRATED, CERTIFIED)  # router@<these>: the operating point is read from the calibration file
 INFLUENCE_SOURCES = ("block_influence", "layer_safety")  # the per-layer ranking a method's `influence` input is
-SEARCH_ARTIFACTS = ("layer_safety",)  # made by this run's search: routers imported from elsewhere lack them
+SEARCH_ARTIFACTS = ("layer_safety", "allocation")  # made from this run's search: imported routers lack them
 PLAIN_ROUTER_KNOB = -0.5  # drllm.routing.decision.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
 _REMOVALS = re.compile(r"0|[1-9][0-9]*")  # canonical integers only: the name is also the cell's file name
 # The rules' wildcard pattern per parameter grammar (parse_method checks the values).
 _PARAM_PATTERNS = {"none": "", "budget": "(@[0-9]+)?",
-                   "router": f"(@(-?[0-9.]+|t[0-9.]+|{'|'.join(FILE_POINTS)}))?"}
+                   "router": f"(@(-?[0-9.]+|t[0-9.]+|{'|'.join(FILE_POINTS)}))?",
+                   "allocation": f"@([0-9.]+|{CERTIFIED})"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,9 @@ class Method:
     kind: str
     policy: str                    # "module:function" -> build(ctx, settings, inputs, param, threshold) -> PathPolicy
     param: str = "none"            # none | budget (<kind>@<k>) | router (@<p>, @t<tau>, @calibrated, @certified)
+    #                                | allocation (@<b>, @certified)
     routers: bool = False          # reads the trained routers
+    allocation: bool = False       # reads the allocation file (the fitted read and its certified budget)
     influence: str | None = None   # reads a per-layer ranking: block_influence (ShortGPT) | layer_safety (the sweep)
     matched: bool = False          # without a parameter, matched to the router cell's savings (reads that cell)
     lm_eval: bool = False          # also runs lm-eval tasks through the drllm model (no threshold or file point)
@@ -76,6 +82,8 @@ for _method in (
            summary="k random blocks removed per example (seeded)"),
     Method("safest", f"{_POLICIES}:ranked_policy", param="budget", influence="layer_safety", matched=True,
            order=6.5, summary="the k blocks most often safe to skip alone in the search's sweep, removed"),
+    Method("sure", f"{_POLICIES}:sure_policy", param="allocation", allocation=True, order=7,
+           summary="a skip budget per prompt from the confidence read at layer R: the safest blocks >= R"),
     Method("oracle", f"{_POLICIES}:oracle_policy", marker=True, order=8,
            summary="the MCTS on the item itself with its gold answer (a ceiling)"),
 ):
@@ -102,13 +110,14 @@ def grammar() -> str:
     for kind in METHODS:
         param = METHODS.get(kind).param
         forms.append({"none": kind, "budget": f"{kind}[@<k>]",
-                      "router": f"{kind}[@<p> | @t<tau> | {' | '.join('@' + p for p in FILE_POINTS)}]"}[param])
+                      "router": f"{kind}[@<p> | @t<tau> | {' | '.join('@' + p for p in FILE_POINTS)}]",
+                      "allocation": f"{kind}@<b> | {kind}@{CERTIFIED}"}[param])
     return " | ".join(forms)
 
 
 def _expected() -> str:
     """The grammar as an error message says it (built only when a name fails: parse_method runs per cell)."""
-    return f"expected {grammar()} (p in [-1, 1], tau in [0, 1], k a non-negative integer)"
+    return f"expected {grammar()} (p in [-1, 1], tau in [0, 1], k a non-negative integer, b a number > 0)"
 
 
 def method_pattern() -> str:
@@ -122,9 +131,12 @@ def parse_method(name: str) -> tuple[str, float | int | str | Threshold | None]:
     kind, at, param = name.partition("@")
     if kind not in METHODS or (at and METHODS.get(kind).param == "none"):
         raise ValueError(f"unknown evaluation method {name!r}; {_expected()}")
+    grammar_kind = METHODS.get(kind).param
+    if grammar_kind == "allocation":
+        return kind, _allocation_param(name, kind, at, param)
     if not at:
         return kind, None
-    if METHODS.get(kind).param == "budget":
+    if grammar_kind == "budget":
         if not _REMOVALS.fullmatch(param):
             raise ValueError(f"method {name!r}: the number of removed layers after '@' must be a non-negative "
                              f"integer (written without sign or leading zeros); {_expected()}")
@@ -150,6 +162,23 @@ def parse_method(name: str) -> tuple[str, float | int | str | Threshold | None]:
     return kind, value
 
 
+def _allocation_param(name: str, kind: str, at: str, param: str) -> float | str:
+    """b of <kind>@<b> (a mean budget > 0, written as :g writes it) or the certified point."""
+    if not at:
+        raise ValueError(f"method {name!r} needs a mean budget or the certified point: {kind}@<b> or "
+                         f"{kind}@{CERTIFIED}")
+    if param == CERTIFIED:
+        return param
+    try:
+        budget = float(param)
+    except ValueError as exc:
+        raise ValueError(f"method {name!r}: the mean budget after '@' must be a number > 0 or {CERTIFIED!r}") from exc
+    if not math.isfinite(budget) or budget <= 0 or param != f"{budget:g}":
+        raise ValueError(f"method {name!r}: the mean budget must be a number > 0, written as :g writes it "
+                         f"({kind}@{budget:g})")
+    return budget
+
+
 def method_name(kind: str, param: float | int | str | Threshold | None = None) -> str:
     """The inverse of parse_method (knobs written with :g, as the rules name the cells)."""
     if param is None:
@@ -172,7 +201,9 @@ def cell_inputs(name: str) -> dict[str, str]:
     inputs = {}
     if method.routers:
         inputs["routers"] = "routers"
-    if param in FILE_POINTS:
+    if method.allocation:
+        inputs["allocation"] = "allocation"
+    elif param in FILE_POINTS:
         inputs["calibration"] = "calibration"
     if method.matched and param is None:
         inputs["router_cell"] = "router_cell"
@@ -234,6 +265,8 @@ def frontier_line(method: str) -> str | None:
     kind, param = parse_method(method)
     if METHODS.get(kind).param == "budget":
         return f"{kind}@k"
+    if METHODS.get(kind).param == "allocation":
+        return f"{kind}@b"
     return f"{kind}@t" if isinstance(param, Threshold) else f"{kind}@p"
 
 

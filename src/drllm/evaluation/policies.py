@@ -21,6 +21,7 @@ from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle
                                         read_influence, static_path)
 from drllm.evaluation.cells import CellContext, PathPolicy, read_cell
 from drllm.evaluation.methods import METHODS, policy_builder
+from drllm.routing.calibration import CERTIFIED
 from drllm.evaluation.settings import EvalSettings
 from drllm.routing.inference import RoutedModel
 from drllm.routing.decision import Decision
@@ -34,6 +35,7 @@ class MethodInputs:
     routers: object | None = None      # a RouterStack
     router_cell: str = ""
     influence: str = ""
+    allocation: str = ""               # the allocation JSON (sure)
 
 
 def router_rows_by_id(path: str, method: str) -> dict[str, dict]:
@@ -95,6 +97,39 @@ def random_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs
         removed = executor.num_layers - router_rows[example.id]["path_length"]
         return random_path(executor.num_layers, removed, random_seed(seed, ctx.entry.name, example.id))
     return matched_policy
+
+
+def sure_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, budget, threshold) -> PathPolicy:
+    """sure@<b> / sure@certified: read the confidence at the allocation's layer R on the same forward, then skip
+    the budget's safest blocks at or after R; the path resumes from the read's run (blocks 0..R-1 are not run
+    twice) and the row records the read's cost."""
+    from drllm.routing.allocation import allocation_path
+    from drllm.routing.allocation_stage import Allocation
+    from drllm.routing.confidence import prefix_state, read_confidence
+
+    if not inputs.allocation:
+        raise ValueError(f"method {ctx.method!r} needs --allocation (results/routers/<model>/allocation.json)")
+    allocation = Allocation.read(inputs.allocation)
+    executor = ctx.executor
+    if allocation.num_layers != executor.num_layers:
+        raise ArtifactError(f"{inputs.allocation} is for a {allocation.num_layers}-layer model, not "
+                            f"{ctx.model}'s {executor.num_layers} layers")
+    if budget == CERTIFIED:
+        budget = allocation.certified_budget()
+        print(f"evaluate: {ctx.method}: " + (f"certified mean budget {budget:g}" if budget is not None
+                                              else "nothing certified: the base model"))
+    points = allocation.point(budget) if budget is not None else {}
+
+    def policy(index, example, encoded):
+        state = prefix_state(executor, encoded, allocation.read_layer)
+        read = read_confidence(executor, ctx.answer_format, encoded, allocation.read_layer, allocation.lens,
+                               state=state, vocabulary=allocation.vocabulary)
+        path = allocation_path(executor.num_layers, allocation.order,
+                               allocation.skips(points, encoded.kind, read.margin))
+        outcome, _ = ctx.answer_format.evaluate(executor, encoded, path, resume=state,
+                                                resume_step=allocation.read_layer)
+        return path, outcome, read.cost_blocks
+    return policy
 
 
 def oracle_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, param, threshold) -> PathPolicy:

@@ -87,7 +87,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
                     consensus: list[dict] | None = None, empty_cells: Iterable[str] = (),
                     sources: dict[str, list[str]] | None = None, by_level: list[dict] | None = None,
                     frontier: list[dict] | None = None, oracle_rewards: dict[str, str] | None = None,
-                    certified: dict | None = None) -> str:
+                    certified: dict | None = None, allocation: dict | None = None) -> str:
     """The report: Table 3 / Table 4 equivalents, the frontier's means, routing consensus, skipped benchmarks,
     sources, figures. `oracle_rewards`: benchmark -> the reward its oracle cell used (`cell_oracle_rewards`)."""
     benchmarks = sorted({r["benchmark"] for r in summary})
@@ -149,6 +149,11 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
 
     if certified is not None:
         out += certification_lines(certified, [r for r in summary if r["method"] == "router@certified"])
+    if allocation is not None:
+        from drllm.routing.allocation_stage import certified_summary as allocation_summary
+
+        out += certification_lines(allocation.get("certified"), [r for r in summary if r["method"] == "sure@certified"],
+                                   "sure@certified", allocation_summary(allocation))
 
     out += ["## Routing consensus (router)", ""]
     if consensus:
@@ -183,13 +188,17 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
     return "\n".join(out).rstrip() + "\n"
 
 
-def certification_lines(certified: dict, cells: list[dict]) -> list[str]:
-    """The certified operating point in one line, then, per benchmark with a router@certified cell, the observed
-    drop on the test items next to the certified bound."""
+def certification_lines(certified: dict | None, cells: list[dict], method: str = "router@certified",
+                        line: str | None = None) -> list[str]:
+    """The certified operating point in one line (`line`, default the routers' calibration summary), then, per
+    benchmark with a cell of `method`, the observed drop on the test items next to the certified bound (layers
+    saved net of any confidence read)."""
     from drllm.routing.calibration import certified_summary
 
+    out = [f"## Certified operating point ({method})", "", line or certified_summary(certified), ""]
+    if certified is None:
+        return out
     cert = certified["certificate"]
-    out = ["## Certified operating point (router@certified)", "", certified_summary(certified), ""]
     if cells and cert["loss"] == "accuracy_drop":
         body = []
         for row in sorted(cells, key=lambda r: r["benchmark"]):
@@ -263,11 +272,12 @@ def cell_oracle_rewards(cell_paths: Iterable[str | Path]) -> dict[str, str]:
 
 def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir, seed: int = 0,
                  in_domain: Iterable[str] | None = None, provenance: dict | None = None,
-                 certified: dict | None = None) -> dict:
+                 certified: dict | None = None, allocation: dict | None = None) -> dict:
     """Read the cells, write report.md, summary.parquet, frontier.parquet and the PNGs into out_dir; return their
     paths. `in_domain`: the benchmarks the frontier figure shows panels for (None = every benchmark);
     `provenance`: stored in both Parquet tables (drllm.core.provenance); `certified`: the calibration file's
-    `certified` object (router@certified), shown with the observed drops."""
+    `certified` object (router@certified), shown with the observed drops; `allocation`: the allocation file
+    (sure@certified), the same way."""
     skipped = validate_skipped(skipped)
     cell_paths = list(cell_paths)
     rows, empty = load_cells(cell_paths)
@@ -288,5 +298,5 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
                                                 consensus=routing_consensus(rows), empty_cells=empty,
                                                 sources=_sources(rows), by_level=scores_by_level(rows),
                                                 frontier=frontier, oracle_rewards=cell_oracle_rewards(cell_paths),
-                                                certified=certified))
+                                                certified=certified, allocation=allocation))
     return paths

@@ -44,6 +44,7 @@ class CellRequest:
     router_cell: str = ""          # the router's cell on this benchmark (static and random matched to it)
     influence: str = ""            # block influence Parquet (static)
     calibration: str = ""          # calibration JSON with the knob p (router@calibrated)
+    allocation: str = ""           # allocation JSON (sure@<b>, sure@certified)
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = True
@@ -106,7 +107,8 @@ def run_cell(request: CellRequest) -> str:
     kind, knob = parse_method(request.method)
     method = method_name(kind, knob)
     threshold = None
-    if knob in FILE_POINTS:  # routes exactly as router@<p> / router@t<tau>; the rows keep the method name
+    routed = METHODS.get(kind).param == "router"
+    if routed and knob in FILE_POINTS:  # routes exactly as router@<p> / router@t<tau>; the rows keep the name
         knob, threshold = read_calibration(request.calibration, knob)
         point = f"knob p = {knob:g}" if threshold is None else f"threshold tau = {threshold:g}"
         print(f"evaluate: {method}: {point} from {request.calibration}")
@@ -136,13 +138,13 @@ def run_cell(request: CellRequest) -> str:
     ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
                       chat_template_for(settings.chat_template, manifest))
     policy = build_policy(kind, knob, ctx, settings,
-                          MethodInputs(routers, request.router_cell, request.influence), threshold)
+                          MethodInputs(routers, request.router_cell, request.influence, request.allocation),
+                          threshold)
     fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
                    "method": method, "knob": knob, "threshold": threshold, "settings": given,
                    "data": Path(request.data).name,
                    "examples": [ex.id for ex in examples]}
     checkpoint = Checkpoint(f"{request.out}.progress.jsonl", fingerprint, key="example_id")
-    routed = METHODS.get(kind).param == "router"
     try:
         if checkpoint.rows:
             print(f"evaluate: resuming, {len(checkpoint.rows)} of {len(examples)} examples already done")

@@ -38,7 +38,8 @@ REPORT_SUMMARY_SCHEMA = pa.schema([
     pa.field("delta_ci_high", pa.float64()),
     pa.field("num_layers", pa.int64(), nullable=False),      # L
     pa.field("mean_path_length", pa.float64(), nullable=False),  # executed blocks per example
-    pa.field("mean_layers_saved", pa.float64(), nullable=False),  # L - path_length, averaged
+    pa.field("mean_layers_saved", pa.float64(), nullable=False),  # L - path_length - read_blocks, averaged
+    pa.field("read_blocks", pa.float64(), nullable=False),   # a confidence read's cost in block-equivalents (sure)
     pa.field("mean_layer_applications", pa.float64(), nullable=False),
     pa.field("layer_applications_vs_base", pa.float64()),    # summed over shared examples, method / base
     pa.field("skip_share", pa.float64(), nullable=False),    # over all layers of all examples
@@ -57,7 +58,8 @@ FRONTIER_SCHEMA = pa.schema([
     pa.field("line", pa.string()),                           # router@p | static@k | random@k; null = single marker
     pa.field("param", pa.float64()),                         # p of router@p, k of static@k / random@k, else null
     pa.field("in_domain", pa.bool_(), nullable=False),       # benchmark drawn from the search tasks' benchmarks
-    pa.field("mean_layers", pa.float64(), nullable=False),   # mean executed layers per example (path length)
+    pa.field("mean_layers", pa.float64(), nullable=False),   # mean executed layers per example (path length), plus
+    #                                                          a confidence read's cost in block-equivalents
     pa.field("score", pa.float64(), nullable=False),
     pa.field("ci_low", pa.float64(), nullable=False),        # 95% interval of the score
     pa.field("ci_high", pa.float64(), nullable=False),
@@ -103,6 +105,7 @@ def summarize_cells(rows: list[dict], seed: int = 0, resamples: int = RESAMPLES)
         layers = np.array([r["num_layers"] for r in cell], dtype=np.float64)
         applications = np.array([r["layer_applications"] for r in cell], dtype=np.float64)
         knob = next((r["knob"] for r in cell if r["knob"] is not None), None)
+        reads = np.array([r.get("read_blocks") or 0.0 for r in cell], dtype=np.float64)
         row = {
             "benchmark": benchmark, "method": method,
             "knob": method_knob(method, knob) if method.startswith("router@") else knob,
@@ -110,7 +113,8 @@ def summarize_cells(rows: list[dict], seed: int = 0, resamples: int = RESAMPLES)
             "source": joined(r["source"] for r in cell), "n": len(cell),
             "score": float(scores.mean()), "ci_low": ci[0], "ci_high": ci[1], "ci_method": ci_method,
             "num_layers": int(layers.max()),
-            "mean_path_length": float(paths.mean()), "mean_layers_saved": float((layers - paths).mean()),
+            "mean_path_length": float(paths.mean()), "mean_layers_saved": float((layers - paths - reads).mean()),
+            "read_blocks": float(reads.mean()),
             "mean_layer_applications": float(applications.mean()),
             **{f"{name}_share": float((counts == c).mean()) if counts.size else 0.0
                for c, name in enumerate(ACTIONS)},
@@ -151,7 +155,8 @@ def frontier_points(summary: list[dict], in_domain: Iterable[str] | None = None)
     domain = None if in_domain is None else set(in_domain)
     points = [{"benchmark": r["benchmark"], "method": r["method"], "line": frontier_line(r["method"]),
                "param": sweep_param(r["method"]), "in_domain": domain is None or r["benchmark"] in domain,
-               "mean_layers": r["mean_path_length"], "score": r["score"], "ci_low": r["ci_low"],
+               "mean_layers": r["mean_path_length"] + r.get("read_blocks", 0.0), "score": r["score"],
+               "ci_low": r["ci_low"],
                "ci_high": r["ci_high"], "n": r["n"], "benchmarks": 1} for r in chosen]
     by_method: dict[str, list[dict]] = defaultdict(list)
     for point in points:

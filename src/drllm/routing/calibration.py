@@ -153,7 +153,7 @@ def certify_point(points: dict[tuple[str, float], PointLosses], config: CertifyC
     return {**point_record(*chosen), "point": point_name(*chosen), "certified": certificate.certified,
             "mean_layers_saved": float(np.mean(points[chosen].saved)) if chosen in points else 0.0,
             "risk_bound": upper_bound(losses, config) if losses is not None and certificate.certified else 0.0,
-            "certificate": certificate.to_dict()}
+            "certificate": certificate.to_dict(), "epsilon_auto": config.epsilon is None}
 
 
 def certified_summary(certified: dict) -> str:
@@ -161,11 +161,20 @@ def certified_summary(certified: dict) -> str:
     cert = certified["certificate"]
     what = "accuracy drop" if cert["loss"] == "accuracy_drop" else "disagreement with the base model"
     if not certified["certified"]:
-        return f"`router@certified` is the base model (saves no layers): {cert['reason']}"
+        return f"`router@certified` is the base model (saves no layers): {cert['reason']}" + epsilon_note(certified)
     return (f"`router@certified` routes at {certified['point']}: {what} <= {100 * cert['epsilon']:g} points with "
             f"probability >= {1 - cert['delta']:g} (Learn-then-Test, {cert['method']} p-value, n = {cert['n']} "
             f"calibration prompts; upper bound on its risk {100 * certified['risk_bound']:.2f} points); it saved "
-            f"{certified['mean_layers_saved']:.2f} layers per calibration prompt.")
+            f"{certified['mean_layers_saved']:.2f} layers per calibration prompt." + epsilon_note(certified))
+
+
+def epsilon_note(certified: dict) -> str:
+    """What a certificate's epsilon was when the config left it null: the smallest its sample size supports."""
+    if not certified.get("epsilon_auto"):
+        return ""
+    cert = certified["certificate"]
+    return (f" (epsilon = {100 * cert['epsilon']:g} points: the smallest of calibrate.certify's grid that "
+            f"n = {cert['n']} calibration prompts can certify)")
 
 
 def curve_point(set_name: str, knob: float, scores: Sequence[float], base_scores: Sequence[float],

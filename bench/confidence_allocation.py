@@ -1,0 +1,504 @@
+"""Study 4: skips spent where the answer is sure, against the safest static blocks at equal compute (issue 30).
+
+Three roles of ARC prompts (cloze, the embedded model by default):
+  rank   ARC validation prompts: every single skip evaluated (which blocks are safe alone: the ranking), and the
+         early reads that fit each budget's margin threshold (drllm.routing.allocation.fit_threshold).
+  calib  the other ARC validation prompts: every candidate path, for Learn-then-Test over the family of budgets.
+  eval   held-out ARC test items (the `test_eval` halves): every candidate path, for the comparison.
+Per prompt the full forward runs once with its states kept; the confidence is read from it at each read layer
+(the states entering block R are the ones a routed forward computes), and each candidate path resumes from the
+longest shared prefix. The policies are then compared offline on the same per-prompt outcomes:
+  safest@k        the k blocks most often safe alone, removed for every prompt (no read);
+  safest>=R@k     the same among blocks >= R;
+  sure-<lens>(R)@b  the allocation: K = b / share skips (safest blocks >= R) for prompts whose lens margin at R clears
+                  the fitted threshold, none for the rest; its saving is net of the read's cost;
+  ceiling@b       the same split by the full model's own final margin (an upper bound, not a method).
+
+    python bench/confidence_allocation.py run --out results/study4 --role rank    # then calib and eval (any order
+    python bench/confidence_allocation.py run --out results/study4 --role calib   #  after rank), resumable, and
+    python bench/confidence_allocation.py run --out results/study4 --role eval    #  --worker i --workers n splits
+    python bench/confidence_allocation.py report --out results/study4             # tables, certificate, figure
+
+Also measured on the rank prompts: what an epsilon condition on the agreement reward (the kept option's score
+within epsilon of the full model's) does to each block's safe rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+READ_LAYERS = (8, 12)
+MEAN_BUDGETS = (1.0, 2.0, 4.0)
+SHARE = 0.5
+STATIC_K = (2, 4)
+STATIC_K_AFTER_READ = (2, 4)  # safest>=R@k; the allocation's own K-sets add 8
+EPSILONS = (0.1, 0.2, 0.5)
+MARGIN = 0.02  # the agreement reward's margin (search.reward.margin)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts
+
+def role_examples(role: str, sizes: dict) -> list:
+    """(benchmark, example) pairs of a role: validation split into rank (first) and calib (the rest) by a seeded
+    shuffle; eval from the test_eval halves."""
+    from drllm.data.registry import load_benchmark
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for name in ("arc_easy", "arc_challenge"):
+        if role in ("rank", "calib"):
+            examples = load_benchmark(name, "validation")
+            order = rng.permutation(len(examples))
+            cut = sizes[f"rank_{name}"]
+            chosen = order[:cut] if role == "rank" else order[cut:cut + sizes[f"calib_{name}"]]
+            pairs += [(name, examples[i]) for i in sorted(chosen)]
+        else:
+            examples = load_benchmark(name, "test_eval")
+            order = rng.permutation(len(examples))[:sizes[f"eval_{name}"]]
+            pairs += [(name, examples[i]) for i in sorted(order)]
+    # a seeded order mixing the benchmarks, so a run stopped early leaves a random subset, not one benchmark
+    return [pairs[i] for i in np.random.default_rng(1).permutation(len(pairs))]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-prompt measurement
+
+def rank_vocabulary(sizes: dict, tokenizer) -> list[int]:
+    """Every token the rank prompts' options contain: the fixed normaliser of the `vocabulary` lens."""
+    from drllm.formats.answers import get_format
+
+    fmt = get_format("cloze")
+    tokens = set()
+    for _, example in role_examples("rank", sizes):
+        tokens.update(fmt.encode(example, tokenizer).batch.targets.tolist())
+    return sorted(tokens)
+
+
+def reread(out: Path, worker: int, workers: int, sizes: dict, model_dir: str) -> None:
+    """The reads again with the `vocabulary` lens (the rank prompts' option tokens), for every prompt measured."""
+    import torch
+
+    from drllm.core.executor import PathExecutor
+    from drllm.core.models import load_model
+    from drllm.formats.answers import get_format
+    from drllm.routing.confidence import prefix_state, read_confidence
+
+    torch.set_num_threads(1)
+    model, tokenizer, _ = load_model(model_dir, device="cpu", dtype="float32")
+    executor = PathExecutor(model)
+    fmt = get_format("cloze", normalize="chars")
+    vocabulary = torch.tensor(rank_vocabulary(sizes, tokenizer))
+    done = {record["id"] for record in load(out, "reads")}
+    with (out / f"reads-{worker}.jsonl").open("a") as sink:
+        pairs = [pair for role in ("rank", "calib", "eval") for pair in role_examples(role, sizes)]
+        for index, (_, example) in enumerate(pairs):
+            if index % workers != worker or example.id in done:
+                continue
+            encoded = fmt.encode(example, tokenizer)
+            state = prefix_state(executor, encoded, max(READ_LAYERS))
+            reads = {}
+            for layer in READ_LAYERS:
+                read = read_confidence(executor, fmt, encoded, layer, "vocabulary", state=state, vocabulary=vocabulary)
+                reads[str(layer)] = {"margin": read.margin, "cost": read.cost_blocks,
+                                     "vocabulary": read.lens_vocabulary}
+            sink.write(json.dumps({"id": example.id, "reads": reads}) + "\n")
+            sink.flush()
+
+
+def outcome_record(outcome) -> dict:
+    return {"choice": outcome.choice, "correct": bool(outcome.correct), "scores": list(outcome.scores)}
+
+
+def read_records(executor, fmt, encoded, state, full_lens: bool) -> dict:
+    from drllm.routing.confidence import read_confidence
+
+    reads = {}
+    for layer in READ_LAYERS:
+        read = read_confidence(executor, fmt, encoded, layer, "options", state=state)
+        reads[str(layer)] = {"margin": read.margin, "saturation": read.saturation, "choice": read.choice,
+                             "cost": read.cost_blocks, "vocabulary": read.lens_vocabulary}
+        if full_lens:
+            full = read_confidence(executor, fmt, encoded, layer, "full", state=state)
+            reads[str(layer)] |= {"margin_full": full.margin, "cost_full": full.cost_blocks}
+    return reads
+
+
+def candidate_paths(num_layers: int, ranking: dict) -> dict[str, list[int]]:
+    """Name -> skipped blocks, for every path a policy of the study can take."""
+    from drllm.routing.allocation import safe_order, skips_for
+
+    safety = ranking["safe_rate"]
+    paths = {f"safest@{k}": safe_order(safety, 0)[:k] for k in STATIC_K}
+    for layer in READ_LAYERS:
+        order = safe_order(safety, layer)
+        counts = set(STATIC_K_AFTER_READ) | {skips_for(b, SHARE, len(order)) for b in MEAN_BUDGETS}
+        for k in sorted(counts):
+            paths[f"ge{layer}@{k}"] = order[:k]
+    return paths
+
+
+def measure(role: str, out: Path, worker: int, workers: int, sizes: dict, model_dir: str, full_lens: int) -> None:
+    import torch
+
+    from drllm.core.executor import PathExecutor
+    from drllm.core.models import load_model
+    from drllm.formats.answers import get_format
+    from drllm.search.rewards import PathRewarder
+    from drllm.search.safety import skip_path
+
+    torch.set_num_threads(1)
+    model, tokenizer, _ = load_model(model_dir, device="cpu", dtype="float32")
+    executor = PathExecutor(model)
+    fmt = get_format("cloze", normalize="chars")
+    num_layers = executor.num_layers
+    ranking = None
+    if role != "rank":
+        ranking = json.loads((out / "ranking.json").read_text())
+        paths = candidate_paths(num_layers, ranking)
+    pairs = role_examples(role, sizes)
+    target = out / f"{role}-{worker}.jsonl"
+    done = {record["id"] for record in load(out, role)}  # any worker's: the split may have changed since
+    started, count = time.time(), 0
+    with target.open("a") as sink:
+        for index, (benchmark, example) in enumerate(pairs):
+            if index % workers != worker or example.id in done:
+                continue
+            encoded = fmt.encode(example, tokenizer)
+            rewarder = PathRewarder(executor, fmt, encoded, cache_size=8)
+            default = executor.default_path()
+            base = rewarder.outcome(default)
+            state = rewarder.states[tuple(default)]
+            record = {"id": example.id, "benchmark": benchmark, "role": role, "gold": example.gold_index,
+                      "base": outcome_record(base),
+                      "reads": read_records(executor, fmt, encoded, state, full_lens > 0 and index < full_lens)}
+            if role == "rank":
+                skips = {}
+                for layer in reversed(range(num_layers)):
+                    skips[str(layer)] = outcome_record(rewarder.outcome(skip_path(num_layers, [layer])))
+                record["skips"] = skips
+            else:
+                # later first edits first: each resumes from the full run or a run sharing more of its prefix
+                ordered = sorted(paths.items(), key=lambda item: -min(item[1]))
+                record["paths"] = {name: outcome_record(rewarder.outcome(skip_path(num_layers, skipped)))
+                                   for name, skipped in ordered}
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            count += 1
+            if count % 20 == 0:
+                print(f"{role}-{worker}: {count} prompts, {(time.time() - started) / count:.2f} s each",
+                      file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Offline analysis
+
+def load(out: Path, role: str) -> list[dict]:
+    records = {}
+    for file in sorted(out.glob(f"{role}-*.jsonl")):
+        for line in file.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records[record["id"]] = record
+    return [records[key] for key in sorted(records)]
+
+
+def margin_of(scores: list[float], choice: int) -> float:
+    others = [s for i, s in enumerate(scores) if i != choice]
+    return scores[choice] - max(others)
+
+
+def agrees(outcome: dict, base: dict, margin: float, epsilon: float | None) -> bool:
+    choice = base["choice"]
+    if outcome["choice"] != choice or margin_of(outcome["scores"], choice) < margin:
+        return False
+    return epsilon is None or outcome["scores"][choice] >= base["scores"][choice] - epsilon
+
+
+def final_margin(record: dict) -> float:
+    return margin_of(record["base"]["scores"], record["base"]["choice"])
+
+
+def build_ranking(rank: list[dict], num_layers: int) -> dict:
+    safe = np.zeros(num_layers)
+    for record in rank:
+        for layer in range(num_layers):
+            safe[layer] += agrees(record["skips"][str(layer)], record["base"], MARGIN, None)
+    return {"safe_rate": (safe / max(1, len(rank))).tolist(), "prompts": len(rank), "reward": "agreement",
+            "margin": MARGIN}
+
+
+def epsilon_table(rank: list[dict], num_layers: int) -> list[dict]:
+    rows = []
+    for epsilon in (None,) + EPSILONS:
+        rates = [float(np.mean([agrees(r["skips"][str(layer)], r["base"], MARGIN, epsilon) for r in rank]))
+                 for layer in range(num_layers)]
+        rows.append({"epsilon": epsilon, "rates": rates})
+    return rows
+
+
+def policy_outcome(record: dict, name: str | None) -> dict:
+    return record["base"] if name is None else record["paths"][name]
+
+
+def evaluate_policy(records: list[dict], choose) -> dict:
+    """choose(record) -> (path name or None, skips, read cost): agreement, accuracy, mean net saving."""
+    agree, correct, saved, base_correct, costs = [], [], [], [], []
+    for record in records:
+        name, skips, cost = choose(record)
+        outcome = policy_outcome(record, name)
+        agree.append(float(outcome["choice"] == record["base"]["choice"]))
+        correct.append(float(outcome["correct"]))
+        base_correct.append(float(record["base"]["correct"]))
+        saved.append(skips - cost)
+        costs.append(cost)
+    return {"agree": np.array(agree), "correct": np.array(correct), "base_correct": np.array(base_correct),
+            "saved": float(np.mean(saved)), "cost": float(np.mean(costs)), "n": len(records)}
+
+
+def policies(ranking: dict, fit: list[dict], num_layers: int) -> dict:
+    """Name -> choose(record), with the thresholds fitted on the rank prompts."""
+    from drllm.routing.allocation import allocation_family, safe_order
+
+    result = {"base": lambda r: (None, 0, 0.0)}
+    for k in STATIC_K:
+        result[f"safest@{k}"] = (lambda k: lambda r: (f"safest@{k}", k, 0.0))(k)
+    for layer in READ_LAYERS:
+        available = len(safe_order(ranking["safe_rate"], layer))
+        for k in STATIC_K_AFTER_READ:
+            result[f"safest>={layer}@{k}"] = (lambda n: lambda r: (n, int(n.rsplit("@", 1)[1]), 0.0))(
+                f"ge{layer}@{k}")
+        for lens, key in LENS_KEYS.items():
+            if any(key not in r["reads"][str(layer)] for r in fit):
+                continue
+            margins = [r["reads"][str(layer)][key] for r in fit]
+            for point in allocation_family(margins, MEAN_BUDGETS, SHARE, available):
+                def choose(r, point=point, layer=layer, key=key, cost=COST_KEYS[lens]):
+                    read = r["reads"][str(layer)]
+                    skips = point.budget(read[key])
+                    return (f"ge{layer}@{skips}" if skips else None), skips, read[cost]
+                result[f"sure-{lens}(R={layer})@{point.mean_budget:g}"] = choose
+    finals = [final_margin(r) for r in fit]
+    available = len(safe_order(ranking["safe_rate"], READ_LAYERS[-1]))
+    for point in allocation_family(finals, MEAN_BUDGETS, SHARE, available):
+        def ceiling(r, point=point):
+            skips = point.budget(final_margin(r))
+            return (f"ge{READ_LAYERS[-1]}@{skips}" if skips else None), skips, 0.0
+        result[f"ceiling(R={READ_LAYERS[-1]})@{point.mean_budget:g}"] = ceiling
+    return result
+
+
+LENS_KEYS = {"options": "margin", "vocabulary": "margin_vocab"}  # lens -> its margin's key in a record's reads
+COST_KEYS = {"options": "cost", "vocabulary": "cost_vocab"}
+
+
+def merge_rereads(out: Path, records: list[dict]) -> None:
+    """Add the `vocabulary` lens reads (reread) to the records' reads, where measured."""
+    rereads = {r["id"]: r["reads"] for r in load(out, "reads")}
+    for record in records:
+        for layer, read in rereads.get(record["id"], {}).items():
+            record["reads"][layer] |= {"margin_vocab": read["margin"], "cost_vocab": read["cost"],
+                                       "vocabulary_size": read["vocabulary"]}
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def report(out: Path, epsilon: float, delta: float) -> None:
+    from drllm.evaluation.metrics import paired_bootstrap_delta
+    from drllm.routing.certify import CertifyConfig, certify
+
+    rank, calib, held = load(out, "rank"), load(out, "calib"), load(out, "eval")
+    merge_rereads(out, rank + calib + held)
+    num_layers = len(rank[0]["skips"])
+    ranking = json.loads((out / "ranking.json").read_text())
+    chosen = policies(ranking, rank, num_layers)
+    lines = [f"# Study 4: rank {len(rank)}, calib {len(calib)}, eval {len(held)} prompts", ""]
+
+    lines += ["## Early read against the final margin (Spearman)", "", "| read | rank+calib+eval | vs full lens |",
+              "|---|---|---|"]
+    everything = rank + calib + held
+    for layer in READ_LAYERS:
+        key = str(layer)
+        lens = [r["reads"][key]["margin"] for r in everything]
+        full = [r for r in everything if "margin_full" in r["reads"][key]]
+        versus = (f"{spearman([r['reads'][key]['margin'] for r in full], [r['reads'][key]['margin_full'] for r in full]):.3f}"
+                  f" (n={len(full)}; full lens vs final {spearman([r['reads'][key]['margin_full'] for r in full], [final_margin(r) for r in full]):.3f})"
+                  if len(full) > 2 else "-")
+        cost = np.mean([r["reads"][key]["cost"] for r in everything])
+        lines.append(f"| lens R={layer} (each prompt's option tokens, {cost:.4f} block-eq.) | "
+                     f"{spearman(lens, [final_margin(r) for r in everything]):.3f} | {versus} |")
+        reread = [r for r in everything if "margin_vocab" in r["reads"][key]]
+        if reread:
+            size = int(np.mean([r["reads"][key]["vocabulary_size"] for r in reread]))
+            cost = np.mean([r["reads"][key]["cost_vocab"] for r in reread])
+            with_full = [r for r in reread if "margin_full" in r["reads"][key]]
+            versus = (f"{spearman([r['reads'][key]['margin_vocab'] for r in with_full], [r['reads'][key]['margin_full'] for r in with_full]):.3f}"
+                      if len(with_full) > 2 else "-")
+            lines.append(f"| lens R={layer} (the rank prompts' option tokens, ~{size} tokens, {cost:.4f} block-eq.) | "
+                         f"{spearman([r['reads'][key]['margin_vocab'] for r in reread], [final_margin(r) for r in reread]):.3f}"
+                         f" (n={len(reread)}) | {versus} |")
+    lines.append("")
+
+    rows, results = [], {}
+    for split_name, records in (("calib", calib), ("eval", held)):
+        for name, choose in chosen.items():
+            results[(split_name, name)] = evaluate_policy(records, choose)
+    lines += ["## Held-out ARC test (eval): policies at their net saving", "",
+              "| policy | net layers saved | read cost | agreement | accuracy | delta vs base (95% CI) |",
+              "|---|---|---|---|---|---|"]
+    for name in chosen:
+        r = results[("eval", name)]
+        d = paired_bootstrap_delta(r["correct"], r["base_correct"], seed=0)
+        rows.append({"policy": name, "split": "eval", "saved": r["saved"], "cost": r["cost"],
+                     "agreement": float(r["agree"].mean()), "accuracy": float(r["correct"].mean())})
+        lines.append(f"| {name} | {r['saved']:.2f} | {r['cost']:.3f} | {r['agree'].mean():.3f} | "
+                     f"{100 * r['correct'].mean():.1f} | {100 * d[0]:+.1f} ({100 * d[1]:+.1f}, {100 * d[2]:+.1f}) |")
+    lines.append("")
+
+    lines += ["## Agreement at equal budget: allocation minus safest@k (eval, paired 95% CI)", "",
+              "| mean budget | read layer | sure - safest@k | sure - safest>=R@k | ceiling - safest@k |", "|---|---|---|---|---|"]
+    for b in MEAN_BUDGETS:
+        if b != int(b) or int(b) not in STATIC_K:
+            continue
+        for layer, lens in ((layer, lens) for layer in READ_LAYERS for lens in LENS_KEYS):
+            if ("eval", f"sure-{lens}(R={layer})@{b:g}") not in results:
+                continue
+            sure = results[("eval", f"sure-{lens}(R={layer})@{b:g}")]
+            static = results[("eval", f"safest@{int(b)}")]
+            static_r = results.get(("eval", f"safest>={layer}@{int(b)}"), static)
+            ceil = results[("eval", f"ceiling(R={READ_LAYERS[-1]})@{b:g}")]
+            cells = []
+            for other, mine in ((static, sure), (static_r, sure), (static, ceil)):
+                d = paired_bootstrap_delta(mine["agree"], other["agree"], seed=0)
+                cells.append(f"{100 * d[0]:+.1f} ({100 * d[1]:+.1f}, {100 * d[2]:+.1f})")
+            lines.append(f"| {b:g} | {layer}, {lens} lens | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    config = CertifyConfig(epsilon=epsilon, delta=delta, loss="accuracy_drop")
+    lines += [f"## Certified (Learn-then-Test on calib, accuracy drop <= {100 * epsilon:g} point(s), delta {delta:g})",
+              ""]
+    certificates = {}
+    for layer, lens in ((layer, lens) for layer in READ_LAYERS for lens in LENS_KEYS):
+        family = [name for name in chosen if name.startswith(f"sure-{lens}(R={layer})@")]
+        if not family:
+            continue
+        points = []
+        for name in family:
+            r = results[("calib", name)]
+            points.append((float(name.rsplit("@", 1)[1]), (r["base_correct"] - r["correct"]).tolist(), r["saved"]))
+        certificate = certify(points, config)
+        certificates[(layer, lens)] = certificate
+        tested = "; ".join(f"b={p.parameter:g}: drop {100 * p.risk:+.2f} pts, p {p.p_value:.3f}"
+                           for p in certificate.points)
+        lines.append(f"- R={layer}, {lens} lens, calibration: {tested}")
+        picked = certificate.parameter
+        if picked is None:
+            lines.append(f"- R={layer}, {lens} lens: refused ({certificate.reason if hasattr(certificate, 'reason') else 'no point'}); "
+                         f"the base model")
+            continue
+        r = results[("eval", f"sure-{lens}(R={layer})@{picked:g}")]
+        d = paired_bootstrap_delta(r["correct"], r["base_correct"], seed=0)
+        c = results[("calib", f"sure-{lens}(R={layer})@{picked:g}")]
+        lines.append(f"- R={layer}, {lens} lens: mean budget {picked:g} certified (calib n={c['n']}, drop "
+                     f"{100 * (c['base_correct'].mean() - c['correct'].mean()):.2f} points). Held-out: net "
+                     f"{r['saved']:.2f} layers saved, accuracy delta {100 * d[0]:+.1f} ({100 * d[1]:+.1f}, "
+                     f"{100 * d[2]:+.1f}), agreement {r['agree'].mean():.3f}")
+    lines.append("")
+
+    lines += ["## An epsilon condition on the agreement reward: single-skip safe rate per block (rank prompts)", "",
+              "| epsilon | " + " | ".join(str(layer) for layer in range(num_layers)) + " | mean |",
+              "|---|" + "---|" * (num_layers + 1)]
+    for row in epsilon_table(rank, num_layers):
+        label = "none" if row["epsilon"] is None else f"{row['epsilon']:g}"
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in row["rates"]) + f" | {np.mean(row['rates']):.3f} |")
+    lines.append("")
+    (out / "study4.md").write_text("\n".join(lines) + "\n")
+    (out / "study4.json").write_text(json.dumps({"rows": rows, "ranking": ranking}, indent=1))
+    figure(out, results, chosen)
+    print("\n".join(lines))
+
+
+def figure(out: Path, results: dict, chosen: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[str, list] = {}
+    for name in chosen:
+        line = name.rsplit("@", 1)[0] if "@" in name else name
+        r = results[("eval", name)]
+        lines.setdefault(line, []).append((r["saved"], r["agree"].mean()))
+    for line, points in lines.items():
+        points.sort()
+        xs, ys = zip(*points)
+        style = ":" if line.startswith("ceiling") else "-"
+        ax.plot(xs, ys, style, marker="o", label=line + (" (upper bound)" if line.startswith("ceiling") else ""))
+    ax.set_xlabel("layers saved per prompt (net of the read)")
+    ax.set_ylabel("agreement with the full model")
+    ax.set_title("ARC test (held out), SmolLM2-135M, cloze")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "study4_frontier.png", dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["run", "rank", "reread", "report"],
+                        help="run: measure one role's prompts; rank: the ranking from the rank role; report")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--role", choices=["rank", "calib", "eval"])
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--model-dir", default="resources/models/smollm2-135m-instruct")
+    parser.add_argument("--rank-arc-easy", type=int, default=100)
+    parser.add_argument("--rank-arc-challenge", type=int, default=50)
+    parser.add_argument("--calib-arc-easy", type=int, default=330)
+    parser.add_argument("--calib-arc-challenge", type=int, default=190)
+    parser.add_argument("--eval-arc-easy", type=int, default=500)
+    parser.add_argument("--eval-arc-challenge", type=int, default=500)
+    parser.add_argument("--full-lens", type=int, default=60, help="also read the full-vocabulary lens on the first N")
+    parser.add_argument("--epsilon", type=float, default=0.01)
+    parser.add_argument("--delta", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = {"rank_arc_easy": args.rank_arc_easy, "rank_arc_challenge": args.rank_arc_challenge,
+             "calib_arc_easy": args.calib_arc_easy, "calib_arc_challenge": args.calib_arc_challenge,
+             "eval_arc_easy": args.eval_arc_easy, "eval_arc_challenge": args.eval_arc_challenge}
+    if args.action == "run":
+        if args.role is None:
+            parser.error("run needs --role")
+        measure(args.role, out, args.worker, args.workers, sizes, args.model_dir, args.full_lens)
+    elif args.action == "reread":
+        reread(out, args.worker, args.workers, sizes, args.model_dir)
+    elif args.action == "rank":
+        rank = load(out, "rank")
+        if not rank:
+            parser.error(f"no rank records under {out}")
+        ranking = build_ranking(rank, len(rank[0]["skips"]))
+        tmp = out / "ranking.json.tmp"
+        tmp.write_text(json.dumps(ranking, indent=1))
+        os.replace(tmp, out / "ranking.json")
+        print(json.dumps(ranking))
+    else:
+        report(out, args.epsilon, args.delta)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

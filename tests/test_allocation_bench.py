@@ -1,0 +1,75 @@
+"""The analysis behind RESULTS.md's study 4 (bench/confidence_allocation.py, bench/listed_vs_cloze.py) on
+constructed per-prompt records whose answers are worked out by hand."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import confidence_allocation as study  # noqa: E402
+import listed_vs_cloze  # noqa: E402
+
+L = 30
+
+
+def outcome(choice, scores, correct):
+    return {"choice": choice, "scores": scores, "correct": correct}
+
+
+def record(index, lens_margin, final_margin, safe_paths: set[str]):
+    """A prompt whose full model picks option 0 (correct) by `final_margin`; the paths in `safe_paths` keep it,
+    every other one flips to option 1 (wrong)."""
+    base = outcome(0, [0.0, -final_margin], True)
+    kept, flipped = outcome(0, [0.0, -final_margin], True), outcome(1, [-1.0, 0.0], False)
+    names = study.candidate_paths(L, {"safe_rate": RANKING})
+    reads = {str(layer): {"margin": lens_margin, "cost": 0.1} for layer in study.READ_LAYERS}
+    return {"id": f"p{index}", "base": base, "reads": reads,
+            "paths": {name: kept if name in safe_paths else flipped for name in names}}
+
+
+RANKING = [0.5] * L
+for _rank, _layer in enumerate([17, 18, 15, 16, 20, 21, 22, 23, 24]):
+    RANKING[_layer] = 0.9 - 0.01 * _rank
+
+
+def test_rank_prompts_give_the_safe_rates_and_the_epsilon_table():
+    base = outcome(0, [-1.0, -1.5], True)
+    skips = {str(layer): outcome(0, [-1.0, -1.5], True) for layer in range(L)}
+    skips["0"] = outcome(0, [-3.0, -3.4], True)    # broken: same option, collapsed score
+    skips["1"] = outcome(1, [-1.6, -1.0], False)   # flipped
+    rank = [{"id": "a", "base": base, "skips": skips}]
+    ranking = study.build_ranking(rank, L)
+    assert ranking["safe_rate"][0] == 1.0 and ranking["safe_rate"][1] == 0.0 and ranking["safe_rate"][2] == 1.0
+    table = {row["epsilon"]: row["rates"] for row in study.epsilon_table(rank, L)}
+    assert table[None][0] == 1.0 and table[0.2][0] == 0.0 and table[0.2][2] == 1.0
+
+
+def test_the_allocation_spends_its_skips_on_the_confident_prompts():
+    # four fitting prompts with lens margins 1..4: at mean budget 2 (K = 4 at share 0.5) the two most confident
+    # get 4 skips; on the evaluated prompts only the confident ones keep their answer with 4 skips
+    fit = [record(i, float(i + 1), 1.0, set()) for i in range(4)]
+    chosen = study.policies({"safe_rate": RANKING}, fit, L)
+    confident = [record(10 + i, 5.0, 1.0, {"ge12@4", "ge8@4"}) for i in range(2)]
+    unsure = [record(20 + i, 0.5, 1.0, set()) for i in range(2)]
+    result = study.evaluate_policy(confident + unsure, chosen["sure-options(R=12)@2"])
+    assert result["agree"].tolist() == [1, 1, 1, 1]          # confident skip safely, unsure skip nothing
+    assert result["saved"] == pytest.approx((4 + 4 + 0 + 0) / 4 - 0.1)  # net of the read
+    static = study.evaluate_policy(confident + unsure, chosen["safest@2"])
+    assert static["agree"].tolist() == [0, 0, 0, 0] and static["saved"] == 2.0
+    assert study.candidate_paths(L, {"safe_rate": RANKING})["safest@2"] == [17, 18]
+    assert study.candidate_paths(L, {"safe_rate": RANKING})["ge12@4"] == [17, 18, 15, 16]
+
+
+def test_listed_against_cloze_on_constructed_records():
+    records = [{"cloze": {"choice": c, "correct": c == 0, "margin": m, "reads": {"8": m / 2}},
+                "listed": {"choice": l, "correct": l == 0, "margin": -m, "reads": {"8": m}}}
+               for c, l, m in ((0, 0, 1.0), (1, 0, 2.0), (0, 1, 3.0), (0, 0, 4.0))]
+    result = listed_vs_cloze.compare(records, [8])
+    assert result["n"] == 4 and result["same_choice"] == 0.5
+    assert result["cloze_accuracy"] == 0.75 and result["listed_accuracy"] == 0.75
+    assert result["cloze_spearman_R8"] == pytest.approx(1.0) and result["listed_spearman_R8"] == pytest.approx(-1.0)
+    assert np.isfinite(result["listed_spearman_R8"])
