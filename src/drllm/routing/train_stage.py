@@ -28,8 +28,9 @@ from drllm.routing.decision import CLASSES, Decision
 from drllm.routing.router import RouterConfig, RouterStack
 from drllm.routing.samples import read_samples, split_samples, validate_samples
 from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import (label_counts, prior_validation_loss, safety_classes, selected_row,
-                                    train_class_weights, train_routers, write_metrics)
+from drllm.routing.training import (label_counts, matched_threshold, prior_validation_loss, safety_classes,
+                                    selected_row, skip_probabilities, train_class_weights, train_routers,
+                                    write_metrics)
 
 
 @dataclass(frozen=True)
