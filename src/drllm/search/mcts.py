@@ -1,4 +1,4 @@
-"""Length-aware MCTS over layer paths (METHOD.md §4), as plain data and functions.
+"""Length-aware MCTS over layer paths (docs/method.md#the-search), as plain data and functions.
 
 Style of DeepMind's mctx: the configuration (`MCTSConfig`) and the search tree (`Tree` of `Node`s) are plain
 data; the algorithm is a set of small functions, one per rule. This module knows nothing about models: it gets a
