@@ -6,6 +6,8 @@ config/config.yaml. Only the meaning column is written by hand, and regeneration
     python tools/config_reference.py           # rewrite the tables in docs/configuration.md
     python tools/config_reference.py --check   # exit 1 naming what is stale (tests/test_docs.py runs the same)
 
+--check also refuses a value of config/config.yaml that differs from its default without a comment saying why.
+
 A key new to the schema gets a row with its schema description as meaning, or an empty one, which --check refuses.
 """
 from __future__ import annotations
@@ -142,9 +144,10 @@ def shipped_value(shipped: dict, path: tuple[str, ...]) -> str:
     return f"`{inline(node)}`"
 
 
-def rows(block: str, meanings: dict[str, str]) -> list[tuple[str, str, str, str, str]]:
+def rows(block: str, meanings: dict[str, str], shipped: dict | None = None) -> list[tuple[str, str, str, str, str]]:
+    """(key, default, shipped value, accepts, meaning) of every key of one top-level block."""
     schema = load_schema()
-    shipped = yaml.safe_load(SHIPPED_PATH.read_text())
+    shipped = yaml.safe_load(SHIPPED_PATH.read_text()) if shipped is None else shipped
     out = []
     for path, rule, parent in keys(schema, schema["properties"][block], (block,), schema):
         name = ".".join(path)
@@ -199,26 +202,28 @@ def config_lines(text: str) -> dict[tuple[str, ...], int]:
     return found
 
 
-def uncommented_overrides(path: Path = SHIPPED_PATH) -> list[str]:
-    """Keys whose value in a shipped config differs from the default without a comment on its line or right above
-    it (for a key inside a flow mapping, the line of the mapping)."""
-    text = path.read_text()
+def uncommented_overrides(text: str) -> list[str]:
+    """Keys whose value in a config file's `text` differs from the default without a comment on its line or a
+    comment line right above it at its indentation (for a key inside a flow mapping: the mapping's line)."""
     lines, where = text.splitlines(), config_lines(text)
     shipped = yaml.safe_load(text)
     found = []
     for block in shipped:
         if block not in load_schema()["properties"]:
             continue
-        for name, default, value, _, _ in rows(block, {}):
+        for name, default, value, _, _ in rows(block, {}, shipped):
             if value in ("—", "per entry") or value == default or default in ("required", "—"):
                 continue
             key = tuple(name.split("."))
             while key not in where:
                 key = key[:-1]
             index = where[key]
-            if "#" not in lines[index] and not lines[index - 1].lstrip().startswith("#"):
-                found.append(f"{name}: {value} (default {default}) has no comment saying why, "
-                             f"{path.relative_to(REPO)} line {index + 1}")
+            line, above = lines[index], lines[index - 1]
+            indent = len(line) - len(line.lstrip())
+            # a comment above counts when it is the key's own (not the previous value's continued comment)
+            own_above = above.lstrip().startswith("#") and len(above) - len(above.lstrip()) <= indent
+            if "#" not in line and not own_above:
+                found.append(f"{name}: {value} (default {default}) has no comment saying why (line {index + 1})")
     return found
 
 
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = DOC.read_text()
     if args.check:
-        found = problems(text)
+        overrides = uncommented_overrides(SHIPPED_PATH.read_text())
+        found = problems(text) + [f"{SHIPPED_PATH.relative_to(REPO)}: {line}" for line in overrides]
         print("\n".join(found) or f"{DOC.relative_to(REPO)}: up to date")
         return 1 if found else 0
     DOC.write_text(render(text))
