@@ -122,14 +122,6 @@ class MCTSConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def check_int(value: Any, where: str, minimum: int | None = None) -> None:
-    """ValueError naming `where` unless `value` is an integer (not a bool) >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{where} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{where} must be >= {minimum}, got {value!r}")
-
-
 # ----------------------------------------------------------------------------------------------------- actions
 @dataclass(frozen=True)
 class Action:
