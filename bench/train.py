@@ -1,6 +1,6 @@
 """Router training speed: the teacher-forced feature cache vs rerunning the frozen model every step.
 
-Same samples, same seed, same schedule on both sides (METHOD.md §5 settings: effective batch 16, AdamW, focal loss):
+Same samples, same seed, same schedule on both sides (docs/method.md#training: effective batch 16, AdamW, focal loss):
   * cache build: one teacher-forced forward per sample along its labelled path (batched by identical path)
   * cached epoch: train_routers on the cache
   * full-forward epoch: train_full_forward, which runs the frozen model along the labelled paths every micro-batch

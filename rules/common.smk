@@ -109,14 +109,10 @@ def router_source_files(wc):
 
 
 # Benchmarks declared by config (`kind`, `source`, `fields`) and the formats reading them: checked here, so a bad
-# block stops the run before any job, naming the key. Without drllm in this interpreter (snakemake outside the
-# venv) the data stage checks the blocks instead.
-try:
-    from drllm.data.declared import check_config
-except ImportError:
-    CONFIG_DECLARED = None
-else:
-    CONFIG_DECLARED = check_config(config)
+# block stops the run before any job, naming the key. (drllm must import here: the method table below needs it.)
+from drllm.data.declared import check_config
+
+CONFIG_DECLARED = check_config(config)
 # Search tasks and calibration sets read records of a `data:` entry (eval entries without one are reported skipped).
 for _section, _blocks in (("search.tasks", config["search"]["tasks"]), ("calibrate.sets", config["calibrate"]["sets"])):
     for _name, _block in _blocks.items():
@@ -130,7 +126,7 @@ for _section, _blocks in (("search.tasks", config["search"]["tasks"]), ("calibra
 def data_source_files(wc):
     """The local file a config-declared benchmark's split reads (none for built-ins and hub sources)."""
     block = config["data"].get(wc.benchmark, {})
-    if "kind" not in block or CONFIG_DECLARED is None:
+    if "kind" not in block:
         return []
     return CONFIG_DECLARED[wc.benchmark].source_files(wc.split)
 

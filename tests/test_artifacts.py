@@ -31,7 +31,7 @@ def test_provenance_round_trips_through_the_file_metadata(tmp_path):
     write_parquet(path, ROWS, SCHEMA, "search shard",
                   stage_provenance("search", SETTINGS, MANIFEST, graders=["drllm"]))
     record = read_provenance(path)
-    assert record == json.loads(pq.read_schema(path).metadata[PROVENANCE_KEY])  # the README's one-liner
+    assert record == json.loads(pq.read_schema(path).metadata[PROVENANCE_KEY])  # docs/artifacts.md's one-liner
     assert record["stage"] == "search" and record["artifact"] == "search shard"
     assert record["drllm_version"] == importlib.metadata.version("drllm")
     assert record["config"] == SETTINGS

@@ -628,25 +628,30 @@ def test_cli_declared_benchmark(tmp_path, capsys):
     assert read_examples(tmp_path / "g.parquet")[0].answer == "2"
 
 
-# ---------------------------------------------------------------------------------------------- the README's example
+# ---------------------------------------------------------------------------------------- the documented example
 
-README_SECTION = "### Your own benchmark, by configuration only"
+DOC_SECTION = "## A benchmark by configuration only"
 
 
-def readme_example():
-    """The README's own-dataset example: its config overlay and its sample JSON-lines rows."""
-    section = (ROOT / "README.md").read_text().split(README_SECTION, 1)[1].split("\n## ", 1)[0]
-    overlay = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
-    sample = [json.loads(line) for line in section.split("```json\n", 1)[1].split("```", 1)[0].splitlines()]
+def fenced(section, language):
+    """The body of the first ```<language> block (its info string may name a file: ```yaml my_mc.yaml)."""
+    return section.split("```" + language, 1)[1].split("\n", 1)[1].split("```", 1)[0]
+
+
+def documented_example():
+    """docs/extending.md's own-dataset example: its config overlay and its sample JSON-lines rows."""
+    section = (ROOT / "docs" / "extending.md").read_text().split(DOC_SECTION, 1)[1].split("\n## ", 1)[0]
+    overlay = yaml.safe_load(fenced(section, "yaml"))
+    sample = [json.loads(line) for line in fenced(section, "json").splitlines()]
     return overlay, sample
 
 
-def write_readme_dataset(root, overlay, sample, questions=24):
-    """The README's file, its sample rows followed by ARC-Easy questions in the same layout (the README's fields)."""
+def write_documented_dataset(root, overlay, sample, questions=24):
+    """The documented file, its sample rows followed by ARC-Easy questions in the same layout (the doc's fields)."""
     [(name, block)] = overlay["data"].items()
     fields = block["fields"]
     assert all(set(row) == {fields["question"], fields["choices"], fields["answer"]} for row in sample), \
-        "the README's sample rows and its fields mapping disagree"
+        "the documented sample rows and its fields mapping disagree"
     rows = sample + [{fields["question"]: ex.question, fields["choices"]: ex.choices, fields["answer"]: ex.gold_index}
                      for ex in load_benchmark("arc_easy", "validation", limit=questions)]
     path = root / block["source"]["path"]
@@ -670,8 +675,8 @@ def merged(base, overlay):
     return out
 
 
-def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
-    """The README's overlay validates (bad blocks do not, naming the key), and a dry run plans its data, search
+def test_documented_example_passes_the_schema_and_is_planned(tmp_path):
+    """The documented overlay validates (bad blocks do not, naming the key), and a dry run plans its data, search
     and evaluation jobs."""
     import copy
     import subprocess
@@ -680,8 +685,8 @@ def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
     from snakemake.utils import validate
 
     schema = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
-    overlay, sample = readme_example()
-    name, block = write_readme_dataset(tmp_path, overlay, sample, questions=4)
+    overlay, sample = documented_example()
+    name, block = write_documented_dataset(tmp_path, overlay, sample, questions=4)
     config = merged(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), overlay)
     validate(copy.deepcopy(config), schema)
     for bad, message in [({"answr": "label"}, "'answr' is not one of"), ({"question": 3}, "3 is not valid")]:
@@ -697,7 +702,7 @@ def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
     for item in ["Snakefile", "rules", "workflow", "config", "envs"]:
         (tmp_path / item).symlink_to(ROOT / item)
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(overlay))
-    # config/tiny.yaml selects its own eval entries; the README's config evaluates every entry (select: null)
+    # config/tiny.yaml selects its own eval entries; the documented config evaluates every entry (select: null)
     (tmp_path / "select.yaml").write_text(yaml.safe_dump({"eval": {"select": [name]}}))
     result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "-p", "--forceall",
                              "--configfile", "config/tiny.yaml", "my.yaml", "select.yaml"],
@@ -715,15 +720,15 @@ def test_readme_example_passes_the_schema_and_is_planned(tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_example_searches_and_evaluates_on_the_real_model(tmp_path, monkeypatch, smollm2_dir, capsys):
-    """The README's dataset through the stage scripts as the rules call them: records, prompts, a tiny search,
+def test_documented_example_searches_and_evaluates_on_the_real_model(tmp_path, monkeypatch, smollm2_dir, capsys):
+    """The documented dataset through the stage scripts as the rules call them: records, prompts, a tiny search,
     an evaluation cell, on the embedded SmolLM2."""
     from drllm.evaluation.cells import read_cell
     from drllm.search.shards import read_shard
 
-    overlay, sample = readme_example()
-    monkeypatch.chdir(tmp_path)  # the README's path is relative to where the pipeline runs
-    name, block = write_readme_dataset(tmp_path, overlay, sample)
+    overlay, sample = documented_example()
+    monkeypatch.chdir(tmp_path)  # the documented path is relative to where the pipeline runs
+    name, block = write_documented_dataset(tmp_path, overlay, sample)
     data_json = json.dumps({key: value for key, value in block.items() if key != "splits"})  # as the rule does
     for split in block["splits"]:
         assert load_cli().main(["--benchmark", name, "--split", split, "--data-json", data_json,

@@ -326,8 +326,8 @@ print("acc", results["results"]["drllm_local_mc"]["acc,none"])
 def test_the_lm_eval_command_line_runs_local_and_shipped_tasks_offline(smollm2_dir, routers_dir, tmp_path):
     """`drllm-lm-eval` takes lm-eval's own arguments: a task config over local files (by its YAML path), the
     shipped offline ARC-Easy and the DART stand-in at level 1 through `--include_path "$(python -m
-    drllm.evaluation.lmeval_tasks)"`, with the hub switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: what the
-    README's first command runs). DART's documents, prompts and grades are the pipeline's (drllm.data.registry
+    drllm.evaluation.lmeval_tasks)"`, with the hub switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: what
+    docs/lm-eval.md's first command runs). DART's documents, prompts and grades are the pipeline's (drllm.data.registry
     records, BoxedFormat prompt and grading); layer_stats counts one routed context per question."""
     from transformers import AutoTokenizer
 

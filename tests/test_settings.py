@@ -113,3 +113,13 @@ def test_one_wording_for_every_bad_value():
             from_block(Toy, block, "toy")
         assert str(error.value) == message
     assert Accepts("int", low=0, nullable=True).json_schema() == {"type": ["integer", "null"], "minimum": 0}
+
+
+def test_the_search_execution_keys_default_as_the_shard_request_does():
+    """search.max_retries and search.batch_prompts reach the stage as ShardRequest fields: one default each."""
+    from drllm.search.stage import ShardRequest
+
+    search = SCHEMA["properties"]["search"]["properties"]
+    for key in ("max_retries", "batch_prompts"):
+        assert search[key]["default"] == getattr(ShardRequest, key), key
+

@@ -28,25 +28,26 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", required=True, help="materialised model (resources/models/<name>)")
     parser.add_argument("--prompts", required=True, help="prompt set Parquet from the prompts stage")
-    parser.add_argument("--shard", type=int, default=0)
-    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--shard", type=int, default=ShardRequest.shard)
+    parser.add_argument("--num-shards", type=int, default=ShardRequest.num_shards)
     parser.add_argument("--settings-json", default="{}",
                         help="search settings: mcts (MCTS parameters), reward (binary|robust and its margins), seed, "
                              "seed_check (prompts per shard searched again with a second seed), chat_template, "
                              "prefix_cache, formats")
-    parser.add_argument("--backend", choices=BACKENDS, default="serial")
-    parser.add_argument("--workers", type=int, default=1, help="Ray workers, one model replica each")
-    parser.add_argument("--cpus", type=int, default=1, help="CPUs of this job (Ray gets exactly these)")
-    parser.add_argument("--gpus", type=int, default=0, help="GPUs of this job (Ray gets exactly these)")
-    parser.add_argument("--ray-address", default="", help="join this Ray cluster instead of starting one")
-    parser.add_argument("--max-retries", type=int, default=2,
+    parser.add_argument("--backend", choices=BACKENDS, default=ShardRequest.backend)
+    parser.add_argument("--workers", type=int, default=ShardRequest.workers, help="Ray workers, one model replica each")
+    parser.add_argument("--cpus", type=int, default=ShardRequest.cpus, help="CPUs of this job (Ray gets exactly these)")
+    parser.add_argument("--gpus", type=int, default=ShardRequest.gpus, help="GPUs of this job (Ray gets exactly these)")
+    parser.add_argument("--ray-address", default=ShardRequest.ray_address,
+                        help="join this Ray cluster instead of starting one")
+    parser.add_argument("--max-retries", type=int, default=ShardRequest.max_retries,
                         help="times one prompt is searched again after its Ray worker died (a new worker replaces it)")
-    parser.add_argument("--batch-prompts", type=int, default=1,
+    parser.add_argument("--batch-prompts", type=int, default=ShardRequest.batch_prompts,
                         help="prompts a worker searches in lockstep, each round's paths evaluated in one batch: "
-                             "cloze paths scored, generation formats' answers decoded together (same results; on a "
-                             "2-core CPU cloze gains nothing, letter 1.65x at 8; meant for GPUs)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+                             "cloze paths scored, generation formats' answers decoded together (same results; "
+                             "meant for GPUs)")
+    parser.add_argument("--device", default=ShardRequest.device)
+    parser.add_argument("--dtype", default=ShardRequest.dtype)
     parser.add_argument("--out", required=True, help="shard Parquet to write")
     args = parser.parse_args(argv)
 

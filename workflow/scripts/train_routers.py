@@ -1,4 +1,4 @@
-"""Train Dr.LLM routers on search labels with a frozen base model (METHOD.md §5).
+"""Train Dr.LLM routers on search labels with a frozen base model (docs/method.md#training).
 
 Reads training samples (Parquet, drllm.routing.samples.SAMPLES_SCHEMA: prompt_id, input_ids = the prompt tokens as the
 search encoded them, labels = per-layer counts 0/1/2), splits them by prompt, builds the teacher-forced feature

@@ -5,7 +5,7 @@ Each extension point is one `Table`; the built-in entries are registered where t
 module registers more when it is imported. The config's `plugins:` list names such modules (importable: installed
 or on PYTHONPATH); rules/common.smk puts them in the environment variable DRLLM_PLUGINS, which every stage
 inherits (local jobs and SLURM jobs alike), and each table imports them before its first lookup, so the stage that
-looks a name up knows the plugin's entries. README: "Adding a reward, labeler, router kind or evaluation method".
+looks a name up knows the plugin's entries. docs/extending.md.
 """
 from __future__ import annotations
 

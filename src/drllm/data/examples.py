@@ -62,10 +62,6 @@ class Example:
         if self.level is not None and (isinstance(self.level, bool) or self.level not in range(1, 6)):
             raise ArtifactError(f"{where}: level must be 1..5 or None, got {self.level!r}")
 
-    @property
-    def is_multiple_choice(self) -> bool:
-        return bool(self.choices)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -27,7 +27,7 @@ routers), ``device`` / ``dtype`` ("auto"), ``batch_size`` (8), ``max_length`` (t
 max_position_embeddings capped at 4096), ``max_gen_toks`` (256), ``add_bos_token`` (None: the tokenizer's own
 default, as lm-eval's HFLM does).
 
-Routing is done once per prompt (METHOD.md §3): a loglikelihood request is routed on its context, a generation
+Routing is done once per prompt (docs/method.md#routers): a loglikelihood request is routed on its context, a generation
 request on its prompt; the path is then fixed for the scored or generated tokens. Tokenisation follows HFLM for
 causal models (lm_eval.api.model.TemplateLM, which this class builds on), so scores are comparable with
 ``model="hf"``. Only greedy generation is supported (do_sample must be false or absent).

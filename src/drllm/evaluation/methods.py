@@ -1,8 +1,7 @@
 """Evaluation methods: one table (`METHODS`) says, per method kind, its name grammar, the files its cells read and
 the function that gives each example's path. The rules (rules/common.smk: which cells exist, their inputs, the
 wildcard pattern), the evaluate stage and the report all read this table, so a new method is one module with a
-policy builder plus one `Method` entry (README: "Adding a reward, labeler, router kind
-or evaluation method").
+policy builder plus one `Method` entry (docs/extending.md#an-evaluation-method).
 
 Names: <kind> or <kind>@<param>, the parameter grammar set by the kind's `param`:
   none    base | oracle

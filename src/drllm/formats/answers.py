@@ -5,7 +5,7 @@ into an `Encoded` prompt (tokenised once, reused for every path) and `evaluate` 
 and grades the answer. The grade is the search's reward and the evaluation stage's accuracy; the layer
 applications are the paper's compute metric.
 
-Formats (METHOD.md section 6):
+Formats (docs/method.md#evaluation):
 
 * ``letter`` -- multiple choice answered by a letter (the paper's ARC format). Prompt::
 

@@ -1,5 +1,5 @@
 """The feature cache: the frozen model run once per sample along its labelled path, each router's window means
-kept ([N, L, W, d]), so that every training epoch is a few batched matmuls (METHOD.md §5 teacher forcing; the
+kept ([N, L, W, d]), so that every training epoch is a few batched matmuls (docs/method.md#training teacher forcing; the
 labelled path does not depend on the routers)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Routed inference: a frozen model plus its trained routers, routing once per prompt (METHOD.md §3, §6.6).
+"""Routed inference: a frozen model plus its trained routers, routing once per prompt (docs/method.md#routed-inference).
 
 The routing pass is the prefill. Block by block, router l reads the residual stream entering block l (window
 means over the prompt's real tokens) and picks skip (0 runs), execute (1) or repeat (2); the blocks it runs fill

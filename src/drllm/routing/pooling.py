@@ -1,4 +1,4 @@
-"""Windowed mean pooling (METHOD.md §3): what router l sees of the hidden states entering block l.
+"""Windowed mean pooling (docs/method.md#routers): what router l sees of the hidden states entering block l.
 
 W_eff = min(W, T) for a prompt of T real tokens; window size T // W_eff; the remainder tokens at the end are dropped
 (the authors' code); each window is averaged. `masked_window_mean` is the logit vote over the valid windows.

@@ -1,6 +1,6 @@
 """A stack of Dr.LLM routers, one per decoder block, and its files.
 
-METHOD.md §3. Router l sees H^(l-1), the (raw, not normed) hidden states entering block l along the path taken
+docs/method.md#routers. Router l sees H^(l-1), the (raw, not normed) hidden states entering block l along the path taken
 so far, pooled over the prompt tokens into W windows (drllm.routing.pooling); what a router is comes from its kind
 (drllm.routing.kinds: `mlp`, the paper's, by default), and how its probabilities become actions from
 drllm.routing.decision.

@@ -19,7 +19,7 @@ TARGETS = ("path", "safety")
 
 @dataclass
 class TrainConfig:
-    """Every training knob: the paper's values (METHOD.md §3, §5) except class_weights (paper: "effective"),
+    """Every training knob: the paper's values (docs/method.md#training) except class_weights (paper: "effective"),
     the warm-up (paper: warmup_steps 500) and select_epoch (paper silent; "last" keeps the paper's plain run),
     whose paper settings suit ~4,000 samples but not a few hundred; config/paper.yaml sets the paper's."""
 

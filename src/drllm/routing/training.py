@@ -1,4 +1,4 @@
-"""Router training (METHOD.md §5): focal loss on MCTS labels, teacher forcing, frozen base model.
+"""Router training (docs/method.md#training): focal loss on MCTS labels, teacher forcing, frozen base model.
 
 The speed trick. The base model is frozen and teacher forcing runs it along the *labelled* path, which does not
 depend on the routers. So the window means each router sees are constants of the sample: one forward pass per

@@ -5,8 +5,7 @@ evaluated, takes the path's reward back through `send`, and returns a result who
 (`default_correct`, `best_path`, `evaluated`, `wrong_to_correct`, `simulations`, `max_fanout`, `max_depth`, and
 optionally `layer_safety`; see `mcts.SearchResult`). `search.labeler` names the entry; the built-in ones are
 `mcts` (the paper's search, settings from `search.mcts`) and `safety` (`drllm.search.safety`, settings from
-`search.safety`); a plugin module registers more (README: "Adding a reward, labeler, router kind
-or evaluation method").
+`search.safety`); a plugin module registers more (docs/extending.md#a-labeler).
 """
 from __future__ import annotations
 

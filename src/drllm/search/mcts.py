@@ -1,4 +1,4 @@
-"""Length-aware MCTS over layer paths (METHOD.md §4), as plain data and functions.
+"""Length-aware MCTS over layer paths (docs/method.md#the-search), as plain data and functions.
 
 Style of DeepMind's mctx: the configuration (`MCTSConfig`) and the search tree (`Tree` of `Node`s) are plain
 data; the algorithm is a set of small functions, one per rule. This module knows nothing about models: it gets a
@@ -120,14 +120,6 @@ class MCTSConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def check_int(value: Any, where: str, minimum: int | None = None) -> None:
-    """ValueError naming `where` unless `value` is an integer (not a bool) >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{where} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{where} must be >= {minimum}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------------- actions

@@ -6,8 +6,7 @@ the first differing step is already known. `PathRewarder` keeps the run states o
 (and the decode steps, which depend on the whole path) are recomputed.
 
 The reward kinds (`RewardConfig.kind`) are entries of the table `REWARDS` (a `Reward` each); a plugin module
-registers more (README: "Adding a reward, labeler, router kind
-or evaluation method"). The built-in ones:
+registers more (docs/extending.md#a-reward). The built-in ones:
 
 * ``binary`` -- the paper's: 1 when the format grades the answer correct. On a 4-option cloze item a broken
   short path is "correct" by luck 25% of the time, and a wrong default accepts the first lucky hit.

@@ -1,7 +1,7 @@
 """The safety labeler: per prompt, which blocks are safe to skip (dense, deterministic supervision).
 
-The MCTS label names one path among many acceptable ones, chosen by the seed (METHOD.md §9: three seeds agree at
-1 of 49 deviating layers), so it cannot be learned. This labeler measures instead, per prompt:
+The MCTS label names one path among many acceptable ones, chosen by the seed (docs/method.md#the-safety-labeler:
+three seeds agree at 1 of 49 deviating layers), so it cannot be learned. This labeler measures instead, per prompt:
 
 1. Single-skip sweep. For every block l, the default path without l is judged by the search's reward (the
    `agreement` reward: the full model's answer is kept). Paths are evaluated from the last block down, so each

@@ -28,7 +28,7 @@ SEARCH_SUMMARY_SCHEMA = pa.schema([
     pa.field("deviation_jaccard", pa.float64()),               # mean Jaccard of the layers with count != 1
 ])
 ALL_TASKS = "all"  # the summary row over every task
-# The paper's Table 2 figures for its 4,000 kept samples (METHOD.md §4), shown beside ours.
+# The paper's Table 2 figures for its 4,000 kept samples (docs/method.md#the-search), shown beside ours.
 PAPER_LABEL_STATS = {"mean_layers_saved": 1.82, "wrong_to_correct_share": 0.30, "skip_share": 0.035,
                      "execute_share": 0.954, "repeat_share": 0.011}
 

@@ -7,8 +7,7 @@ kind is one object, and tests/test_router_kinds.py checks for every registered k
 give the same logits.
 
 Built in: `mlp` (drllm.routing.kinds.mlp, the paper's router). A plugin module registers more with
-`ROUTER_KINDS.register(name, kind)` (README: "Adding a reward, labeler, router kind
-or evaluation method").
+`ROUTER_KINDS.register(name, kind)` (docs/extending.md#a-router-kind).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The `mlp` router kind (the paper's, METHOD.md §3): Linear(d -> h) -> GELU(tanh) -> Linear(h -> 3) on each window
-mean, Xavier-uniform weights, zero biases (h = 128), logits averaged over the windows (logit voting).
+"""The `mlp` router kind (the paper's, docs/method.md#routers): Linear(d -> h) -> GELU(tanh) -> Linear(h -> 3) on
+each window mean, Xavier-uniform weights, zero biases (h = 128), logits averaged over the windows (logit voting).
 
 Three forms of the same function, held equal by tests/test_router_kinds.py: `Router` (one block, the reference),
 `MLPKind.forward` (every layer in three batched matmuls: the training hot path) and `PackedRouters` (block by
