@@ -164,7 +164,7 @@ def test_learn_then_test_refuses_the_allocation_when_n_is_too_small():
 
 
 def test_allocation_settings_name_the_field():
-    assert AllocationConfig().budgets == (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    assert AllocationConfig().budgets == (1.0, 2.0, 3.0, 4.0)
     with pytest.raises(ValueError, match="allocate.read_layer must be an integer >= 1"):
         AllocationConfig.from_dict({"read_layer": 0})
     with pytest.raises(ValueError, match="allocate.budgets: every mean budget must be a number > 0"):

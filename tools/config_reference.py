@@ -34,6 +34,7 @@ WHOLE = {("eval", "oracle", "mcts"): "search.mcts", ("eval", "oracle", "reward")
 def settings_blocks() -> dict[tuple[str, ...], type]:
     """Config block (a path of keys) -> the settings class that reads it."""
     from drllm.evaluation.settings import EvalSettings, OracleSettings
+    from drllm.routing.allocation_settings import AllocationConfig
     from drllm.routing.calibration_settings import CalibrationConfig
     from drllm.routing.certify import CertifyConfig
     from drllm.routing.train_settings import TrainConfig
@@ -44,7 +45,8 @@ def settings_blocks() -> dict[tuple[str, ...], type]:
 
     return {("search",): SearchSettings, ("search", "mcts"): MCTSConfig, ("search", "reward"): RewardConfig,
             ("search", "safety"): SafetyConfig, ("eval",): EvalSettings, ("eval", "oracle"): OracleSettings,
-            ("calibrate",): CalibrationConfig, ("calibrate", "certify"): CertifyConfig, ("train",): TrainConfig}
+            ("calibrate",): CalibrationConfig, ("calibrate", "certify"): CertifyConfig, ("train",): TrainConfig,
+            ("allocate",): AllocationConfig}
 
 
 def load_schema() -> dict:

@@ -18,7 +18,7 @@ class AllocationConfig:
     # choice formats' normaliser: each prompt's option tokens | every token the search prompts' options contain | full
     lens: str = setting("options", "str", choices=LENSES)
     share: float = setting(0.5, "number", low=0, high=1, low_open=True)  # the confident share that gets the skips
-    budgets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # mean skips per prompt: the certified family
+    budgets: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # mean skips per prompt: the certified family
 
     def __post_init__(self) -> None:
         check_fields(self, "allocate")
