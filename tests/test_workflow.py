@@ -345,15 +345,20 @@ def test_tiny_run_evaluation_and_report(tiny_run):
 
     cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
     methods = {"base", "router", "router@0.25", "router@calibrated", "router@certified", "static", "random", "safest",
-               "oracle"}
+               "oracle", "sure@2", "sure@certified", "safest@2"}
     assert {(b, m) for b, m in cells.select("benchmark", "method").unique().iter_rows()} == \
         {("arc_easy", m) for m in methods} | {("squad", m) for m in SQUAD_METHODS} | \
         {("local_mc", m) for m in ("base", "router", "router@0.25")}
     assert cells.filter(pl.col("method") == "base")["path_length"].unique().to_list() == [30]
     assert cells.filter((pl.col("benchmark") == "arc_easy") & (pl.col("method") == "router")).height == 3
+    sure = cells.filter(pl.col("method") == "sure@2")
+    assert sure.height == 3 and sure["read_blocks"].min() > 0 and cells.filter(pl.col("method") == "base")[
+        "read_blocks"].null_count() == cells.filter(pl.col("method") == "base").height
     report = work / "results" / "report" / "smollm2-135m-instruct"
     text = (report / "report.md").read_text()
     assert "agieval" in text and "no data source" in text  # skipped, with the reason
+    assert "## Certified operating point (sure@certified)" in text  # 4 calibration prompts: refused, saying why
+    assert "`sure@certified` is the base model (saves no layers): refused: n = 4 calibration prompts" in text
     assert all((report / name).stat().st_size > 0 for name in
                ("accuracy_vs_layers.png", "layer_actions.png", "routing_consensus.png", "summary.parquet"))
     assert (work / "logs" / "evaluate" / "smollm2-135m-instruct" / "squad" / "oracle.log").is_file()

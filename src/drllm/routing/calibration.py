@@ -173,6 +173,9 @@ def epsilon_note(certified: dict) -> str:
     if not certified.get("epsilon_auto"):
         return ""
     cert = certified["certificate"]
+    if cert["min_samples"] is not None and cert["n"] < cert["min_samples"]:
+        return (f" (epsilon null: not even {100 * cert['epsilon']:g} points, the largest of the grid, can be "
+                f"certified with n = {cert['n']} calibration prompts)")
     return (f" (epsilon = {100 * cert['epsilon']:g} points: the smallest of calibrate.certify's grid that "
             f"n = {cert['n']} calibration prompts can certify)")
 
