@@ -21,11 +21,11 @@ from drllm.data.entries import EvalEntry, sample_examples
 from drllm.data.examples import read_examples
 from drllm.evaluation.cells import (CellContext, EvaluationError, cell_accuracy, cell_row, evaluate_examples,
                                     write_cell)
-from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, method_name, parse_method
-from drllm.evaluation.policies import MethodInputs, build_policy
+from drllm.evaluation.methods import FILE_POINTS, METHODS, method_name, parse_method
+from drllm.evaluation.policies import MethodInputs, build_policy, router_point
 from drllm.evaluation.settings import EvalSettings
 from drllm.formats.answers import get_format
-from drllm.routing.calibration import CALIBRATED, read_calibration
+from drllm.routing.calibration import CALIBRATED
 from drllm.routing.router import RouterStack
 from drllm.search.shards import Checkpoint
 
@@ -105,13 +105,11 @@ def run_cell(request: CellRequest) -> str:
     entry = parse_entry(request.entry_json, settings.formats)
     kind, knob = parse_method(request.method)
     method = method_name(kind, knob)
-    threshold = None
-    if knob in FILE_POINTS:  # routes exactly as router@<p> / router@t<tau>; the rows keep the method name
-        knob, threshold = read_calibration(request.calibration, knob)
+    from_file = knob in FILE_POINTS  # routes exactly as router@<p> / router@t<tau>; the rows keep the method name
+    knob, threshold = router_point(knob, request.calibration)
+    if from_file:
         point = f"knob p = {knob:g}" if threshold is None else f"threshold tau = {threshold:g}"
         print(f"evaluate: {method}: {point} from {request.calibration}")
-    elif isinstance(knob, Threshold):
-        knob, threshold = None, knob.value
     manifest = read_manifest(request.model_dir)
     provenance = stage_provenance(
         "evaluate", {"entry": json.loads(request.entry_json), "method": request.method, "settings": given},
