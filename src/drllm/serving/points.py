@@ -69,6 +69,10 @@ def build_point(name: str, executor, tokenizer, model_name: str, routers=None, r
     if method.param == "budget" and param is None:
         raise ValueError(f"operating point {name!r}: give the number of removed layers ({kind}@<k>); without k "
                          f"it is matched to a router evaluation cell, which a server does not have")
+    if method.influence is not None and not influence:
+        what = {"block_influence": "block influence (results/eval/<model>/block_influence.parquet)",
+                "layer_safety": "layer safety of a search (results/search/<model>/layer_safety.parquet)"}
+        raise ValueError(f"operating point {name!r} needs serve.influence: the {what[method.influence]} file")
     ctx = CellContext(None, canonical, model_name, executor, tokenizer, None)
     policy = build_policy(kind, param, ctx, EvalSettings(), MethodInputs(routers, "", influence or ""))
     path = executor.as_path(policy(0, None, None))
