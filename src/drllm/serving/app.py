@@ -254,17 +254,14 @@ def make_app(server: ModelServer):
 
 
 def deployment(settings: ServeSettings):
-    """The Ray Serve deployment of `settings`: replicas (fixed or autoscaled), CPUs, ongoing requests."""
+    """The Ray Serve deployment of `settings`: replicas (fixed or autoscaled), CPUs, ongoing requests. The Serve
+    controller health-checks every replica and starts a new one in place of one whose process died."""
     from ray import serve
 
     @serve.ingress()
     class DrLLMServer(ModelServer):
         def __serve_build_asgi_app__(self):
             return make_app(self)
-
-        def check_health(self) -> None:  # Ray Serve replaces a replica whose check fails
-            if self.engine is None:
-                raise RuntimeError("the replica has no engine")
 
     options: dict[str, Any] = {"name": "DrLLMServer", "max_ongoing_requests": settings.max_ongoing_requests,
                                "ray_actor_options": {"num_cpus": settings.replica_cpus}}

@@ -52,6 +52,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     echo: bool = False
     logprobs: int | None = None   # top alternatives per token (None: no logprobs)
+    ignore_eos: bool = False      # extension (as vLLM's): decode to max_tokens through EOS (benchmarks)
 
 
 @dataclass
@@ -236,9 +237,13 @@ class Engine:
             raise RequestError(f"'{key}' must be an integer in [{low}, {high}], got {value!r}", key)
         return value
 
-    def _common(self, body: dict) -> tuple[str, list[str], int | None]:
-        """(operating point, stop strings, max_tokens or None) after the checks every endpoint shares."""
+    def _common(self, body: dict) -> tuple[str, list[str], int | None, bool]:
+        """(operating point, stop strings, max_tokens or None, ignore_eos) after the checks every endpoint
+        shares."""
         point = self.resolve_point(body)
+        ignore_eos = body.get("ignore_eos", False)
+        if not isinstance(ignore_eos, bool):
+            raise RequestError(f"'ignore_eos' must be true or false, got {ignore_eos!r}", "ignore_eos")
         temperature = body.get("temperature")
         if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                         or not 0 <= temperature <= 2):
@@ -257,7 +262,7 @@ class Engine:
                                f"{body.get('stop')!r}", "stop")
         limit = self.settings.max_tokens_limit
         key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        return point, stop, self._int(body, key, None, 0, limit)
+        return point, stop, self._int(body, key, None, 0, limit), ignore_eos
 
     def _check_length(self, ids: list[int], max_tokens: int, field_name: str) -> None:
         if len(ids) > self.context_length:
@@ -270,7 +275,7 @@ class Engine:
 
     def completion_jobs(self, body: dict) -> list[Job]:
         """The jobs of a /v1/completions request, one per prompt."""
-        point, stop, max_tokens = self._common(body)
+        point, stop, max_tokens, ignore_eos = self._common(body)
         max_tokens = self.settings.default_max_tokens if max_tokens is None else max_tokens
         echo = body.get("echo", False)
         if not isinstance(echo, bool):
@@ -283,7 +288,7 @@ class Engine:
         jobs = []
         for ids in prompts:
             self._check_length(ids, max_tokens, "prompt")
-            jobs.append(Job(ids, point, max_tokens, stop, echo, logprobs))
+            jobs.append(Job(ids, point, max_tokens, stop, echo, logprobs, ignore_eos))
         return jobs
 
     def _prompts(self, prompt: Any) -> list[list[int]]:
@@ -316,7 +321,7 @@ class Engine:
 
     def chat_job(self, body: dict) -> Job:
         """The job of a /v1/chat/completions request: the messages through the model's chat template."""
-        point, stop, max_tokens = self._common(body)
+        point, stop, max_tokens, ignore_eos = self._common(body)
         if max_tokens == 0:
             raise RequestError("'max_tokens' must be at least 1 for a chat completion", "max_tokens")
         messages = body.get("messages")
@@ -352,7 +357,7 @@ class Engine:
         max_tokens = self.context_length - len(ids) if max_tokens is None else max_tokens
         max_tokens = max(1, min(max_tokens, self.settings.max_tokens_limit))
         self._check_length(ids, max_tokens, "messages")
-        return Job(ids, point, max_tokens, stop)
+        return Job(ids, point, max_tokens, stop, ignore_eos=ignore_eos)
 
     # -- generation -------------------------------------------------------------------------------------------
 
@@ -385,8 +390,8 @@ class Engine:
                         prompt_logprobs[index] = self._prompt_logprobs(state.logits[row], job)
             for row, index in enumerate(indices):
                 job = jobs[index]
-                rows[index] = _Row(job, paths[row], self.tokenizer, eos, max((len(s) - 1 for s in job.stop),
-                                                                              default=0))
+                rows[index] = _Row(job, paths[row], self.tokenizer, set() if job.ignore_eos else eos,
+                                   max((len(s) - 1 for s in job.stop), default=0))
             last = state.logits[:, -1]
             for group in decode_groups(paths, self.settings.batching):
                 group_state = state if len(group) == len(indices) else path_batch.select_batch_rows(
