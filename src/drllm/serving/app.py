@@ -123,7 +123,7 @@ class ModelServer:
         choices = []
         for index, (job, (text, event)) in enumerate(zip(jobs, results)):
             if job.echo:
-                text = self.engine.tokenizer.decode(job.prompt_ids, skip_special_tokens=False) + text
+                text = self.engine.request_tokenizer.decode(job.prompt_ids, skip_special_tokens=False) + text
             choices.append({"index": index, "text": text, "logprobs": event.logprobs,
                             "finish_reason": event.finish_reason, "drllm": self.extension(job, event)})
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,

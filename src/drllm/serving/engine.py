@@ -15,6 +15,7 @@ are dropped) once a quarter of it has finished. `run` yields after every decode 
 when it has nothing new), so streams advance token by token."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -167,6 +168,9 @@ class Engine:
                              f"{read_manifest(model_dir).get('name')!r}, not serve.model.name "
                              f"{settings.model['name']!r}")
         model, self.tokenizer, self.manifest = load_model(model_dir, device=settings.device, dtype=settings.dtype)
+        # requests are parsed on the server's event loop while a batch decodes in a worker thread: each side has
+        # its own tokenizer (a Rust tokenizer object refuses use from two threads at once)
+        self.request_tokenizer = copy.deepcopy(self.tokenizer)
         self.model_dir = model_dir
         self.executor = PathExecutor(model)
         routers, routers_dir = None, None
@@ -304,7 +308,7 @@ class Engine:
         out = []
         for item in prompt:
             if isinstance(item, str) and item:
-                ids = list(self.tokenizer(item)["input_ids"])
+                ids = list(self.request_tokenizer(item)["input_ids"])
             elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool)
                                                          for t in item):
                 bad = [t for t in item if not 0 <= t < self.vocab_size]
@@ -349,11 +353,12 @@ class Engine:
             clean.append({"role": message["role"], "content": content})
         if not any(m["content"] for m in clean):
             raise RequestError("'messages' are all empty: give some content", "messages")
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+        tokenizer = self.request_tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
         else:
             text = "\n".join(f"{m['role']}: {m['content']}" for m in clean) + "\nassistant:"
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         max_tokens = self.context_length - len(ids) if max_tokens is None else max_tokens
         max_tokens = max(1, min(max_tokens, self.settings.max_tokens_limit))
         self._check_length(ids, max_tokens, "messages")
