@@ -222,19 +222,33 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(smollm2_dir, tmp_path_factory):
-    """drllm serve on the embedded model, with `base` and seeded skipping routers as `router`."""
-    import ray
-    from ray import serve
-
+    """The app on the embedded model, with `base` and seeded skipping routers as `router`, served in this process
+    (drllm.serving.app.serve_in_process: the same routes and engine, LocalBatcher for Ray Serve's batching)."""
     from drllm.core.models import read_manifest
-    from drllm.serving.cli import start
+    from drllm.serving.app import serve_in_process
 
     manifest = read_manifest(smollm2_dir)
     routers = skipping_routers(manifest["name"], manifest["num_layers"], manifest["hidden_size"],
                                tmp_path_factory.mktemp("serve_routers"))
     settings = ServeSettings.from_dict({"model": {"name": manifest["name"]}, "model_dir": str(smollm2_dir),
                                         "routers": str(routers), "operating_points": ["base", "router"],
-                                        "port": free_port(), "threads": 2, "max_tokens_limit": 256})
+                                        "port": free_port(), "max_tokens_limit": 256})
+    running = serve_in_process(settings)
+    yield f"http://127.0.0.1:{settings.port}", manifest["name"]
+    running.should_exit = True
+
+
+@pytest.mark.slow
+def test_ray_serve_application_answers(tiny_dir):
+    """`drllm serve`'s path: a local Ray, the Serve application (FastAPI ingress, @serve.batch), its routes."""
+    import ray
+    from ray import serve
+
+    from drllm.serving.cli import start
+
+    settings = ServeSettings.from_dict({"model": {"name": TINY, "source": "local"}, "model_dir": str(tiny_dir),
+                                        "routers": str(tiny_dir / "routers"), "operating_points": ["router", "base"],
+                                        "port": free_port(), "threads": 1})
     for attempt in range(3):  # Ray gives its raylet 30 s and the HTTP proxy 60 s to start: on a loaded shared CPU
         try:                  # they may not make it (a bare Exception, an ActorDiedError): start again
             start(settings, blocking=False)
@@ -245,9 +259,19 @@ def server(smollm2_dir, tmp_path_factory):
             ray.shutdown()
             if attempt == 2:
                 raise
-    yield f"http://127.0.0.1:{settings.port}", manifest["name"]
-    serve.shutdown()
-    ray.shutdown()
+    try:
+        url = f"http://127.0.0.1:{settings.port}"
+        status, body = http(f"{url}/v1/completions", {"model": TINY, "prompt": ["Hi", "Hello there"],
+                                                      "max_tokens": 3})
+        assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1], body
+        assert all(c["drllm"]["operating_point"] == "router" for c in body["choices"])
+        status, body = http(f"{url}/v1/completions", {"model": "other", "prompt": "Hi"})
+        assert status == 404 and body["error"]["param"] == "model"
+        status, body = http(f"{url}/health", b"", method="GET")
+        assert status == 200 and set(body["operating_points"]) == {"router", "base"}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def http(url: str, body: bytes | dict, method: str = "POST") -> tuple[int, dict]:

@@ -55,19 +55,66 @@ def _stream_flag(body: dict) -> bool:
     return stream
 
 
+_END = object()
+
+
+class LocalBatcher:
+    """Ray Serve's streaming `@serve.batch` contract outside a Serve replica (which `serve.batch` requires): a call
+    with one item returns an async iterator of that item's results; items arriving within `wait_s` of the first
+    (up to `max_batch_size`) go to `handler` as one list, and each list it yields holds one result per item
+    (StopIteration once an item is done). In-process serving (`serve_in_process`: tests, one machine without Ray)."""
+
+    def __init__(self, handler, max_batch_size: int, wait_s: float):
+        self.handler, self.max_batch_size, self.wait_s = handler, max_batch_size, wait_s
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+
+    async def __call__(self, item) -> AsyncIterator:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.task = asyncio.create_task(self._batches())
+        results: asyncio.Queue = asyncio.Queue()
+        await self.queue.put((item, results))
+        while True:
+            value = await results.get()
+            if value is _END:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+
+    async def _batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.wait_s
+            while len(batch) < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            try:
+                async for values in self.handler([item for item, _ in batch]):
+                    for (_, results), value in zip(batch, values):
+                        if value is not StopIteration:
+                            results.put_nowait(value)
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+                for _, results in batch:
+                    results.put_nowait(exc)
+            for _, results in batch:
+                results.put_nowait(_END)
+
+
 class ModelServer:
-    """One replica: the engine, the request batcher and the routes (usable without Ray: `make_app`)."""
+    """One replica: the engine, the request batcher and the routes (`make_app`). In a Ray Serve replica requests
+    are batched by `@serve.batch`; with in_process=True by `LocalBatcher` (the same contract, no Ray)."""
 
-    def __init__(self, settings: dict | ServeSettings):
-        from ray import serve
-
+    def __init__(self, settings: dict | ServeSettings, in_process: bool = False):
         self.settings = settings if isinstance(settings, ServeSettings) else ServeSettings.from_dict(settings)
         self.engine = Engine(self.settings)
         self.created = int(time.time())
         self.batches = 0  # batches run by this replica (GET /health)
 
-        @serve.batch(max_batch_size=self.settings.max_batch_size,
-                     batch_wait_timeout_s=self.settings.batch_wait_timeout_s)
         async def generate(jobs: list[Job]) -> AsyncIterator[list]:
             self.batches += 1
             steps = self.engine.run(jobs)
@@ -83,7 +130,13 @@ class ModelServer:
                         done[index] = True
                 yield out
 
-        self._generate = generate
+        if in_process:
+            self._generate = LocalBatcher(generate, self.settings.max_batch_size, self.settings.batch_wait_timeout_s)
+        else:
+            from ray import serve
+
+            self._generate = serve.batch(max_batch_size=self.settings.max_batch_size,
+                                         batch_wait_timeout_s=self.settings.batch_wait_timeout_s)(generate)
 
     async def events(self, job: Job) -> AsyncIterator[Event]:
         """The events of one job, as its batch produces them."""
@@ -277,3 +330,22 @@ def build_app(args: dict | None = None):
     the settings)."""
     settings = ServeSettings.from_dict(args)
     return deployment(settings).bind(settings.to_dict())
+
+
+def serve_in_process(settings: ServeSettings):
+    """The same app without Ray (one process, one engine, LocalBatcher) on settings.host:port, in a daemon
+    thread; returns the uvicorn server (`.should_exit = True` stops it). For tests and a quick local try."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(make_app(ModelServer(settings, in_process=True)), host=settings.host,
+                                           port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="drllm-serve")
+    thread.start()
+    deadline = time.monotonic() + 600
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the in-process server did not start on {settings.host}:{settings.port}")
+        time.sleep(0.05)
+    return server
