@@ -113,9 +113,10 @@ def batching_part(args, settings: ServeSettings, prompts: list[list[int]]) -> tu
 
 
 def http_part(args, settings: ServeSettings, prompts: list[list[int]]) -> list[str]:
+    from drllm.serving.app import serve_in_process
     from drllm.serving.cli import start
 
-    start(settings, blocking=False)
+    running = serve_in_process(settings) if args.in_process else start(settings, blocking=False)
     url = f"http://127.0.0.1:{settings.port}"
     name = settings.name
     points = settings.operating_points
@@ -141,9 +142,12 @@ def http_part(args, settings: ServeSettings, prompts: list[list[int]]) -> list[s
                          f"{summary['p50_s']:.2f} | {summary['p95_s']:.2f} | "
                          f"{statistics.fmean(layers) if layers else float('nan'):.2f} | {len(paths)} | {ratio} |")
             print(lines[-1], flush=True)
-    from ray import serve
+    if args.in_process:
+        running.should_exit = True
+    else:
+        from ray import serve
 
-    serve.shutdown()
+        serve.shutdown()
     return lines
 
 
@@ -206,6 +210,8 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default="batching,http,load")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server's replica")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--in-process", action="store_true",
+                        help="HTTP part: the same app served in this process without Ray (serve_in_process)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
 
@@ -231,7 +237,8 @@ def main(argv=None) -> int:
         print("\n## batching (in process)\n" + "\n".join(lines) + f"\nfastest: {batching}", flush=True)
     if "http" in parts:
         settings = ServeSettings.from_dict({**base, "batching": batching, "port": free_port()})
-        print(f"\n## HTTP, one replica, batching {batching}, max_batch_size 8", flush=True)
+        where = "in process (no Ray)" if args.in_process else "Ray Serve, one replica"
+        print(f"\n## HTTP, {where}, batching {batching}, max_batch_size 8", flush=True)
         print("\n".join(http_part(args, settings, prompts)), flush=True)
     if "load" in parts:
         settings = ServeSettings.from_dict({**base, "batching": batching, "port": free_port(), "num_replicas": 2,
