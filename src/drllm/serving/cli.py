@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--device")
     serve.add_argument("--dtype")
     serve.add_argument("--threads", type=int, help="torch threads per replica")
+    serve.add_argument("--in-process", action="store_true",
+                       help="serve from this process without Ray (one replica, the same routes and batching)")
     serve.add_argument("--print-config", action="store_true",
                        help="print the settings as a Ray Serve config (for serve run / serve deploy) and exit")
     return top
@@ -122,6 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
         if args.print_config:
             yaml.safe_dump(serve_config(settings), sys.stdout, sort_keys=False)
+            return 0
+        if args.in_process:
+            from drllm.serving.app import serve_in_process
+
+            running = serve_in_process(settings)
+            print(f"drllm serve: {settings.name} on http://{settings.host}:{settings.port}/v1 in process "
+                  f"(operating points {settings.operating_points}; Ctrl-C stops)", flush=True)
+            try:
+                while running.started and not running.should_exit:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                running.should_exit = True
             return 0
         start(settings)
     except (*EXPECTED_ERRORS, RayClusterError) as exc:
