@@ -20,10 +20,11 @@ from drllm.core.seeds import derived_seed
 from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
                                         read_influence, static_path)
 from drllm.evaluation.cells import CellContext, PathPolicy, read_cell
-from drllm.evaluation.methods import METHODS, policy_builder
+from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, policy_builder
 from drllm.routing.calibration import CERTIFIED
 from drllm.evaluation.settings import EvalSettings
 from drllm.routing.inference import RoutedModel
+from drllm.routing.calibration import read_calibration
 from drllm.routing.decision import Decision
 
 
@@ -56,13 +57,28 @@ def base_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, 
     return lambda index, example, encoded: executor.default_path()
 
 
+def router_model(executor, routers, knob: float | None, threshold: float | None, tokenizer=None) -> RoutedModel:
+    """The routed model of a router operating point: the knob p, or the threshold decision at tau."""
+    decision = None
+    if threshold is not None:
+        decision = Decision.from_dict(routers.config.decision).with_threshold(threshold)
+    return RoutedModel(executor, routers, knob, tokenizer, decision=decision)
+
+
+def router_point(param, calibration: str = "") -> tuple[float | None, float | None]:
+    """(knob p, threshold tau) of a router method's parameter: a knob, router@t<tau>, or a file point read from
+    the calibration file (router@calibrated / router@certified)."""
+    if param in FILE_POINTS:
+        return read_calibration(calibration, param)
+    if isinstance(param, Threshold):
+        return None, param.value
+    return param, None
+
+
 def router_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, knob, threshold) -> PathPolicy:
     if inputs.routers is None:
         raise ValueError(f"method {ctx.method!r} needs --routers (a trained router directory)")
-    decision = None
-    if threshold is not None:
-        decision = Decision.from_dict(inputs.routers.config.decision).with_threshold(threshold)
-    routed = RoutedModel(ctx.executor, inputs.routers, knob, ctx.tokenizer, decision=decision)
+    routed = router_model(ctx.executor, inputs.routers, knob, threshold, ctx.tokenizer)
     return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
 
 

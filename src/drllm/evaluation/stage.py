@@ -21,11 +21,11 @@ from drllm.data.entries import EvalEntry, sample_examples
 from drllm.data.examples import read_examples
 from drllm.evaluation.cells import (CellContext, EvaluationError, cell_accuracy, cell_row, evaluate_examples,
                                     write_cell)
-from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, method_name, parse_method
-from drllm.evaluation.policies import MethodInputs, build_policy
+from drllm.evaluation.methods import FILE_POINTS, METHODS, method_name, parse_method
+from drllm.evaluation.policies import MethodInputs, build_policy, router_point
 from drllm.evaluation.settings import EvalSettings
 from drllm.formats.answers import get_format
-from drllm.routing.calibration import CALIBRATED, read_calibration
+from drllm.routing.calibration import CALIBRATED
 from drllm.routing.router import RouterStack
 from drllm.search.shards import Checkpoint
 
@@ -108,12 +108,12 @@ def run_cell(request: CellRequest) -> str:
     method = method_name(kind, knob)
     threshold = None
     routed = METHODS.get(kind).param == "router"
-    if routed and knob in FILE_POINTS:  # routes exactly as router@<p> / router@t<tau>; the rows keep the name
-        knob, threshold = read_calibration(request.calibration, knob)
+    from_file = routed and knob in FILE_POINTS  # routes exactly as router@<p> / router@t<tau>; the rows keep the name
+    if routed:
+        knob, threshold = router_point(knob, request.calibration)
+    if from_file:
         point = f"knob p = {knob:g}" if threshold is None else f"threshold tau = {threshold:g}"
         print(f"evaluate: {method}: {point} from {request.calibration}")
-    elif isinstance(knob, Threshold):
-        knob, threshold = None, knob.value
     manifest = read_manifest(request.model_dir)
     provenance = stage_provenance(
         "evaluate", {"entry": json.loads(request.entry_json), "method": request.method, "settings": given},

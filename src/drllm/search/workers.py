@@ -221,7 +221,8 @@ class WorkerLostError(RayClusterError):
     """A prompt's Ray worker died more often than `max_retries` allows (or could not start at all)."""
 
 
-def _join(address: str) -> None:
+def join_cluster(address: str, setting: str = "search.ray_address", who: str = "the search jobs") -> None:
+    """Connect this process to the running Ray cluster at `address` (RayClusterError naming `setting` if not)."""
     import ray
     from ray.exceptions import AuthenticationError
 
@@ -231,9 +232,9 @@ def _join(address: str) -> None:
         # Ray 2.60: `ray start` turns token authentication on by itself when ~/.ray/auth_token exists, while a
         # process given an explicit address never does; a mismatch only shows as a failed connection.
         raise RayClusterError(
-            f"cannot join the Ray cluster at {address} (search.ray_address): {exc}. Is it running and reachable? "
+            f"cannot join the Ray cluster at {address} ({setting}): {exc}. Is it running and reachable? "
             "If it uses token authentication (`ray start` turns it on when ~/.ray/auth_token exists), set "
-            "RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN if this machine lacks that file, for the search jobs") from exc
+            f"RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN if this machine lacks that file, for {who}") from exc
 
 
 def _log(message: str) -> None:
@@ -259,7 +260,7 @@ def run_ray(rows: list[dict], model_dir: str, settings: SearchSettings, device: 
     started_here = not ray.is_initialized()
     if started_here:
         if address:
-            _join(address)
+            join_cluster(address)
         else:  # a short temp dir: AF_UNIX socket paths are limited to 107 bytes
             ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                      _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))

@@ -1,0 +1,1 @@
+"""Serving a routed model: an OpenAI-compatible endpoint on Ray Serve (`drllm serve`, docs/serving.md)."""
