@@ -31,7 +31,7 @@ from drllm.evaluation.baselines import read_influence
 from drllm.formats.answers import get_format
 from drllm.routing.allocation import AllocationPoint, allocation_path, fit_threshold, safe_order, skips_for
 from drllm.routing.allocation_settings import AllocationConfig
-from drllm.routing.calibration import PointLosses, curve_point, curve_records, epsilon_note, same_answer
+from drllm.routing.calibration import PointLosses, certificate_line, curve_point, curve_records, same_answer
 from drllm.routing.calibration_stage import calibration_config, held_out
 from drllm.routing.certify import certify, upper_bound
 from drllm.routing.confidence import check_read_layer, prefix_state, read_confidence
@@ -236,12 +236,7 @@ def certified_summary(allocation: dict) -> str:
     certified = allocation.get("certified")
     if not certified:
         return "`sure@certified` is the base model: calibrate.certify is not set"
-    cert = certified["certificate"]
-    what = "accuracy drop" if cert["loss"] == "accuracy_drop" else "disagreement with the base model"
-    if not certified["certified"]:
-        return f"`sure@certified` is the base model (saves no layers): {cert['reason']}" + epsilon_note(certified)
-    return (f"`sure@certified` spends a mean budget of {certified['mean_budget']:g} skips by the confidence read at "
-            f"layer {allocation['read_layer']}: {what} <= {100 * cert['epsilon']:g} points with probability >= "
-            f"{1 - cert['delta']:g} (Learn-then-Test, n = {cert['n']}; upper bound {100 * certified['risk_bound']:.2f}"
-            f" points); net of the read it saved {certified['mean_layers_saved']:.2f} layers per calibration prompt."
-            + epsilon_note(certified))
+    budget = certified["mean_budget"]
+    operating = (f"spends a mean budget of {budget:g} skips by the confidence read at layer "
+                 f"{allocation['read_layer']} (savings net of the read)" if budget is not None else "")
+    return certificate_line("sure@certified", certified, operating)

@@ -158,13 +158,19 @@ def certify_point(points: dict[tuple[str, float], PointLosses], config: CertifyC
 
 def certified_summary(certified: dict) -> str:
     """One line on calibration.json's `certified` object: the point and its guarantee, or why it saves nothing."""
+    return certificate_line("router@certified", certified, f"routes at {certified['point']}")
+
+
+def certificate_line(method: str, certified: dict, operating: str) -> str:
+    """One line on a certified point (`operating`: what the method does there) and its guarantee, or why it is
+    the base model."""
     cert = certified["certificate"]
     what = "accuracy drop" if cert["loss"] == "accuracy_drop" else "disagreement with the base model"
     if not certified["certified"]:
-        return f"`router@certified` is the base model (saves no layers): {cert['reason']}" + epsilon_note(certified)
-    return (f"`router@certified` routes at {certified['point']}: {what} <= {100 * cert['epsilon']:g} points with "
-            f"probability >= {1 - cert['delta']:g} (Learn-then-Test, {cert['method']} p-value, n = {cert['n']} "
-            f"calibration prompts; upper bound on its risk {100 * certified['risk_bound']:.2f} points); it saved "
+        return f"`{method}` is the base model (saves no layers): {cert['reason']}" + epsilon_note(certified)
+    return (f"`{method}` {operating}: {what} <= {100 * cert['epsilon']:g} points with probability >= "
+            f"{1 - cert['delta']:g} (Learn-then-Test, {cert['method']} p-value, n = {cert['n']} calibration "
+            f"prompts; upper bound on its risk {100 * certified['risk_bound']:.2f} points); it saved "
             f"{certified['mean_layers_saved']:.2f} layers per calibration prompt." + epsilon_note(certified))
 
 
