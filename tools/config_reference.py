@@ -113,6 +113,8 @@ def field_of(cls: type, name: str):
 
 
 def default_and_accepts(schema: dict, path: tuple[str, ...], rule: dict, parent: dict) -> tuple[str, str]:
+    """A key's default and what it accepts: the settings field's where a settings class reads the block, else
+    the schema's."""
     if path in WHOLE:
         return f"`{WHOLE[path]}`", f"keys of `{WHOLE[path]}`, merged over it"
     cls = settings_blocks().get(path[:-1])
@@ -136,6 +138,7 @@ def default_and_accepts(schema: dict, path: tuple[str, ...], rule: dict, parent:
 
 
 def shipped_value(shipped: dict, path: tuple[str, ...]) -> str:
+    """The value at `path` in a config ("—": not set there; "per entry" under a mapping of chosen names)."""
     node = shipped
     for key in path:
         if key == "<name>":
