@@ -500,6 +500,22 @@ def test_the_overlays_report(tmp_path):
                                    "capitals": [(0.85, 3.0, 75.0), (0.88, 3.0, 50.0)]}}
 
 
+def test_a_figure_that_cannot_be_drawn_names_its_methods_and_cells(tmp_path, monkeypatch, capsys):
+    """The CLI ends in `report: error:` naming the figure, its methods and their cells, not in a traceback."""
+    import drllm.evaluation.report as report_module
+
+    def broken(summary, path):
+        raise TypeError("'<' not supported between instances of 'NoneType' and 'float'")
+
+    cells = grammar_cells(tmp_path / "cells", ["base", "router", "router@t0.88"])
+    monkeypatch.setattr(report_module, "plot_accuracy_vs_layers", broken)
+    assert report_cli.main(["--cells", *map(str, cells.values()), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("report: error: report figure accuracy_vs_layers.png cannot draw method(s) "
+                          "['base', 'router', 'router@t0.88'] of cell(s) ") and err.count("\n") == 1
+    assert all(str(path) in err for path in cells.values()) and "TypeError: '<' not supported" in err
+
+
 def test_sweep_curves_join_each_line_by_its_parameter():
     """The accuracy figure's curves: each swept line in order of its parameter; the plain router on the knob line
     at p = -0.5 (its own probabilities), and on no line without router@<p> cells; single points on none."""
