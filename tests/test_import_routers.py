@@ -12,6 +12,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
+from conftest import REPO, certified_point
 from drllm.core.artifacts import ArtifactError
 from drllm.core.models import MANIFEST, file_sha256, read_manifest
 from drllm.routing.calibration import CERTIFIED, read_calibration
@@ -19,7 +20,6 @@ from drllm.routing.imported import SOURCE_FILE, import_routers, resolve_router_s
 from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterConfig,
                                   RouterStack)
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import import_routers as import_script  # noqa: E402
 
@@ -36,7 +36,7 @@ def make_release(out: Path, manifest: dict, card: bool = True, **config) -> Rout
                   base_model_sha256=manifest.get("weights_sha256"))
     stack = RouterStack(RouterConfig(**{**fields, **config}), seed=0)
     stack.save_pretrained(out)
-    certified = {"knob": -0.3, "threshold": None, "point": "p=-0.3", "certified": True}
+    certified = certified_point("knob", -0.3)
     (out / CALIBRATION_FILE).write_text(json.dumps({"knob": -0.25, "threshold": None, "model": manifest["name"],
                                                     "num_layers": manifest["num_layers"], "certified": certified}))
     if card:
@@ -132,6 +132,10 @@ def test_missing_and_malformed_files_are_named(tmp_path):
     (release / CALIBRATION_FILE).write_text(json.dumps({**calibration, "knob": 3.0}))
     with pytest.raises(ArtifactError, match="'knob' must be a number in"):
         import_routers(release, MANIFEST_FIELDS, tmp_path / "routers")
+    certified = {key: value for key, value in calibration["certified"].items() if key != "certificate"}
+    (release / CALIBRATION_FILE).write_text(json.dumps({**calibration, "certified": certified}))
+    with pytest.raises(ArtifactError, match=r"the 'certified' object lacks \['certificate'\]"):
+        import_routers(release, MANIFEST_FIELDS, tmp_path / "routers")  # the report would show it
     (release / CALIBRATION_FILE).write_text(json.dumps(calibration))
     config = json.loads((release / CONFIG_FILE).read_text())
     (release / CONFIG_FILE).write_text(json.dumps({**config, "hidden": 32}))  # a config that lies about the weights

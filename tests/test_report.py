@@ -516,6 +516,23 @@ def test_a_figure_that_cannot_be_drawn_names_its_methods_and_cells(tmp_path, mon
     assert all(str(path) in err for path in cells.values()) and "TypeError: '<' not supported" in err
 
 
+def test_cli_names_a_certified_point_without_its_certificate(tmp_path, capsys):
+    cells = grammar_cells(tmp_path / "cells", ["base", "router@certified"])
+    calibration = tmp_path / "calibration.json"
+    certified = certified_point("threshold", CERTIFIED_TAU)
+    calibration.write_text(json.dumps({"knob": -0.25, "threshold": None, "certified": certified}))
+    argv = ["--cells", *map(str, cells.values()), "--out-dir", str(tmp_path / "out"), "--calibration",
+            str(calibration)]
+    assert report_cli.main(argv) == 0
+    assert "`router@certified` routes at tau=0.9" in (tmp_path / "out" / "report.md").read_text()
+    del certified["certificate"]["epsilon"], certified["risk_bound"]
+    calibration.write_text(json.dumps({"knob": -0.25, "threshold": None, "certified": certified}))
+    assert report_cli.main(argv) == 2
+    assert capsys.readouterr().err == (f"report: error: router calibration file {calibration}: the 'certified' "
+                                       "object lacks ['risk_bound', 'certificate.epsilon'] (calibrate_routers.py "
+                                       "with calibrate.certify set writes them)\n")
+
+
 def test_sweep_curves_join_each_line_by_its_parameter():
     """The accuracy figure's curves: each swept line in order of its parameter; the plain router on the knob line
     at p = -0.5 (its own probabilities), and on no line without router@<p> cells; single points on none."""
