@@ -23,7 +23,6 @@ from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIG
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import import_routers as import_script  # noqa: E402
 
-PREPARED = REPO / "resources" / "models" / "smollm2-135m-instruct"
 # the embedded model's identity and shape as its manifest records them (a placeholder hash: no model is loaded)
 MANIFEST_FIELDS = {"name": "smollm2-135m-instruct", "num_layers": 30, "hidden_size": 576, "revision": None,
                    "weights_sha256": "e4" * 32}
@@ -245,23 +244,29 @@ def test_cli_with_hf_hub_offline_in_the_environment(tmp_path):
     assert result.stderr.count("\n") == 1 and not (tmp_path / "routers").exists()
 
 
-@pytest.mark.skipif(not (PREPARED / MANIFEST).is_file(), reason="needs the prepared embedded model in resources/")
-def test_cli_against_the_prepared_embedded_model(tmp_path, capsys):
-    manifest = read_manifest(PREPARED)
-    make_release(tmp_path / "release", manifest)
-    assert import_script.main(["--source", str(tmp_path / "release"), "--model-dir", str(PREPARED),
-                               "--out-dir", str(tmp_path / "routers")]) == 0
-    assert RouterStack.for_model(tmp_path / "routers", manifest).num_layers == manifest["num_layers"]
-
-
 @pytest.mark.slow
-def test_imported_routers_route_the_real_model(tmp_path, smollm2_dir):
+def test_imported_routers_route_the_real_model_as_the_release_does(tmp_path, smollm2_dir, capsys):
+    """The CLI against the materialised embedded model: the copy it makes routes every prompt along the path the
+    release folder's own stack picks."""
+    from drllm.core.executor import PathExecutor
+    from drllm.core.models import load_model
     from drllm.routing.inference import RoutedModel
 
-    make_release(tmp_path / "release", read_manifest(smollm2_dir))
+    manifest = read_manifest(smollm2_dir)
+    make_release(tmp_path / "release", manifest)
     assert import_script.main(["--source", str(tmp_path / "release"), "--model-dir", str(smollm2_dir),
                                "--out-dir", str(tmp_path / "routers")]) == 0
-    routed = RoutedModel.from_pretrained(smollm2_dir, tmp_path / "routers", device="cpu", dtype="float32")
-    ids = routed.tokenizer("Name a prime number larger than ten.")["input_ids"]
-    (path,) = routed.route_ids([ids])
-    assert len(path) >= 1
+    assert f"routers for {manifest['name']}" in capsys.readouterr().out
+    record = json.loads((tmp_path / "routers" / SOURCE_FILE).read_text())
+    assert record["model"]["weights_sha256"] == manifest["weights_sha256"]
+    model, tokenizer, _ = load_model(smollm2_dir, device="cpu", dtype="float32")
+    executor = PathExecutor(model)
+    prompts = [tokenizer(text)["input_ids"] for text in ("Name a prime number larger than ten.",
+                                                         "Question: Which gas do plants take in? Answer:",
+                                                         "The capital of France is")]
+    paths = {}
+    for name in ("release", "routers"):
+        routed = RoutedModel(executor, RouterStack.for_model(tmp_path / name, manifest), tokenizer=tokenizer)
+        paths[name] = routed.route_ids(prompts)
+    assert paths["routers"] == paths["release"]
+    assert any(path != executor.default_path() for path in paths["release"])  # the routers do route
