@@ -52,6 +52,29 @@ def cross_validated_losses(safety: np.ndarray, log_margin: np.ndarray, folds: in
     return cross_entropy(prior, safety), cross_entropy(margin, safety)
 
 
+def margin_report(margin: np.ndarray, safety: np.ndarray, folds: int = 5) -> list[str]:
+    """The lines RESULTS.md quotes, from each prompt's answer margin [N] and per-layer safety [N, L]: Spearman
+    correlation of the margin with the share of safe single skips, that share by margin quintile, and the
+    cross-validated per-layer losses of the prior and of the logistic model of the log margin."""
+    from scipy.stats import spearmanr
+
+    share = safety.mean(axis=1)
+    lines = [f"Spearman correlation of the answer margin with the share of safe single skips: "
+             f"{spearmanr(margin, share).statistic:.3f}",
+             "", "| margin quintile | margin range | safe single skips (share) | prompts |", "|---|---|---|---|"]
+    edges = np.quantile(margin, np.linspace(0, 1, 6))
+    quintile = np.clip(np.searchsorted(edges, margin, side="right") - 1, 0, 4)
+    for q in range(5):
+        chosen = quintile == q
+        lines.append(f"| {q + 1} | {edges[q]:.3f} - {edges[q + 1]:.3f} | {share[chosen].mean():.3f} | "
+                     f"{chosen.sum()} |")
+    prior, by_margin = cross_validated_losses(safety, np.log(margin + 1e-3), folds)
+    lines += ["", f"{folds}-fold over prompts, per-layer safety loss (cross-entropy): per-layer prior {prior:.4f}, "
+              f"per-layer logistic on the log margin {by_margin:.4f}: gain over the prior "
+              f"{100 * (1 - by_margin / prior):.1f}%"]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,22 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         margins.append(best - second)
         safety.append([float(s) for s in shard_row["layer_safety"]])
     margin, safety = np.array(margins), np.array(safety)
-    share = safety.mean(axis=1)
     print(f"# {datetime.date.today()} {platform.machine()} {torch.get_num_threads()} threads; {len(margin)} prompts "
           f"from {search_dir}; full-model margins in {time.perf_counter() - started:.0f}s")
-    from scipy.stats import spearmanr
-
-    print(f"Spearman correlation of the answer margin with the share of safe single skips: "
-          f"{spearmanr(margin, share).statistic:.3f}")
-    print("\n| margin quintile | margin range | safe single skips (share) | prompts |\n|---|---|---|---|")
-    edges = np.quantile(margin, np.linspace(0, 1, 6))
-    quintile = np.clip(np.searchsorted(edges, margin, side="right") - 1, 0, 4)
-    for q in range(5):
-        chosen = quintile == q
-        print(f"| {q + 1} | {edges[q]:.3f} - {edges[q + 1]:.3f} | {share[chosen].mean():.3f} | {chosen.sum()} |")
-    prior, by_margin = cross_validated_losses(safety, np.log(margin + 1e-3), args.folds)
-    print(f"\n{args.folds}-fold over prompts, per-layer safety loss (cross-entropy): per-layer prior {prior:.4f}, "
-          f"per-layer logistic on the log margin {by_margin:.4f}: gain over the prior {100 * (1 - by_margin / prior):.1f}%")
+    print("\n".join(margin_report(margin, safety, args.folds)))
     return 0
 
 

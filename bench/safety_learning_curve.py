@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import platform
 import time
+from typing import Iterator
 
 import torch
 import yaml
@@ -37,6 +38,35 @@ def train_block(configfiles: list[str]) -> dict:
     return block
 
 
+def feature_caches(executor, train: list, val: list, config: TrainConfig):
+    """The training and validation feature caches, both along the full path (teacher_force default: where the
+    safety targets were measured and where routing starts), built once for every share."""
+    num_layers = len(train[0].labels)
+    full = [dataclasses.replace(s, labels=[1] * num_layers) for s in [*train, *val]]
+    return tuple(build_feature_cache(executor, part, config.windows, config.cache_batch_size, config.cache_dtype,
+                                     exclude_first=config.pool_exclude_first)
+                 for part in (full[:len(train)], full[len(train):]))
+
+
+def curve_rows(cache, val_cache, train: list, val: list, manifest: dict, config: TrainConfig,
+               shares: list[float]) -> Iterator[dict]:
+    """Per share of the training prompts (nested: a seeded order, each share its first prompts, at least 2): the
+    prior's validation loss, the routers' best (selected epoch) validation loss, the gain and that epoch."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    for share in shares:
+        chosen = sorted(order[:max(2, round(share * len(train)))])
+        prior = prior_validation_loss([train[i].safety for i in chosen], [s.safety for s in val])
+        stack = RouterStack(RouterConfig(base_model=manifest["name"], num_layers=cache.num_layers,
+                                         hidden_size=int(manifest["hidden_size"]), windows=config.windows,
+                                         hidden=config.hidden, training=config.to_dict(),
+                                         pool_exclude_first=config.pool_exclude_first,
+                                         decision=Decision("threshold", config.threshold).to_dict(),
+                                         kind=config.router_kind), seed=config.seed)
+        best = selected_row(train_routers(stack, cache.subset(chosen), config, val_cache).epochs)
+        yield {"prompts": len(chosen), "chosen": chosen, "prior": prior, "val_loss": best["val_loss"],
+               "gain": 1 - best["val_loss"] / prior, "epoch": best["epoch"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,36 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the train settings must use target: safety")
     samples = read_samples(args.samples)
     train, val = split_samples(samples, config.val_fraction, config.seed)
-    num_layers = len(samples[0].labels)
-    full_path = [1] * num_layers  # teacher_force default: features along the full path, where routing starts
-    train, val = ([dataclasses.replace(s, labels=full_path) for s in part] for part in (train, val))
     model, _, _ = load_model(args.model_dir)
     manifest = read_manifest(args.model_dir)
     executor = PathExecutor(model)
     started = time.perf_counter()
-    cache = build_feature_cache(executor, train, config.windows, config.cache_batch_size, config.cache_dtype,
-                                exclude_first=config.pool_exclude_first)
-    val_cache = build_feature_cache(executor, val, config.windows, config.cache_batch_size, config.cache_dtype,
-                                    exclude_first=config.pool_exclude_first)
+    caches = feature_caches(executor, train, val, config)
     print(f"# {datetime.date.today()} {platform.machine()} {torch.get_num_threads()} threads; {len(train)} train / "
           f"{len(val)} validation prompts; feature cache in {time.perf_counter() - started:.0f}s")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
     print("| training prompts | prior val loss | routers val loss | gain over prior | epoch |")
     print("|---|---|---|---|---|")
-    for share in (float(x) for x in args.shares.split(",")):
-        chosen = sorted(order[:max(2, round(share * len(train)))])
-        subset = cache.subset(chosen)
-        prior = prior_validation_loss([train[i].safety for i in chosen], [s.safety for s in val])
-        stack = RouterStack(RouterConfig(base_model=manifest["name"], num_layers=num_layers,
-                                         hidden_size=int(manifest["hidden_size"]), windows=config.windows,
-                                         hidden=config.hidden, training=config.to_dict(),
-                                         pool_exclude_first=config.pool_exclude_first,
-                                         decision=Decision("threshold", config.threshold).to_dict(),
-                                         kind=config.router_kind), seed=config.seed)
-        history = train_routers(stack, subset, config, val_cache)
-        best = selected_row(history.epochs)
-        print(f"| {len(chosen)} | {prior:.4f} | {best['val_loss']:.4f} | {1 - best['val_loss'] / prior:+.2%} | "
-              f"{best['epoch']} |", flush=True)
+    for row in curve_rows(*caches, train, val, manifest, config, [float(x) for x in args.shares.split(",")]):
+        print(f"| {row['prompts']} | {row['prior']:.4f} | {row['val_loss']:.4f} | {row['gain']:+.2%} | "
+              f"{row['epoch']} |", flush=True)
     return 0
 
 

@@ -19,7 +19,7 @@ from drllm.data.registry import BENCHMARKS, load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (benchmark, split) -> rows, as documented in ENVIRONMENT.md and measured.
+# (benchmark, split) -> rows of the packaged offline data, measured (README's "The embedded default" gives ARC's).
 OFFLINE_COUNTS = {
     ("arc_easy", "validation"): 570,
     ("arc_challenge", "validation"): 299,

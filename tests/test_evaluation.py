@@ -314,6 +314,20 @@ def test_static_at_k_removes_the_k_least_influential_layers(tiny_inputs, tmp_pat
     assert "'static@6': cannot remove 6 of the model's 6 layers" in capsys.readouterr().err
 
 
+def test_safest_at_k_removes_the_k_blocks_most_often_safe_alone(tiny_inputs, tmp_path, capsys):
+    """safest@k on the search's layer_safety file (influence = the share of swept prompts on which skipping the
+    block alone was unsafe, as search_summary writes it): the k safest blocks removed for every example."""
+    safe = [0.1, 0.3, 0.8, 0.2, 0.5, 0.9]  # safest first: 5, 2, 4, 1, 3, 0 (not static's 3, 1, 4, 2, 0)
+    ranking = tmp_path / "layer_safety.parquet"
+    write_influence(ranking, influence_rows("tiny", [1 - s for s in safe], 10, 0))
+    for k, kept in [(0, [0, 1, 2, 3, 4, 5]), (2, [0, 1, 3, 4]), (3, [0, 1, 3])]:
+        out = tmp_path / f"safest{k}.parquet"
+        assert tiny_cell(tiny_inputs, f"safest@{k}", out, "--influence", str(ranking)) == 0, capsys.readouterr().err
+        rows = read_cell(out)
+        assert len(rows) == 6 and {r["method"] for r in rows} == {f"safest@{k}"}
+        assert all(r["path"] == kept for r in rows)
+
+
 def test_random_at_k_removes_k_seeded_layers_per_example(tiny_inputs, tmp_path, capsys):
     assert tiny_cell(tiny_inputs, "random@2", tmp_path / "r.parquet") == 0, capsys.readouterr().err
     rows = read_cell(tmp_path / "r.parquet")

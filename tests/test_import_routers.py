@@ -12,6 +12,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
+from conftest import REPO, certified_point
 from drllm.core.artifacts import ArtifactError
 from drllm.core.models import MANIFEST, file_sha256, read_manifest
 from drllm.routing.calibration import CERTIFIED, read_calibration
@@ -19,11 +20,9 @@ from drllm.routing.imported import SOURCE_FILE, import_routers, resolve_router_s
 from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterConfig,
                                   RouterStack)
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import import_routers as import_script  # noqa: E402
 
-PREPARED = REPO / "resources" / "models" / "smollm2-135m-instruct"
 # the embedded model's identity and shape as its manifest records them (a placeholder hash: no model is loaded)
 MANIFEST_FIELDS = {"name": "smollm2-135m-instruct", "num_layers": 30, "hidden_size": 576, "revision": None,
                    "weights_sha256": "e4" * 32}
@@ -36,7 +35,7 @@ def make_release(out: Path, manifest: dict, card: bool = True, **config) -> Rout
                   base_model_sha256=manifest.get("weights_sha256"))
     stack = RouterStack(RouterConfig(**{**fields, **config}), seed=0)
     stack.save_pretrained(out)
-    certified = {"knob": -0.3, "threshold": None, "point": "p=-0.3", "certified": True}
+    certified = certified_point("knob", -0.3)
     (out / CALIBRATION_FILE).write_text(json.dumps({"knob": -0.25, "threshold": None, "model": manifest["name"],
                                                     "num_layers": manifest["num_layers"], "certified": certified}))
     if card:
@@ -132,6 +131,10 @@ def test_missing_and_malformed_files_are_named(tmp_path):
     (release / CALIBRATION_FILE).write_text(json.dumps({**calibration, "knob": 3.0}))
     with pytest.raises(ArtifactError, match="'knob' must be a number in"):
         import_routers(release, MANIFEST_FIELDS, tmp_path / "routers")
+    certified = {key: value for key, value in calibration["certified"].items() if key != "certificate"}
+    (release / CALIBRATION_FILE).write_text(json.dumps({**calibration, "certified": certified}))
+    with pytest.raises(ArtifactError, match=r"the 'certified' object lacks \['certificate'\]"):
+        import_routers(release, MANIFEST_FIELDS, tmp_path / "routers")  # the report would show it
     (release / CALIBRATION_FILE).write_text(json.dumps(calibration))
     config = json.loads((release / CONFIG_FILE).read_text())
     (release / CONFIG_FILE).write_text(json.dumps({**config, "hidden": 32}))  # a config that lies about the weights
@@ -241,23 +244,29 @@ def test_cli_with_hf_hub_offline_in_the_environment(tmp_path):
     assert result.stderr.count("\n") == 1 and not (tmp_path / "routers").exists()
 
 
-@pytest.mark.skipif(not (PREPARED / MANIFEST).is_file(), reason="needs the prepared embedded model in resources/")
-def test_cli_against_the_prepared_embedded_model(tmp_path, capsys):
-    manifest = read_manifest(PREPARED)
-    make_release(tmp_path / "release", manifest)
-    assert import_script.main(["--source", str(tmp_path / "release"), "--model-dir", str(PREPARED),
-                               "--out-dir", str(tmp_path / "routers")]) == 0
-    assert RouterStack.for_model(tmp_path / "routers", manifest).num_layers == manifest["num_layers"]
-
-
 @pytest.mark.slow
-def test_imported_routers_route_the_real_model(tmp_path, smollm2_dir):
+def test_imported_routers_route_the_real_model_as_the_release_does(tmp_path, smollm2_dir, capsys):
+    """The CLI against the materialised embedded model: the copy it makes routes every prompt along the path the
+    release folder's own stack picks."""
+    from drllm.core.executor import PathExecutor
+    from drllm.core.models import load_model
     from drllm.routing.inference import RoutedModel
 
-    make_release(tmp_path / "release", read_manifest(smollm2_dir))
+    manifest = read_manifest(smollm2_dir)
+    make_release(tmp_path / "release", manifest)
     assert import_script.main(["--source", str(tmp_path / "release"), "--model-dir", str(smollm2_dir),
                                "--out-dir", str(tmp_path / "routers")]) == 0
-    routed = RoutedModel.from_pretrained(smollm2_dir, tmp_path / "routers", device="cpu", dtype="float32")
-    ids = routed.tokenizer("Name a prime number larger than ten.")["input_ids"]
-    (path,) = routed.route_ids([ids])
-    assert len(path) >= 1
+    assert f"routers for {manifest['name']}" in capsys.readouterr().out
+    record = json.loads((tmp_path / "routers" / SOURCE_FILE).read_text())
+    assert record["model"]["weights_sha256"] == manifest["weights_sha256"]
+    model, tokenizer, _ = load_model(smollm2_dir, device="cpu", dtype="float32")
+    executor = PathExecutor(model)
+    prompts = [tokenizer(text)["input_ids"] for text in ("Name a prime number larger than ten.",
+                                                         "Question: Which gas do plants take in? Answer:",
+                                                         "The capital of France is")]
+    paths = {}
+    for name in ("release", "routers"):
+        routed = RoutedModel(executor, RouterStack.for_model(tmp_path / name, manifest), tokenizer=tokenizer)
+        paths[name] = routed.route_ids(prompts)
+    assert paths["routers"] == paths["release"]
+    assert any(path != executor.default_path() for path in paths["release"])  # the routers do route

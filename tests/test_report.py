@@ -8,14 +8,17 @@ import sys
 import polars as pl
 import pytest
 
-from conftest import REPO
+from conftest import REPO, certified_point
 from drllm.core.artifacts import ArtifactError
 from drllm.evaluation.cells import write_cell
 from drllm.evaluation.metrics import bootstrap_interval, wilson_interval
-from drllm.evaluation.methods import order_methods
-from drllm.evaluation.report import build_report, load_cells
+from drllm.evaluation.methods import (FILE_POINTS, METHODS, PARAMS, Threshold, needs_search, order_methods,
+                                      parse_method)
+from drllm.evaluation.plots import plot_accuracy_vs_layers, sweep_curves
+from drllm.evaluation.report import FIGURES, build_report, load_cells
 from drllm.evaluation.summary import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, REPORT_SUMMARY_SCHEMA, Z95,
                                       frontier_points, scores_by_level, summarize_cells)
+from drllm.routing.calibration import CALIBRATED, CERTIFIED
 from drllm.routing.card import release_card
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -361,3 +364,189 @@ def test_release_script_names_a_missing_router_file(tmp_path, capsys):
                                  "--search-summary", "s.md", "--report-summary", "r.parquet",
                                  "--out-dir", str(tmp_path / "out")]) == 2
     assert "routers.safetensors missing" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The whole report over every method name the table accepts (plugins included), alone and mixed
+# --------------------------------------------------------------------------------------------------------
+
+# One name of each form per parameter grammar, and for the mixes a second point of each swept line (so a line
+# sorts its points).
+NAME_FORMS = {"none": lambda kind: [kind],
+              "budget": lambda kind: [kind, f"{kind}@2"],
+              "router": lambda kind: [kind, f"{kind}@-0.25", f"{kind}@t0.88", *(f"{kind}@{p}" for p in FILE_POINTS)]}
+SECOND_POINTS = {"none": lambda kind: [], "budget": lambda kind: [f"{kind}@1"],
+                 "router": lambda kind: [f"{kind}@0.25", f"{kind}@t0.85"]}
+GRAMMAR_BENCHMARKS = {"arc": 6, "capitals": 4}  # examples per cell: the report must carry each count
+CALIBRATED_KNOB, CERTIFIED_TAU = -0.4, 0.9
+
+
+def accepted_names(second_points: bool = True) -> list[str]:
+    """Every form of every kind the method table holds now (a new kind is covered without a change here)."""
+    forms = [NAME_FORMS, SECOND_POINTS] if second_points else [NAME_FORMS]
+    return [name for kind in METHODS for table in forms for name in table[METHODS.get(kind).param](kind)]
+
+
+def has_knob(name: str) -> bool:
+    """A router@<p> cell, which eval.knobs makes."""
+    return isinstance(parse_method(name)[1], float)
+
+
+def grammar_cells(directory, names) -> dict[tuple[str, str], object]:
+    """One cell per benchmark x name; knob / threshold columns as the evaluate stage fills them, and every
+    method its own layers and scores, so each point of a line lies elsewhere."""
+    paths = {}
+    for m, name in enumerate(names):
+        kind, param = parse_method(name)
+        knob = param if isinstance(param, float) else CALIBRATED_KNOB if param == CALIBRATED else None
+        threshold = param.value if isinstance(param, Threshold) else CERTIFIED_TAU if param == CERTIFIED else None
+        skips = [1] * L
+        skips[m % L] = 0 if name != "base" else 1
+        for benchmark, n in GRAMMAR_BENCHMARKS.items():
+            rows = [{**example(benchmark, name, i, (i + m) % 3 != 0, skips, knob=knob), "threshold": threshold}
+                    for i in range(n)]
+            paths[benchmark, name] = directory / benchmark / f"{name}.parquet"
+            write_cell(paths[benchmark, name], rows)
+    return paths
+
+
+def check_report(paths, cells: dict, skipped: list[dict], lines: set[str], legend: bool = True) -> None:
+    """Every artifact of one report against the cells it was built from."""
+    methods = order_methods(m for _, m in cells)
+    for name in FIGURES:
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    summary = pl.read_parquet(paths["summary"])
+    assert summary.columns == REPORT_SUMMARY_SCHEMA.names
+    assert {(b, m): n for b, m, n in summary.select("benchmark", "method", "n").iter_rows()} == \
+        {(b, m): GRAMMAR_BENCHMARKS[b] for b, m in cells}
+    text = paths["report"].read_text()
+    assert f"| benchmark | metric | n | {' | '.join(methods)} |" in text  # Table 3: every method, report order
+    assert f"| benchmark | L | {' | '.join(methods)} |" in text  # Table 4
+    for benchmark, n in GRAMMAR_BENCHMARKS.items():
+        assert f"| {benchmark} | acc_norm | {n} | " in text
+    assert all(f"- **{s['benchmark']}**: {s['reason']}" in text for s in skipped)
+    assert "## Certified operating point (router@certified)" in text
+    # the certified point's observed drop, per benchmark with its cell
+    assert ("| benchmark | n | accuracy drop (points) |" in text) == ("router@certified" in methods)
+    # the frontier, per benchmark and mean: every named point and the plain names the table marks (not the matched
+    # budgets, whose k differs per benchmark)
+    frontier = pl.read_parquet(paths["frontier_points"])
+    plotted = {m for m in methods if parse_method(m)[1] is not None or METHODS.get(parse_method(m)[0]).marker}
+    assert set(frontier.select("benchmark", "method").iter_rows()) == \
+        {(b, m) for b in [*GRAMMAR_BENCHMARKS, MEAN_BENCHMARK] for m in plotted}
+    assert set(frontier.filter(pl.col("line").is_not_null())["line"]) == lines
+    summary = summarize_cells(load_cells(cells.values())[0])
+    assert set(sweep_curves(summary)) == lines
+    if legend:  # the figure again, for its legend: a curve per swept line
+        labels = plot_accuracy_vs_layers(summary, paths["accuracy_vs_layers"])
+        assert {label.split(" ")[0] for label in labels if " curve " in label} == lines
+
+
+def expected_lines(names) -> set[str]:
+    lines = set()
+    for name in names:
+        kind, param = parse_method(name)
+        if isinstance(param, float):
+            lines.add(f"{kind}@p")
+        elif isinstance(param, Threshold):
+            lines.add(f"{kind}@t")
+        elif isinstance(param, int) and METHODS.get(kind).param == "budget":
+            lines.add(f"{kind}@k")
+    return lines
+
+
+def test_name_forms_cover_every_parameter_grammar():
+    assert set(NAME_FORMS) == set(SECOND_POINTS) == set(PARAMS)  # a new grammar needs its names above
+    for name in accepted_names():
+        parse_method(name)
+
+
+@pytest.mark.parametrize("routers", ["trained", "imported"])
+@pytest.mark.parametrize("knobs", [True, False], ids=["knobs", "no-knobs"])
+def test_report_over_every_method_mixed(tmp_path, toy_method, routers, knobs):
+    """All accepted names in one report, as a run evaluates them: imported routers have no search, so the cells
+    reading it are skipped and no benchmark is in domain; without eval.knobs there are no router@<p> cells."""
+    names = [n for n in accepted_names() if knobs or not has_knob(n)]
+    assert toy_method.kind in {parse_method(n)[0] for n in names}
+    skipped = list(SKIPPED)
+    if routers == "imported":
+        skipped += [{"benchmark": f"{b} {n}", "reason": "needs the search's single-skip sweep"}
+                    for b in GRAMMAR_BENCHMARKS for n in names if needs_search(n)]
+        names = [n for n in names if not needs_search(n)]
+    cells = grammar_cells(tmp_path / "cells", names)
+    paths = build_report(cells.values(), skipped, tmp_path / "report", in_domain=[] if routers == "imported"
+                         else ["arc"], certified=certified_point("threshold", CERTIFIED_TAU))
+    check_report(paths, cells, skipped, expected_lines(names))
+
+
+def test_report_over_every_method_alone(tmp_path, toy_method):
+    for name in accepted_names(second_points=False):
+        cells = grammar_cells(tmp_path / name / "cells", [name])
+        paths = build_report(cells.values(), [], tmp_path / name / "report", in_domain=["arc"],
+                             certified=certified_point("threshold", CERTIFIED_TAU))
+        check_report(paths, cells, [], expected_lines([name]), legend=False)
+
+
+def test_the_overlays_report(tmp_path):
+    """The issue's overlay: imported routers on two declared benchmarks, threshold cells beside the plain router
+    and no knobs; the accuracy figure joins the thresholds by tau and leaves the plain router a point."""
+    names = ["base", "router", "router@certified", "router@t0.88", "router@t0.85"]
+    cells = grammar_cells(tmp_path / "cells", names)
+    paths = build_report(cells.values(), [], tmp_path / "report", in_domain=[], certified=certified_point("threshold", CERTIFIED_TAU))
+    check_report(paths, cells, [], {"router@t"})
+    curves = sweep_curves(summarize_cells(load_cells(cells.values())[0]))
+    # names 3 and 4 skip layers 3 and 0 of 4; scores (i + m) % 3 != 0 over 6 and 4 examples
+    assert curves == {"router@t": {"arc": [(0.85, 3.0, 100 * (4 / 6)), (0.88, 3.0, 100 * (4 / 6))],
+                                   "capitals": [(0.85, 3.0, 75.0), (0.88, 3.0, 50.0)]}}
+
+
+def test_a_figure_that_cannot_be_drawn_names_its_methods_and_cells(tmp_path, monkeypatch, capsys):
+    """The CLI ends in `report: error:` naming the figure, its methods and their cells, not in a traceback."""
+    import drllm.evaluation.report as report_module
+
+    def broken(summary, path):
+        raise TypeError("'<' not supported between instances of 'NoneType' and 'float'")
+
+    cells = grammar_cells(tmp_path / "cells", ["base", "router", "router@t0.88"])
+    monkeypatch.setattr(report_module, "plot_accuracy_vs_layers", broken)
+    assert report_cli.main(["--cells", *map(str, cells.values()), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("report: error: report figure accuracy_vs_layers.png cannot draw method(s) "
+                          "['base', 'router', 'router@t0.88'] of cell(s) ") and err.count("\n") == 1
+    assert all(str(path) in err for path in cells.values()) and "TypeError: '<' not supported" in err
+
+
+def test_cli_names_a_certified_point_without_its_certificate(tmp_path, capsys):
+    cells = grammar_cells(tmp_path / "cells", ["base", "router@certified"])
+    calibration = tmp_path / "calibration.json"
+    certified = certified_point("threshold", CERTIFIED_TAU)
+    calibration.write_text(json.dumps({"knob": -0.25, "threshold": None, "certified": certified}))
+    argv = ["--cells", *map(str, cells.values()), "--out-dir", str(tmp_path / "out"), "--calibration",
+            str(calibration)]
+    assert report_cli.main(argv) == 0
+    assert "`router@certified` routes at tau=0.9" in (tmp_path / "out" / "report.md").read_text()
+    del certified["certificate"]["epsilon"], certified["risk_bound"]
+    calibration.write_text(json.dumps({"knob": -0.25, "threshold": None, "certified": certified}))
+    assert report_cli.main(argv) == 2
+    assert capsys.readouterr().err == (f"report: error: router calibration file {calibration}: the 'certified' "
+                                       "object lacks ['risk_bound', 'certificate.epsilon'] (calibrate_routers.py "
+                                       "with calibrate.certify set writes them)\n")
+
+
+def test_sweep_curves_join_each_line_by_its_parameter():
+    """The accuracy figure's curves: each swept line in order of its parameter; the plain router on the knob line
+    at p = -0.5 (its own probabilities), and on no line without router@<p> cells; single points on none."""
+    def row(method, layers, score, benchmark="arc"):
+        return {"benchmark": benchmark, "method": method, "mean_path_length": layers, "score": score}
+
+    summary = [row("base", 4.0, 0.75), row("router", 3.5, 0.625), row("router@0.25", 2.0, 0.5),
+               row("router@-0.75", 4.0, 0.875), row("router@t0.9", 3.0, 0.625), row("router@t0.85", 2.5, 0.5),
+               row("router@calibrated", 3.0, 0.75), row("router@certified", 3.5, 0.75), row("static", 3.0, 0.5),
+               row("static@2", 2.0, 0.25), row("static@1", 3.0, 0.5), row("oracle", 2.0, 1.0),
+               row("mystery", 1.0, 0.0), row("router@t0.9", 2.0, 0.25, "squad")]
+    assert sweep_curves(summary) == {
+        "router@p": {"arc": [(-0.75, 4.0, 87.5), (-0.5, 3.5, 62.5), (0.25, 2.0, 50.0)]},
+        "router@t": {"arc": [(0.85, 2.5, 50.0), (0.9, 3.0, 62.5)], "squad": [(0.9, 2.0, 25.0)]},
+        "static@k": {"arc": [(1.0, 3.0, 50.0), (2.0, 2.0, 25.0)]}}
+    without_knobs = [r for r in summary if r["method"] not in ("router@0.25", "router@-0.75")]
+    assert set(sweep_curves(without_knobs)) == {"router@t", "static@k"}

@@ -343,6 +343,9 @@ def test_tiny_run_evaluation_and_report(tiny_run):
     work, _, _ = tiny_run
     import polars as pl
 
+    from drllm.evaluation.methods import order_methods
+    from drllm.evaluation.summary import n_label
+
     cells = pl.read_parquet(work / "results" / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
     methods = {"base", "router", "router@0.25", "router@calibrated", "router@certified", "static", "random", "safest",
                "oracle", "sure@2", "sure@certified", "safest@2"}
@@ -359,8 +362,18 @@ def test_tiny_run_evaluation_and_report(tiny_run):
     assert "agieval" in text and "no data source" in text  # skipped, with the reason
     assert "## Certified operating point (sure@certified)" in text  # 4 calibration prompts: refused, saying why
     assert "`sure@certified` is the base model (saves no layers): refused: n = 4 calibration prompts" in text
-    assert all((report / name).stat().st_size > 0 for name in
-               ("accuracy_vs_layers.png", "layer_actions.png", "routing_consensus.png", "summary.parquet"))
+    # every evaluated cell is a summary row with its row count, and every method a column of Table 3 whose n
+    # column gives each benchmark's counts
+    counts = {(b, m): n for b, m, n in cells.group_by("benchmark", "method").len().iter_rows()}
+    summary = pl.read_parquet(report / "summary.parquet")
+    assert {(b, m): n for b, m, n in summary.select("benchmark", "method", "n").iter_rows()} == counts
+    assert f"| benchmark | metric | n | {' | '.join(order_methods(m for _, m in counts))} |" in text
+    table3 = text.split("## Accuracy (Table 3)")[1].split("## Layers (Table 4)")[0]
+    for benchmark in {b for b, _ in counts}:
+        [row] = [line for line in table3.splitlines() if line.startswith(f"| {benchmark} |")]
+        assert row.split(" | ")[2] == n_label([n for (b, _), n in counts.items() if b == benchmark]), row
+    assert all((report / name).read_bytes()[:4] == b"\x89PNG" for name in
+               ("accuracy_vs_layers.png", "frontier.png", "layer_actions.png", "routing_consensus.png"))
     assert (work / "logs" / "evaluate" / "smollm2-135m-instruct" / "squad" / "oracle.log").is_file()
 
 

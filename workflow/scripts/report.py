@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.core.artifacts import ArtifactError, read_json
+from drllm.core.artifacts import ArtifactError
 from drllm.core.cli import json_argument, run_script
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.report import build_report, validate_skipped
 from drllm.evaluation.summary import parse_in_domain
+from drllm.routing.calibration import read_certified
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                                       inputs=args.cells)
         certified = None
         if args.calibration:
-            certified = read_json(args.calibration, "router calibration file").get("certified")
+            certified = read_certified(args.calibration)
             if certified is None:
                 raise ArtifactError(f"{args.calibration} has no certified point (calibrate.certify is not set)")
         allocation = read_json(args.allocation, "allocation file") if args.allocation else None

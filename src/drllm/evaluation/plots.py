@@ -10,7 +10,8 @@ from collections import defaultdict
 import numpy as np
 
 from drllm.core.figures import placeholder_figure, pyplot, save_figure
-from drllm.evaluation.methods import PLAIN_ROUTER_KNOB, method_sort_key, order_methods, sweep_param
+from drllm.evaluation.methods import (METHODS, PLAIN_ROUTER_KNOB, frontier_line, method_sort_key, order_methods,
+                                      sweep_param)
 from drllm.evaluation.summary import ACTIONS, MEAN_BENCHMARK, layer_action_shares, n_label, routing_consensus
 
 
@@ -18,44 +19,59 @@ from drllm.evaluation.summary import ACTIONS, MEAN_BENCHMARK, layer_action_share
 # Plots
 # --------------------------------------------------------------------------------------------------------
 
-def plot_accuracy_vs_layers(summary: list[dict], path) -> None:
+def sweep_curves(summary: list[dict]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """Each swept line of the summary (router@p, router@t, static@k, a plugin's...): line -> benchmark ->
+    [(parameter, mean executed layers, score %)] in order of the parameter. A plain router-grammar name joins its
+    kind's @p line at PLAIN_ROUTER_KNOB (the knob that leaves its probabilities as they are) when that line exists;
+    every other cell without a swept parameter (base, file points, matched budgets) is no line's point."""
+    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in summary:
+        line = frontier_line(r["method"])
+        if line is not None:
+            curves[line][r["benchmark"]].append((sweep_param(r["method"]), r["mean_path_length"], 100 * r["score"]))
+    for r in summary:
+        line = f"{r['method']}@p"
+        if line in curves and r["method"] in METHODS and METHODS.get(r["method"]).param == "router":
+            curves[line][r["benchmark"]].append((PLAIN_ROUTER_KNOB, r["mean_path_length"], 100 * r["score"]))
+    return {line: {b: sorted(points) for b, points in sorted(by_benchmark.items())}
+            for line, by_benchmark in sorted(curves.items())}
+
+
+def plot_accuracy_vs_layers(summary: list[dict], path) -> list[str]:
     """Mean score vs mean executed layers: one style per method, per-benchmark points, big per-method average,
-    and the router@p knob curve (router placed at its knob value) per benchmark and on average."""
+    and each swept line (`sweep_curves`) joined in order of its parameter, per benchmark and on average.
+    Returns the legend's labels."""
     title = "Accuracy vs executed layers"
     if not summary:
-        return placeholder_figure(path, title, "no evaluation results")
+        placeholder_figure(path, title, "no evaluation results")
+        return []
     plt = pyplot()
     methods = order_methods(r["method"] for r in summary)
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     markers = "osD^vP*Xph<>"
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    method_colour = {}
     for i, m in enumerate(methods):
         rows = [r for r in summary if r["method"] == m]
         style = dict(color=colours(i % colours.N), marker=markers[i % len(markers)])
+        method_colour[m] = style["color"]
         ax.scatter([r["mean_path_length"] for r in rows], [100 * r["score"] for r in rows], s=30, alpha=0.6,
                    **style)
         ax.scatter(np.mean([r["mean_path_length"] for r in rows]), 100 * np.mean([r["score"] for r in rows]),
                    s=170, edgecolors="black", linewidths=1.2, label=f"{m} (avg of {len(rows)})", **style)
-
-    # the knob's trade-off curve: router@p points (and the plain router) joined in order of p
-    def knob_of(row):
-        return PLAIN_ROUTER_KNOB if row["method"] == "router" else row["knob"]
-
-    curve_rows = [r for r in summary if r["method"] == "router"  # router@calibrated is its own marker
-                  or (r["method"].startswith("router@") and sweep_param(r["method"]) is not None)]
-    if any(r["method"] != "router" for r in curve_rows):
-        router_colour = colours(methods.index("router") % colours.N) if "router" in methods else "grey"
-        points_by_knob = defaultdict(list)
-        for b in sorted({r["benchmark"] for r in curve_rows}):
-            points = sorted((knob_of(r), r["mean_path_length"], 100 * r["score"])
-                            for r in curve_rows if r["benchmark"] == b)
-            ax.plot([p[1] for p in points], [p[2] for p in points], color=router_colour, lw=0.8, alpha=0.4)
-            for knob, x, y in points:
-                points_by_knob[knob].append((x, y))
-        knobs = sorted(points_by_knob)
-        ax.plot([np.mean([x for x, _ in points_by_knob[k]]) for k in knobs],
-                [np.mean([y for _, y in points_by_knob[k]]) for k in knobs],
-                color=router_colour, lw=2, ls="--", label="router knob curve (avg, by p)")
+    for line, by_benchmark in sweep_curves(summary).items():
+        # the colour of its first point: the plain router's on the knob line it joins
+        on_line = [m for m in methods if frontier_line(m) == line or f"{m}@p" == line]
+        colour = method_colour[min(on_line, key=method_sort_key)]
+        points_by_param = defaultdict(list)
+        for points in by_benchmark.values():
+            ax.plot([p[1] for p in points], [p[2] for p in points], color=colour, lw=0.8, alpha=0.4)
+            for param, x, y in points:
+                points_by_param[param].append((x, y))
+        params = sorted(points_by_param)
+        ax.plot([np.mean([x for x, _ in points_by_param[p]]) for p in params],
+                [np.mean([y for _, y in points_by_param[p]]) for p in params],
+                color=colour, lw=2, ls="--", label=f"{line} curve (avg over benchmarks)")
     # name each benchmark once, beside its first method's point
     for b in sorted({r["benchmark"] for r in summary}):
         first = min((r for r in summary if r["benchmark"] == b), key=lambda r: method_sort_key(r["method"]))
@@ -66,6 +82,7 @@ def plot_accuracy_vs_layers(summary: list[dict], path) -> None:
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     save_figure(fig, path)
+    return ax.get_legend_handles_labels()[1]
 
 
 LINE_STYLES = {"router@p": dict(color="tab:blue", marker="o", ls="-"),

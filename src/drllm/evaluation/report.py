@@ -230,6 +230,12 @@ def validate_skipped(skipped) -> list[dict]:
 
 def load_cells(cell_paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
     """All rows of the cells, and the paths of empty cells; each cell must hold one benchmark x method, once."""
+    rows, empty, _ = _read_cells(cell_paths)
+    return rows, empty
+
+
+def _read_cells(cell_paths: Iterable[str | Path]) -> tuple[list[dict], list[str], dict[tuple[str, str], str]]:
+    """load_cells, and each non-empty cell's path by (benchmark, method)."""
     rows, empty, seen = [], [], {}
     for path in cell_paths:
         cell = read_cell(path)
@@ -242,13 +248,13 @@ def load_cells(cell_paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]
         key = keys.pop()
         if key in seen:
             raise ArtifactError(f"two cells for {key[0]} x {key[1]}: {seen[key]} and {path}")
-        seen[key] = path
+        seen[key] = str(path)
         ids = Counter(r["example_id"] for r in cell)
         repeated = [i for i, k in ids.items() if k > 1]
         if repeated:  # the paired deltas match examples by id
             raise ArtifactError(f"evaluation cell {path} repeats example_id(s) {repeated[:5]}")
         rows.extend(cell)
-    return rows, empty
+    return rows, empty, seen
 
 
 def cell_oracle_rewards(cell_paths: Iterable[str | Path]) -> dict[str, str]:
@@ -280,15 +286,22 @@ def build_report(cell_paths: Iterable[str | Path], skipped: list[dict], out_dir,
     (sure@certified), the same way."""
     skipped = validate_skipped(skipped)
     cell_paths = list(cell_paths)
-    rows, empty = load_cells(cell_paths)
+    rows, empty, cells = _read_cells(cell_paths)
     summary = summarize_cells(rows, seed=seed)
     frontier = frontier_points(summary, in_domain)
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.png" for name in FIGURES}
-    plot_accuracy_vs_layers(summary, paths["accuracy_vs_layers"])
-    plot_frontier(frontier, paths["frontier"])
-    plot_layer_actions(rows, paths["layer_actions"])
-    plot_routing_consensus(rows, paths["routing_consensus"])
+    for name, plot, data, methods in [
+            ("accuracy_vs_layers", plot_accuracy_vs_layers, summary, {r["method"] for r in summary}),
+            ("frontier", plot_frontier, frontier, {p["method"] for p in frontier}),
+            ("layer_actions", plot_layer_actions, rows, {"router"}),
+            ("routing_consensus", plot_routing_consensus, rows, {"router"})]:
+        try:
+            plot(data, paths[name])
+        except Exception as exc:  # a combination the figure cannot draw is named like bad input, not a traceback
+            drawn = sorted(path for (_, method), path in cells.items() if method in methods)
+            raise ArtifactError(f"report figure {name}.png cannot draw method(s) {order_methods(methods)} "
+                                f"of cell(s) {drawn}: {type(exc).__name__}: {exc}") from exc
     paths["summary"] = out_dir / "summary.parquet"
     write_parquet(paths["summary"], summary, REPORT_SUMMARY_SCHEMA, "report summary", provenance)
     paths["frontier_points"] = out_dir / "frontier.parquet"

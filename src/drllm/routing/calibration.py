@@ -156,6 +156,30 @@ def certify_point(points: dict[tuple[str, float], PointLosses], config: CertifyC
             "certificate": certificate.to_dict(), "epsilon_auto": config.epsilon is None}
 
 
+CERTIFIED_FIELDS = ("certified", "point", "mean_layers_saved", "risk_bound", "certificate")
+CERTIFICATE_FIELDS = ("certified", "loss", "epsilon", "delta", "method", "n", "reason")
+
+
+def read_certified(path) -> dict | None:
+    """The calibration file's `certified` object (None without one), with every field the report and the release
+    card read (`certified_summary`): a file that routes router@certified but lacks them fails here, named."""
+    value = read_json(path, "router calibration file")
+    certified = value.get("certified") if isinstance(value, dict) else None
+    if certified is None:
+        return None
+    read_calibration(path, CERTIFIED)
+    certificate = certified.get("certificate")
+    missing = [key for key in CERTIFIED_FIELDS if key not in certified]
+    if isinstance(certificate, dict):
+        missing += [f"certificate.{key}" for key in CERTIFICATE_FIELDS if key not in certificate]
+    elif "certificate" not in missing:
+        missing.append("certificate as an object")
+    if missing:
+        raise ArtifactError(f"router calibration file {path}: the 'certified' object lacks {missing} "
+                            "(calibrate_routers.py with calibrate.certify set writes them)")
+    return certified
+
+
 def certified_summary(certified: dict) -> str:
     """One line on calibration.json's `certified` object: the point and its guarantee, or why it saves nothing."""
     return certificate_line("router@certified", certified, f"routes at {certified['point']}")
