@@ -60,7 +60,7 @@ def curve_rows(cache, val_cache, train: list, val: list, manifest: dict, config:
                                          hidden_size=int(manifest["hidden_size"]), windows=config.windows,
                                          hidden=config.hidden, training=config.to_dict(),
                                          pool_exclude_first=config.pool_exclude_first,
-                                         decision=Decision("threshold", config.threshold).to_dict(),
+                                         decision=Decision("threshold", 0.5 if config.threshold is None else config.threshold).to_dict(),
                                          kind=config.router_kind), seed=config.seed)
         best = selected_row(train_routers(stack, cache.subset(chosen), config, val_cache).epochs)
         yield {"prompts": len(chosen), "chosen": chosen, "prior": prior, "val_loss": best["val_loss"],

@@ -374,11 +374,26 @@ def test_release_script_names_a_missing_router_file(tmp_path, capsys):
 # sorts its points).
 NAME_FORMS = {"none": lambda kind: [kind],
               "budget": lambda kind: [kind, f"{kind}@2"],
-              "router": lambda kind: [kind, f"{kind}@-0.25", f"{kind}@t0.88", *(f"{kind}@{p}" for p in FILE_POINTS)]}
+              "router": lambda kind: [kind, f"{kind}@-0.25", f"{kind}@t0.88", *(f"{kind}@{p}" for p in FILE_POINTS)],
+              "allocation": lambda kind: [f"{kind}@2", f"{kind}@{CERTIFIED}"]}
 SECOND_POINTS = {"none": lambda kind: [], "budget": lambda kind: [f"{kind}@1"],
-                 "router": lambda kind: [f"{kind}@0.25", f"{kind}@t0.85"]}
+                 "router": lambda kind: [f"{kind}@0.25", f"{kind}@t0.85"], "allocation": lambda kind: [f"{kind}@1"]}
+READ_BLOCKS = 0.05  # what an allocation cell's confidence read costs per example
 GRAMMAR_BENCHMARKS = {"arc": 6, "capitals": 4}  # examples per cell: the report must carry each count
 CALIBRATED_KNOB, CERTIFIED_TAU = -0.4, 0.9
+
+
+def allocation_record() -> dict:
+    """An allocation file's fields the report reads, its budget certified the way the allocate stage certifies."""
+    from drllm.routing.allocation_stage import certify_budget
+    from drllm.routing.calibration import PointLosses
+    from drllm.routing.certify import CertifyConfig
+
+    losses = {2.0: PointLosses([0.0] * 100, [0.0] * 100, [1.95] * 100)}
+    return {"read_layer": 12, "certified": certify_budget(losses, CertifyConfig(0.05, 0.1))}
+
+
+ALLOCATION = allocation_record()
 
 
 def accepted_names(second_points: bool = True) -> list[str]:
@@ -389,7 +404,8 @@ def accepted_names(second_points: bool = True) -> list[str]:
 
 def has_knob(name: str) -> bool:
     """A router@<p> cell, which eval.knobs makes."""
-    return isinstance(parse_method(name)[1], float)
+    kind, param = parse_method(name)
+    return isinstance(param, float) and METHODS.get(kind).param == "router"
 
 
 def grammar_cells(directory, names) -> dict[tuple[str, str], object]:
@@ -398,13 +414,15 @@ def grammar_cells(directory, names) -> dict[tuple[str, str], object]:
     paths = {}
     for m, name in enumerate(names):
         kind, param = parse_method(name)
-        knob = param if isinstance(param, float) else CALIBRATED_KNOB if param == CALIBRATED else None
-        threshold = param.value if isinstance(param, Threshold) else CERTIFIED_TAU if param == CERTIFIED else None
+        routed, allocated = (METHODS.get(kind).param == grammar for grammar in ("router", "allocation"))
+        knob = param if routed and isinstance(param, float) else CALIBRATED_KNOB if param == CALIBRATED else None
+        threshold = (param.value if isinstance(param, Threshold) else
+                     CERTIFIED_TAU if routed and param == CERTIFIED else None)
         skips = [1] * L
         skips[m % L] = 0 if name != "base" else 1
         for benchmark, n in GRAMMAR_BENCHMARKS.items():
-            rows = [{**example(benchmark, name, i, (i + m) % 3 != 0, skips, knob=knob), "threshold": threshold}
-                    for i in range(n)]
+            rows = [{**example(benchmark, name, i, (i + m) % 3 != 0, skips, knob=knob), "threshold": threshold,
+                     "read_blocks": READ_BLOCKS if allocated else None} for i in range(n)]
             paths[benchmark, name] = directory / benchmark / f"{name}.parquet"
             write_cell(paths[benchmark, name], rows)
     return paths
@@ -426,8 +444,13 @@ def check_report(paths, cells: dict, skipped: list[dict], lines: set[str], legen
         assert f"| {benchmark} | acc_norm | {n} | " in text
     assert all(f"- **{s['benchmark']}**: {s['reason']}" in text for s in skipped)
     assert "## Certified operating point (router@certified)" in text
+    assert ("## Certified operating point (sure@certified)" in text) == ("sure@certified" in methods)
+    reads = summary.filter(pl.col("method").str.starts_with("sure@"))  # savings are net of the read
+    net = reads["num_layers"] - reads["mean_path_length"] - READ_BLOCKS
+    assert ((reads["mean_layers_saved"] - net).abs() < 1e-9).all() and ((reads["read_blocks"] - READ_BLOCKS).abs() < 1e-12).all()
     # the certified point's observed drop, per benchmark with its cell
-    assert ("| benchmark | n | accuracy drop (points) |" in text) == ("router@certified" in methods)
+    assert text.count("| benchmark | n | accuracy drop (points) |") == sum(
+        name in methods for name in ("router@certified", "sure@certified"))
     # the frontier, per benchmark and mean: every named point and the plain names the table marks (not the matched
     # budgets, whose k differs per benchmark)
     frontier = pl.read_parquet(paths["frontier_points"])
@@ -446,12 +469,14 @@ def expected_lines(names) -> set[str]:
     lines = set()
     for name in names:
         kind, param = parse_method(name)
-        if isinstance(param, float):
+        if isinstance(param, float) and METHODS.get(kind).param == "router":
             lines.add(f"{kind}@p")
         elif isinstance(param, Threshold):
             lines.add(f"{kind}@t")
         elif isinstance(param, int) and METHODS.get(kind).param == "budget":
             lines.add(f"{kind}@k")
+        elif isinstance(param, float) and METHODS.get(kind).param == "allocation":
+            lines.add(f"{kind}@b")
     return lines
 
 
@@ -474,8 +499,9 @@ def test_report_over_every_method_mixed(tmp_path, toy_method, routers, knobs):
                     for b in GRAMMAR_BENCHMARKS for n in names if needs_search(n)]
         names = [n for n in names if not needs_search(n)]
     cells = grammar_cells(tmp_path / "cells", names)
+    allocation = ALLOCATION if "sure@certified" in names else None
     paths = build_report(cells.values(), skipped, tmp_path / "report", in_domain=[] if routers == "imported"
-                         else ["arc"], certified=certified_point("threshold", CERTIFIED_TAU))
+                         else ["arc"], certified=certified_point("threshold", CERTIFIED_TAU), allocation=allocation)
     check_report(paths, cells, skipped, expected_lines(names))
 
 
@@ -483,7 +509,8 @@ def test_report_over_every_method_alone(tmp_path, toy_method):
     for name in accepted_names(second_points=False):
         cells = grammar_cells(tmp_path / name / "cells", [name])
         paths = build_report(cells.values(), [], tmp_path / name / "report", in_domain=["arc"],
-                             certified=certified_point("threshold", CERTIFIED_TAU))
+                             certified=certified_point("threshold", CERTIFIED_TAU),
+                             allocation=ALLOCATION if name == "sure@certified" else None)
         check_report(paths, cells, [], expected_lines([name]), legend=False)
 
 
