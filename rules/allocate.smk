@@ -1,4 +1,4 @@
-# Allocation (drllm.routing.allocation_stage): a per-prompt skip budget from the confidence read at layer R, fitted
+# Allocation (drllm.evaluation.allocation_stage): a per-prompt skip budget from the confidence read at layer R, fitted
 # on the search's prompts, run on the calibration sets at every mean budget and certified by Learn-then-Test.
 # `sure@<b>` and `sure@certified` cells read it; it needs this run's search (its single-skip sweep).
 rule allocate:

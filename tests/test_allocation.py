@@ -18,7 +18,7 @@ from drllm.formats.prompts import Encoded
 from drllm.routing.allocation import (AllocationPoint, allocation_family, allocation_path, budget_for, fit_threshold,
                                       safe_order, skips_for)
 from drllm.routing.allocation_settings import AllocationConfig
-from drllm.routing.allocation_stage import Allocation, certify_budget
+from drllm.evaluation.allocation_stage import Allocation, certify_budget
 from drllm.routing.calibration import PointLosses
 from drllm.routing.certify import CertifyConfig
 from drllm.routing.confidence import block_macs_per_token, read_confidence
@@ -209,7 +209,7 @@ def test_allocation_stage_and_sure_cells_on_the_embedded_model(smollm2_dir, tmp_
     from drllm.evaluation.baselines import influence_rows, write_influence
     from drllm.evaluation.cells import read_cell
     from drllm.evaluation.stage import CellRequest, run_cell
-    from drllm.routing.allocation_stage import AllocationRequest, run_allocation
+    from drllm.evaluation.allocation_stage import AllocationRequest, run_allocation
     from drllm.search.prompts import select_prompts, write_prompts
 
     examples = load_benchmark("arc_easy", "validation", limit=40)

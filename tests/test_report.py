@@ -385,7 +385,7 @@ CALIBRATED_KNOB, CERTIFIED_TAU = -0.4, 0.9
 
 def allocation_record() -> dict:
     """An allocation file's fields the report reads, its budget certified the way the allocate stage certifies."""
-    from drllm.routing.allocation_stage import certify_budget
+    from drllm.evaluation.allocation_stage import certify_budget
     from drllm.routing.calibration import PointLosses
     from drllm.routing.certify import CertifyConfig
 

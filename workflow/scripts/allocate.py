@@ -1,4 +1,4 @@
-"""Fit, calibrate and certify the confidence allocation (drllm.routing.allocation_stage): a per-prompt skip budget
+"""Fit, calibrate and certify the confidence allocation (drllm.evaluation.allocation_stage): a per-prompt skip budget
 that grows with the model's confidence read at layer R, spent on the safest blocks at or after R.
 
 The read is fitted on the search's prompts (each mean budget's margin threshold), the calibration sets of the
@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from drllm.core.cli import json_argument, named_paths, run_script
-from drllm.routing.allocation_stage import AllocationRequest, run_allocation
+from drllm.evaluation.allocation_stage import AllocationRequest, run_allocation
 
 
 

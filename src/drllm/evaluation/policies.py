@@ -120,7 +120,7 @@ def sure_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, 
     the budget's safest blocks at or after R; the path resumes from the read's run (blocks 0..R-1 are not run
     twice) and the row records the read's cost."""
     from drllm.routing.allocation import allocation_path
-    from drllm.routing.allocation_stage import Allocation
+    from drllm.evaluation.allocation_stage import Allocation
     from drllm.routing.confidence import prefix_state, read_confidence
 
     if not inputs.allocation:

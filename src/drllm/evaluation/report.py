@@ -150,7 +150,7 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
     if certified is not None:
         out += certification_lines(certified, [r for r in summary if r["method"] == "router@certified"])
     if allocation is not None:
-        from drllm.routing.allocation_stage import certified_summary as allocation_summary
+        from drllm.evaluation.allocation_stage import certified_summary as allocation_summary
 
         out += certification_lines(allocation.get("certified"), [r for r in summary if r["method"] == "sure@certified"],
                                    "sure@certified", allocation_summary(allocation))
