@@ -452,35 +452,49 @@ def test_a_model_added_to_a_finished_run_plans_only_its_jobs(tiny_run):
 @pytest.mark.slow
 def test_released_routers_evaluate_on_a_new_benchmark_without_search_or_training(tiny_run):
     """`model.routers` names a release folder: only data, import and evaluation jobs run, into their own run tree,
-    and the imported routers route the real model."""
+    and the imported routers route the real model. Two benchmarks declared by config, threshold cells beside the
+    plain router and the certified point, no knobs: the report lists them all."""
     import polars as pl
 
     work, configs, manifest = tiny_run
-    capitals = [{"q": f"Which city is the capital of {country}?", "opts": options, "gold": gold}
-                for country, options, gold in [("France", ["Paris", "Rome"], 0), ("Italy", ["Paris", "Rome"], 1),
-                                               ("Japan", ["Lima", "Tokyo", "Oslo"], 1),
-                                               ("Peru", ["Lima", "Tokyo"], 0)]]
-    (work / "capitals.jsonl").write_text("".join(json.dumps(row) + "\n" for row in capitals))
+    questions = {"capitals": [("Which city is the capital of France?", ["Paris", "Rome"], 0),
+                              ("Which city is the capital of Italy?", ["Paris", "Rome"], 1),
+                              ("Which city is the capital of Japan?", ["Lima", "Tokyo", "Oslo"], 1),
+                              ("Which city is the capital of Peru?", ["Lima", "Tokyo"], 0)],
+                 "rivers": [("Which river flows through Cairo?", ["Nile", "Seine"], 0),
+                            ("Which river flows through Paris?", ["Nile", "Seine"], 1),
+                            ("Which river flows through London?", ["Thames", "Danube", "Volga"], 0)]}
+    for name, rows in questions.items():
+        (work / f"{name}.jsonl").write_text("".join(json.dumps({"q": q, "opts": options, "gold": gold}) + "\n"
+                                                    for q, options, gold in rows))
+    methods = ["base", "router", "router@certified", "router@t0.88", "router@t0.85"]
     overlay = {
         "results": {"run": "imported"},
         "model": {"routers": {"source": "results/release/smollm2-135m-instruct"}},
-        "data": {"capitals": {"kind": "multiple_choice", "source": {"path": "capitals.jsonl"}, "splits": ["test"],
-                              "fields": {"question": "q", "choices": "opts", "answer": "gold"},
-                              "answer_format": "index"}},
-        "eval": {"select": ["capitals"], "methods": ["base", "router"], "knobs": [],
-                 "static_k": [], "random_k": [],
-                 "benchmarks": {"capitals": {"benchmark": "capitals", "split": "test", "format": "cloze"}}},
+        "data": {name: {"kind": "multiple_choice", "source": {"path": f"{name}.jsonl"}, "splits": ["test"],
+                        "fields": {"question": "q", "choices": "opts", "answer": "gold"}, "answer_format": "index"}
+                 for name in questions},
+        "eval": {"select": list(questions), "methods": methods, "knobs": [], "static_k": [], "random_k": [],
+                 "benchmarks": {name: {"benchmark": name, "split": "test", "format": "cloze"} for name in questions}},
     }
     (work / "imported.yaml").write_text(yaml.safe_dump(overlay))
     jobs = planned_jobs(snakemake("-n", *configs, "imported.yaml", cwd=work))
-    assert jobs == {"prepare_data": 1, "import_routers": 1, "evaluate": 2, "report": 1, "cross_model_report": 1,
+    assert jobs == {"prepare_data": 2, "import_routers": 1, "evaluate": 10, "report": 1, "cross_model_report": 1,
                     "all": 1}
     snakemake("--cores", "2", *configs, "imported.yaml", cwd=work)
     tree = work / "results" / "imported"
     source = json.loads((tree / "routers" / "smollm2-135m-instruct" / "source.json").read_text())
     assert "results/release/smollm2-135m-instruct" in json.dumps(source)
-    cells = pl.read_parquet(tree / "eval" / "smollm2-135m-instruct" / "capitals" / "*.parquet")
-    assert sorted(cells["method"].unique()) == ["base", "router"] and cells.height == 8
+    cells = pl.read_parquet(tree / "eval" / "smollm2-135m-instruct" / "*" / "*.parquet")
+    assert sorted(cells["method"].unique()) == sorted(methods) and cells.height == 5 * (4 + 3)
+    report = tree / "report" / "smollm2-135m-instruct"
+    summary = pl.read_parquet(report / "summary.parquet")
+    assert sorted(summary.select("benchmark", "method", "n").iter_rows()) == \
+        sorted((name, m, len(rows)) for name, rows in questions.items() for m in methods)
+    text = (report / "report.md").read_text()
+    assert ("| benchmark | metric | n | base | router | router@certified | router@t0.85 | router@t0.88 |" in text
+            and "## Certified operating point (router@certified)" in text)
+    assert (report / "accuracy_vs_layers.png").read_bytes()[:4] == b"\x89PNG"
     assert (tree / "report" / "cross_model.md").is_file()
     assert not (tree / "search").exists() and not (tree / "release").exists()
 
