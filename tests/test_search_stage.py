@@ -222,7 +222,8 @@ def ray_head():
         while "Ray runtime started" not in (text := Path(log.name).read_text()):
             assert head.poll() is None and time.monotonic() < deadline, f"ray start --head failed:\n{text}"
             time.sleep(0.2)
-        node_ip = re.search(r"Local node IP: (\S+)", text).group(1)
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # ray colours its output when a colour library is installed
+        node_ip = re.search(r"Local node IP: (\S+)", plain).group(1)
         yield RayHead(f"{node_ip}:{port}", head.pid, env)
     finally:
         head.terminate()  # `ray start --block` stops its processes on SIGTERM

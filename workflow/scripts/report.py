@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drllm.core.artifacts import ArtifactError
+from drllm.core.artifacts import ArtifactError, read_json
 from drllm.core.cli import json_argument, run_script
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.report import build_report, validate_skipped
