@@ -206,7 +206,7 @@ def test_encode_pair_without_bos_duplicates(tok):
 # -- registry and options --------------------------------------------------------------------------------------
 
 def test_registry_and_errors(tok):
-    assert set(FORMATS) == {"letter", "cloze", "boxed", "gsm8k", "qa"}
+    assert set(FORMATS) == {"letter", "cloze", "listed", "boxed", "gsm8k", "qa"}
     assert isinstance(get_format("letter"), LetterFormat) and get_format("letter").max_new_tokens == 10
     assert get_format("letter", base_model=True).max_new_tokens == 2
     assert isinstance(get_format("boxed"), BoxedFormat) and get_format("boxed").max_new_tokens == 15
