@@ -267,6 +267,8 @@ def lm_eval_overlay(work) -> dict:
 # router@calibrated
 ROUTED_CELLS = 7 + 2
 REPORTED = {"report": 1, "cross_model_report": 1, "release_routers": 1, "all": 1}
+# arc_easy: sure@2, sure@certified (the allocation, fitted on the search) and safest@2 (the search's sweep)
+SEARCHED_CELLS = 3
 # a config change reruns exactly the stages it reaches through params:
 RERUNS = {
     "train.epochs": ({"train": {"epochs": 3}},
@@ -274,17 +276,19 @@ RERUNS = {
     # the oracle's MCTS is search.mcts with eval.oracle.mcts over it (tiny sets its simulations)
     "search.mcts.simulations": ({"search": {"mcts": {"simulations": 5}}},
                                 {"search_shard": 2, "search_summary": 1, "router_samples": 1, "train_routers": 1,
-                                 "calibrate_routers": 1, "evaluate": ROUTED_CELLS + 2, **REPORTED}),
+                                 "calibrate_routers": 1, "allocate": 1, "evaluate": ROUTED_CELLS + 2 + SEARCHED_CELLS,
+                                 **REPORTED}),
     "search.mcts.length_penalty": ({"search": {"mcts": {"length_penalty": 4.0}}},
                                    {"search_shard": 2, "search_summary": 1, "router_samples": 1, "train_routers": 1,
-                                    "calibrate_routers": 1, "evaluate": ROUTED_CELLS + 2 + 2,  # + 2 oracle cells
+                                    "calibrate_routers": 1, "allocate": 1,
+                                    "evaluate": ROUTED_CELLS + 2 + 2 + SEARCHED_CELLS,  # + 2 oracle cells
                                     **REPORTED}),
     "search.tasks.samples": ({"search": {"tasks": {"arc_easy": {"samples": 3}}}},
                              {"select_prompts": 1, "search_shard": 1, "search_summary": 1, "router_samples": 1,
-                              "train_routers": 1, "calibrate_routers": 1, "block_influence": 1,
-                              "evaluate": ROUTED_CELLS + 2, **REPORTED}),
+                              "train_routers": 1, "calibrate_routers": 1, "block_influence": 1, "allocate": 1,
+                              "evaluate": ROUTED_CELLS + 2 + SEARCHED_CELLS, **REPORTED}),
     "eval.knobs": ({"eval": {"knobs": [0.5]}}, {"evaluate": 1 + 1, **REPORTED}),  # arc_easy and local_mc
-    "eval.benchmarks.samples": ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 9, **REPORTED}),
+    "eval.benchmarks.samples": ({"eval": {"benchmarks": {"arc_easy": {"samples": 4}}}}, {"evaluate": 9 + SEARCHED_CELLS, **REPORTED}),
     "eval.oracle.mcts": ({"eval": {"oracle": {"mcts": {"simulations": 3}}}}, {"evaluate": 2, **REPORTED}),
 }
 
