@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -209,20 +211,28 @@ def load(out: Path, role: str) -> list[dict]:
     return [records[key] for key in sorted(records)]
 
 
-def margin_of(scores: list[float], choice: int) -> float:
-    others = [s for i, s in enumerate(scores) if i != choice]
-    return scores[choice] - max(others)
+CHOICES = SimpleNamespace(kind="choices", format="cloze")  # what the reward reads of an encoded cloze prompt
+
+
+def as_outcome(record: dict):
+    from drllm.formats.grading import Outcome
+
+    return Outcome(correct=record["correct"], prediction="", layer_applications=0, new_tokens=0,
+                   choice=record["choice"], scores=tuple(record["scores"]))
 
 
 def agrees(outcome: dict, base: dict, margin: float, epsilon: float | None) -> bool:
-    choice = base["choice"]
-    if outcome["choice"] != choice or margin_of(outcome["scores"], choice) < margin:
-        return False
-    return epsilon is None or outcome["scores"][choice] >= base["scores"][choice] - epsilon
+    """The search's agreement reward (drllm.search.rewards.agrees) on recorded outcomes."""
+    from drllm.search.rewards import agrees as reward_agrees
+
+    return reward_agrees(as_outcome(outcome), as_outcome(base), CHOICES, margin, min_f1=0.5,
+                         epsilon=math.inf if epsilon is None else epsilon)
 
 
 def final_margin(record: dict) -> float:
-    return margin_of(record["base"]["scores"], record["base"]["choice"])
+    from drllm.search.rewards import choice_margin
+
+    return choice_margin(record["base"]["scores"], record["base"]["choice"])
 
 
 def build_ranking(rank: list[dict], num_layers: int) -> dict:

@@ -21,10 +21,9 @@ from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle
                                         read_influence, static_path)
 from drllm.evaluation.cells import CellContext, PathPolicy, read_cell
 from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, policy_builder
-from drllm.routing.calibration import CERTIFIED
 from drllm.evaluation.settings import EvalSettings
+from drllm.routing.calibration import CERTIFIED, read_calibration
 from drllm.routing.inference import RoutedModel
-from drllm.routing.calibration import read_calibration
 from drllm.routing.decision import Decision
 
 
