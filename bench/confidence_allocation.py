@@ -35,8 +35,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-READ_LAYERS = (8, 12)
-MEAN_BUDGETS = (1.0, 2.0, 4.0)
+READ_LAYERS = (8, 12)           # --read-layers; the run's values are kept in <out>/settings.json
+MEAN_BUDGETS = (1.0, 2.0, 4.0)  # --budgets
 SHARE = 0.5
 STATIC_K = (2, 4)
 STATIC_K_AFTER_READ = (2, 4)  # safest>=R@k; the allocation's own K-sets add 8
@@ -47,11 +47,47 @@ MARGIN = 0.02  # the agreement reward's margin (search.reward.margin)
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts
 
+# Out of domain (role ood): benchmark -> (split, format, format options), the shipped config's eval entries
+OOD = {
+    "mmlu": ("test", "cloze", {"normalize": "chars"}),
+    "gpqa": ("test", "cloze", {"normalize": "chars"}),
+    "piqa": ("validation", "cloze", {"normalize": "chars"}),
+    "gsm8k": ("test", "gsm8k", {"max_new_tokens": 64}),
+    "aime": ("test", "boxed", {"max_new_tokens": 15}),
+    "truthfulqa": ("validation", "qa", {"max_new_tokens": 16}),
+    "squad": ("test", "qa", {"max_new_tokens": 16}),
+}
+FIT_GENERATION = ("dart", "train", "boxed", {"max_new_tokens": 15})  # role fitgen: the generation margins' fit
+
+
+def role_format(benchmark: str):
+    from drllm.formats.answers import get_format
+
+    if benchmark in OOD:
+        _, name, options = OOD[benchmark]
+        return get_format(name, **options)
+    if benchmark == FIT_GENERATION[0]:
+        return get_format(FIT_GENERATION[2], **FIT_GENERATION[3])
+    return get_format("cloze", normalize="chars")
+
+
 def role_examples(role: str, sizes: dict) -> list:
     """(benchmark, example) pairs of a role: validation split into rank (first) and calib (the rest) by a seeded
-    shuffle; eval from the test_eval halves."""
+    shuffle; eval from the test_eval halves. With calib_extra 'test', calib also takes every ARC test question
+    that eval does not (test_search, and the test_eval items past eval's sample). ood: a seeded sample of each OOD
+    benchmark; fitgen: DART training prompts (the generation margins' fit)."""
     from drllm.data.registry import load_benchmark
 
+    if role in ("ood", "fitgen"):
+        specs = ({name: spec[0] for name, spec in OOD.items()} if role == "ood"
+                 else {FIT_GENERATION[0]: FIT_GENERATION[1]})
+        count = sizes["ood"] if role == "ood" else sizes["fitgen"]
+        pairs = []
+        for name, split in specs.items():
+            examples = load_benchmark(name, split)
+            order = np.random.default_rng(2).permutation(len(examples))[:count]
+            pairs += [(name, examples[i]) for i in sorted(order)]
+        return [pairs[i] for i in np.random.default_rng(1).permutation(len(pairs))]
     rng = np.random.default_rng(0)
     pairs = []
     for name in ("arc_easy", "arc_challenge"):
@@ -63,10 +99,28 @@ def role_examples(role: str, sizes: dict) -> list:
             pairs += [(name, examples[i]) for i in sorted(chosen)]
         else:
             examples = load_benchmark(name, "test_eval")
-            order = rng.permutation(len(examples))[:sizes[f"eval_{name}"]]
-            pairs += [(name, examples[i]) for i in sorted(order)]
+            order = rng.permutation(len(examples))
+            pairs += [(name, examples[i]) for i in sorted(order[:sizes[f"eval_{name}"]])]
+    if role == "calib" and sizes["calib_extra"] == "test":
+        for name in ("arc_easy", "arc_challenge"):  # the same draw as eval's, so the two never share an item
+            evaluated = rng_eval_order(name, sizes)
+            rest = load_benchmark(name, "test_eval")
+            pairs += [(name, rest[i]) for i in sorted(evaluated[sizes[f"eval_{name}"]:])]
+            pairs += [(name, example) for example in load_benchmark(name, "test_search")]
     # a seeded order mixing the benchmarks, so a run stopped early leaves a random subset, not one benchmark
     return [pairs[i] for i in np.random.default_rng(1).permutation(len(pairs))]
+
+
+def rng_eval_order(name: str, sizes: dict) -> np.ndarray:
+    """eval's permutation of a benchmark's test_eval items (role_examples draws it after the validation ones)."""
+    from drllm.data.registry import load_benchmark
+
+    rng = np.random.default_rng(0)
+    for benchmark in ("arc_easy", "arc_challenge"):
+        order = rng.permutation(len(load_benchmark(benchmark, "test_eval")))
+        if benchmark == name:
+            return order
+    raise ValueError(name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,7 +169,15 @@ def reread(out: Path, worker: int, workers: int, sizes: dict, model_dir: str) ->
 
 
 def outcome_record(outcome) -> dict:
-    return {"choice": outcome.choice, "correct": bool(outcome.correct), "scores": list(outcome.scores)}
+    """What the analysis reads of an outcome: the option and its scores (choice formats) or the answer text, and the
+    metric's per-example value (`score`: 1/0, or token F1 for qa)."""
+    record = {"choice": outcome.choice, "correct": bool(outcome.correct),
+              "score": float(outcome.score if outcome.score is not None else outcome.correct)}
+    if outcome.scores is not None:
+        record["scores"] = list(outcome.scores)
+    else:
+        record["prediction"] = (outcome.prediction or "").strip()
+    return record
 
 
 def read_records(executor, fmt, encoded, state, full_lens: bool) -> dict:
@@ -126,7 +188,7 @@ def read_records(executor, fmt, encoded, state, full_lens: bool) -> dict:
         read = read_confidence(executor, fmt, encoded, layer, "options", state=state)
         reads[str(layer)] = {"margin": read.margin, "saturation": read.saturation, "choice": read.choice,
                              "cost": read.cost_blocks, "vocabulary": read.lens_vocabulary}
-        if full_lens:
+        if full_lens and encoded.batch is not None:
             full = read_confidence(executor, fmt, encoded, layer, "full", state=state)
             reads[str(layer)] |= {"margin_full": full.margin, "cost_full": full.cost_blocks}
     return reads
@@ -151,19 +213,21 @@ def measure(role: str, out: Path, worker: int, workers: int, sizes: dict, model_
 
     from drllm.core.executor import PathExecutor
     from drllm.core.models import load_model
-    from drllm.formats.answers import get_format
+    from drllm.routing.confidence import prefix_state
     from drllm.search.rewards import PathRewarder
     from drllm.search.safety import skip_path
 
     torch.set_num_threads(1)
     model, tokenizer, _ = load_model(model_dir, device="cpu", dtype="float32")
     executor = PathExecutor(model)
-    fmt = get_format("cloze", normalize="chars")
     num_layers = executor.num_layers
-    ranking = None
-    if role != "rank":
+    paths, layer, family = {}, READ_LAYERS[-1], {}
+    if role not in ("rank", "fitgen"):
         ranking = json.loads((out / "ranking.json").read_text())
         paths = candidate_paths(num_layers, ranking)
+        family = families(ranking, {"choices": load(out, "rank"), "generate": load(out, "fitgen")}, layer)
+        if role == "ood" and "generate" not in family:
+            raise SystemExit("role ood needs the fitgen role's reads first (the generation margins' fit)")
     pairs = role_examples(role, sizes)
     target = out / f"{role}-{worker}.jsonl"
     done = {record["id"] for record in load(out, role)}  # any worker's: the split may have changed since
@@ -172,24 +236,47 @@ def measure(role: str, out: Path, worker: int, workers: int, sizes: dict, model_
         for index, (benchmark, example) in enumerate(pairs):
             if index % workers != worker or example.id in done:
                 continue
-            encoded = fmt.encode(example, tokenizer)
-            rewarder = PathRewarder(executor, fmt, encoded, cache_size=8)
-            default = executor.default_path()
-            base = rewarder.outcome(default)
-            state = rewarder.states[tuple(default)]
+            fmt = role_format(benchmark)
+            encoded = fmt.encode(example, tokenizer, chat_template=True)
             record = {"id": example.id, "benchmark": benchmark, "role": role, "gold": example.gold_index,
-                      "base": outcome_record(base),
-                      "reads": read_records(executor, fmt, encoded, state, full_lens > 0 and index < full_lens)}
-            if role == "rank":
-                skips = {}
-                for layer in reversed(range(num_layers)):
-                    skips[str(layer)] = outcome_record(rewarder.outcome(skip_path(num_layers, [layer])))
-                record["skips"] = skips
+                      "kind": encoded.kind}
+            if encoded.kind != "choices":
+                # generation: every path resumes from one run of blocks 0..R-1 (the run the read takes)
+                state = prefix_state(executor, encoded, min(READ_LAYERS))
+                record["reads"] = read_records(executor, fmt, encoded, state, False)
+                if role != "fitgen":
+                    outcomes, needed = {}, needed_paths(record, family, layer, role)
+                    for name, skipped in paths.items():
+                        if needed is not None and name not in needed:
+                            continue
+                        key = tuple(skipped)
+                        if key not in outcomes:
+                            path = skip_path(num_layers, skipped)
+                            resume = min(READ_LAYERS) if all(s >= min(READ_LAYERS) for s in skipped) else 0
+                            outcomes[key] = outcome_record(fmt.evaluate(
+                                executor, encoded, path, resume=state if resume else None, resume_step=resume)[0])
+                        record.setdefault("paths", {})[name] = outcomes[key]
+                    record["base"] = outcome_record(fmt.evaluate(executor, encoded, executor.default_path(),
+                                                                 resume=state, resume_step=min(READ_LAYERS))[0])
             else:
-                # later first edits first: each resumes from the full run or a run sharing more of its prefix
-                ordered = sorted(paths.items(), key=lambda item: -min(item[1]))
-                record["paths"] = {name: outcome_record(rewarder.outcome(skip_path(num_layers, skipped)))
-                                   for name, skipped in ordered}
+                rewarder = PathRewarder(executor, fmt, encoded, cache_size=8)
+                default = executor.default_path()
+                base = rewarder.outcome(default)
+                state = rewarder.states[tuple(default)]
+                record |= {"base": outcome_record(base),
+                           "reads": read_records(executor, fmt, encoded, state, full_lens > 0 and index < full_lens)}
+                if role == "rank":
+                    skips = {}
+                    for layer in reversed(range(num_layers)):
+                        skips[str(layer)] = outcome_record(rewarder.outcome(skip_path(num_layers, [layer])))
+                    record["skips"] = skips
+                elif role != "fitgen":
+                    # later first edits first: each resumes from the full run or a run sharing more of its prefix
+                    needed = needed_paths(record, family, layer, role)
+                    ordered = sorted(((name, skipped) for name, skipped in paths.items()
+                                      if needed is None or name in needed), key=lambda item: -min(item[1]))
+                    record["paths"] = {name: outcome_record(rewarder.outcome(skip_path(num_layers, skipped)))
+                                       for name, skipped in ordered}
             sink.write(json.dumps(record) + "\n")
             sink.flush()
             count += 1
@@ -257,44 +344,87 @@ def policy_outcome(record: dict, name: str | None) -> dict:
     return record["base"] if name is None else record["paths"][name]
 
 
+def same_answer(outcome: dict, base: dict) -> bool:
+    """The option for choice formats, the answer text for generation (drllm.routing.calibration.same_answer)."""
+    if "scores" in base:
+        return outcome["choice"] == base["choice"]
+    return outcome["prediction"] == base["prediction"]
+
+
+def value(outcome: dict) -> float:
+    """The metric's per-example value: 1/0, or token F1 for qa."""
+    return float(outcome.get("score", outcome["correct"]))
+
+
 def evaluate_policy(records: list[dict], choose) -> dict:
     """choose(record) -> (path name or None, skips, read cost): agreement, accuracy, mean net saving."""
     agree, correct, saved, base_correct, costs = [], [], [], [], []
     for record in records:
         name, skips, cost = choose(record)
         outcome = policy_outcome(record, name)
-        agree.append(float(outcome["choice"] == record["base"]["choice"]))
-        correct.append(float(outcome["correct"]))
-        base_correct.append(float(record["base"]["correct"]))
+        agree.append(float(same_answer(outcome, record["base"])))
+        correct.append(value(outcome))
+        base_correct.append(value(record["base"]))
         saved.append(skips - cost)
         costs.append(cost)
     return {"agree": np.array(agree), "correct": np.array(correct), "base_correct": np.array(base_correct),
             "saved": float(np.mean(saved)), "cost": float(np.mean(costs)), "n": len(records)}
 
 
-def policies(ranking: dict, fit: list[dict], num_layers: int) -> dict:
-    """Name -> choose(record), with the thresholds fitted on the rank prompts."""
+def families(ranking: dict, fits: dict[str, list[dict]], layer: int, key: str = "margin") -> dict:
+    """Per prompt kind, the allocation points at read layer R (drllm.routing.allocation.allocation_family), each
+    kind's thresholds fitted on its own fitting prompts: the rank prompts for choices, fitgen's for generation."""
+    from drllm.routing.allocation import allocation_family, safe_order
+
+    available = len(safe_order(ranking["safe_rate"], layer))
+    result = {}
+    for kind, fit in fits.items():
+        if fit and all(key in r["reads"][str(layer)] for r in fit):
+            margins = [r["reads"][str(layer)][key] for r in fit]
+            result[kind] = allocation_family(margins, MEAN_BUDGETS, SHARE, available)
+    return result
+
+
+def record_kind(record: dict) -> str:
+    return record.get("kind", "choices")
+
+
+def needed_paths(record: dict, family: dict, layer: int, role: str) -> set[str] | None:
+    """The candidate paths a prompt's policies can take (None: all of them). calib needs only the allocation's
+    paths; ood also the static baselines; eval and rank everything (the ceiling splits by the final margin)."""
+    if role not in ("calib", "ood"):
+        return None
+    margin = record["reads"][str(layer)]["margin"]
+    names = {f"ge{layer}@{point.budget(margin)}" for point in family.get(record_kind(record), [])
+             if point.budget(margin) > 0}
+    if role == "ood":
+        names |= {f"safest@{k}" for k in STATIC_K}
+    return names
+
+
+def policies(ranking: dict, fits: dict[str, list[dict]], num_layers: int) -> dict:
+    """Name -> choose(record), with the thresholds fitted per prompt kind (`families`)."""
     from drllm.routing.allocation import allocation_family, safe_order
 
     result = {"base": lambda r: (None, 0, 0.0)}
     for k in STATIC_K:
         result[f"safest@{k}"] = (lambda k: lambda r: (f"safest@{k}", k, 0.0))(k)
     for layer in READ_LAYERS:
-        available = len(safe_order(ranking["safe_rate"], layer))
         for k in STATIC_K_AFTER_READ:
             result[f"safest>={layer}@{k}"] = (lambda n: lambda r: (n, int(n.rsplit("@", 1)[1]), 0.0))(
                 f"ge{layer}@{k}")
         for lens, key in LENS_KEYS.items():
-            if any(key not in r["reads"][str(layer)] for r in fit):
+            by_kind = families(ranking, fits, layer, key)
+            if "choices" not in by_kind:
                 continue
-            margins = [r["reads"][str(layer)][key] for r in fit]
-            for point in allocation_family(margins, MEAN_BUDGETS, SHARE, available):
-                def choose(r, point=point, layer=layer, key=key, cost=COST_KEYS[lens]):
+            for index, point in enumerate(by_kind["choices"]):
+                def choose(r, index=index, layer=layer, key=key, cost=COST_KEYS[lens], by_kind=by_kind):
                     read = r["reads"][str(layer)]
-                    skips = point.budget(read[key])
+                    points = by_kind.get(record_kind(r))
+                    skips = points[index].budget(read[key]) if points and key in read else 0
                     return (f"ge{layer}@{skips}" if skips else None), skips, read[cost]
                 result[f"sure-{lens}(R={layer})@{point.mean_budget:g}"] = choose
-    finals = [final_margin(r) for r in fit]
+    finals = [final_margin(r) for r in fits["choices"]]
     available = len(safe_order(ranking["safe_rate"], READ_LAYERS[-1]))
     for point in allocation_family(finals, MEAN_BUDGETS, SHARE, available):
         def ceiling(r, point=point):
@@ -325,14 +455,16 @@ def spearman(a, b) -> float:
 
 def report(out: Path, epsilon: float, delta: float) -> None:
     from drllm.evaluation.metrics import paired_bootstrap_delta
-    from drllm.routing.certify import CertifyConfig, certify
+    from drllm.routing.certify import CertifyConfig, certify, upper_bound
 
     rank, calib, held = load(out, "rank"), load(out, "calib"), load(out, "eval")
     merge_rereads(out, rank + calib + held)
     num_layers = len(rank[0]["skips"])
     ranking = json.loads((out / "ranking.json").read_text())
-    chosen = policies(ranking, rank, num_layers)
-    lines = [f"# Study 4: rank {len(rank)}, calib {len(calib)}, eval {len(held)} prompts", ""]
+    fitgen, ood = load(out, "fitgen"), load(out, "ood")
+    chosen = policies(ranking, {"choices": rank, "generate": fitgen}, num_layers)
+    lines = [f"# Study 4: rank {len(rank)}, calib {len(calib)}, eval {len(held)}, ood {len(ood)}, fitgen "
+             f"{len(fitgen)} prompts; read layers {list(READ_LAYERS)}, mean budgets {list(MEAN_BUDGETS)}", ""]
 
     lines += ["## Early read against the final margin (Spearman)", "", "| read | rank+calib+eval | vs full lens |",
               "|---|---|---|"]
@@ -360,9 +492,10 @@ def report(out: Path, epsilon: float, delta: float) -> None:
     lines.append("")
 
     rows, results = [], {}
-    for split_name, records in (("calib", calib), ("eval", held)):
-        for name, choose in chosen.items():
-            results[(split_name, name)] = evaluate_policy(records, choose)
+    for name, choose in chosen.items():
+        results[("eval", name)] = evaluate_policy(held, choose)
+        if name.startswith("sure-") or name == "base":  # calib holds the allocation's paths only
+            results[("calib", name)] = evaluate_policy(calib, choose)
     lines += ["## Held-out ARC test (eval): policies at their net saving", "",
               "| policy | net layers saved | read cost | agreement | accuracy | delta vs base (95% CI) |",
               "|---|---|---|---|---|---|"]
@@ -419,10 +552,25 @@ def report(out: Path, epsilon: float, delta: float) -> None:
         r = results[("eval", f"sure-{lens}(R={layer})@{picked:g}")]
         d = paired_bootstrap_delta(r["correct"], r["base_correct"], seed=0)
         c = results[("calib", f"sure-{lens}(R={layer})@{picked:g}")]
+        bound = upper_bound((c["base_correct"] - c["correct"]).tolist(), config)
+        observed = float(r["base_correct"].mean() - r["correct"].mean())
         lines.append(f"- R={layer}, {lens} lens: mean budget {picked:g} certified (calib n={c['n']}, drop "
-                     f"{100 * (c['base_correct'].mean() - c['correct'].mean()):.2f} points). Held-out: net "
+                     f"{100 * (c['base_correct'].mean() - c['correct'].mean()):.2f} points, net {c['saved']:.2f} "
+                     f"layers saved; upper bound on its risk {100 * bound:.2f} points). Held-out: net "
                      f"{r['saved']:.2f} layers saved, accuracy delta {100 * d[0]:+.1f} ({100 * d[1]:+.1f}, "
-                     f"{100 * d[2]:+.1f}), agreement {r['agree'].mean():.3f}")
+                     f"{100 * d[2]:+.1f}), observed drop {100 * observed:+.2f} points "
+                     f"({'inside' if observed <= epsilon else 'OUTSIDE'} epsilon {100 * epsilon:g}), "
+                     f"agreement {r['agree'].mean():.3f}")
+        for benchmark in ("arc_easy", "arc_challenge"):
+            part = [x for x in held if x["benchmark"] == benchmark]
+            if part:
+                rb = evaluate_policy(part, chosen[f"sure-{lens}(R={layer})@{picked:g}"])
+                lines.append(f"  - {benchmark} (n={rb['n']}): drop "
+                             f"{100 * (rb['base_correct'].mean() - rb['correct'].mean()):+.2f} points, net "
+                             f"{rb['saved']:.2f} layers saved")
+    lines.append("")
+    if ood:
+        lines += ood_section(ood, chosen, certificates)
     lines.append("")
 
     lines += ["## An epsilon condition on the agreement reward: single-skip safe rate per block (rank prompts)", "",
@@ -436,6 +584,38 @@ def report(out: Path, epsilon: float, delta: float) -> None:
     (out / "study4.json").write_text(json.dumps({"rows": rows, "ranking": ranking}, indent=1))
     figure(out, results, chosen)
     print("\n".join(lines))
+
+
+def ood_section(ood: list[dict], chosen: dict, certificates: dict) -> list[str]:
+    """Per OOD benchmark: each allocation point and the static removal at equal compute against the full model."""
+    from drllm.evaluation.metrics import paired_bootstrap_delta
+
+    layer = READ_LAYERS[-1]
+    picked = certificates.get((layer, "options"))
+    names = [f"sure-options(R={layer})@{b:g}" for b in MEAN_BUDGETS] + [f"safest@{k}" for k in STATIC_K]
+    lines = [f"## Out of domain: metric change against the full model, points (paired 95% CI); agreement; net "
+             f"layers saved (generation thresholds fitted on {FIT_GENERATION[0]} {FIT_GENERATION[1]} prompts)", "",
+             "| benchmark | n | base | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    deltas: dict[str, list[float]] = {name: [] for name in names}
+    for benchmark in OOD:
+        part = [r for r in ood if r["benchmark"] == benchmark]
+        if not part:
+            continue
+        cells = []
+        for name in names:
+            r = evaluate_policy(part, chosen[name])
+            d = paired_bootstrap_delta(r["correct"], r["base_correct"], seed=0)
+            deltas[name].append(d[0])
+            cells.append(f"{100 * d[0]:+.1f} ({100 * d[1]:+.1f}, {100 * d[2]:+.1f}); {r['agree'].mean():.2f}; "
+                         f"{r['saved']:.2f}")
+        base = evaluate_policy(part, chosen["base"])
+        lines.append(f"| {benchmark} | {len(part)} | {100 * base['correct'].mean():.1f} | " + " | ".join(cells) + " |")
+    lines.append("| mean over benchmarks | | | " + " | ".join(
+        f"{100 * np.mean(deltas[name]):+.2f}" if deltas[name] else "-" for name in names) + " |")
+    certified = picked.parameter if picked is not None and picked.certified else None
+    lines += ["", f"The certified point (R={layer}, options lens) is b = "
+              f"{'none (refused)' if certified is None else f'{certified:g}'}.", ""]
+    return lines
 
 
 def figure(out: Path, results: dict, chosen: dict) -> None:
@@ -470,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["run", "rank", "reread", "report"],
                         help="run: measure one role's prompts; rank: the ranking from the rank role; report")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--role", choices=["rank", "calib", "eval"])
+    parser.add_argument("--role", choices=["rank", "calib", "eval", "ood", "fitgen"])
     parser.add_argument("--worker", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--model-dir", default="resources/models/smollm2-135m-instruct")
@@ -480,6 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-arc-challenge", type=int, default=190)
     parser.add_argument("--eval-arc-easy", type=int, default=500)
     parser.add_argument("--eval-arc-challenge", type=int, default=500)
+    parser.add_argument("--calib-extra", choices=["none", "test"], default="none",
+                        help="test: calib also takes every ARC test question eval does not")
+    parser.add_argument("--ood", type=int, default=100, help="items per OOD benchmark (role ood)")
+    parser.add_argument("--fitgen", type=int, default=100, help="DART prompts the generation margins are fit on")
+    parser.add_argument("--read-layers", default="8,12", help="read layers R, comma-separated")
+    parser.add_argument("--budgets", default="1,2,4", help="mean skip budgets b, comma-separated")
     parser.add_argument("--full-lens", type=int, default=60, help="also read the full-vocabulary lens on the first N")
     parser.add_argument("--epsilon", type=float, default=0.01)
     parser.add_argument("--delta", type=float, default=0.1)
@@ -488,7 +674,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"rank_arc_easy": args.rank_arc_easy, "rank_arc_challenge": args.rank_arc_challenge,
              "calib_arc_easy": args.calib_arc_easy, "calib_arc_challenge": args.calib_arc_challenge,
-             "eval_arc_easy": args.eval_arc_easy, "eval_arc_challenge": args.eval_arc_challenge}
+             "eval_arc_easy": args.eval_arc_easy, "eval_arc_challenge": args.eval_arc_challenge,
+             "calib_extra": args.calib_extra, "ood": args.ood, "fitgen": args.fitgen}
+    settings = {"read_layers": [int(v) for v in args.read_layers.split(",")],
+                "budgets": [float(v) for v in args.budgets.split(",")]} | sizes
+    settings_file = out / "settings.json"
+    if settings_file.exists():  # every role and the report must use the run's settings
+        kept = json.loads(settings_file.read_text())
+        if kept != settings:
+            parser.error(f"{settings_file} holds other settings: {kept}; pass the same ones or use another --out")
+    else:
+        settings_file.write_text(json.dumps(settings, indent=1))
+    global READ_LAYERS, MEAN_BUDGETS
+    READ_LAYERS, MEAN_BUDGETS = tuple(settings["read_layers"]), tuple(settings["budgets"])
     if args.action == "run":
         if args.role is None:
             parser.error("run needs --role")
