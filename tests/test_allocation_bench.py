@@ -52,7 +52,7 @@ def test_the_allocation_spends_its_skips_on_the_confident_prompts():
     # four fitting prompts with lens margins 1..4: at mean budget 2 (K = 4 at share 0.5) the two most confident
     # get 4 skips; on the evaluated prompts only the confident ones keep their answer with 4 skips
     fit = [record(i, float(i + 1), 1.0, set()) for i in range(4)]
-    chosen = study.policies({"safe_rate": RANKING}, fit, L)
+    chosen = study.policies({"safe_rate": RANKING}, {"choices": fit}, L)
     confident = [record(10 + i, 5.0, 1.0, {"ge12@4", "ge8@4"}) for i in range(2)]
     unsure = [record(20 + i, 0.5, 1.0, set()) for i in range(2)]
     result = study.evaluate_policy(confident + unsure, chosen["sure-options(R=12)@2"])
@@ -62,6 +62,39 @@ def test_the_allocation_spends_its_skips_on_the_confident_prompts():
     assert static["agree"].tolist() == [0, 0, 0, 0] and static["saved"] == 2.0
     assert study.candidate_paths(L, {"safe_rate": RANKING})["safest@2"] == [17, 18]
     assert study.candidate_paths(L, {"safe_rate": RANKING})["ge12@4"] == [17, 18, 15, 16]
+
+
+def test_generation_prompts_take_their_own_thresholds_and_are_judged_by_their_answer_text():
+    # choice margins fitted on 1..4, generation margins on 0.1..0.4: a generation prompt at 0.35 is confident on its
+    # own scale (K = 4 at mean budget 2) though far below every choice threshold
+    fit = [record(i, float(i + 1), 1.0, set()) for i in range(4)]
+    fitgen = [{"id": f"g{i}", "kind": "generate", "reads": {str(layer): {"margin": 0.1 * (i + 1), "cost": 0.05}
+                                                            for layer in study.READ_LAYERS}} for i in range(4)]
+    chosen = study.policies({"safe_rate": RANKING}, {"choices": fit, "generate": fitgen}, L)
+    answer = {"choice": None, "correct": False, "score": 0.5, "prediction": "Paris"}
+    other = {"choice": None, "correct": False, "score": 0.25, "prediction": "Lyon"}
+    prompt = {"id": "q", "kind": "generate", "base": answer,
+              "reads": {str(layer): {"margin": 0.35, "cost": 0.05} for layer in study.READ_LAYERS},
+              "paths": {"ge12@4": other}}
+    result = study.evaluate_policy([prompt], chosen["sure-options(R=12)@2"])
+    assert result["agree"].tolist() == [0] and result["saved"] == pytest.approx(4 - 0.05)
+    assert result["correct"].tolist() == [0.25] and result["base_correct"].tolist() == [0.5]  # token F1
+    family = study.families({"safe_rate": RANKING}, {"choices": fit, "generate": fitgen}, 12)
+    # calib computes only the allocation's paths, ood the static baselines too
+    assert study.needed_paths(prompt, family, 12, "calib") == {f"ge12@{round(2 * b)}" for b in study.MEAN_BUDGETS}
+    assert study.needed_paths(prompt, family, 12, "ood") >= {"safest@2", "safest@4"}
+    assert study.needed_paths(prompt, family, 12, "eval") is None
+
+
+def test_calibration_never_shares_an_item_with_eval():
+    sizes = {"rank_arc_easy": 3, "rank_arc_challenge": 2, "calib_arc_easy": 5, "calib_arc_challenge": 4,
+             "eval_arc_easy": 50, "eval_arc_challenge": 40, "calib_extra": "test", "ood": 2, "fitgen": 2}
+    ids = {role: [e.id for _, e in study.role_examples(role, sizes)] for role in ("rank", "calib", "eval")}
+    assert len(ids["eval"]) == 90 and len(set(ids["calib"])) == len(ids["calib"])
+    assert not set(ids["calib"]) & set(ids["eval"]) and not set(ids["rank"]) & set(ids["calib"])
+    without = dict(sizes, calib_extra="none")
+    assert len(study.role_examples("calib", without)) == 9
+    assert [e.id for _, e in study.role_examples("eval", without)] == ids["eval"]  # the same eval either way
 
 
 def test_listed_against_cloze_on_constructed_records():
