@@ -2,6 +2,7 @@
 # on the search's prompts, run on the calibration sets at every mean budget and certified by Learn-then-Test.
 # `sure@<b>` and `sure@certified` cells read it; it needs this run's search (its single-skip sweep).
 rule allocate:
+    priority: CRITICAL_PATH
     wildcard_constraints:
         model=_names_pattern(TRAINED_MODELS),
     input:

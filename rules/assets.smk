@@ -2,6 +2,7 @@
 
 
 rule prepare_model:
+    priority: CRITICAL_PATH
     input:
         script=f"{SCRIPTS}/prepare_model.py",
         # a local GGUF file is an input: replacing it rematerialises the model (and reruns what depends on it)

@@ -7,6 +7,7 @@ wildcard_constraints:
 
 
 rule select_prompts:
+    priority: CRITICAL_PATH
     input:
         records=lambda wc: "resources/data/{benchmark}/{split}.parquet".format(**SEARCH_TASKS[wc.task]),
         script=f"{SCRIPTS}/select_prompts.py",
@@ -33,6 +34,7 @@ rule select_prompts:
 
 
 rule search_shard:
+    priority: CRITICAL_PATH
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         prompts=PROMPTS,
@@ -77,6 +79,7 @@ rule search_shard:
 
 
 rule search_summary:
+    priority: CRITICAL_PATH
     input:
         manifest=f"{MODEL_DIR}/drllm_model.json",
         shards=SEARCH_SHARDS,

@@ -2,6 +2,7 @@
 
 
 rule router_samples:
+    priority: CRITICAL_PATH
     wildcard_constraints:
         model=_names_pattern(TRAINED_MODELS),
     input:
@@ -28,6 +29,7 @@ rule router_samples:
 
 
 rule train_routers:
+    priority: CRITICAL_PATH
     wildcard_constraints:
         model=_names_pattern(TRAINED_MODELS),
     input:
@@ -62,6 +64,7 @@ rule train_routers:
 
 # Calibration (drllm.routing.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
 rule calibrate_routers:
+    priority: CRITICAL_PATH
     wildcard_constraints:
         model=_names_pattern(TRAINED_MODELS),
     input:

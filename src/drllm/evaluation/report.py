@@ -88,8 +88,8 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
                     sources: dict[str, list[str]] | None = None, by_level: list[dict] | None = None,
                     frontier: list[dict] | None = None, oracle_rewards: dict[str, str] | None = None,
                     certified: dict | None = None, allocation: dict | None = None) -> str:
-    """The report: Table 3 / Table 4 equivalents, the frontier's means, routing consensus, skipped benchmarks,
-    sources, figures. `oracle_rewards`: benchmark -> the reward its oracle cell used (`cell_oracle_rewards`)."""
+    """The report: the certified operating points and the frontier first (what a reader needs to know), then the
+    Table 3 / Table 4 equivalents, routing consensus, skipped benchmarks, sources, figures. `oracle_rewards`: benchmark -> the reward its oracle cell used (`cell_oracle_rewards`)."""
     benchmarks = sorted({r["benchmark"] for r in summary})
     methods = order_methods(r["method"] for r in summary)
     cells = {(r["benchmark"], r["method"]): r for r in summary}
@@ -97,6 +97,28 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
     models = joined(r["model"] for r in summary) or "–"
     out = ["# Dr.LLM evaluation report", "",
            f"Model: {models}. {len(benchmarks)} benchmark(s), {len(methods)} method(s), {len(summary)} cell(s).", ""]
+
+    if certified is not None:
+        out += certification_lines(certified, [r for r in summary if r["method"] == "router@certified"])
+    if allocation is not None:
+        from drllm.evaluation.allocation_stage import certified_summary as allocation_summary
+
+        out += certification_lines(allocation.get("certified"), [r for r in summary if r["method"] == "sure@certified"],
+                                   "sure@certified", allocation_summary(allocation))
+
+    mean_points = [p for p in frontier or [] if p["benchmark"] == MEAN_BENCHMARK]
+    if mean_points:
+        out += ["## Accuracy vs layers frontier", "",
+                "Per method, the unweighted mean over the in-domain benchmarks that have it (all of its "
+                "benchmarks when none is in domain) of the mean executed layers and the score in % ± half-width "
+                "of the 95% interval; per benchmark in "
+                "`frontier.parquet` and `frontier.png`.", ""]
+        body = [[p["method"], str(p["benchmarks"]), f"{p['mean_layers']:.1f}",
+                 f"{_pct(p['score'])} ±{_pct((p['ci_high'] - p['ci_low']) / 2)}"] for p in mean_points]
+        out += [markdown_table(["method", "benchmarks", "layers", "score"], body), ""]
+        figures = list(figures)
+        if any(Path(f).name == "frontier.png" for f in figures):
+            out += ["![frontier](frontier.png)", ""]
 
     out += ["## Accuracy (Table 3)", "",
             "Mean score in % ± half-width of the 95% interval (Wilson for 0/1 scores, seeded bootstrap otherwise); "
@@ -135,25 +157,6 @@ def render_markdown(summary: list[dict], skipped: list[dict], figures: Iterable[
                 text += f" ({float(np.mean(ratios)):.2f}×)"
             average.append(text)
         out += [markdown_table(["benchmark", "L", *methods], body + [average]), ""]
-
-    mean_points = [p for p in frontier or [] if p["benchmark"] == MEAN_BENCHMARK]
-    if mean_points:
-        out += ["## Accuracy vs layers frontier", "",
-                "Per method, the unweighted mean over the in-domain benchmarks that have it (all of its "
-                "benchmarks when none is in domain) of the mean executed layers and the score in % ± half-width "
-                "of the 95% interval; per benchmark in "
-                "`frontier.parquet` and `frontier.png`.", ""]
-        body = [[p["method"], str(p["benchmarks"]), f"{p['mean_layers']:.1f}",
-                 f"{_pct(p['score'])} ±{_pct((p['ci_high'] - p['ci_low']) / 2)}"] for p in mean_points]
-        out += [markdown_table(["method", "benchmarks", "layers", "score"], body), ""]
-
-    if certified is not None:
-        out += certification_lines(certified, [r for r in summary if r["method"] == "router@certified"])
-    if allocation is not None:
-        from drllm.evaluation.allocation_stage import certified_summary as allocation_summary
-
-        out += certification_lines(allocation.get("certified"), [r for r in summary if r["method"] == "sure@certified"],
-                                   "sure@certified", allocation_summary(allocation))
 
     out += ["## Routing consensus (router)", ""]
     if consensus:
