@@ -27,7 +27,8 @@ import torch
 from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model
 from drllm.routing.decision import CLASSES
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.routing.features import build_feature_cache
 from drllm.routing.samples import read_samples
 from drllm.routing.train_settings import TrainConfig

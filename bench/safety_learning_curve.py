@@ -24,7 +24,8 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model, read_manifest
 from drllm.routing.decision import Decision
 from drllm.routing.features import build_feature_cache
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.routing.samples import read_samples, split_samples
 from drllm.routing.train_settings import TrainConfig
 from drllm.routing.training import prior_validation_loss, selected_row, train_routers

@@ -30,7 +30,8 @@ import torch
 
 from drllm.core.executor import PathExecutor
 from drllm.core.models import MANIFEST, ModelSpec, load_model, materialize, resolve_device, resolve_dtype
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.routing.features import build_feature_cache, pick_cache_device, teacher_forced_features
 from drllm.routing.full_forward import train_full_forward
 from drllm.routing.samples import TrainingSample, read_samples, write_samples

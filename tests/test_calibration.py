@@ -95,7 +95,8 @@ def test_calibration_stage_on_the_real_model(smollm2_dir, tmp_path, capsys):
     from drllm.data.examples import write_examples
     from drllm.data.registry import load_benchmark
     from drllm.core.models import read_manifest
-    from drllm.routing.router import RouterConfig, RouterStack
+    from drllm.routing.router import RouterStack
+    from drllm.routing.router_config import RouterConfig
     from drllm.search.prompts import select_prompts, write_prompts
 
     sys.path.insert(0, str(REPO / "workflow" / "scripts"))

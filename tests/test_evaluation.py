@@ -20,7 +20,8 @@ from drllm.evaluation.methods import Threshold, frontier_line, method_name, pars
 from drllm.routing.calibration import CALIBRATED, CERTIFIED, read_calibration
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.search.prompts import select_prompts, write_prompts
 from drllm.formats.answers import get_format
 

@@ -17,8 +17,8 @@ from drllm.core.artifacts import ArtifactError
 from drllm.core.models import MANIFEST, file_sha256, read_manifest
 from drllm.routing.calibration import CERTIFIED, read_calibration
 from drllm.routing.imported import SOURCE_FILE, import_routers, resolve_router_source
-from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterConfig,
-                                  RouterStack)
+from drllm.routing.router import CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterStack
+from drllm.routing.router_config import RouterConfig
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import import_routers as import_script  # noqa: E402

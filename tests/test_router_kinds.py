@@ -16,7 +16,8 @@ from drllm.routing.features import FeatureCache
 from drllm.routing.inference import RoutedModel, pad_left
 from drllm.routing.kinds import ROUTER_KINDS, RouterKind
 from drllm.routing.pooling import masked_window_mean, window_mean_pool
-from drllm.routing.router import CONFIG_FILE, RouterConfig, RouterStack
+from drllm.routing.router import CONFIG_FILE, RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.routing.train_settings import TrainConfig
 from drllm.routing.training import train_routers
 

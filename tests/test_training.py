@@ -13,7 +13,8 @@ from drllm.core.artifacts import ArtifactError, write_json
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.pooling import window_mean_pool
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.routing.features import FeatureCache, build_feature_cache, teacher_forced_features
 from drllm.routing.full_forward import train_full_forward
 from drllm.routing.samples import TrainingSample, read_samples, split_samples, validate_samples, write_samples

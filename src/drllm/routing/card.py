@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from drllm.core.artifacts import ArtifactError, write_text
 from drllm.core.tables import markdown_table
 from drllm.routing.decision import CLASSES
-from drllm.routing.router import CARD_FILE, RouterConfig
+from drllm.routing.router import CARD_FILE
+from drllm.routing.router_config import RouterConfig
 
 EVALUATION_HEADING = "## Evaluation"
 

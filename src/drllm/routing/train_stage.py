@@ -25,7 +25,8 @@ from drllm.routing.card import write_card
 from drllm.routing.features import build_feature_cache, pick_cache_device
 from drllm.routing.plots import plot_curves, plot_label_distribution
 from drllm.routing.decision import CLASSES, Decision
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.routing.samples import read_samples, split_samples, validate_samples
 from drllm.routing.train_settings import TrainConfig
 from drllm.routing.training import (label_counts, matched_threshold, prior_validation_loss, safety_classes,
