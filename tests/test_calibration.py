@@ -8,9 +8,9 @@ import pytest
 
 from conftest import REPO
 
-from drllm.routing.calibration import (BASE_KNOB, CurvePoint, PointLosses, certify_point, choose_operating_point)
-from drllm.routing.calibration_settings import CalibrationConfig
-from drllm.routing.certify import CertifyConfig
+from drllm.calibration.calibration import (BASE_KNOB, CurvePoint, PointLosses, certify_point, choose_operating_point)
+from drllm.calibration.calibration_settings import CalibrationConfig
+from drllm.calibration.certify import CertifyConfig
 
 
 def curve(table):

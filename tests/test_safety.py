@@ -175,11 +175,11 @@ def test_threshold_decision_skips_where_p_skip_passes_and_respects_the_budget():
 
 
 def test_safety_target_trains_routers_to_the_per_layer_rate():
-    from drllm.routing.features import FeatureCache
+    from drllm.training.features import FeatureCache
     from drllm.routing.router import RouterStack
     from drllm.routing.router_config import RouterConfig
-    from drllm.routing.train_settings import TrainConfig
-    from drllm.routing.training import safety_loss, train_routers
+    from drllm.training.train_settings import TrainConfig
+    from drllm.training.training import safety_loss, train_routers
 
     torch.manual_seed(0)
     n, L, W, d = 64, 3, 2, 8
@@ -207,11 +207,11 @@ def test_safety_target_trains_routers_to_the_per_layer_rate():
 
 
 def test_standardised_training_folds_into_the_first_layer_exactly():
-    from drllm.routing.features import FeatureCache
+    from drllm.training.features import FeatureCache
     from drllm.routing.router import RouterStack
     from drllm.routing.router_config import RouterConfig
-    from drllm.routing.train_settings import TrainConfig
-    from drllm.routing.training import feature_statistics, fold_standardization, standardized, train_routers
+    from drllm.training.train_settings import TrainConfig
+    from drllm.training.training import feature_statistics, fold_standardization, standardized, train_routers
 
     torch.manual_seed(1)
     n, L, W, d = 32, 2, 2, 6

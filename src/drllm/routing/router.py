@@ -24,8 +24,8 @@ from drllm.routing.router_config import FORMAT_VERSION, RouterConfig
 
 WEIGHTS_FILE = "routers.safetensors"
 CONFIG_FILE = "router_config.json"
-CARD_FILE = "README.md"   # the model card (drllm.routing.card)
-CALIBRATION_FILE = "calibration.json"  # the calibration stage's operating points (drllm.routing.calibration)
+CARD_FILE = "README.md"   # the model card (drllm.training.card, drllm.release.card)
+CALIBRATION_FILE = "calibration.json"  # the calibration stage's operating points (drllm.calibration.calibration)
 # what a router directory or release holds, and so all a hub download fetches
 ROUTER_FILES = (WEIGHTS_FILE, CONFIG_FILE, CALIBRATION_FILE, CARD_FILE)
 
