@@ -345,7 +345,7 @@ def policy_outcome(record: dict, name: str | None) -> dict:
 
 
 def same_answer(outcome: dict, base: dict) -> bool:
-    """The option for choice formats, the answer text for generation (drllm.routing.calibration.same_answer)."""
+    """The option for choice formats, the answer text for generation (drllm.calibration.calibration.same_answer)."""
     if "scores" in base:
         return outcome["choice"] == base["choice"]
     return outcome["prediction"] == base["prediction"]
@@ -455,7 +455,7 @@ def spearman(a, b) -> float:
 
 def report(out: Path, epsilon: float, delta: float) -> None:
     from drllm.evaluation.metrics import paired_bootstrap_delta
-    from drllm.routing.certify import CertifyConfig, certify, upper_bound
+    from drllm.calibration.certify import CertifyConfig, certify, upper_bound
 
     rank, calib, held = load(out, "rank"), load(out, "calib"), load(out, "eval")
     merge_rereads(out, rank + calib + held)

@@ -37,7 +37,8 @@ from drllm.routing.inference import RoutedModel, pad_left
 from drllm.core.models import load_model, read_manifest, resolve_device
 from drllm.routing.decision import apply_knob, decide_row, probabilities
 from drllm.routing.pooling import window_assignment
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.formats.answers import get_format
 
 

@@ -27,11 +27,12 @@ import torch
 from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model
 from drllm.routing.decision import CLASSES
-from drllm.routing.router import RouterConfig, RouterStack
-from drllm.routing.features import build_feature_cache
-from drllm.routing.samples import read_samples
-from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import classification_metrics, label_counts, train_routers
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
+from drllm.training.features import build_feature_cache
+from drllm.training.samples import read_samples
+from drllm.training.train_settings import TrainConfig
+from drllm.training.training import classification_metrics, label_counts, train_routers
 
 EXECUTE = CLASSES.index("execute")
 SKIP = CLASSES.index("skip")

@@ -23,11 +23,12 @@ import yaml
 from drllm.core.executor import PathExecutor
 from drllm.core.models import load_model, read_manifest
 from drllm.routing.decision import Decision
-from drllm.routing.features import build_feature_cache
-from drllm.routing.router import RouterConfig, RouterStack
-from drllm.routing.samples import read_samples, split_samples
-from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import prior_validation_loss, selected_row, train_routers
+from drllm.training.features import build_feature_cache
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
+from drllm.training.samples import read_samples, split_samples
+from drllm.training.train_settings import TrainConfig
+from drllm.training.training import prior_validation_loss, selected_row, train_routers
 
 
 def train_block(configfiles: list[str]) -> dict:

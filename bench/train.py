@@ -30,12 +30,13 @@ import torch
 
 from drllm.core.executor import PathExecutor
 from drllm.core.models import MANIFEST, ModelSpec, load_model, materialize, resolve_device, resolve_dtype
-from drllm.routing.router import RouterConfig, RouterStack
-from drllm.routing.features import build_feature_cache, pick_cache_device, teacher_forced_features
-from drllm.routing.full_forward import train_full_forward
-from drllm.routing.samples import TrainingSample, read_samples, write_samples
-from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import train_routers
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
+from drllm.training.features import build_feature_cache, pick_cache_device, teacher_forced_features
+from drllm.training.full_forward import train_full_forward
+from drllm.training.samples import TrainingSample, read_samples, write_samples
+from drllm.training.train_settings import TrainConfig
+from drllm.training.training import train_routers
 
 DEFAULT_MODEL = Path("resources/models/smollm2-135m-instruct")
 SHAPES = {

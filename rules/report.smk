@@ -55,7 +55,7 @@ rule report:
 
 
 # Release: the routers as one shareable directory whose model card carries the search settings, the search summary
-# and the evaluation table (drllm.routing.card.release_card).
+# and the evaluation table (drllm.release.card.release_card).
 rule release_routers:
     wildcard_constraints:
         model=_names_pattern(TRAINED_MODELS),

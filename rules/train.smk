@@ -62,7 +62,7 @@ rule train_routers:
         "--dtype {params.dtype} > {log} 2>&1"
 
 
-# Calibration (drllm.routing.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
+# Calibration (drllm.calibration.calibration): the knob p of `router@calibrated`, chosen on held-out validation prompts.
 rule calibrate_routers:
     priority: CRITICAL_PATH
     wildcard_constraints:

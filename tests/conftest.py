@@ -59,8 +59,8 @@ def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, **overrides)
 def certified_point(axis: str, value: float) -> dict:
     """A calibration file's `certified` object as calibrate writes it: `value` on `axis` (knob | threshold),
     certified on 100 calibration prompts whose answers never change (accuracy drop, the default loss)."""
-    from drllm.routing.calibration import PointLosses, certify_point
-    from drllm.routing.certify import CertifyConfig
+    from drllm.calibration.calibration import PointLosses, certify_point
+    from drllm.calibration.certify import CertifyConfig
 
     losses = PointLosses([0.0] * 100, [0.0] * 100, [1.0] * 100)
     return certify_point({(axis, value): losses}, CertifyConfig(0.05, 0.1))

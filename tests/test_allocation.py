@@ -19,8 +19,8 @@ from drllm.routing.allocation import (AllocationPoint, allocation_family, alloca
                                       safe_order, skips_for)
 from drllm.routing.allocation_settings import AllocationConfig
 from drllm.evaluation.allocation_stage import Allocation, certify_budget
-from drllm.routing.calibration import PointLosses
-from drllm.routing.certify import CertifyConfig
+from drllm.calibration.calibration import PointLosses
+from drllm.calibration.certify import CertifyConfig
 from drllm.routing.confidence import block_macs_per_token, read_confidence
 
 OPTIONS = ("ab", "cde", "f")

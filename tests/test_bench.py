@@ -77,8 +77,8 @@ def test_safety_learning_curve_rows_on_a_tiny_model():
     the repeat class keeps, log(1 + 0.001)."""
     from conftest import random_prompts, tiny_model
     from drllm.core.executor import PathExecutor
-    from drllm.routing.samples import TrainingSample
-    from drllm.routing.train_settings import TrainConfig
+    from drllm.training.samples import TrainingSample
+    from drllm.training.train_settings import TrainConfig
 
     bench = bench_module("safety_learning_curve")
     ids = random_prompts(lengths=(5, 9, 12, 7, 9, 3, 6, 8, 10, 4))

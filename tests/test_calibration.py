@@ -8,9 +8,9 @@ import pytest
 
 from conftest import REPO
 
-from drllm.routing.calibration import (BASE_KNOB, CurvePoint, PointLosses, certify_point, choose_operating_point)
-from drllm.routing.calibration_settings import CalibrationConfig
-from drllm.routing.certify import CertifyConfig
+from drllm.calibration.calibration import (BASE_KNOB, CurvePoint, PointLosses, certify_point, choose_operating_point)
+from drllm.calibration.calibration_settings import CalibrationConfig
+from drllm.calibration.certify import CertifyConfig
 
 
 def curve(table):
@@ -95,7 +95,8 @@ def test_calibration_stage_on_the_real_model(smollm2_dir, tmp_path, capsys):
     from drllm.data.examples import write_examples
     from drllm.data.registry import load_benchmark
     from drllm.core.models import read_manifest
-    from drllm.routing.router import RouterConfig, RouterStack
+    from drllm.routing.router import RouterStack
+    from drllm.routing.router_config import RouterConfig
     from drllm.search.prompts import select_prompts, write_prompts
 
     sys.path.insert(0, str(REPO / "workflow" / "scripts"))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from drllm.routing.certify import (Certificate, CertifyConfig, binom_cdf, certify, min_samples, p_value,
+from drllm.calibration.certify import (Certificate, CertifyConfig, binom_cdf, certify, min_samples, p_value,
                                    upper_bound)
 
 
@@ -135,7 +135,7 @@ def test_min_samples_is_the_first_n_at_which_zero_losses_pass(loss, method):
 
 
 def test_min_samples_refuses_absurd_epsilon(monkeypatch):
-    import drllm.routing.certify as module
+    import drllm.calibration.certify as module
 
     monkeypatch.setattr(module, "MAX_SAMPLES", 10**5)
     config = CertifyConfig(1e-3, 0.1, p_value="hb", order_seed=99)   # hb needs ~3.2 million prompts here
@@ -281,7 +281,7 @@ def test_upper_bound_covers_the_empirical_risk_and_shrinks_with_n(config, make):
 
 
 def test_a_null_epsilon_is_the_smallest_the_sample_size_supports():
-    from drllm.routing.certify import EPSILON_GRID, supported_epsilon
+    from drllm.calibration.certify import EPSILON_GRID, supported_epsilon
 
     auto = CertifyConfig(epsilon=None, delta=0.1)
     for n in (74, 300, 470, 5000):

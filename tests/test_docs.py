@@ -38,7 +38,7 @@ def test_a_wrong_default_fails_whether_planted_in_the_docs_or_in_the_settings(mo
     assert any("block train: stale rows" in problem and "train.lr" in problem
                for problem in config_reference.problems(planted))
 
-    from drllm.routing.train_settings import TrainConfig
+    from drllm.training.train_settings import TrainConfig
     lr = next(field for field in dataclasses.fields(TrainConfig) if field.name == "lr")
     monkeypatch.setattr(lr, "default", 2e-3)
     assert any("train.lr" in problem for problem in config_reference.problems(text))

@@ -17,10 +17,11 @@ from drllm.data.registry import load_benchmark
 from drllm.data.entries import EvalEntry, sample_examples
 from drllm.evaluation.cells import EVAL_SCHEMA, CellContext, EvaluationError, evaluate_examples, read_cell
 from drllm.evaluation.methods import Threshold, frontier_line, method_name, parse_method
-from drllm.routing.calibration import CALIBRATED, CERTIFIED, read_calibration
+from drllm.calibration.calibration import CALIBRATED, CERTIFIED, read_calibration
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 from drllm.search.prompts import select_prompts, write_prompts
 from drllm.formats.answers import get_format
 

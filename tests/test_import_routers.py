@@ -1,4 +1,4 @@
-"""Routers from elsewhere (drllm.routing.imported, workflow/scripts/import_routers.py): a release folder or a hub
+"""Routers from elsewhere (drllm.release.imported, workflow/scripts/import_routers.py): a release folder or a hub
 repository checked against the model's manifest and copied in, with clear refusals."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 from conftest import REPO, certified_point
 from drllm.core.artifacts import ArtifactError
 from drllm.core.models import MANIFEST, file_sha256, read_manifest
-from drllm.routing.calibration import CERTIFIED, read_calibration
-from drllm.routing.imported import SOURCE_FILE, import_routers, resolve_router_source
-from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterConfig,
-                                  RouterStack)
+from drllm.calibration.calibration import CERTIFIED, read_calibration
+from drllm.release.imported import SOURCE_FILE, import_routers, resolve_router_source
+from drllm.routing.router import CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterStack
+from drllm.routing.router_config import RouterConfig
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import import_routers as import_script  # noqa: E402

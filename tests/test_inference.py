@@ -11,7 +11,8 @@ from drllm.routing.inference import RoutedModel, pad_left
 from drllm.core.paths import LayerPath
 from drllm.routing.decision import apply_knob, decide, probabilities
 from drllm.routing.pooling import window_mean_pool
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 
 LAYERS = 6
 

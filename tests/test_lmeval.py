@@ -18,7 +18,8 @@ from drllm.core.executor import PathExecutor
 from drllm.routing.inference import RoutedModel
 from drllm.evaluation.lmeval import DrLLM, cut_at_stop
 from drllm.core.models import read_manifest
-from drllm.routing.router import RouterConfig, RouterStack
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
 
 PAIRS = [("The capital of France is", " Paris"),
          ("The capital of France is", " London"),

@@ -18,8 +18,8 @@ from drllm.evaluation.plots import plot_accuracy_vs_layers, sweep_curves
 from drllm.evaluation.report import FIGURES, build_report, load_cells
 from drllm.evaluation.summary import (FRONTIER_SCHEMA, MEAN_BENCHMARK, RESAMPLES, REPORT_SUMMARY_SCHEMA, Z95,
                                       frontier_points, scores_by_level, summarize_cells)
-from drllm.routing.calibration import CALIBRATED, CERTIFIED
-from drllm.routing.card import release_card
+from drllm.calibration.calibration import CALIBRATED, CERTIFIED
+from drllm.release.card import release_card
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 import release_routers  # noqa: E402
@@ -386,8 +386,8 @@ CALIBRATED_KNOB, CERTIFIED_TAU = -0.4, 0.9
 def allocation_record() -> dict:
     """An allocation file's fields the report reads, its budget certified the way the allocate stage certifies."""
     from drllm.evaluation.allocation_stage import certify_budget
-    from drllm.routing.calibration import PointLosses
-    from drllm.routing.certify import CertifyConfig
+    from drllm.calibration.calibration import PointLosses
+    from drllm.calibration.certify import CertifyConfig
 
     losses = {2.0: PointLosses([0.0] * 100, [0.0] * 100, [1.95] * 100)}
     return {"read_layer": 12, "certified": certify_budget(losses, CertifyConfig(0.05, 0.1))}

@@ -11,7 +11,8 @@ from drllm.core.artifacts import ArtifactError
 from drllm.routing.decision import apply_knob, decide, decide_row, knob_affine, probabilities
 from drllm.routing.kinds.mlp import Router, router_parameter_count
 from drllm.routing.pooling import window_mean_pool
-from drllm.routing.router import CONFIG_FILE, WEIGHTS_FILE, RouterConfig, RouterStack
+from drllm.routing.router import CONFIG_FILE, WEIGHTS_FILE, RouterStack
+from drllm.routing.router_config import RouterConfig
 
 
 def reference_pool(tokens: torch.Tensor, windows: int) -> torch.Tensor:

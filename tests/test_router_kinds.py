@@ -12,13 +12,14 @@ from conftest import random_prompts, tiny_model
 from drllm.core.artifacts import ArtifactError
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.routing.features import FeatureCache
+from drllm.training.features import FeatureCache
 from drllm.routing.inference import RoutedModel, pad_left
 from drllm.routing.kinds import ROUTER_KINDS, RouterKind
 from drllm.routing.pooling import masked_window_mean, window_mean_pool
-from drllm.routing.router import CONFIG_FILE, RouterConfig, RouterStack
-from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import train_routers
+from drllm.routing.router import CONFIG_FILE, RouterStack
+from drllm.routing.router_config import RouterConfig
+from drllm.training.train_settings import TrainConfig
+from drllm.training.training import train_routers
 
 LAYERS, DIM = 4, 64
 

@@ -151,7 +151,8 @@ def test_pooling_can_leave_out_the_first_token():
 def test_threshold_decision_skips_where_p_skip_passes_and_respects_the_budget():
     from drllm.routing.inference import RoutedModel
     from drllm.routing.decision import Decision
-    from drllm.routing.router import RouterConfig, RouterStack
+    from drllm.routing.router import RouterStack
+    from drllm.routing.router_config import RouterConfig
 
     executor = PathExecutor(tiny_model("llama", layers=6))
     stack = RouterStack(RouterConfig(base_model="tiny", num_layers=6, hidden_size=64, hidden=8,
@@ -174,10 +175,11 @@ def test_threshold_decision_skips_where_p_skip_passes_and_respects_the_budget():
 
 
 def test_safety_target_trains_routers_to_the_per_layer_rate():
-    from drllm.routing.features import FeatureCache
-    from drllm.routing.router import RouterConfig, RouterStack
-    from drllm.routing.train_settings import TrainConfig
-    from drllm.routing.training import safety_loss, train_routers
+    from drllm.training.features import FeatureCache
+    from drllm.routing.router import RouterStack
+    from drllm.routing.router_config import RouterConfig
+    from drllm.training.train_settings import TrainConfig
+    from drllm.training.training import safety_loss, train_routers
 
     torch.manual_seed(0)
     n, L, W, d = 64, 3, 2, 8
@@ -205,10 +207,11 @@ def test_safety_target_trains_routers_to_the_per_layer_rate():
 
 
 def test_standardised_training_folds_into_the_first_layer_exactly():
-    from drllm.routing.features import FeatureCache
-    from drllm.routing.router import RouterConfig, RouterStack
-    from drllm.routing.train_settings import TrainConfig
-    from drllm.routing.training import feature_statistics, fold_standardization, standardized, train_routers
+    from drllm.training.features import FeatureCache
+    from drllm.routing.router import RouterStack
+    from drllm.routing.router_config import RouterConfig
+    from drllm.training.train_settings import TrainConfig
+    from drllm.training.training import feature_statistics, fold_standardization, standardized, train_routers
 
     torch.manual_seed(1)
     n, L, W, d = 32, 2, 2, 6

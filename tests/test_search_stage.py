@@ -154,7 +154,7 @@ def test_killed_job_resumes_without_redoing_finished_prompts(smollm2_dir, prompt
 def test_router_samples_re_encode_the_searched_prompts(smollm2_dir, prompt_file, tmp_path, capsys):
     import router_samples
 
-    from drllm.routing.samples import read_samples
+    from drllm.training.samples import read_samples
 
     shard = tmp_path / "shard.parquet"
     assert run_cli(smollm2_dir, prompt_file, shard, "--shard", "0", "--num-shards", "2") == 0

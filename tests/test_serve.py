@@ -22,7 +22,8 @@ TINY = "tiny-serve"
 
 def skipping_routers(name: str, num_layers: int, hidden_size: int, out_dir, bias=(1.0, 2.0, -5.0), scale=3.0):
     """Seeded random routers biased to skip, so prompts take different paths; saved to `out_dir`."""
-    from drllm.routing.router import RouterConfig, RouterStack
+    from drllm.routing.router import RouterStack
+    from drllm.routing.router_config import RouterConfig
 
     stack = RouterStack(RouterConfig(name, num_layers, hidden_size), seed=0)
     with torch.no_grad():

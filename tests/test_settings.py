@@ -10,9 +10,9 @@ import yaml
 from conftest import REPO
 from drllm.core.settings import Accepts, check_fields, from_block, setting
 from drllm.evaluation.settings import EvalSettings, OracleSettings
-from drllm.routing.calibration_settings import CalibrationConfig
-from drllm.routing.certify import CertifyConfig
-from drllm.routing.train_settings import TrainConfig
+from drllm.calibration.calibration_settings import CalibrationConfig
+from drllm.calibration.certify import CertifyConfig
+from drllm.training.train_settings import TrainConfig
 from drllm.search.mcts import MCTSConfig
 from drllm.search.rewards import RewardConfig
 from drllm.search.safety import SafetyConfig

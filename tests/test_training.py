@@ -13,12 +13,13 @@ from drllm.core.artifacts import ArtifactError, write_json
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.routing.pooling import window_mean_pool
-from drllm.routing.router import RouterConfig, RouterStack
-from drllm.routing.features import FeatureCache, build_feature_cache, teacher_forced_features
-from drllm.routing.full_forward import train_full_forward
-from drllm.routing.samples import TrainingSample, read_samples, split_samples, validate_samples, write_samples
-from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import (METRIC_COLUMNS, METRICS_SCHEMA, class_weights, focal_loss, label_counts,
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
+from drllm.training.features import FeatureCache, build_feature_cache, teacher_forced_features
+from drllm.training.full_forward import train_full_forward
+from drllm.training.samples import TrainingSample, read_samples, split_samples, validate_samples, write_samples
+from drllm.training.train_settings import TrainConfig
+from drllm.training.training import (METRIC_COLUMNS, METRICS_SCHEMA, class_weights, focal_loss, label_counts,
                                     lr_multiplier, read_metrics, resolve_warmup, train_class_weights, train_loop,
                                     train_routers, write_metrics)
 
@@ -365,7 +366,7 @@ def test_selection_on_real_validation_metrics():
 
 
 def evaluate_f1(stack, cache):
-    from drllm.routing.training import evaluate_cache
+    from drllm.training.training import evaluate_cache
 
     return evaluate_cache(stack, cache)["macro_f1"]
 
@@ -412,7 +413,7 @@ def test_validation_metrics(executor):
 
 
 def test_classification_metrics_by_hand():
-    from drllm.routing.training import classification_metrics
+    from drllm.training.training import classification_metrics
 
     labels = torch.tensor([[0, 1], [1, 1], [2, 1]])
     predictions = torch.tensor([[0, 1], [1, 0], [1, 1]])
@@ -558,7 +559,7 @@ def test_cli_logs_effective_weights(tiny_dir, tmp_path, capsys):
 
 def test_training_curves_mark_the_selected_epoch(tmp_path, monkeypatch):
     figures = []
-    import drllm.routing.plots as plots
+    import drllm.training.plots as plots
 
     monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi: figures.append(fig))
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 0.5 + abs(e - 2) / 10, "val_macro_f1": 0.5,
@@ -617,8 +618,8 @@ def test_smollm2_trains_two_epochs(smollm2):
 
 
 def test_prior_validation_loss_is_the_soft_cross_entropy_of_the_training_rates():
-    from drllm.routing.samples import TrainingSample
-    from drllm.routing.training import prior_validation_loss
+    from drllm.training.samples import TrainingSample
+    from drllm.training.training import prior_validation_loss
 
     train = [TrainingSample("a", [1], [1, 1], [1.0, 0.0]), TrainingSample("b", [1], [1, 1], [0.0, 0.0])]
     val = [TrainingSample("c", [1], [1, 1], [1.0, 1.0])]
@@ -628,7 +629,7 @@ def test_prior_validation_loss_is_the_soft_cross_entropy_of_the_training_rates()
 
 
 def test_matched_threshold_skips_as_many_blocks_as_the_labels_on_average():
-    from drllm.routing.training import matched_threshold
+    from drllm.training.training import matched_threshold
 
     probs = torch.tensor([[0.9, 0.8, 0.3, 0.1], [0.95, 0.6, 0.5, 0.2], [0.7, 0.65, 0.55, 0.4]])
     tau = matched_threshold(probs, 1.0)  # one skip per prompt on average

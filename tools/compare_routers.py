@@ -56,7 +56,7 @@ def same_prompts(calibrations: dict[str, dict]) -> str | None:
 
 
 def point_label(point: dict) -> str:
-    from drllm.routing.calibration import BASE_KNOB, KNOB, point_name
+    from drllm.calibration.calibration import BASE_KNOB, KNOB, point_name
 
     return "base" if (point["axis"], point["knob"]) == (KNOB, BASE_KNOB) else point_name(point["axis"], point["knob"])
 

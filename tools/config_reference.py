@@ -35,9 +35,9 @@ def settings_blocks() -> dict[tuple[str, ...], type]:
     """Config block (a path of keys) -> the settings class that reads it."""
     from drllm.evaluation.settings import EvalSettings, OracleSettings
     from drllm.routing.allocation_settings import AllocationConfig
-    from drllm.routing.calibration_settings import CalibrationConfig
-    from drllm.routing.certify import CertifyConfig
-    from drllm.routing.train_settings import TrainConfig
+    from drllm.calibration.calibration_settings import CalibrationConfig
+    from drllm.calibration.certify import CertifyConfig
+    from drllm.training.train_settings import TrainConfig
     from drllm.search.mcts import MCTSConfig
     from drllm.search.rewards import RewardConfig
     from drllm.search.safety import SafetyConfig

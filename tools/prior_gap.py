@@ -15,8 +15,8 @@ import math
 import sys
 from pathlib import Path
 
-from drllm.routing.samples import read_samples, split_samples
-from drllm.routing.training import prior_validation_loss, read_metrics, selected_row
+from drllm.training.samples import read_samples, split_samples
+from drllm.training.training import prior_validation_loss, read_metrics, selected_row
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,13 @@
-"""Calibrate trained routers: choose their operating point on held-out validation prompts (drllm.routing.calibration).
+"""Calibrate trained routers: choose their operating point on held-out validation prompts
+(drllm.calibration.calibration).
 
 Each calibration set is a seeded sample of a benchmark split, with every prompt the search used removed (so the
 routers never saw them), routed at each point of the grid (the knob p; the threshold tau for routers with the
 threshold decision) and scored in its answer format. The chosen point (the largest mean saving whose score on
 every set stays within max_drop of the base model's) is written with the whole curve to --out (JSON), which
 evaluation's `router@calibrated` method reads. With `certify` set, the point certified by Learn-then-Test on the
-pooled per-prompt losses (drllm.routing.certify) is written too, as `certified`, read by `router@certified`.
-The stage itself is drllm.routing.calibration_stage.run_calibration; this script parses the command line.
+pooled per-prompt losses (drllm.calibration.certify) is written too, as `certified`, read by `router@certified`.
+The stage itself is drllm.calibration.calibration_stage.run_calibration; this script parses the command line.
 
 Example:
   python workflow/scripts/calibrate_routers.py --model-dir resources/models/smollm2-135m-instruct \\
@@ -22,7 +23,7 @@ import argparse
 import sys
 
 from drllm.core.cli import json_argument, named_paths, run_script
-from drllm.routing.calibration_stage import CalibrationRequest, run_calibration
+from drllm.calibration.calibration_stage import CalibrationRequest, run_calibration
 
 
 

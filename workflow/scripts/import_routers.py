@@ -17,7 +17,7 @@ import sys
 
 from drllm.core.cli import run_script
 from drllm.core.models import read_manifest
-from drllm.routing.imported import import_routers, resolve_router_source
+from drllm.release.imported import import_routers, resolve_router_source
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from drllm.core.artifacts import ArtifactError, atomic_path, read_json, read_par
 from drllm.core.cli import run_script
 from drllm.evaluation.summary import REPORT_SUMMARY_SCHEMA
 from drllm.routing.router import CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
-from drllm.routing.card import release_card
+from drllm.release.card import release_card
 from drllm.search.shards import read_shard
 
 

@@ -24,7 +24,7 @@ from drllm.core.cli import json_argument, run_script
 from drllm.core.provenance import stage_provenance
 from drllm.evaluation.report import build_report, validate_skipped
 from drllm.evaluation.summary import parse_in_domain
-from drllm.routing.calibration import read_certified
+from drllm.calibration.calibration import read_certified
 
 
 def main(argv: list[str] | None = None) -> int:

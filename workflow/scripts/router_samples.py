@@ -19,7 +19,7 @@ from drllm.core.models import chat_template_for, read_manifest
 from drllm.core.provenance import stage_provenance
 from drllm.search.prompts import PromptEncoding, read_prompts
 from drllm.search.shards import read_shard
-from drllm.routing.samples import samples_from_search, write_samples
+from drllm.training.samples import samples_from_search, write_samples
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ model.
    family of points is fixed before any calibration prompt is seen.
 3. The curve and the certificate: the calibration sets (the `calibrate:` block's held-out prompts) run at every mean
    budget; Learn-then-Test walks the budgets from the smallest and `sure@certified` takes the largest certified one
-   (drllm.routing.certify). Savings are net of the read's cost.
+   (drllm.calibration.certify). Savings are net of the read's cost.
 
 The written JSON is what `sure@<b>` and `sure@certified` read (drllm.evaluation.policies.sure_policy).
 """
@@ -31,9 +31,9 @@ from drllm.evaluation.baselines import read_influence
 from drllm.formats.answers import get_format
 from drllm.routing.allocation import AllocationPoint, allocation_path, fit_threshold, safe_order, skips_for
 from drllm.routing.allocation_settings import AllocationConfig
-from drllm.routing.calibration import PointLosses, certificate_line, curve_point, curve_records, same_answer
-from drllm.routing.calibration_stage import calibration_config, held_out
-from drllm.routing.certify import certify, upper_bound
+from drllm.calibration.calibration import PointLosses, certificate_line, curve_point, curve_records, same_answer
+from drllm.calibration.calibration_stage import calibration_config, held_out
+from drllm.calibration.certify import certify, upper_bound
 from drllm.routing.confidence import check_read_layer, prefix_state, read_confidence
 from drllm.search.prompts import PromptEncoding, encode_prompt_row, read_prompts
 

@@ -7,7 +7,7 @@ Names: <kind> or <kind>@<param>, the parameter grammar set by the kind's `param`
   none    base | oracle
   router  router | router@<p> (control knob p in [-1, 1]) | router@t<tau> (threshold decision: skip when
           P(skip) >= tau, tau in [0, 1]) | router@calibrated | router@certified (the operating point in the
-          calibration file, drllm.routing.calibration)
+          calibration file, drllm.calibration.calibration)
   budget  static | static@<k>, random | random@<k>, safest | safest@<k> (k layers removed; without k, matched
           per benchmark to the router cell's savings)
   allocation  sure@<b> (a mean of b skips per prompt, spent where the early confidence read is highest) |
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from drllm.core.plugins import Table
-from drllm.routing.calibration import CALIBRATED, CERTIFIED
+from drllm.calibration.calibration import CALIBRATED, CERTIFIED
 
 PARAMS = ("none", "budget", "router", "allocation")
 FILE_POINTS = (CALIBRATED, CERTIFIED)  # router@<these>: the operating point is read from the calibration file

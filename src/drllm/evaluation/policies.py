@@ -22,7 +22,7 @@ from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle
 from drllm.evaluation.cells import CellContext, PathPolicy, read_cell
 from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, policy_builder
 from drllm.evaluation.settings import EvalSettings
-from drllm.routing.calibration import CERTIFIED, read_calibration
+from drllm.calibration.calibration import CERTIFIED, read_calibration
 from drllm.routing.inference import RoutedModel
 from drllm.routing.decision import Decision
 

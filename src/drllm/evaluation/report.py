@@ -196,7 +196,7 @@ def certification_lines(certified: dict | None, cells: list[dict], method: str =
     """The certified operating point in one line (`line`, default the routers' calibration summary), then, per
     benchmark with a cell of `method`, the observed drop on the test items next to the certified bound (layers
     saved net of any confidence read)."""
-    from drllm.routing.calibration import certified_summary
+    from drllm.calibration.calibration import certified_summary
 
     out = [f"## Certified operating point ({method})", "", line or certified_summary(certified), ""]
     if certified is None:

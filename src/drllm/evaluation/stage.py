@@ -25,7 +25,7 @@ from drllm.evaluation.methods import FILE_POINTS, METHODS, method_name, parse_me
 from drllm.evaluation.policies import MethodInputs, build_policy, router_point
 from drllm.evaluation.settings import EvalSettings
 from drllm.formats.answers import get_format
-from drllm.routing.calibration import CALIBRATED
+from drllm.calibration.calibration import CALIBRATED
 from drllm.routing.router import RouterStack
 from drllm.search.shards import Checkpoint
 

@@ -1,2 +1,2 @@
-"""The routers (rules/train.smk): the per-block router, training samples and training, calibration of the
-knob, routed inference and the router card."""
+"""The router at inference (read by training, calibration, evaluation and serving): the router stack, its config
+and kinds, the decision rule, routed inference, the early confidence read and the skip allocation."""

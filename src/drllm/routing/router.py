@@ -10,9 +10,7 @@ was trained for the expected base model and layer count.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,74 +18,16 @@ import torch
 from torch import nn
 
 from drllm.core.artifacts import ArtifactError, atomic_path, canonicalize_safetensors_header, read_json, write_json
-from drllm.core.blocks import check_keys
-from drllm.routing.decision import CLASSES, Decision
 from drllm.routing.kinds import ROUTER_KINDS, PackedStep, RouterKind
 from drllm.routing.pooling import window_mean_pool
+from drllm.routing.router_config import FORMAT_VERSION, RouterConfig
 
 WEIGHTS_FILE = "routers.safetensors"
 CONFIG_FILE = "router_config.json"
-CARD_FILE = "README.md"   # the model card (drllm.routing.card)
-CALIBRATION_FILE = "calibration.json"  # the calibration stage's operating points (drllm.routing.calibration)
+CARD_FILE = "README.md"   # the model card (drllm.training.card, drllm.release.card)
+CALIBRATION_FILE = "calibration.json"  # the calibration stage's operating points (drllm.calibration.calibration)
 # what a router directory or release holds, and so all a hub download fetches
 ROUTER_FILES = (WEIGHTS_FILE, CONFIG_FILE, CALIBRATION_FILE, CARD_FILE)
-FORMAT_VERSION = 1
-
-
-@dataclass
-class RouterConfig:
-    """What a router stack was built for and how it was trained (saved as router_config.json)."""
-
-    base_model: str
-    num_layers: int
-    hidden_size: int
-    windows: int = 8
-    hidden: int = 128
-    label_counts: list[int] | None = None  # training labels per class (skip, execute, repeat)
-    training: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    base_model_revision: str | None = None  # the base model's revision and weights hash (drllm.core.models manifest):
-    base_model_sha256: str | None = None    # loading checks them when both sides know them
-    pool_exclude_first: bool = False        # pooling leaves each prompt's first token out (window_assignment)
-    decision: dict[str, Any] = field(default_factory=lambda: {"rule": "argmax"})  # how probabilities become actions
-    kind: str = "mlp"                       # the router kind (drllm.routing.kinds), train.router_kind
-
-    def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "windows", "hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"router config: {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.base_model, str) or not self.base_model:
-            raise ValueError(f"router config: base_model must be a non-empty string, got {self.base_model!r}")
-        for name in ("base_model_revision", "base_model_sha256"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise ValueError(f"router config: {name} must be a string or null, got {getattr(self, name)!r}")
-        if not isinstance(self.pool_exclude_first, bool):
-            raise ValueError(f"router config: pool_exclude_first must be true or false, got {self.pool_exclude_first!r}")
-        self.decision = Decision.from_dict(self.decision).to_dict()
-        if not isinstance(self.kind, str) or not self.kind.isidentifier():
-            raise ValueError(f"router config: kind must be a router kind's name, got {self.kind!r}")
-        if self.label_counts is not None:
-            if len(self.label_counts) != len(CLASSES):
-                raise ValueError(f"router config: label_counts needs {len(CLASSES)} entries, got {self.label_counts}")
-            self.label_counts = [int(c) for c in self.label_counts]
-
-    def to_dict(self) -> dict[str, Any]:
-        block = dataclasses.asdict(self)
-        if block["kind"] == "mlp":  # files written before kinds existed are mlp files: absent == mlp both ways, and
-            del block["kind"]       # mlp routers' router_config.json stays byte-identical to theirs
-        return block
-
-    @classmethod
-    def from_dict(cls, block: dict[str, Any]) -> "RouterConfig":
-        if not isinstance(block, dict):
-            raise ValueError(f"router config must be a mapping, got {type(block).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        check_keys("router config", block, known)
-        missing = sorted({"base_model", "num_layers", "hidden_size"} - set(block))
-        if missing:
-            raise ValueError(f"router config: missing key(s) {missing}")
-        return cls(**block)
 
 
 class RouterStack(nn.Module):

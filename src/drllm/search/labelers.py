@@ -10,18 +10,24 @@ optionally `layer_safety`; see `mcts.SearchResult`). `search.labeler` names the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import Any, Callable, Generator, Protocol
 
 from drllm.core.paths import LayerPath
 from drllm.core.plugins import Table
-from drllm.search.mcts import search_steps
+from drllm.search.mcts import MCTSConfig, search_steps
 from drllm.search.rewards import PathRewarder, choice_margin
-from drllm.search.safety import sweep_steps
-
-if TYPE_CHECKING:
-    from drllm.search.settings import SearchSettings
+from drllm.search.safety import SafetyConfig, sweep_steps
 
 LabelSteps = Generator[LayerPath, float, Any]
+
+
+class LabelerSettings(Protocol):
+    """What the built-in labelers read of the stage's settings (a drllm.search.settings.SearchSettings): a protocol,
+    not that class, as settings.py imports this module to check `search.labeler` against LABELERS."""
+
+    def mcts_config(self) -> MCTSConfig: ...
+
+    def safety_config(self) -> SafetyConfig: ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ class Labeler:
     does not evaluate it gets it evaluated afterwards, outside the cost columns."""
 
     name: str
-    start: Callable[[int, "SearchSettings", PathRewarder, "int | None"], LabelSteps]
+    start: Callable[[int, LabelerSettings, PathRewarder, "int | None"], LabelSteps]
     seeded: bool = True
 
 
@@ -52,11 +58,11 @@ def margin_reader(rewarder: PathRewarder) -> Callable[[LayerPath], float]:
     return margin_of
 
 
-def _start_mcts(num_layers: int, settings: "SearchSettings", rewarder: PathRewarder, seed: int | None) -> LabelSteps:
+def _start_mcts(num_layers: int, settings: LabelerSettings, rewarder: PathRewarder, seed: int | None) -> LabelSteps:
     return search_steps(num_layers, settings.mcts_config(), seed)
 
 
-def _start_safety(num_layers: int, settings: "SearchSettings", rewarder: PathRewarder,
+def _start_safety(num_layers: int, settings: LabelerSettings, rewarder: PathRewarder,
                   seed: int | None) -> LabelSteps:
     return sweep_steps(num_layers, settings.safety_config(), margin_reader(rewarder))
 

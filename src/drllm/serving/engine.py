@@ -175,7 +175,7 @@ class Engine:
         self.executor = PathExecutor(model)
         routers, routers_dir = None, None
         if settings.routers:
-            from drllm.routing.imported import resolve_router_source
+            from drllm.release.imported import resolve_router_source
             from drllm.routing.router import RouterStack
 
             routers_dir = resolve_router_source(settings.routers, settings.routers_revision)

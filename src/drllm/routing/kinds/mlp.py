@@ -7,18 +7,14 @@ block at inference, on packed weights).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from drllm.routing.decision import CLASSES
-from drllm.routing.kinds import ROUTER_KINDS, RouterKind
+from drllm.routing.kinds.base import ROUTER_KINDS, RouterKind
 from drllm.routing.pooling import masked_window_mean, window_assignment
-
-if TYPE_CHECKING:
-    from drllm.routing.router import RouterConfig
+from drllm.routing.router_config import RouterConfig
 
 
 def router_parameter_count(num_layers: int, hidden_size: int, hidden: int = 128) -> int:
@@ -52,7 +48,7 @@ class Router(nn.Module):
 class MLPKind(RouterKind):
     """The paper's router: one `Router` per block (saved as routers.<layer>.fc1 / .fc2)."""
 
-    def build(self, config: "RouterConfig", generator: torch.Generator | None) -> Router:
+    def build(self, config: RouterConfig, generator: torch.Generator | None) -> Router:
         return Router(config.hidden_size, config.hidden, generator)
 
     def forward(self, routers: nn.ModuleList, window_means: torch.Tensor,
@@ -69,7 +65,7 @@ class MLPKind(RouterKind):
         logits = torch.einsum("blwh,lch->blwc", hidden, w2) + b2[None, :, None, :]
         return masked_window_mean(logits, window_mask)
 
-    def pack(self, routers: nn.ModuleList, config: "RouterConfig") -> "PackedRouters":
+    def pack(self, routers: nn.ModuleList, config: RouterConfig) -> "PackedRouters":
         return PackedRouters(routers, config.windows, config.pool_exclude_first)
 
     def fold_standardization(self, routers: nn.ModuleList, mean: torch.Tensor, std: torch.Tensor) -> None:

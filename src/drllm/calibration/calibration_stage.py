@@ -3,7 +3,7 @@ workflow/scripts/calibrate_routers.py parses the command line into a Calibration
 per model.
 
 Each calibration set is a seeded sample of a benchmark split with every prompt the search used removed, routed at
-each point of the grid and scored in its answer format (drllm.routing.calibration). The chosen point and the whole
+each point of the grid and scored in its answer format (drllm.calibration.calibration). The chosen point and the whole
 curve go to the output file, which evaluation's `router@calibrated` reads; with `certify` set, the Learn-then-Test
 point too, as `certified` (`router@certified`).
 """
@@ -18,9 +18,9 @@ from drllm.core.executor import PathExecutor
 from drllm.core.models import chat_template_for, load_model, read_manifest
 from drllm.data.entries import sample_examples
 from drllm.data.examples import read_examples
-from drllm.routing.calibration import (calibration_curve, certify_point, choose_operating_point, curve_records,
+from drllm.calibration.calibration import (calibration_curve, certify_point, choose_operating_point, curve_records,
                                        operating_points, point_name, point_record)
-from drllm.routing.calibration_settings import CalibrationConfig
+from drllm.calibration.calibration_settings import CalibrationConfig
 from drllm.routing.router import RouterStack
 from drllm.search.prompts import read_prompts
 

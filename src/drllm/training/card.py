@@ -3,8 +3,8 @@
 A router directory is meant to travel (copied, or pushed to the Hugging Face hub and loaded with
 `RoutedModel.from_pretrained(model_dir, "owner/name")`), so it says which base model, revision and weights it was
 trained for (loading checks them, from router_config.json), what it learned from and how well it fits held-out
-labels. Training writes the card with a pointer to the evaluation; the release stage (`release_card`) completes it
-with the search settings, the search summary and the evaluation table once the report exists.
+labels. Training writes the card with a pointer to the evaluation; the release stage (drllm.release.card) completes
+it with the search settings, the search summary and the evaluation table once the report exists.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from drllm.core.artifacts import ArtifactError, write_text
-from drllm.core.tables import markdown_table
+from drllm.core.artifacts import write_text
 from drllm.routing.decision import CLASSES
-from drllm.routing.router import CARD_FILE, RouterConfig
+from drllm.routing.router import CARD_FILE
+from drllm.routing.router_config import RouterConfig
 
 EVALUATION_HEADING = "## Evaluation"
 
@@ -88,46 +88,3 @@ def write_card(out_dir: str | os.PathLike, config: RouterConfig, manifest: dict[
     path = Path(out_dir) / CARD_FILE
     write_text(path, render_card(config, manifest, labels, selected))
     return path
-
-
-def release_card(card: str, search_settings: Sequence[str], search_table: str,
-                 evaluation: Sequence[dict[str, Any]], certified: dict | None = None) -> str:
-    """The training card completed for release: its evaluation pointer replaced by the search settings (each
-    distinct `search_config` of the shards), the search summary table, the certified operating point (the
-    calibration file's `certified` object, when calibrated with `certify`) and the evaluation table (base and
-    router rows of the report summary, REPORT_SUMMARY_SCHEMA of evaluation.summary)."""
-    from drllm.routing.calibration import certified_summary
-
-    if EVALUATION_HEADING not in card:
-        raise ArtifactError(f"the router card has no '{EVALUATION_HEADING}' section to complete")
-    head = card[:card.index(EVALUATION_HEADING)]
-    settings = [json.dumps(json.loads(text), indent=2, sort_keys=True) for text in sorted(set(search_settings))]
-    rows = [row for row in evaluation if row["method"] == "base" or row["method"].startswith("router")]
-    body = []
-    for row in sorted(rows, key=lambda r: (r["benchmark"], r["method"] != "base", r["method"])):
-        delta = "" if row["method"] == "base" or row.get("delta_vs_base") is None else \
-            f"{100 * row['delta_vs_base']:+.1f} ({100 * row['delta_ci_low']:+.1f}, {100 * row['delta_ci_high']:+.1f})"
-        body.append([row["benchmark"], row["method"], str(row["n"]),
-                     f"{100 * row['score']:.1f} ({100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f})", delta,
-                     f"{row['mean_path_length']:.2f} of {row['num_layers']}", f"{row['mean_layers_saved']:.2f}"])
-    table = markdown_table(["benchmark", "method", "n", "score (95% CI)", "Δ vs base (paired 95% CI)",
-                            "blocks run (of L)", "saved"], body)
-    return head + "\n".join([
-        "## Search",
-        "",
-        "The labels came from the length-aware MCTS with these settings (one block per distinct setting):",
-        "",
-        *[f"```json\n{text}\n```" for text in settings],
-        "",
-        search_table.strip(),
-        "",
-        *(["## Operating point", "", certified_summary(certified), ""] if certified is not None else []),
-        EVALUATION_HEADING,
-        "",
-        "Scores in % (metric per benchmark as in the report); Δ: paired difference to the base model on the same "
-        "items; router@p: the control knob p, router@t<tau>: the threshold decision at tau, router@calibrated: the "
-        "point chosen on validation prompts, router@certified: the certified point above.",
-        "",
-        table if rows else "No base or router cells were evaluated.",
-        "",
-    ])

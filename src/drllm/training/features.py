@@ -11,7 +11,7 @@ import torch
 
 from drllm.core.artifacts import ArtifactError
 from drllm.routing.pooling import window_assignment
-from drllm.routing.samples import TrainingSample, validate_samples
+from drllm.training.samples import TrainingSample, validate_samples
 
 # --------------------------------------------------------------------------------------------------------
 # Configuration

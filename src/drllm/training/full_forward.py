@@ -1,17 +1,17 @@
 """The literal teacher-forced trainer, the reference the feature cache is checked against (tests, bench/train.py):
 every step reruns the frozen model along the labelled paths and pools on the fly. Same losses as
-`drllm.routing.training.train_routers` on the cache; 50-86x slower per epoch (BENCHMARKS.md)."""
+`drllm.training.training.train_routers` on the cache; 50-86x slower per epoch (BENCHMARKS.md)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import torch
 
-from drllm.routing.features import teacher_forced_features
+from drllm.training.features import teacher_forced_features
 from drllm.routing.router import RouterStack
-from drllm.routing.samples import TrainingSample, validate_samples
-from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import TrainHistory, check_stack, classification_metrics, focal_loss, train_loop
+from drllm.training.samples import TrainingSample, validate_samples
+from drllm.training.train_settings import TrainConfig
+from drllm.training.training import TrainHistory, check_stack, classification_metrics, focal_loss, train_loop
 
 
 def teacher_forced_step(stack: RouterStack, executor, samples: Sequence[TrainingSample], weights: torch.Tensor,

@@ -8,8 +8,8 @@ from typing import Any, Mapping
 from drllm.core.blocks import check_keys
 from drllm.core.settings import check_fields, setting
 from drllm.data.entries import EvalEntry
-from drllm.routing.calibration import BASE_KNOB
-from drllm.routing.certify import CertifyConfig
+from drllm.calibration.calibration import BASE_KNOB
+from drllm.calibration.certify import CertifyConfig
 
 
 @dataclass(frozen=True)

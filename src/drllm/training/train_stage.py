@@ -1,7 +1,7 @@
 """The training stage, from files to the written router directory: `run_training(TrainRequest)`.
 workflow/scripts/train_routers.py parses the command line into a TrainRequest; rules/train.smk gives one per model.
 
-Reads the training samples (drllm.routing.samples), splits them by prompt, builds the teacher-forced feature cache
+Reads the training samples (drllm.training.samples), splits them by prompt, builds the teacher-forced feature cache
 with one forward pass per sample, trains the routers on it and writes to the output directory: the stack of the
 selected epoch (routers.safetensors, router_config.json), metrics.parquet, train_summary.json, the two plots and
 the model card (README.md).
@@ -21,14 +21,15 @@ from drllm.core.artifacts import ArtifactError, write_json
 from drllm.core.executor import PathExecutor
 from drllm.core.models import read_manifest, resolve_device, resolve_dtype
 from drllm.core.provenance import stage_provenance
-from drllm.routing.card import write_card
-from drllm.routing.features import build_feature_cache, pick_cache_device
-from drllm.routing.plots import plot_curves, plot_label_distribution
+from drllm.training.card import write_card
+from drllm.training.features import build_feature_cache, pick_cache_device
+from drllm.training.plots import plot_curves, plot_label_distribution
 from drllm.routing.decision import CLASSES, Decision
-from drllm.routing.router import RouterConfig, RouterStack
-from drllm.routing.samples import read_samples, split_samples, validate_samples
-from drllm.routing.train_settings import TrainConfig
-from drllm.routing.training import (label_counts, matched_threshold, prior_validation_loss, safety_classes,
+from drllm.routing.router import RouterStack
+from drllm.routing.router_config import RouterConfig
+from drllm.training.samples import read_samples, split_samples, validate_samples
+from drllm.training.train_settings import TrainConfig
+from drllm.training.training import (label_counts, matched_threshold, prior_validation_loss, safety_classes,
                                     selected_row, skip_probabilities, train_class_weights, train_routers,
                                     write_metrics)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from drllm.core.settings import check_fields, from_block, setting
 from drllm.routing.decision import CLASSES
-from drllm.routing.features import CACHE_DTYPES
+from drllm.training.features import CACHE_DTYPES
 from drllm.routing.kinds import ROUTER_KINDS
 
 CLASS_WEIGHT_MODES = ("none", "effective", "fixed")
@@ -58,7 +58,7 @@ class TrainConfig:
     # and where routing starts at inference
     teacher_force: str = setting("label", "str", choices=("label", "default"))
     # target safety: the routers' default decision, skip when P(skip) >= threshold; null: matched after training
-    # (drllm.routing.training.matched_threshold), the tau at which the routers skip on the validation prompts as
+    # (drllm.training.training.matched_threshold), the tau at which the routers skip on the validation prompts as
     # many blocks as those prompts' labels jointly kept skipped. A fixed 0.5 is one block's chance of being safe
     # alone: most blocks pass it, and the demo's router skipped 28 of 30 layers
     threshold: float | None = setting(None, "number", low=0, high=1, nullable=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from drllm.core.artifacts import ArtifactError, atomic_path, read_json, write_json
 from drllm.core.models import file_sha256
-from drllm.routing.calibration import CALIBRATED, read_calibration, read_certified
+from drllm.calibration.calibration import CALIBRATED, read_calibration, read_certified
 from drllm.routing.router import (CALIBRATION_FILE, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, RouterStack,
                                   download_routers)
 

@@ -2,9 +2,10 @@
 
 The speed trick. The base model is frozen and teacher forcing runs it along the *labelled* path, which does not
 depend on the routers. So the window means each router sees are constants of the sample: one forward pass per
-sample (`drllm.routing.features.build_feature_cache`) gives a tensor [N, L, W, d], and every epoch afterwards is a few batched matmuls over
-that tensor (`train_routers`). `drllm.routing.full_forward` is the literal version, which reruns the frozen model along the
-labelled path at every step and pools on the fly; it exists to show that both give the same losses.
+sample (`drllm.training.features.build_feature_cache`) gives a tensor [N, L, W, d], and every epoch afterwards is
+a few batched matmuls over that tensor (`train_routers`). `drllm.training.full_forward` is the literal version,
+which reruns the frozen model along the labelled path at every step and pools on the fly; it exists to show that
+both give the same losses.
 
 Decisions where the paper is silent or where we differ (all configurable through `TrainConfig`):
 * class weights (`class_weights`): "none" (uniform, the default), "effective" (the paper's effective-number
@@ -38,10 +39,10 @@ import pyarrow as pa
 import torch
 
 from drllm.core.artifacts import ArtifactError, read_parquet, write_parquet
-from drllm.routing.features import FeatureCache
+from drllm.training.features import FeatureCache
 from drllm.routing.decision import CLASSES, EXECUTE, SKIP
 from drllm.routing.router import RouterStack
-from drllm.routing.train_settings import TrainConfig
+from drllm.training.train_settings import TrainConfig
 
 METRICS_SCHEMA = pa.schema([
     pa.field("epoch", pa.int64(), nullable=False),

@@ -11,7 +11,7 @@ stays within `max_drop` of the base model's on the same prompts (paired). p = 0.
 Routers with the threshold decision (trained on per-layer safety) are swept over the threshold tau instead of
 the knob (`thresholds`; higher tau = fewer skips); the base model (p = 0.5) stays the fallback on either axis.
 
-Certified operating point (`certify`, drllm.routing.certify): the per-prompt losses of every point, pooled over
+Certified operating point (`certify`, drllm.calibration.certify): the per-prompt losses of every point, pooled over
 the calibration sets, go to Learn-then-Test; `router@certified` routes at the most aggressive point whose risk
 (drop in agreement with the base model, or in accuracy) is certified <= epsilon with probability >= 1 - delta.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from drllm.core.artifacts import ArtifactError, read_json
 from drllm.data.entries import EvalEntry
-from drllm.routing.certify import CertifyConfig, certify, upper_bound
+from drllm.calibration.certify import CertifyConfig, certify, upper_bound
 
 BASE_KNOB = 0.5  # p = 0.5 executes every block: the base model
 KNOB, THRESHOLD = "knob", "threshold"  # the two axes of operating points
@@ -113,7 +113,7 @@ def read_calibration(path, which: str = CALIBRATED) -> tuple[float | None, float
         value = value.get("certified")
         if not isinstance(value, dict):
             raise ArtifactError(f"router calibration file {path} has no 'certified' object: calibrate with "
-                                "calibrate.certify set (drllm.routing.certify)")
+                                "calibrate.certify set (drllm.calibration.certify)")
     knob, threshold = value.get("knob"), value.get("threshold")
     if knob is not None and (isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0):
         raise ArtifactError(f"router calibration file {path}: 'knob' must be a number in [-1, 1], got {knob!r}")
