@@ -28,6 +28,7 @@ rule prepare_model:
 # input, so editing the file reruns the stage; the block rides in params, so editing it does too (without
 # `splits`: adding a split leaves the others alone).
 rule prepare_data:
+    priority: CRITICAL_PATH  # seconds each; the search waits for its prompts' records
     input:
         script=f"{SCRIPTS}/prepare_data.py",
         source=data_source_files,

@@ -23,9 +23,9 @@ _BIN = os.path.dirname(sys.executable)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:  # parsed again per job: prepend once
     os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
 
-# The stages every routed cell waits for (model, search, samples, training, calibration, allocation) are scheduled
-# before ready evaluation cells, so a run on a few cores does not finish the cheap cells first and then wait on
-# the routers (the demo's 2-core run spent 7 minutes so).
+# The stages every routed cell waits for (data, model, search, samples, training, calibration, allocation) run
+# before ready evaluation cells, so a run on a few cores does not finish the cheap cells first and then wait on the
+# routers (the demo's 2-core run spent 7 minutes so).
 CRITICAL_PATH = 10
 
 
