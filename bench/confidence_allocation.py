@@ -102,25 +102,12 @@ def role_examples(role: str, sizes: dict) -> list:
             order = rng.permutation(len(examples))
             pairs += [(name, examples[i]) for i in sorted(order[:sizes[f"eval_{name}"]])]
     if role == "calib" and sizes["calib_extra"] == "test":
-        for name in ("arc_easy", "arc_challenge"):  # the same draw as eval's, so the two never share an item
-            evaluated = rng_eval_order(name, sizes)
-            rest = load_benchmark(name, "test_eval")
-            pairs += [(name, rest[i]) for i in sorted(evaluated[sizes[f"eval_{name}"]:])]
+        evaluated = {example.id for _, example in role_examples("eval", sizes)}  # never shared with eval
+        for name in ("arc_easy", "arc_challenge"):
+            pairs += [(name, e) for e in load_benchmark(name, "test_eval") if e.id not in evaluated]
             pairs += [(name, example) for example in load_benchmark(name, "test_search")]
     # a seeded order mixing the benchmarks, so a run stopped early leaves a random subset, not one benchmark
     return [pairs[i] for i in np.random.default_rng(1).permutation(len(pairs))]
-
-
-def rng_eval_order(name: str, sizes: dict) -> np.ndarray:
-    """eval's permutation of a benchmark's test_eval items (role_examples draws it after the validation ones)."""
-    from drllm.data.registry import load_benchmark
-
-    rng = np.random.default_rng(0)
-    for benchmark in ("arc_easy", "arc_challenge"):
-        order = rng.permutation(len(load_benchmark(benchmark, "test_eval")))
-        if benchmark == name:
-            return order
-    raise ValueError(name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
