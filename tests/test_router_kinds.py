@@ -22,6 +22,16 @@ from drllm.training.train_settings import TrainConfig
 from drllm.training.training import train_routers
 
 LAYERS, DIM = 4, 64
+KIND_SETTINGS = {"confidence": {"read_layer": 2}}  # built-in kinds' settings for a LAYERS-block stack
+
+
+def fill_lens(stack: RouterStack, generator: torch.Generator) -> None:
+    """What `prepare` takes from a model, random here: the confidence kind's lens rows at its read layer."""
+    holder = next(router for router in stack.routers if router.holds_lens)
+    holder.lens = torch.randn(7, stack.config.hidden_size, generator=generator)
+
+
+PREPARE = {"confidence": fill_lens}
 
 
 def perturbed_stack(kind: str, layers: int = LAYERS, dim: int = 24, windows: int = 3, hidden: int = 16,
@@ -29,12 +39,23 @@ def perturbed_stack(kind: str, layers: int = LAYERS, dim: int = 24, windows: int
     """A stack of `kind` with every parameter moved off its initialisation (biases too), so that no term of the
     forward is zero by construction."""
     stack = RouterStack(RouterConfig("tiny", layers, dim, windows=windows, hidden=hidden, kind=kind,
-                                     pool_exclude_first=exclude_first), seed=0)
+                                     pool_exclude_first=exclude_first, kind_settings=KIND_SETTINGS.get(kind, {})),
+                        seed=0)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in stack.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    if kind in PREPARE:
+        PREPARE[kind](stack, generator)
     return stack
+
+
+def last_token_states(hidden: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, L, d]: each row's last real token's state entering each block, as the feature cache keeps them."""
+    batch, length = hidden[0].shape[:2]
+    last = (torch.full((batch,), length - 1) if mask is None
+            else torch.tensor([max(i for i in range(length) if mask[row, i]) for row in range(batch)]))
+    return torch.stack([h[torch.arange(batch), last] for h in hidden], 1)
 
 
 def padded_mask(length: int, rows: list[tuple[int, int]]) -> torch.Tensor:
@@ -54,15 +75,17 @@ def assert_training_equals_inference(stack: RouterStack, length: int, mask: torc
     pooled = [window_mean_pool(h, mask, config.windows, config.pool_exclude_first) for h in hidden]
     means = torch.stack([m for m, _ in pooled], 1)  # [B, L, W, d]: one mask, so one window count for every layer
     window_mask = pooled[0][1]
+    reads = stack.kind.reads_last_token
     with torch.no_grad():
-        trained = stack(means, window_mask)
+        trained = stack(means, window_mask, last_token_states(hidden, mask) if reads else None)
         prompt = stack.packed().prompt(mask, batch, length)
         for layer in range(config.num_layers):
             packed = prompt.logits(layer, hidden[layer])
             assert packed.shape == (batch, 3) and packed.dtype == torch.float32
             torch.testing.assert_close(packed, trained[:, layer], atol=2e-5, rtol=1e-5)
-            torch.testing.assert_close(stack.route(layer, hidden[layer], mask), trained[:, layer], atol=2e-5,
-                                       rtol=1e-5)
+            if not reads:  # a kind reading earlier blocks' states cannot route one block alone
+                torch.testing.assert_close(stack.route(layer, hidden[layer], mask), trained[:, layer], atol=2e-5,
+                                           rtol=1e-5)
 
 
 CASES = [

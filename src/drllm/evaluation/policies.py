@@ -78,7 +78,16 @@ def router_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs
     if inputs.routers is None:
         raise ValueError(f"method {ctx.method!r} needs --routers (a trained router directory)")
     routed = router_model(ctx.executor, inputs.routers, knob, threshold, ctx.tokenizer)
-    return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
+    stack = inputs.routers
+    if not stack.kind.reads_last_token:
+        return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
+
+    def reading_policy(index, example, encoded):  # the row records what the routers' read cost
+        path = routed.route_ids([encoded.prompt_ids])[0]
+        outcome, _ = ctx.answer_format.evaluate(ctx.executor, encoded, path)
+        cost = stack.kind.read_cost(stack.routers, stack.config, ctx.executor, len(encoded.prompt_ids))
+        return path, outcome, cost
+    return reading_policy
 
 
 def ranked_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, remove, threshold) -> PathPolicy:

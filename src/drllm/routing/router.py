@@ -41,7 +41,10 @@ class RouterStack(nn.Module):
         if seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         self.kind: RouterKind = ROUTER_KINDS.get(config.kind)  # a plain attribute: no parameters, not saved
-        self.routers = nn.ModuleList([self.kind.build(config, generator) for _ in range(config.num_layers)])
+        self.routers = self.kind.build_stack(config, generator)
+        if len(self.routers) != config.num_layers:
+            raise ValueError(f"router kind {config.kind!r} built {len(self.routers)} routers for "
+                             f"{config.num_layers} layers")
 
     @property
     def num_layers(self) -> int:
@@ -59,16 +62,26 @@ class RouterStack(nn.Module):
 
     def route(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, 3] of router `layer` for the hidden states [B, T, d] entering it (mask = prompt tokens)."""
+        if self.kind.reads_last_token:
+            raise ValueError(f"router kind {self.config.kind!r} reads earlier blocks' states: route block by block "
+                             "with packed().prompt(...).logits(layer, hidden) for every layer in order")
         means, window_mask = window_mean_pool(hidden, attention_mask, self.config.windows,
                                               self.config.pool_exclude_first)
         return self.routers[layer](means, window_mask)
 
-    def forward(self, window_means: torch.Tensor, window_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, window_means: torch.Tensor, window_mask: torch.Tensor | None = None,
+                last_states: torch.Tensor | None = None) -> torch.Tensor:
         """All routers at once (the training forward): window_means [B, L, W, d], window_mask [B, W] or [B, L, W]
-        -> logits [B, L, 3]; equals calling each router on its layer's slice."""
+        -> logits [B, L, 3]; equals calling each router on its layer's slice. last_states [B, L, d]: the last
+        prompt token's state entering each block, for kinds that read it (RouterKind.reads_last_token)."""
         if window_means.dim() != 4 or window_means.shape[1] != self.num_layers:
             raise ValueError(f"window_means must be [batch, {self.num_layers}, windows, dim], "
                              f"got {tuple(window_means.shape)}")
+        if self.kind.reads_last_token:
+            if last_states is None:
+                raise ValueError(f"router kind {self.config.kind!r} reads the last prompt token's states: pass "
+                                 "last_states [batch, layers, dim] (a feature cache built with last_states=True)")
+            return self.kind.forward(self.routers, window_means, window_mask, last_states)
         return self.kind.forward(self.routers, window_means, window_mask)
 
     def packed(self) -> PackedStep:

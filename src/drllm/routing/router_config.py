@@ -30,6 +30,7 @@ class RouterConfig:
     pool_exclude_first: bool = False        # pooling leaves each prompt's first token out (window_assignment)
     decision: dict[str, Any] = field(default_factory=lambda: {"rule": "argmax"})  # how probabilities become actions
     kind: str = "mlp"                       # the router kind (drllm.routing.kinds), train.router_kind
+    kind_settings: dict[str, Any] = field(default_factory=dict)  # the kind's own settings (train.<kind>)
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "windows", "hidden"):
@@ -46,6 +47,8 @@ class RouterConfig:
         self.decision = Decision.from_dict(self.decision).to_dict()
         if not isinstance(self.kind, str) or not self.kind.isidentifier():
             raise ValueError(f"router config: kind must be a router kind's name, got {self.kind!r}")
+        if not isinstance(self.kind_settings, dict):
+            raise ValueError(f"router config: kind_settings must be a mapping, got {self.kind_settings!r}")
         if self.label_counts is not None:
             if len(self.label_counts) != len(CLASSES):
                 raise ValueError(f"router config: label_counts needs {len(CLASSES)} entries, got {self.label_counts}")
@@ -55,6 +58,8 @@ class RouterConfig:
         block = dataclasses.asdict(self)
         if block["kind"] == "mlp":  # files written before kinds existed are mlp files: absent == mlp both ways, and
             del block["kind"]       # mlp routers' router_config.json stays byte-identical to theirs
+        if not block["kind_settings"]:  # likewise for kinds without settings
+            del block["kind_settings"]
         return block
 
     @classmethod

@@ -36,8 +36,10 @@ def _path_chunks(samples: Sequence[TrainingSample], batch_size: int) -> Iterator
 
 
 def _iter_features(executor, samples: Sequence[TrainingSample], windows: int, batch_size: int,
-                   exclude_first: bool = False) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Yield (indices, window means [b, L, windows, d] float32, window mask [b, windows]) per forward pass."""
+                   exclude_first: bool = False
+                   ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (indices, window means [b, L, windows, d] float32, window mask [b, windows], last real token's state
+    entering each block [b, L, d] float32) per forward pass."""
     num_layers = executor.num_layers
     for chunk in _path_chunks(samples, batch_size):
         rows = [samples[i] for i in chunk]
@@ -59,7 +61,10 @@ def _iter_features(executor, samples: Sequence[TrainingSample], windows: int, ba
             means[:, layer, :assign.shape[1]] = torch.bmm(assign, hidden.float())
         full_mask = torch.zeros((len(rows), windows), dtype=torch.bool, device=executor.device)
         full_mask[:, :window_mask.shape[1]] = window_mask
-        yield chunk, means, full_mask
+        last = torch.as_tensor([len(sample.input_ids) - 1 for sample in rows], device=executor.device)
+        states = torch.stack([hidden[torch.arange(len(rows), device=executor.device), last].float()
+                              for hidden in layer_inputs], 1)
+        yield chunk, means, full_mask, states
 
 
 def teacher_forced_features(executor, samples: Sequence[TrainingSample], windows: int = 8,
@@ -72,7 +77,7 @@ def teacher_forced_features(executor, samples: Sequence[TrainingSample], windows
     if not samples:
         raise ArtifactError("no samples to compute features for")
     means = window_mask = None
-    for chunk, chunk_means, chunk_mask in _iter_features(executor, samples, windows, batch_size, exclude_first):
+    for chunk, chunk_means, chunk_mask, _ in _iter_features(executor, samples, windows, batch_size, exclude_first):
         if means is None:
             means = chunk_means.new_zeros((len(samples),) + tuple(chunk_means.shape[1:]))
             window_mask = chunk_mask.new_zeros((len(samples), windows))
@@ -91,6 +96,8 @@ class FeatureCache:
     window_mask: torch.Tensor  # [N, W] bool
     labels: torch.Tensor       # [N, L] long
     safety: torch.Tensor | None = None  # [N, L] float32 per-layer safety targets (safety labeler), or None
+    last_states: torch.Tensor | None = None  # [N, L, d]: the last prompt token's state entering each block (kinds
+    #                                          that read it: RouterKind.reads_last_token), or None
 
     def __post_init__(self) -> None:
         n = len(self.prompt_ids)
@@ -105,6 +112,10 @@ class FeatureCache:
         if self.safety is not None and tuple(self.safety.shape) != tuple(self.labels.shape):
             raise ValueError(f"feature cache: safety must be [{n}, {self.means.shape[1]}], "
                              f"got {tuple(self.safety.shape)}")
+        if self.last_states is not None and tuple(self.last_states.shape) != (n, self.means.shape[1],
+                                                                              self.means.shape[3]):
+            raise ValueError(f"feature cache: last_states must be [{n}, {self.means.shape[1]}, "
+                             f"{self.means.shape[3]}], got {tuple(self.last_states.shape)}")
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -115,17 +126,20 @@ class FeatureCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.means, self.window_mask, self.labels))
+        return sum(t.numel() * t.element_size() for t in (self.means, self.window_mask, self.labels, self.last_states)
+                   if t is not None)
 
     def subset(self, indices: Sequence[int]) -> "FeatureCache":
         index = torch.as_tensor(list(indices), dtype=torch.long)
         return FeatureCache([self.prompt_ids[i] for i in index.tolist()], self.means[index],
                             self.window_mask[index], self.labels[index],
-                            None if self.safety is None else self.safety[index])
+                            None if self.safety is None else self.safety[index],
+                            None if self.last_states is None else self.last_states[index])
 
     def to(self, device) -> "FeatureCache":
         return FeatureCache(self.prompt_ids, self.means.to(device), self.window_mask.to(device),
-                            self.labels.to(device), None if self.safety is None else self.safety.to(device))
+                            self.labels.to(device), None if self.safety is None else self.safety.to(device),
+                            None if self.last_states is None else self.last_states.to(device))
 
     def batch(self, indices: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(means float32, window_mask, labels) of `indices`, on `device`."""
@@ -133,6 +147,12 @@ class FeatureCache:
         return (self.means[index].to(device, torch.float32, non_blocking=True),
                 self.window_mask[index].to(device, non_blocking=True),
                 self.labels[index].to(device, non_blocking=True))
+
+    def last_states_of(self, indices: torch.Tensor, device) -> torch.Tensor | None:
+        """[b, L, d] float32 last-token states of `indices` on `device`, or None when the cache keeps none."""
+        if self.last_states is None:
+            return None
+        return self.last_states[indices.to(self.last_states.device)].to(device, torch.float32, non_blocking=True)
 
     def safety_targets(self, indices: torch.Tensor, device) -> torch.Tensor:
         """[b, L] float32 safety targets of `indices` on `device` (ArtifactError when the cache has none)."""
@@ -159,10 +179,12 @@ def pick_cache_device(num_samples: int, num_layers: int, windows: int, hidden_si
 
 def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: int = 8, batch_size: int = 8,
                         dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-                        progress: bool = False, exclude_first: bool = False) -> FeatureCache:
+                        progress: bool = False, exclude_first: bool = False,
+                        last_states: bool = False) -> FeatureCache:
     """One teacher-forced forward per sample (batched by identical labelled path) -> FeatureCache.
 
-    The features are pooled in float32 and stored as `dtype` ("float32" or "bfloat16") on `device`.
+    The features are pooled in float32 and stored as `dtype` ("float32" or "bfloat16") on `device`; with
+    `last_states` the last prompt token's state entering each block is kept too (float32).
     """
     validate_samples(samples, executor.num_layers, getattr(executor.config, "vocab_size", None))
     if isinstance(dtype, str):
@@ -172,17 +194,21 @@ def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: in
     hidden_size = executor.config.hidden_size
     means = torch.zeros((len(samples), executor.num_layers, windows, hidden_size), dtype=dtype, device=device)
     window_mask = torch.zeros((len(samples), windows), dtype=torch.bool, device=device)
+    states = (torch.zeros((len(samples), executor.num_layers, hidden_size), dtype=torch.float32, device=device)
+              if last_states else None)
     chunks = _iter_features(executor, samples, windows, batch_size, exclude_first)
     if progress:
         from tqdm import tqdm
 
         chunks = tqdm(chunks, desc="feature cache", unit="batch")
-    for chunk, chunk_means, chunk_mask in chunks:
+    for chunk, chunk_means, chunk_mask, chunk_states in chunks:
         index = torch.as_tensor(chunk, dtype=torch.long, device=device)
         means[index] = chunk_means.to(device=device, dtype=dtype)
         window_mask[index] = chunk_mask.to(device)
+        if states is not None:
+            states[index] = chunk_states.to(device)
     labels = torch.tensor([[int(c) for c in s.labels] for s in samples], dtype=torch.long, device=device)
     safety = None
     if all(s.safety is not None for s in samples):
         safety = torch.tensor([[float(v) for v in s.safety] for s in samples], dtype=torch.float32, device=device)
-    return FeatureCache([s.prompt_id for s in samples], means, window_mask, labels, safety)
+    return FeatureCache([s.prompt_id for s in samples], means, window_mask, labels, safety, states)

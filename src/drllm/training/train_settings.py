@@ -64,6 +64,9 @@ class TrainConfig:
     threshold: float | None = setting(None, "number", low=0, high=1, nullable=True)
     pool_exclude_first: bool = setting(False, "bool")  # pooling leaves each prompt's first token (a constant state) out
     router_kind: str = setting("mlp", "str")  # what a router is (drllm.routing.kinds; a plugin's kind by name)
+    # the kind's own settings, config block train.<router_kind> (e.g. train.confidence.read_layer)
+    # (not a schema key of its own: the schema knows each kind's block by the kind's name)
+    kind_settings: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
@@ -89,6 +92,9 @@ class TrainConfig:
         if self.prior_init and self.target != "safety":
             raise ValueError("train.prior_init needs target safety (it starts from the per-layer safe rate)")
         kind = ROUTER_KINDS.get(self.router_kind)  # unknown: names train.router_kind and the known kinds
+        if not isinstance(self.kind_settings, dict):
+            raise ValueError(f"train.{self.router_kind} must be a mapping, got {self.kind_settings!r}")
+        kind.settings_from(self.kind_settings, self.router_kind)  # checked now, in the block's own wording
         for name, method in (("standardize", "fold_standardization"), ("prior_init", "init_at_prior")):
             if getattr(self, name) and not kind.supports(method):  # refused now, not after the epochs
                 raise ValueError(f"train.{name} needs the router kind to provide {method}, and "
@@ -100,10 +106,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, block: dict[str, Any] | None) -> "TrainConfig":
+        block = dict(block or {})
+        kind = block.get("router_kind", "mlp")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if isinstance(kind, str) and kind not in fields and kind in block:  # train.<kind>: that kind's settings
+            if "kind_settings" in block:
+                raise ValueError(f"train: give the router kind's settings as train.{kind}, not kind_settings")
+            block["kind_settings"] = block.pop(kind)
+        for name in [key for key in block if key not in fields and key != kind and key in ROUTER_KINDS]:
+            raise ValueError(f"train.{name}: settings of router kind {name!r}, but train.router_kind is {kind!r}")
         return from_block(cls, block, "train")
 
     def to_dict(self) -> dict[str, Any]:
         block = dataclasses.asdict(self)
         if block["router_kind"] == "mlp":  # as RouterConfig.to_dict: router_config.json's `training` predates kinds
             del block["router_kind"]       # (absent == mlp), and mlp routers' files stay byte-identical
+        settings = block.pop("kind_settings")
+        if settings:
+            block[self.router_kind] = settings
         return block

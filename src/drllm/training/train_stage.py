@@ -25,6 +25,7 @@ from drllm.training.card import write_card
 from drllm.training.features import build_feature_cache, pick_cache_device
 from drllm.training.plots import plot_curves, plot_label_distribution
 from drllm.routing.decision import CLASSES, Decision
+from drllm.routing.kinds import ROUTER_KINDS
 from drllm.routing.router import RouterStack
 from drllm.routing.router_config import RouterConfig
 from drllm.training.samples import read_samples, split_samples, validate_samples
@@ -102,19 +103,17 @@ def run_training(request: TrainRequest, log: Callable[[str], None] = stage_log) 
     started = time.perf_counter()
     cache_device = pick_cache_device(len(samples), num_layers, config.windows, hidden_size, config.cache_dtype,
                                      executor.device)
+    kind = ROUTER_KINDS.get(config.router_kind)
     cache = build_feature_cache(executor, train, config.windows, config.cache_batch_size, config.cache_dtype,
                                 device=cache_device, progress=request.progress,
-                                exclude_first=config.pool_exclude_first)
+                                exclude_first=config.pool_exclude_first, last_states=kind.reads_last_token)
     val_cache = (build_feature_cache(executor, val, config.windows, config.cache_batch_size, config.cache_dtype,
-                                     device=cache_device, exclude_first=config.pool_exclude_first)
+                                     device=cache_device, exclude_first=config.pool_exclude_first,
+                                     last_states=kind.reads_last_token)
                  if val else None)
     cache_seconds = time.perf_counter() - started
     log(f"feature cache {cache.nbytes / 2**20:.1f} MiB (+ validation "
         f"{0 if val_cache is None else val_cache.nbytes / 2**20:.1f} MiB) on {cache_device} in {cache_seconds:.1f}s")
-    del executor, model  # the routers train on the cache alone: free the base model's memory first
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
     stack = RouterStack(RouterConfig(base_model=manifest["name"], num_layers=num_layers, hidden_size=hidden_size,
                                      base_model_revision=manifest.get("revision"),
                                      base_model_sha256=manifest.get("weights_sha256"),
@@ -123,9 +122,13 @@ def run_training(request: TrainRequest, log: Callable[[str], None] = stage_log) 
                                      # a null threshold is matched after training (below)
                                      decision=(Decision("threshold", config.threshold or 0.0).to_dict()
                                                if config.target == "safety" else Decision().to_dict()),
-                                     kind=config.router_kind),
+                                     kind=config.router_kind, kind_settings=dict(config.kind_settings)),
                         seed=config.seed)
     stack.to(resolve_device(request.device))
+    kind.prepare(stack.routers, stack.config, executor, cache)  # what the kind takes from the frozen model
+    del executor, model  # the routers train on the cache alone: free the base model's memory first
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     log(f"{stack.num_parameters():,} router parameters")
     history = train_routers(stack, cache, config, val_cache, log=log)
     threshold_rule = None

@@ -368,7 +368,7 @@ def evaluate_cache(stack: RouterStack, cache: FeatureCache, weights: torch.Tenso
         for start in range(0, len(cache), batch_size):
             index = torch.arange(start, min(start + batch_size, len(cache)))
             means, window_mask, _ = cache.batch(index, stack.device)
-            logits.append(stack(means, window_mask))
+            logits.append(stack(means, window_mask, cache.last_states_of(index, stack.device)))
     logits = torch.cat(logits)
     if target == "safety":
         safety = cache.safety_targets(torch.arange(len(cache)), logits.device)
@@ -384,7 +384,8 @@ def skip_probabilities(stack: RouterStack, cache: FeatureCache, batch_size: int 
         for start in range(0, len(cache), batch_size):
             index = torch.arange(start, min(start + batch_size, len(cache)))
             means, window_mask, _ = cache.batch(index, stack.device)
-            chunks.append(torch.softmax(stack(means, window_mask).float(), dim=-1)[..., 0])
+            last = cache.last_states_of(index, stack.device)
+            chunks.append(torch.softmax(stack(means, window_mask, last).float(), dim=-1)[..., 0])
     return torch.cat(chunks).cpu()
 
 
@@ -414,7 +415,8 @@ def standardized(cache: FeatureCache, mean: torch.Tensor, std: torch.Tensor) -> 
     """The cache with each window mean standardised: (x - mean[l]) / std[l] (float32)."""
     scaled = (cache.means.float() - mean[None, :, None, :].to(cache.means.device)) / std[None, :, None, :].to(
         cache.means.device)
-    return FeatureCache(cache.prompt_ids, scaled, cache.window_mask, cache.labels, cache.safety)
+    return FeatureCache(cache.prompt_ids, scaled, cache.window_mask, cache.labels, cache.safety,
+                        cache.last_states)  # the last-token states stay raw: a read takes them as the model has them
 
 
 def fold_standardization(stack: RouterStack, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -462,9 +464,10 @@ def _train(stack: RouterStack, cache: FeatureCache, config: TrainConfig, val_cac
 
     def loss_of(indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         means, window_mask, labels = cache.batch(indices, device)
+        logits = stack(means, window_mask, cache.last_states_of(indices, device))
         if config.target == "safety":
-            return safety_loss(stack(means, window_mask), cache.safety_targets(indices, device))
-        return focal_loss(stack(means, window_mask), labels, weights, config.gamma)
+            return safety_loss(logits, cache.safety_targets(indices, device))
+        return focal_loss(logits, labels, weights, config.gamma)
 
     evaluate = None
     if val_cache is not None and len(val_cache):

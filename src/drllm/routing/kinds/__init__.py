@@ -7,12 +7,13 @@ kind is one object, and tests/test_router_kinds.py checks for every registered k
 give the same logits.
 
 The contract and the table are in drllm.routing.kinds.base; this package imports both and registers the built-in
-`mlp` (drllm.routing.kinds.mlp, the paper's router). A plugin module registers more with
+`mlp` (drllm.routing.kinds.mlp, the paper's router) and `confidence` (drllm.routing.kinds.confidence: the MLP plus
+the model's confidence read at a layer R). A plugin module registers more with
 `ROUTER_KINDS.register(name, kind)` (docs/extending.md#a-router-kind).
 """
 from __future__ import annotations
 
-from drllm.routing.kinds import mlp  # noqa: F401  (registers the built-in kind)
+from drllm.routing.kinds import confidence, mlp  # noqa: F401  (register the built-in kinds)
 from drllm.routing.kinds.base import ROUTER_KINDS, PackedStep, PromptStep, RouterKind
 
 __all__ = ["ROUTER_KINDS", "PackedStep", "PromptStep", "RouterKind"]

@@ -32,7 +32,48 @@ class RouterKind:
     """The contract of a router kind. `build` is required. `forward` and `pack` default to running each layer's
     module (right for any kind, not fast: override them for speed, the equality test holds them to `build`'s
     module). `fold_standardization` and `init_at_prior` edit parameters by name, so a kind has to provide them
-    for `train.standardize` / `train.prior_init` (TrainConfig refuses those settings otherwise)."""
+    for `train.standardize` / `train.prior_init` (TrainConfig refuses those settings otherwise).
+
+    Optional, for kinds that read more than window means (drllm.routing.kinds.confidence):
+    * `settings`: a settings dataclass (drllm.core.settings) for the kind's own keys, config block `train.<kind>`,
+      kept in RouterConfig.kind_settings (`parse_settings`);
+    * `reads_last_token`: the training forward also gets `last_states` [B, L, d], the residual stream at each
+      prompt's last real token entering every block (the feature cache keeps them); the inference step takes them
+      from the hidden states it is given;
+    * `build_stack`: the stack's modules, when the blocks' routers are not all alike;
+    * `prepare`: what the routers take from the frozen model before training (the train stage calls it);
+    * `read_cost`: what the routing pass costs beyond the blocks, in block-equivalents (counted in every cell)."""
+
+    settings: type | None = None
+    reads_last_token: bool = False
+
+    def parse_settings(self, config: RouterConfig):
+        """The kind's settings object from config.kind_settings (None for a kind without settings)."""
+        return self.settings_from(config.kind_settings, config.kind)
+
+    def settings_from(self, block, name: str):
+        """The kind's settings from its config block `train.<name>` (None, or refused, for a kind without)."""
+        if self.settings is None:
+            if block:
+                raise ValueError(f"train.{name}: router kind {name!r} has no settings of its own, "
+                                 f"got {sorted(block)}")
+            return None
+        from drllm.core.settings import from_block
+
+        return from_block(self.settings, block, f"train.{name}")
+
+    def build_stack(self, config: RouterConfig, generator: torch.Generator | None) -> nn.ModuleList:
+        """Every block's router, in order (default: `build` once per block)."""
+        return nn.ModuleList([self.build(config, generator) for _ in range(config.num_layers)])
+
+    def prepare(self, routers: nn.ModuleList, config: RouterConfig, executor, cache) -> None:
+        """Before training: set what the routers take from the frozen model (`executor`, a PathExecutor) and the
+        training feature cache. Default: nothing."""
+
+    def read_cost(self, routers: nn.ModuleList, config: RouterConfig, executor, tokens: int) -> float:
+        """The routing pass's cost beyond the routers' own matmuls on a prompt of `tokens` tokens, in
+        block-equivalents (default 0: window-mean routers read nothing else)."""
+        return 0.0
 
     def build(self, config: RouterConfig, generator: torch.Generator | None) -> nn.Module:
         """One block's router: a module whose forward maps window means [B, W, d] (float32) and a window mask
@@ -41,9 +82,9 @@ class RouterKind:
         raise NotImplementedError(f"{type(self).__name__}.build")
 
     def forward(self, routers: nn.ModuleList, window_means: torch.Tensor,
-                window_mask: torch.Tensor | None) -> torch.Tensor:
+                window_mask: torch.Tensor | None, last_states: torch.Tensor | None = None) -> torch.Tensor:
         """Training forward of every layer: window_means [B, L, W, d], window_mask [B, W] or [B, L, W] (or None)
-        -> logits [B, L, 3]. Default: each layer's module on its slice."""
+        -> logits [B, L, 3] (last_states: see `reads_last_token`). Default: each layer's module on its slice."""
         per_layer = window_mask is not None and window_mask.dim() == 3
         return torch.stack([router(window_means[:, layer], window_mask[:, layer] if per_layer else window_mask)
                             for layer, router in enumerate(routers)], 1)
