@@ -504,6 +504,29 @@ def test_released_routers_evaluate_on_a_new_benchmark_without_search_or_training
 
 
 @pytest.mark.slow
+def test_confidence_routers_train_and_evaluate_through_the_dag(tiny_run):
+    """train.router_kind confidence on the embedded model: the routers keep their lens and settings, the router
+    cell routes with the read made in the same pass and records its cost, and the summary nets it out."""
+    import polars as pl
+
+    work, configs, manifest = tiny_run
+    overlay = {"results": {"run": "confidence"},
+               "train": {"router_kind": "confidence", "confidence": {"read_layer": 12, "lens_top_k": 4},
+                         "epochs": 2},
+               "eval": {"select": ["arc_easy"], "methods": ["base", "router"], "knobs": [], "static_k": [],
+                        "random_k": []}}
+    (work / "confidence.yaml").write_text(yaml.safe_dump(overlay))
+    tree, model = work / "results" / "confidence", manifest["name"]
+    cell = f"results/confidence/eval/{model}/arc_easy/router.parquet"
+    snakemake("--cores", "2", cell, *configs, "confidence.yaml", cwd=work)
+    router_config = json.loads((tree / "routers" / model / "router_config.json").read_text())
+    assert router_config["kind"] == "confidence"
+    assert router_config["kind_settings"] == {"read_layer": 12, "lens_top_k": 4}
+    rows = pl.read_parquet(tree / "eval" / model / "arc_easy" / "router.parquet")
+    assert rows.height == 3 and all(0 < cost < 0.5 for cost in rows["read_blocks"])
+
+
+@pytest.mark.slow
 def test_plugin_reward_labeler_router_kind_and_method_run_through_the_dag(tiny_run):
     """config `plugins:` names a module (tests/plugins/toy_plugins.py) that registers a toy of each extension
     point; the config names them and every stage that looks one up finds it: the search labels with the toy labeler

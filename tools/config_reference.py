@@ -38,6 +38,7 @@ def settings_blocks() -> dict[tuple[str, ...], type]:
     from drllm.calibration.calibration_settings import CalibrationConfig
     from drllm.calibration.certify import CertifyConfig
     from drllm.training.train_settings import TrainConfig
+    from drllm.routing.kinds.confidence import ConfidenceSettings
     from drllm.search.mcts import MCTSConfig
     from drllm.search.rewards import RewardConfig
     from drllm.search.safety import SafetyConfig
@@ -46,7 +47,7 @@ def settings_blocks() -> dict[tuple[str, ...], type]:
     return {("search",): SearchSettings, ("search", "mcts"): MCTSConfig, ("search", "reward"): RewardConfig,
             ("search", "safety"): SafetyConfig, ("eval",): EvalSettings, ("eval", "oracle"): OracleSettings,
             ("calibrate",): CalibrationConfig, ("calibrate", "certify"): CertifyConfig, ("train",): TrainConfig,
-            ("allocate",): AllocationConfig}
+            ("train", "confidence"): ConfidenceSettings, ("allocate",): AllocationConfig}
 
 
 def load_schema() -> dict:
