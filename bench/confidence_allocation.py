@@ -557,7 +557,7 @@ def report(out: Path, epsilon: float, delta: float) -> None:
                              f"{rb['saved']:.2f} layers saved")
     lines.append("")
     if ood:
-        lines += ood_section(ood, chosen, certificates)
+        lines += ood_section(ood, chosen, certificates, {record_kind(r) for r in calib})
     lines.append("")
 
     lines += ["## An epsilon condition on the agreement reward: single-skip safe rate per block (rank prompts)", "",
@@ -573,13 +573,22 @@ def report(out: Path, epsilon: float, delta: float) -> None:
     print("\n".join(lines))
 
 
-def ood_section(ood: list[dict], chosen: dict, certificates: dict) -> list[str]:
-    """Per OOD benchmark: each allocation point and the static removal at equal compute against the full model."""
+def ood_section(ood: list[dict], chosen: dict, certificates: dict, covered: set[str]) -> list[str]:
+    """Per OOD benchmark: each allocation point and the static removal at equal compute against the full model;
+    then the certified point as `sure@certified` applies it: only to the kinds of prompt its calibration prompts
+    were (`covered`), the others run the full model."""
     from drllm.evaluation.metrics import paired_bootstrap_delta
 
     layer = READ_LAYERS[-1]
     picked = certificates.get((layer, "options"))
+    certified = picked.parameter if picked is not None and picked.certified else None
     names = [f"sure-options(R={layer})@{b:g}" for b in MEAN_BUDGETS] + [f"safest@{k}" for k in STATIC_K]
+    chosen = dict(chosen)
+    if certified is not None:
+        at_certified = chosen[f"sure-options(R={layer})@{certified:g}"]
+        name = f"certified b={certified:g}, {'/'.join(sorted(covered))} prompts only"
+        chosen[name] = lambda r: at_certified(r) if record_kind(r) in covered else (None, 0, 0.0)
+        names.append(name)
     lines = [f"## Out of domain: metric change against the full model, points (paired 95% CI); agreement; net "
              f"layers saved (generation thresholds fitted on {FIT_GENERATION[0]} {FIT_GENERATION[1]} prompts)", "",
              "| benchmark | n | base | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
@@ -599,7 +608,6 @@ def ood_section(ood: list[dict], chosen: dict, certificates: dict) -> list[str]:
         lines.append(f"| {benchmark} | {len(part)} | {100 * base['correct'].mean():.1f} | " + " | ".join(cells) + " |")
     lines.append("| mean over benchmarks | | | " + " | ".join(
         f"{100 * np.mean(deltas[name]):+.2f}" if deltas[name] else "-" for name in names) + " |")
-    certified = picked.parameter if picked is not None and picked.certified else None
     lines += ["", f"The certified point (R={layer}, options lens) is b = "
               f"{'none (refused)' if certified is None else f'{certified:g}'}.", ""]
     return lines

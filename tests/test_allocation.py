@@ -197,8 +197,24 @@ def test_allocation_file_points_and_kinds():
     assert allocation.skips(points, "choices", 2.5) == 2 and allocation.skips(points, "choices", 1.0) == 0
     assert allocation.skips(points, "generate", 9.0) == 0  # nothing fitted on that scale
     assert allocation.certified_budget() == 1.0
+    assert allocation.certified_points() == points  # a file without `kinds`: every fitted kind
     with pytest.raises(Exception, match="not an allocation file"):
         Allocation({"lens": "options"}, "a.json")
+
+
+def test_the_certificate_covers_only_the_kinds_of_prompt_it_was_measured_on():
+    """Choice calibration prompts certify nothing about generation prompts: sure@certified runs the full model there,
+    while sure@<b> still spends the budget on both."""
+    record = {"read_layer": 2, "lens": "options", "share": 0.5, "order": [3, 2], "num_layers": 4,
+              "fit_margins": {"choices": [0.0, 1.0, 2.0, 3.0], "generate": [0.1, 0.2, 0.3, 0.4]},
+              "certified": {"certified": True, "mean_budget": 1.0, "kinds": ["choices"]}}
+    allocation = Allocation(record)
+    certified = allocation.certified_points()
+    assert set(certified) == {"choices"} and allocation.skips(certified, "generate", 0.4) == 0
+    assert allocation.skips(allocation.point(1.0), "generate", 0.4) == 2
+    assert allocation.skips(certified, "choices", 2.5) == 2
+    refused = Allocation({**record, "certified": {"certified": False, "mean_budget": None, "kinds": ["choices"]}})
+    assert refused.certified_points() == {}
 
 
 @pytest.mark.slow
@@ -236,6 +252,7 @@ def test_allocation_stage_and_sure_cells_on_the_embedded_model(smollm2_dir, tmp_
     assert len(written["fit_margins"]["choices"]) == 8
     assert [p["max_skips"] for p in written["family"]] == [2, 4]
     assert not written["certified"]["certified"]  # 6 prompts cannot certify 1 point
+    assert written["certified"]["kinds"] == ["choices"]
     curve = {(p["set"], p["knob"]): p for p in written["curve"]}
     assert 26.0 <= curve[("arc_easy", 2.0)]["mean_layers"] <= 30.0 and curve[("arc_easy", 2.0)]["n"] == 6
     assert 0.0 < written["read_cost_blocks"] < 0.5

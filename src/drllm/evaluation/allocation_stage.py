@@ -9,7 +9,9 @@ model.
    family of points is fixed before any calibration prompt is seen.
 3. The curve and the certificate: the calibration sets (the `calibrate:` block's held-out prompts) run at every mean
    budget; Learn-then-Test walks the budgets from the smallest and `sure@certified` takes the largest certified one
-   (drllm.calibration.certify). Savings are net of the read's cost.
+   (drllm.calibration.certify). Savings are net of the read's cost. The certificate covers the kinds of prompt
+   (choice, generation) the calibration sets hold (`certified.kinds`): `sure@certified` runs the full model on a
+   prompt of another kind, since nothing measured how its skips fare.
 
 The written JSON is what `sure@<b>` and `sure@certified` read (drllm.evaluation.policies.sure_policy).
 """
@@ -65,6 +67,8 @@ class Allocation:
             self.order = [int(layer) for layer in record["order"]]
             self.fit = {kind: [float(m) for m in margins] for kind, margins in record["fit_margins"].items()}
             self.certified = record.get("certified")
+            # files written before `kinds` was recorded: the certificate applied to every fitted kind
+            self.certified_kinds = set((self.certified or {}).get("kinds", self.fit))
             self.num_layers = int(record["num_layers"])
             vocabulary = record.get("lens_vocabulary")
             self.vocabulary = None if vocabulary is None else torch.tensor([int(t) for t in vocabulary])
@@ -80,6 +84,13 @@ class Allocation:
         skips = skips_for(mean_budget, self.share, len(self.order))
         return {kind: AllocationPoint(mean_budget, skips, fit_threshold(margins, mean_budget, skips))
                 for kind, margins in self.fit.items()}
+
+    def certified_points(self) -> dict[str, AllocationPoint]:
+        """sure@certified's points: the certified budget's, for the kinds the certificate covers only."""
+        budget = self.certified_budget()
+        if budget is None:
+            return {}
+        return {kind: point for kind, point in self.point(budget).items() if kind in self.certified_kinds}
 
     def skips(self, points: dict[str, AllocationPoint], kind: str, margin: float) -> int:
         """A prompt's skips; a kind no search prompt had gets none (nothing was fitted for its margin's scale)."""
@@ -113,17 +124,18 @@ def _fit_margins(executor, tokenizer, rows: list[dict], encoding: PromptEncoding
 
 
 def allocation_curve(executor, tokenizer, allocation: Allocation, budgets, sets, chat_template: bool):
-    """Every calibration prompt at every mean budget (and the base model): the curve per set and the losses per
-    budget pooled over the sets (for Learn-then-Test), with read costs."""
+    """Every calibration prompt at every mean budget (and the base model): the curve per set, the losses per
+    budget pooled over the sets (for Learn-then-Test), the mean read cost and the kinds of prompt seen."""
     num_layers = executor.num_layers
     points = {budget: allocation.point(budget) for budget in budgets}
-    curve, pooled, costs = [], {b: PointLosses([], [], []) for b in budgets}, []
+    curve, pooled, costs, kinds = [], {b: PointLosses([], [], []) for b in budgets}, [], set()
     for calibration_set, examples in sets:
         answer_format = get_format(calibration_set.format, **calibration_set.options)
         per_budget = {b: ([], [], [], []) for b in budgets}  # scores, lengths, agree, net saved
         base_scores = []
         for example in examples:
             encoded = answer_format.encode(example, tokenizer, chat_template=chat_template)
+            kinds.add(encoded.kind)
             state = prefix_state(executor, encoded, allocation.read_layer)
             read = read_confidence(executor, answer_format, encoded, allocation.read_layer, allocation.lens,
                                    state=state, vocabulary=allocation.vocabulary)
@@ -154,7 +166,7 @@ def allocation_curve(executor, tokenizer, allocation: Allocation, budgets, sets,
             scores, lengths, agree, _ = per_budget[budget]
             curve.append(curve_point(calibration_set.name, budget, scores, base_scores, lengths, num_layers,
                                      BUDGET, agree))
-    return curve, pooled, float(np.mean(costs)) if costs else 0.0
+    return curve, pooled, float(np.mean(costs)) if costs else 0.0, sorted(kinds)
 
 
 def certify_budget(pooled: dict[float, PointLosses], config) -> dict:
@@ -206,15 +218,17 @@ def run_allocation(request: AllocationRequest, log: Callable[[str], None] = prin
               "fit_margins": fit, "fit_prompts": len(prompt_rows), "lens_vocabulary": vocabulary}
     allocation = Allocation(record)
     chat_template = chat_template_for(calibration.chat_template, manifest)
-    curve, pooled, read_cost = allocation_curve(executor, tokenizer, allocation, config.budgets, sets,
-                                                chat_template)
+    curve, pooled, read_cost, kinds = allocation_curve(executor, tokenizer, allocation, config.budgets, sets,
+                                                       chat_template)
     family = []
     for budget in config.budgets:
         points = allocation.point(budget)
         family.append({"mean_budget": budget, "max_skips": next(iter(points.values())).max_skips,
                        "thresholds": {kind: (None if math.isinf(p.threshold) else p.threshold)
                                       for kind, p in points.items()}})
-    certified = certify_budget(pooled, calibration.certify) if calibration.certify is not None else None
+    certified = None
+    if calibration.certify is not None:
+        certified = {**certify_budget(pooled, calibration.certify), "kinds": kinds}
     record.update({"family": family, "read_cost_blocks": read_cost, "curve": curve_records(curve),
                    "sets": {s.name: {"benchmark": s.benchmark, "split": s.split, "format": s.format,
                                      "examples": [ex.id for ex in examples]} for s, examples in sets},
@@ -237,6 +251,10 @@ def certified_summary(allocation: dict) -> str:
     if not certified:
         return "`sure@certified` is the base model: calibrate.certify is not set"
     budget = certified["mean_budget"]
+    names = {"choices": "choice", "generate": "generation"}
+    kinds = certified.get("kinds")
+    covered = ("" if kinds is None else f" on {' and '.join(names.get(kind, kind) for kind in kinds)} prompts, the "
+               "kinds its calibration prompts were (other prompts run the full model)")
     operating = (f"spends a mean budget of {budget:g} skips by the confidence read at layer "
-                 f"{allocation['read_layer']} (savings net of the read)" if budget is not None else "")
+                 f"{allocation['read_layer']} (savings net of the read){covered}" if budget is not None else "")
     return certificate_line("sure@certified", certified, operating)

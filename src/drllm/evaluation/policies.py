@@ -138,11 +138,13 @@ def sure_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, 
     if allocation.num_layers != executor.num_layers:
         raise ArtifactError(f"{inputs.allocation} is for a {allocation.num_layers}-layer model, not "
                             f"{ctx.model}'s {executor.num_layers} layers")
-    if budget == CERTIFIED:
+    if budget == CERTIFIED:  # the certified budget, on the kinds of prompt its calibration prompts were
+        points = allocation.certified_points()
         budget = allocation.certified_budget()
-        print(f"evaluate: {ctx.method}: " + (f"certified mean budget {budget:g}" if budget is not None
-                                              else "nothing certified: the base model"))
-    points = allocation.point(budget) if budget is not None else {}
+        print(f"evaluate: {ctx.method}: " + (f"certified mean budget {budget:g} on {sorted(points)} prompts"
+                                              if budget is not None else "nothing certified: the base model"))
+    else:
+        points = allocation.point(budget)
 
     def policy(index, example, encoded):
         state = prefix_state(executor, encoded, allocation.read_layer)
