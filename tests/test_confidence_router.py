@@ -165,3 +165,12 @@ def test_read_cost_is_the_lens_against_a_block(executor):
     cost = stack.kind.read_cost(stack.routers, stack.config, executor, tokens=10)
     assert cost == pytest.approx(size * hidden / (10 * block_macs_per_token(executor)))
     assert isinstance(stack.kind, ConfidenceKind) and 0 < cost < 1
+
+
+def test_a_served_point_reports_the_read_cost(executor):
+    from drllm.serving.points import OperatingPoint
+
+    stack = stack_for(executor, build_feature_cache(executor, samples(), 4, 4, last_states=True))
+    point = OperatingPoint("router", None, RoutedModel(executor, stack))
+    assert point.read_cost(10) == stack.kind.read_cost(stack.routers, stack.config, executor, 10) > 0
+    assert OperatingPoint("base", executor.default_path(), None).read_cost(10) == 0.0

@@ -301,6 +301,7 @@ def test_openai_client_completions_chat_and_stream(server, smollm2):
     extension = chat.choices[0].model_extra["drllm"]
     assert extension["operating_point"] == "router" and extension["layers_executed"] == len(extension["layers"])
     assert extension["layers_executed"] < 30
+    assert extension["read_blocks"] == 0.0  # mlp routers read nothing beyond the blocks
     chunks = list(client.chat.completions.create(model=f"{name}:router", messages=messages, max_tokens=8,
                                                  stream=True))
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)

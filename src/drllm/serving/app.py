@@ -159,7 +159,8 @@ class ModelServer:
         path = event.path
         return {"operating_point": job.point, "path": str(path), "layers": list(path.layers),
                 "layers_executed": len(path), "num_layers": path.num_layers,
-                "layer_applications": len(path) * (1 + max(0, event.completion_tokens - 1))}
+                "layer_applications": len(path) * (1 + max(0, event.completion_tokens - 1)),
+                "read_blocks": self.engine.points[job.point].read_cost(event.prompt_tokens)}
 
     # -- routes -----------------------------------------------------------------------------------------------
 

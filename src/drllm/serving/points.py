@@ -35,6 +35,14 @@ class OperatingPoint:
     knob: float | None = None
     threshold: float | None = None
 
+    def read_cost(self, prompt_tokens: int) -> float:
+        """What routing a prompt of `prompt_tokens` tokens costs beyond the blocks, in block-equivalents (a router
+        kind's confidence read; 0 for fixed paths and window-mean routers)."""
+        if self.routed is None or self.routed.routers is None:
+            return 0.0
+        stack = self.routed.routers
+        return stack.kind.read_cost(stack.routers, stack.config, self.routed.executor, max(1, prompt_tokens))
+
     def describe(self) -> dict:
         out = {"name": self.name, "routed": self.routed is not None}
         if self.path is not None:
