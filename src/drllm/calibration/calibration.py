@@ -265,6 +265,8 @@ def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[EvalEnt
             return outcomes[key]
 
         base = [outcome(item, default) for item in encoded]
+        reads = [routers.kind.read_cost(routers.routers, routers.config, executor, len(item.prompt_ids))
+                 for item in encoded]
         bar = tqdm(points, desc=f"calibrate {calibration_set.name}", unit="point", disable=not progress)
         for axis, value in bar:
             if (axis, value) == (KNOB, BASE_KNOB):
@@ -282,7 +284,10 @@ def calibration_curve(executor, tokenizer, routers, sets: Sequence[tuple[EvalEnt
             losses = pooled[(axis, value)]
             losses.disagreement.extend(0.0 if same else 1.0 for same in agree)
             losses.accuracy_drop.extend(b.score - o.score for o, b in zip(routed, base))
-            losses.saved.extend(executor.num_layers - len(p) for p in paths)
+            if (axis, value) == (KNOB, BASE_KNOB):  # the base point runs no router, so reads nothing
+                losses.saved.extend(0.0 for _ in paths)
+            else:  # net of what the routers' read costs (router_kind confidence; 0 for window-mean routers)
+                losses.saved.extend(executor.num_layers - len(p) - read for p, read in zip(paths, reads))
     return curve, pooled
 
 
