@@ -19,7 +19,7 @@ def registered(monkeypatch):
     """Register entries for one test: each table gets a copy of its entries, restored afterwards."""
     for table in (REWARDS, LABELERS):
         monkeypatch.setattr(table, "_entries", dict(table._entries))
-    return lambda table, entry: table.register(entry.name, entry)
+    return lambda table, entry: table.register(entry)
 
 
 def picks_option_one(config, outcome, encoded, reference):

@@ -47,6 +47,8 @@ class LinearRouter(nn.Module):
 
 
 class LinearKind(RouterKind):
+    name = "linear"
+
     def build(self, config, generator):
         return LinearRouter(config.hidden_size, generator)
 
@@ -96,18 +98,17 @@ def last_safe(num_layers, settings, rewarder, seed):
 TOY_LABELER = Labeler("last_safe", last_safe, seeded=False)
 
 
+TOYS = ((METHODS, TOY_METHOD), (ROUTER_KINDS, TOY_ROUTER_KIND), (REWARDS, TOY_REWARD), (LABELERS, TOY_LABELER))
+
+
 def register_all() -> None:
-    METHODS.register(TOY_METHOD.kind, TOY_METHOD)
-    ROUTER_KINDS.register("linear", TOY_ROUTER_KIND)
-    REWARDS.register(TOY_REWARD.name, TOY_REWARD)
-    LABELERS.register(TOY_LABELER.name, TOY_LABELER)
+    for table, entry in TOYS:
+        table.register(entry)
 
 
 def unregister_all() -> None:
-    METHODS.unregister(TOY_METHOD.kind)
-    ROUTER_KINDS.unregister("linear")
-    REWARDS.unregister(TOY_REWARD.name)
-    LABELERS.unregister(TOY_LABELER.name)
+    for table, entry in TOYS:
+        table.unregister(entry.name)
 
 
 register_all()

@@ -62,9 +62,11 @@ class Table(Generic[T]):
         self.what, self.config_key = what, config_key
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, entry: T) -> T:
+    def register(self, entry: T) -> T:
+        """Add `entry` under its own `name` (one name per entry: the name the config chooses it by)."""
+        name = getattr(entry, "name", None)
         if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"{self.what} names must be identifiers, got {name!r}")
+            raise ValueError(f"{self.what} names must be identifiers, got {name!r} (the entry's `name`)")
         if name in self._entries and self._entries[name] is not entry:
             raise ValueError(f"{self.what} {name!r} is already registered")
         self._entries[name] = entry

@@ -54,6 +54,11 @@ class Method:
     order: float = 9.0             # where the report lists it; its @-sweeps follow
     summary: str = ""              # one line for --help
 
+    @property
+    def name(self) -> str:
+        """The table's name for this entry: the kind (a method name is the kind and its parameter)."""
+        return self.kind
+
     def __post_init__(self) -> None:
         if self.param not in PARAMS:
             raise ValueError(f"method {self.kind!r}: param must be one of {list(PARAMS)}, got {self.param!r}")
@@ -64,10 +69,6 @@ class Method:
 
 
 METHODS: Table[Method] = Table("evaluation method", "eval.methods")
-
-
-def register_method(method: Method) -> Method:
-    return METHODS.register(method.kind, method)
 
 
 _POLICIES = "drllm.evaluation.policies"
@@ -86,7 +87,7 @@ for _method in (
     Method("oracle", f"{_POLICIES}:oracle_policy", marker=True, order=8,
            summary="the MCTS on the item itself with its gold answer (a ceiling)"),
 ):
-    register_method(_method)
+    METHODS.register(_method)
 
 
 @dataclass(frozen=True)

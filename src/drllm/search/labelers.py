@@ -67,5 +67,5 @@ def _start_safety(num_layers: int, settings: LabelerSettings, rewarder: PathRewa
     return sweep_steps(num_layers, settings.safety_config(), margin_reader(rewarder))
 
 
-LABELERS.register("mcts", Labeler("mcts", _start_mcts))
-LABELERS.register("safety", Labeler("safety", _start_safety, seeded=False))
+LABELERS.register(Labeler("mcts", _start_mcts))
+LABELERS.register(Labeler("safety", _start_safety, seeded=False))

@@ -128,11 +128,9 @@ def _agreement_correct(config: RewardConfig, outcome: Outcome, encoded: Encoded,
     return agrees(outcome, reference, encoded, config.margin, config.min_f1, config.epsilon)
 
 
-REWARDS.register("binary", Reward("binary", _binary_correct, needs_reference=lambda config, encoded: False))
-REWARDS.register("robust", Reward("robust", _robust_correct,
-                                  needs_reference=lambda config, encoded: encoded.kind == "choices"))
-REWARDS.register("agreement", Reward("agreement", _agreement_correct,
-                                     needs_reference=lambda config, encoded: True, gold_free=True))
+REWARDS.register(Reward("binary", _binary_correct, needs_reference=lambda config, encoded: False))
+REWARDS.register(Reward("robust", _robust_correct, needs_reference=lambda config, encoded: encoded.kind == "choices"))
+REWARDS.register(Reward("agreement", _agreement_correct, needs_reference=lambda config, encoded: True, gold_free=True))
 
 
 def robust_choice_correct(scores, choice: int | None, gold: int, margin: float, epsilon: float,

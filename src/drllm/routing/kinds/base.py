@@ -42,8 +42,11 @@ class RouterKind:
       from the hidden states it is given;
     * `build_stack`: the stack's modules, when the blocks' routers are not all alike;
     * `prepare`: what the routers take from the frozen model before training (the train stage calls it);
-    * `read_cost`: what the routing pass costs beyond the blocks, in block-equivalents (counted in every cell)."""
+    * `read_cost`: what the routing pass costs beyond the blocks, in block-equivalents (counted in every cell).
 
+    `name` (a class attribute) is the name the table registers it under and `train.router_kind` chooses."""
+
+    name: str = ""
     settings: type | None = None
     reads_last_token: bool = False
 

@@ -96,6 +96,7 @@ class ConfidenceKind(MLPKind):
     """The MLP router with the read added at blocks >= R (standardisation folding and the prior initialisation
     are the MLP's: the read's weights start and stay out of both)."""
 
+    name = "confidence"
     settings = ConfidenceSettings
     reads_last_token = True
 
@@ -195,4 +196,4 @@ class ConfidencePrompt:
         return steps.routers[layer](torch.bmm(self.assign, hidden.float()), self.window_mask, read)
 
 
-CONFIDENCE = ROUTER_KINDS.register("confidence", ConfidenceKind())
+CONFIDENCE = ROUTER_KINDS.register(ConfidenceKind())

@@ -48,6 +48,8 @@ class Router(nn.Module):
 class MLPKind(RouterKind):
     """The paper's router: one `Router` per block (saved as routers.<layer>.fc1 / .fc2)."""
 
+    name = "mlp"
+
     def build(self, config: RouterConfig, generator: torch.Generator | None) -> Router:
         return Router(config.hidden_size, config.hidden, generator)
 
@@ -85,7 +87,7 @@ class MLPKind(RouterKind):
                 router.fc2.bias.copy_(log_probs[layer])
 
 
-MLP = ROUTER_KINDS.register("mlp", MLPKind())
+MLP = ROUTER_KINDS.register(MLPKind())
 
 
 class PackedRouters:
