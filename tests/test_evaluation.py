@@ -47,8 +47,9 @@ def test_methods_parse_with_clear_errors():
                        ("base@calibrated", "unknown evaluation method"), ("static@-1", "non-negative integer"),
                        ("static@1.5", "non-negative integer"), ("static@0.1", "non-negative integer"),
                        ("random@x", "non-negative integer"), ("random@02", "non-negative integer"),
-                       ("static@calibrated", "non-negative integer"), ("router@t1.5", "threshold must be in"),
-                       ("router@t0.90", "threshold must be in"), ("router@tx", "threshold after '@t'"),
+                       ("static@calibrated", "non-negative integer"),
+                       ("router@t1.5", "after '@t' must be a number >= 0 and <= 1"),
+                       ("router@t0.90", "threshold must be written as :g"), ("router@tx", "threshold after '@t'"),
                        ("safest@certified", "non-negative integer")]:
         with pytest.raises(ValueError, match=match) as err:
             parse_method(bad)

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 from drllm.core.plugins import Table
 from drllm.calibration.calibration import CALIBRATED, CERTIFIED
+from drllm.routing.threshold import THRESHOLD, check_threshold
 
 PARAMS = ("none", "budget", "router", "allocation")
 FILE_POINTS = (CALIBRATED, CERTIFIED)  # router@<these>: the operating point is read from the calibration file
@@ -117,7 +118,8 @@ def grammar() -> str:
 
 def _expected() -> str:
     """The grammar as an error message says it (built only when a name fails: parse_method runs per cell)."""
-    return f"expected {grammar()} (p in [-1, 1], tau in [0, 1], k a non-negative integer, b a number > 0)"
+    return (f"expected {grammar()} (p in [-1, 1], tau {THRESHOLD.describe().removeprefix('a number ')}, k a "
+            "non-negative integer, b a number > 0)")
 
 
 def method_pattern() -> str:
@@ -145,12 +147,12 @@ def parse_method(name: str) -> tuple[str, float | int | str | Threshold | None]:
         return kind, param
     if param.startswith("t"):
         try:
-            tau = float(param[1:])
-        except ValueError as exc:
-            raise ValueError(f"method {name!r}: the threshold after '@t' must be a number in [0, 1]") from exc
-        if not 0.0 <= tau <= 1.0 or param[1:] != f"{tau:g}":
-            raise ValueError(f"method {name!r}: the threshold must be in [0, 1], written as :g writes it "
-                             f"({kind}@t{tau:g})")
+            value: float | str = float(param[1:])
+        except ValueError:
+            value = param[1:]
+        tau = check_threshold(value, f"method {name!r}: the threshold after '@t'")
+        if param[1:] != f"{tau:g}":
+            raise ValueError(f"method {name!r}: the threshold must be written as :g writes it ({kind}@t{tau:g})")
         return kind, Threshold(tau)
     try:
         value = float(param)
