@@ -3,14 +3,15 @@ drllm.search.labelers.LABELERS); entries registered in-process drive a tiny mode
 naming the config key and the known names."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import re
 
 import pytest
 
 from conftest import tiny_model
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.search.labelers import LABELERS, Labeler
+from drllm.search.labelers import LABELERS, Labeler, LabelResult
 from drllm.search.rewards import REWARDS, PathRewarder, Reward, RewardConfig
 
 
@@ -54,19 +55,6 @@ def test_a_gold_free_reward_is_refused_by_the_oracle(registered):
         EvalSettings.from_dict({"oracle": {"reward": {"kind": "same_option"}}})
 
 
-@dataclass
-class SkipLastResult:
-    """The attributes the shard row reads from a labeler's result."""
-
-    default_correct: bool
-    best_path: LayerPath | None
-    evaluated: list = field(default_factory=list)
-    wrong_to_correct: bool = False
-    simulations: int = 0
-    max_fanout: int = 0
-    max_depth: int = 1
-
-
 def test_a_registered_labeler_labels_through_search_prompts(registered):
     """A toy labeler (skip the last block, one evaluation) runs through the search stage's worker code."""
     from test_tasks import byte_tokenizer, mc_example
@@ -83,14 +71,14 @@ def test_a_registered_labeler_labels_through_search_prompts(registered):
         path = LayerPath.from_counts([1] * (num_layers - 1) + [0])
         reward = yield path
         default_correct = rewarder.correct(LayerPath.default(num_layers))  # evaluated outside the batch
-        return SkipLastResult(default_correct, path if reward > 0.5 else None, [(path, reward)])
+        return LabelResult(default_correct, path if reward > 0.5 else None, [(path, reward)])
 
     registered(LABELERS, Labeler("skip_last", skip_last))
     executor = PathExecutor(tiny_model("llama", layers=6, vocab_size=259))
     records = [mc_example(id=f"q{i}", question=f"Question {i}: which one?", gold=i % 4).to_dict() for i in range(6)]
     prompts = [{**row, "seed_check": row["prompt_index"] == 0}
                for row in select_prompts(records, "arc_easy", "cloze", 6, seed=0)]
-    settings = SearchSettings(model="tiny", num_layers=6, mcts={}, chat_template=False, labeler="skip_last",
+    settings = SearchSettings(model="tiny", num_layers=6, chat_template=False, labeler="skip_last",
                               seed_check=1)
     rows = search_prompts(executor, byte_tokenizer(), prompts, settings)
     assert seeds[:6] == [derived_seed(0, row["task"], row["id"]) for row in prompts]  # then the seed check's
@@ -104,6 +92,15 @@ def test_a_registered_labeler_labels_through_search_prompts(registered):
     assert rows[0]["labels_check"] == rows[0]["labels"] and all(row["labels_check"] is None for row in rows[1:])
     assert 0 < sum(row["kept"] for row in rows) < len(rows)
 
+    def untyped(num_layers, settings, rewarder, seed):  # a result of its own type: refused, naming the labeler
+        reward = yield LayerPath.default(num_layers)
+        return {"default_correct": reward > 0.5, "best_path": None, "evaluated": []}
+
+    registered(LABELERS, Labeler("untyped", untyped))
+    with pytest.raises(TypeError, match="search.labeler 'untyped' returned dict, not a "
+                                        "drllm.search.labelers.LabelResult"):
+        search_prompts(executor, byte_tokenizer(), prompts[:1], dataclasses.replace(settings, labeler="untyped"))
+
 
 def test_unknown_reward_or_labeler_names_the_key_and_the_known_names():
     from drllm.search.settings import SearchSettings
@@ -113,3 +110,5 @@ def test_unknown_reward_or_labeler_names_the_key_and_the_known_names():
         RewardConfig.from_dict({"kind": "nope"})
     with pytest.raises(ValueError, match=r"search\.labeler: unknown labeler 'nope'; known: \['mcts', 'safety'\]"):
         SearchSettings.from_dict({"labeler": "nope"}, {"name": "m", "num_layers": 4})
+
+

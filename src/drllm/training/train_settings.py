@@ -99,7 +99,8 @@ class TrainConfig:
         for name, method in (("standardize", "fold_standardization"), ("prior_init", "init_at_prior")):
             if getattr(self, name) and not kind.supports(method):  # refused now, not after the epochs
                 raise ValueError(f"train.{name} needs the router kind to provide {method}, and "
-                                 f"{self.router_kind!r} does not; set {name} to false")
+                                 f"{self.router_kind!r} does not; turn it off: `train: {{{name}: false}}` in your "
+                                 "config (config/config.yaml turns it on)")
 
     @property
     def effective_batch(self) -> int:

@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from drllm.core.plugins import Table
+from drllm.core.plugins import Table, entry_settings
 from drllm.routing.pooling import window_assignment
 from drllm.routing.router_config import RouterConfig
 
@@ -56,14 +56,7 @@ class RouterKind:
 
     def settings_from(self, block, name: str):
         """The kind's settings from its config block `train.<name>` (None, or refused, for a kind without)."""
-        if self.settings is None:
-            if block:
-                raise ValueError(f"train.{name}: router kind {name!r} has no settings of its own, "
-                                 f"got {sorted(block)}")
-            return None
-        from drllm.core.settings import from_block
-
-        return from_block(self.settings, block, f"train.{name}")
+        return entry_settings(self.settings, block, f"train.{name}", f"router kind {name!r}")
 
     def build_stack(self, config: RouterConfig, generator: torch.Generator | None) -> nn.ModuleList:
         """Every block's router, in order (default: `build` once per block)."""
