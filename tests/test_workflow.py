@@ -210,20 +210,20 @@ def test_dry_run_plans_the_frontier_and_calibrated_cells(tmp_path):
             assert "" not in args, line  # an absent input passes no flag, not an empty argument
             given = dict(zip(args, args[1:]))
             assert given["--data"] == f"resources/data/{cell[0]}/test.parquet"
-            commands[cell] = {flag: given.get(f"--{flag}", "")
-                              for flag in ("routers", "router-cell", "influence", "calibration")}
+            # each artifact the method declares, as --artifact <name>=<path>
+            commands[cell] = dict(value.split("=", 1) for flag, value in zip(args, args[1:]) if flag == "--artifact")
     swept = ["router@-0.25", "router@0.25", "static@2", "static@3", "random@2"]
     assert set(commands) == {(b, m) for b in ("arc_easy", "squad") for m in methods + swept}
     router_dir, eval_dir = "results/routers/smollm2-135m-instruct", "results/eval/smollm2-135m-instruct"
     # fixed budgets need no router cell; static@k still reads the block influence; the matched baselines keep both
-    assert commands["arc_easy", "static@2"] == {"routers": "", "router-cell": "", "calibration": "",
-                                                "influence": f"{eval_dir}/block_influence.parquet"}
-    assert commands["squad", "random@2"] == {"routers": "", "router-cell": "", "influence": "", "calibration": ""}
-    assert commands["arc_easy", "static"]["router-cell"] == f"{eval_dir}/arc_easy/router.parquet"
-    assert commands["arc_easy", "random"]["router-cell"] == f"{eval_dir}/arc_easy/router.parquet"
-    assert commands["squad", "router@calibrated"] == {"routers": router_dir, "router-cell": "", "influence": "",
+    assert commands["arc_easy", "static@2"] == {"influence": f"{eval_dir}/block_influence.parquet"}
+    assert commands["squad", "random@2"] == {}
+    assert commands["arc_easy", "static"] == {"influence": f"{eval_dir}/block_influence.parquet",
+                                              "router_cell": f"{eval_dir}/arc_easy/router.parquet"}
+    assert commands["arc_easy", "random"] == {"router_cell": f"{eval_dir}/arc_easy/router.parquet"}
+    assert commands["squad", "router@calibrated"] == {"routers": f"{router_dir}/routers.safetensors",
                                                       "calibration": f"{router_dir}/calibration.json"}
-    assert commands["squad", "router@-0.25"]["calibration"] == ""
+    assert commands["squad", "router@-0.25"] == {"routers": f"{router_dir}/routers.safetensors"}
     # the frontier's panels: the evaluated entries on a benchmark some (enabled) search task trained on
     default, tiny = (yaml.safe_load((work / "config" / name).read_text()) for name in ("config.yaml", "tiny.yaml"))
     tasks = {name: {**block, **tiny["search"].get("tasks", {}).get(name, {})}
