@@ -3,6 +3,7 @@ the lookup table of kinds (`ROUTER_KINDS`), filled by drllm.routing.kinds.mlp an
 drllm.routing.kinds, is what callers import: it registers the built-in kind."""
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 import torch
@@ -57,6 +58,12 @@ class RouterKind:
     def settings_from(self, block, name: str):
         """The kind's settings from its config block `train.<name>` (None, or refused, for a kind without)."""
         return entry_settings(self.settings, block, f"train.{name}", f"router kind {name!r}")
+
+    def describe(self, config: RouterConfig) -> str:
+        """What one block's router is, in a few words, for the model card (drllm.training.card). Default: the kind
+        by name, with its own settings."""
+        settings = f", settings {json.dumps(config.kind_settings, sort_keys=True)}" if config.kind_settings else ""
+        return f"router kind `{self.name}`{settings}"
 
     def build_stack(self, config: RouterConfig, generator: torch.Generator | None) -> nn.ModuleList:
         """Every block's router, in order (default: `build` once per block)."""

@@ -107,6 +107,10 @@ class ConfidenceKind(MLPKind):
                              f"got {read_layer}")
         return read_layer
 
+    def describe(self, config: RouterConfig) -> str:
+        return (f"{super().describe(config)}; from block {self.read_layer(config)} on, plus the model's confidence "
+                "read there (router kind `confidence`)")
+
     def build(self, config: RouterConfig, generator: torch.Generator | None) -> ConfidenceRouter:
         return ConfidenceRouter(config.hidden_size, config.hidden, generator, holds_lens=False)
 

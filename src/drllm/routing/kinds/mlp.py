@@ -53,6 +53,10 @@ class MLPKind(RouterKind):
     def build(self, config: RouterConfig, generator: torch.Generator | None) -> Router:
         return Router(config.hidden_size, config.hidden, generator)
 
+    def describe(self, config: RouterConfig) -> str:
+        return (f"window mean pooling over {config.windows} windows, MLP d -> {config.hidden} -> 3: skip / execute / "
+                "repeat")
+
     def forward(self, routers: nn.ModuleList, window_means: torch.Tensor,
                 window_mask: torch.Tensor | None) -> torch.Tensor:
         """The routers' weights stacked, so the whole stack is three batched matmuls (the training hot path); equal
