@@ -112,3 +112,80 @@ def test_unknown_reward_or_labeler_names_the_key_and_the_known_names():
         SearchSettings.from_dict({"labeler": "nope"}, {"name": "m", "num_layers": 4})
 
 
+# -- entries with settings of their own: the block named after the entry, read as a built-in block is ------------
+
+MANIFEST = {"name": "m", "num_layers": 4}
+
+
+def toy_block_settings(name: str, block: dict):
+    """The object built from a toy's config block, through the settings object of the stage that reads it."""
+    from drllm.evaluation.settings import EvalSettings
+    from drllm.search.settings import SearchSettings
+    from drllm.training.train_settings import TrainConfig
+
+    if name == "in_top":
+        settings = SearchSettings.from_dict({"reward": {"kind": "in_top", "in_top": block}}, MANIFEST)
+        return settings.reward_config().settings
+    if name == "last_safe":
+        return SearchSettings.from_dict({"labeler": "last_safe", "last_safe": block}, MANIFEST).labeler_settings()
+    if name == "linear":
+        config = TrainConfig.from_dict({"router_kind": "linear", "standardize": False, "prior_init": False,
+                                        "linear": block})
+        from drllm.routing.kinds import ROUTER_KINDS
+        from drllm.routing.router_config import RouterConfig
+
+        return ROUTER_KINDS.get("linear").parse_settings(RouterConfig("m", 4, 8, kind="linear",
+                                                                      kind_settings=config.kind_settings))
+    return EvalSettings.from_dict({name: block}).method_settings(name)
+
+
+@pytest.mark.parametrize("name", ["in_top", "last_safe", "linear", "unsafest"])
+def test_a_toy_entrys_block_reaches_it_and_is_checked_in_the_built_in_wording(toy_plugins, name):
+    where, key, bad, message = toy_plugins.BLOCKS[name]
+    defaults = toy_block_settings(name, {})
+    good = {key: 3}
+    assert getattr(toy_block_settings(name, good), key) == 3 and getattr(defaults, key) != 3
+    with pytest.raises(ValueError, match=re.escape(message)):
+        toy_block_settings(name, {key: bad})
+    with pytest.raises(ValueError, match=re.escape(f"{where}: unknown key(s) ['{key}s']; known: ['{key}']")):
+        toy_block_settings(name, {f"{key}s": 3})
+    with pytest.raises(ValueError, match=re.escape(f"{where} must be a mapping")):
+        toy_block_settings(name, [3])
+
+
+def test_blocks_of_unknown_entries_are_refused_naming_the_block(toy_plugins):
+    from drllm.evaluation.settings import EvalSettings
+    from drllm.search.settings import SearchSettings
+    from drllm.training.train_settings import TrainConfig
+
+    with pytest.raises(ValueError, match=r"search: unknown key\(s\) \['lst_safe'\]; known: \[.*'last_safe'"):
+        SearchSettings.from_dict({"lst_safe": {"blocks": 2}}, MANIFEST)
+    with pytest.raises(ValueError, match=r"search.reward: unknown key\(s\) \['in_tops'\]; known: \[.*'in_top'"):
+        SearchSettings.from_dict({"reward": {"in_tops": {"k": 2}}}, MANIFEST)
+    with pytest.raises(ValueError, match=r"eval: unknown key\(s\) \['unsafe'\]; known: \[.*'unsafest'"):
+        EvalSettings.from_dict({"unsafe": {"scale": 2}})
+    with pytest.raises(ValueError, match=r"train: unknown key\(s\) \['lineal'\]"):
+        TrainConfig.from_dict({"router_kind": "linear", "standardize": False, "prior_init": False,
+                               "lineal": {"gain": 2}})
+    # an entry without settings takes no block
+    with pytest.raises(ValueError, match=r"eval: unknown key\(s\) \['router'\]"):
+        EvalSettings.from_dict({"router": {"scale": 2}})
+
+
+def test_a_toy_entrys_settings_show_where_its_artifacts_are_described(toy_plugins):
+    """The reward's settings are part of the shard's `reward` column; the oracle's reward block reaches a plugin
+    reward the same way (and its settings are checked there, naming eval.oracle.reward); a kind without a
+    description of its own is described by name and settings on the model card."""
+    from drllm.evaluation.settings import EvalSettings
+    from drllm.routing.router_config import RouterConfig
+
+    reward = RewardConfig.from_dict({"kind": "in_top", "margin": 0.02, "in_top": {"k": 3}})
+    assert reward.describe() == "in_top(margin=0.02,epsilon=none,min_f1=0.5,k=3)"
+    assert RewardConfig.from_dict({"kind": "binary", "in_top": {"k": 3}}).describe() == \
+        "binary(margin=0,epsilon=none,min_f1=0.5)"  # another kind's block: checked, not used
+    oracle = EvalSettings.from_dict({"oracle": {"reward": {"kind": "in_top", "in_top": {"k": 4}}}})
+    assert oracle.method_settings("oracle").reward.settings.k == 4
+    with pytest.raises(ValueError, match=re.escape("eval.oracle.reward.in_top.k must be an integer >= 1, got 0")):
+        EvalSettings.from_dict({"oracle": {"reward": {"kind": "in_top", "in_top": {"k": 0}}}})
+    config = RouterConfig("m", 4, 8, kind="linear", kind_settings={"gain": 0.5})
+    assert toy_plugins.TOY_ROUTER_KIND.describe(config) == 'router kind `linear`, settings {"gain": 0.5}'
