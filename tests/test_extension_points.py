@@ -23,6 +23,16 @@ def registered(monkeypatch):
     return lambda table, entry: table.register(entry)
 
 
+def test_an_entry_is_registered_under_its_own_name(registered):
+    reward = Reward("option_one", picks_option_one, needs_reference=lambda config, encoded: False)
+    assert registered(REWARDS, reward) is reward and REWARDS.get("option_one") is reward
+    registered(REWARDS, reward)  # the same entry again: nothing changes
+    with pytest.raises(ValueError, match="reward 'option_one' is already registered"):
+        registered(REWARDS, dataclasses.replace(reward, gold_free=True))
+    with pytest.raises(ValueError, match=r"reward names must be identifiers, got 'two words' \(the entry's `name`\)"):
+        registered(REWARDS, dataclasses.replace(reward, name="two words"))
+
+
 def picks_option_one(config, outcome, encoded, reference):
     return outcome.choice == 1  # a toy rule: the gold answer plays no part
 
