@@ -83,10 +83,9 @@ def run_eval(args) -> None:
         for arm in args.arms.split(","):
             routers = root / "routers" / arm
             router_cell = cells / f"router-{arm}.parquet"
-            evaluate_cell(args, bench, samples, "router", router_cell, ["--routers", str(routers)])
+            evaluate_cell(args, bench, samples, "router", router_cell, ["--artifact", f"routers={routers}"])
             evaluate_cell(args, bench, samples, "safest", cells / f"safest-{arm}.parquet",
-                          ["--routers", str(routers), "--router-cell", str(router_cell), "--influence",
-                           args.influence])
+                          ["--artifact", f"router_cell={router_cell}", "--artifact", f"influence={args.influence}"])
 
 
 def rows_by_id(path: Path) -> dict[str, dict]:

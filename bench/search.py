@@ -33,8 +33,8 @@ def prompt_rows(benchmark: str, split: str, answer_format: str, count: int, seed
 def settings_for(manifest: dict, simulations: int, mode: str = "branching", prefix_cache: int = 8,
                  early_stop: bool = True, max_evaluations: int | None = None) -> SearchSettings:
     return SearchSettings(model=manifest["name"], num_layers=manifest["num_layers"],
-                          mcts={"simulations": simulations, "mode": mode, "early_stop": early_stop,
-                                "max_evaluations": max_evaluations},
+                          labelers={"mcts": {"simulations": simulations, "mode": mode, "early_stop": early_stop,
+                                             "max_evaluations": max_evaluations}},
                           prefix_cache=prefix_cache, formats={"cloze": {"normalize": "chars"}})
 
 

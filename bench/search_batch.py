@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if args.max_new_tokens is not None:
         options["max_new_tokens"] = args.max_new_tokens
     settings = SearchSettings(model=manifest["name"], num_layers=manifest["num_layers"],
-                              mcts={"simulations": args.simulations}, seed=args.seed,
+                              labelers={"mcts": {"simulations": args.simulations}}, seed=args.seed,
                               chat_template=bool(manifest.get("chat_template")), formats={args.format: options})
     worker = SearchWorker(model_dir, settings, device=args.device, dtype=args.dtype, threads=args.threads)
     device = torch.cuda.get_device_name() if worker.executor.device.type == "cuda" else platform.processor() or \

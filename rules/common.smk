@@ -6,6 +6,8 @@ import re
 import shlex
 import sys
 
+import yaml
+
 # Plugin modules (config `plugins:`) register extension-point entries; every job inherits the variable, so each
 # stage imports them before looking a name up (drllm.core.plugins).
 os.environ["DRLLM_PLUGINS"] = ",".join(config.get("plugins") or [])
@@ -144,10 +146,17 @@ def data_block_json(wc):
 
 
 # -- evaluation (rules/eval.smk, rules/report.smk) ---------------------------------------------------------
-# The method table: which methods exist, what their cells read, the `method` wildcard's pattern.
-from drllm.evaluation.methods import cell_inputs, lm_eval_runs, method_pattern, needs_search, parse_method
+# The method table: which methods exist, what their cells read, their settings, the `method` wildcard's pattern.
+from drllm.core.plugins import split_blocks
+from drllm.evaluation.methods import (METHODS, artifact_path, cell_artifacts, lm_eval_runs, method_pattern,
+                                      needs_search, parse_method)
 
 EVAL = config["eval"]
+# eval's own keys are the schema's; any other key is a method's settings block, eval.<kind> (checked against the
+# method's settings class when its cells run; here: it must name a method that has settings)
+with open(os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")) as _schema:
+    _EVAL_KEYS = list(yaml.safe_load(_schema)["properties"]["eval"]["properties"])
+EVAL_METHOD_BLOCKS = split_blocks(EVAL, _EVAL_KEYS, METHODS, "config eval")[1]
 EVAL_SELECTED = EVAL["select"] or list(EVAL["benchmarks"])
 _unknown_selected = sorted(set(EVAL_SELECTED) - set(EVAL["benchmarks"]))
 if _unknown_selected:
@@ -218,55 +227,34 @@ def eval_entry_json(wc):
     return json.dumps({"name": wc.eval_benchmark, **entry}, sort_keys=True)
 
 
-# The artifacts a method's cells may read (drllm.evaluation.methods.cell_inputs names them per method).
-EVAL_CELL_ARTIFACTS = {
-    "routers": f"{ROUTER_DIR}/routers.safetensors",
-    "calibration": f"{ROUTER_DIR}/calibration.json",  # the operating point the calibration stage chose
-    "router_cell": f"{EVAL_DIR}/{{eval_benchmark}}/router.parquet",  # matched to the router's savings
-    "block_influence": f"{EVAL_DIR}/block_influence.parquet",  # ShortGPT's ranking
-    "layer_safety": f"{SEARCH_DIR}/layer_safety.parquet",  # the blocks most often safe to skip alone (the sweep)
-    "allocation": f"{ROUTER_DIR}/allocation.json",  # the fitted confidence read and its certified budget
-}
-
-
 def eval_cell_inputs(wc):
+    """The records (not for lm-eval tasks) and every artifact the cell's method declares it reads
+    (drllm.evaluation.methods.cell_artifacts), at this model's and benchmark's paths."""
     entry = EVAL_ENTRIES[wc.eval_benchmark]
     inputs = {
-        "manifest": f"{MODEL_DIR}/drllm_model.json",
+        "manifest": f"{MODEL_DIR}/drllm_model.json".format(model=wc.model),
         "script": f"{SCRIPTS}/evaluate.py",
     }
     if "lm_eval" not in entry:
         inputs["data"] = "resources/data/{benchmark}/{split}.parquet".format(**entry)
-    for name, artifact in cell_inputs(wc.method).items():
-        inputs[name] = EVAL_CELL_ARTIFACTS[artifact]
-    # input functions are not formatted
-    return {name: path.format(model=wc.model, eval_benchmark=wc.eval_benchmark) for name, path in inputs.items()}
+    trees = {"routers": ROUTER_DIR, "search": SEARCH_DIR, "eval": EVAL_DIR}
+    for name, pattern in cell_artifacts(wc.method).items():
+        inputs[name] = artifact_path(pattern, **{tree: path.format(model=wc.model) for tree, path in trees.items()},
+                                     benchmark=wc.eval_benchmark, model=wc.model)
+    return inputs
 
 
-# The inputs a cell may or may not have (eval_cell_inputs) and the evaluate.py flag each becomes; the routers are
-# passed as their directory.
-EVAL_OPTIONAL_FLAGS = {
-    "data": ("--data", str),
-    "routers": ("--routers", os.path.dirname),
-    "router_cell": ("--router-cell", str),
-    "influence": ("--influence", str),
-    "calibration": ("--calibration", str),
-    "allocation": ("--allocation", str),
-}
-
-
-def eval_optional_flags(wildcards, input):
-    """One flag per optional input this cell has, shell-quoted; an absent input passes no flag (its default)."""
-    return shlex.join(
-        arg
-        for name, (flag, value) in EVAL_OPTIONAL_FLAGS.items()
-        if name in input.keys()
-        for arg in (flag, value(getattr(input, name)))
-    )
+def eval_artifact_flags(wildcards, input):
+    """--data (records) and one `--artifact <name>=<path>` per artifact the cell reads, shell-quoted."""
+    args = ["--data", input.data] if "data" in input.keys() else []
+    for name in cell_artifacts(wildcards.method):
+        args += ["--artifact", f"{name}={getattr(input, name)}"]
+    return shlex.join(args)
 
 
 def eval_settings(wc):
-    """Only the settings this cell's method reads, so editing one method's settings reruns only its cells."""
+    """Only the settings this cell's method reads, so editing one method's settings reruns only its cells: the
+    shared keys and the method's own block, eval.<kind> (the oracle's: the search's MCTS and reward under it)."""
     kind = parse_method(wc.method)[0]
     settings = {
         "seed": EVAL["seed"],
@@ -282,6 +270,8 @@ def eval_settings(wc):
             "reward": {**SEARCH["reward"], **EVAL["oracle"].get("reward", {})},
         }
         settings["prefix_cache"] = SEARCH["prefix_cache"]
+    elif kind in EVAL_METHOD_BLOCKS:
+        settings[kind] = EVAL_METHOD_BLOCKS[kind]
     return json.dumps(settings, sort_keys=True)
 
 

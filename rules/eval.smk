@@ -41,7 +41,7 @@ rule evaluate:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         entry=eval_entry_json,
         settings=eval_settings,
-        optional=eval_optional_flags,
+        artifacts=eval_artifact_flags,
         device=config["runtime"]["device"],
         dtype=config["runtime"]["dtype"],
     log:
@@ -51,6 +51,6 @@ rule evaluate:
     conda:
         "../envs/drllm.yaml"
     shell:
-        "python {input.script} --model-dir {params.model_dir} {params.optional} "
+        "python {input.script} --model-dir {params.model_dir} {params.artifacts} "
         "--entry-json {params.entry:q} --method {wildcards.method:q} --settings-json {params.settings:q} "
         "--device {params.device} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"

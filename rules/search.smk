@@ -6,6 +6,13 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+# The search: keys the stage takes as arguments (where the search runs, never its rows) and the tasks (the rules
+# above); every other key reaches the workers as one JSON (drllm.search.settings.SearchSettings: its own keys, the
+# reward, and the labelers' blocks, search.mcts, search.safety and a plugin labeler's search.<name>).
+SEARCH_STAGE_KEYS = ("shards", "backend", "workers", "ray_address", "max_retries", "batch_prompts", "tasks")
+SEARCH_SETTINGS = {key: value for key, value in SEARCH.items() if key not in SEARCH_STAGE_KEYS}
+
+
 rule select_prompts:
     priority: CRITICAL_PATH
     input:
@@ -43,14 +50,7 @@ rule search_shard:
         f"{SEARCH_DIR}/{{task}}/shard-{{shard}}.parquet",
     params:
         model_dir=lambda wildcards, input: os.path.dirname(input.manifest),
-        settings=json.dumps(
-            {
-                key: SEARCH[key]
-                for key in ("mcts", "reward", "seed", "seed_check", "chat_template", "prefix_cache", "formats",
-                            "labeler", "safety")
-            },
-            sort_keys=True,
-        ),
+        settings=json.dumps(SEARCH_SETTINGS, sort_keys=True),
         num_shards=SEARCH["shards"],
         backend=SEARCH["backend"],
         workers=SEARCH["workers"],

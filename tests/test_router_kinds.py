@@ -139,6 +139,8 @@ class LinearRouter(nn.Module):
 class LinearKind(RouterKind):
     """Only `build`: training and inference use the contract's defaults."""
 
+    name = "toy_linear"
+
     def build(self, config, generator):
         return LinearRouter(config.hidden_size, generator)
 
@@ -147,7 +149,7 @@ class LinearKind(RouterKind):
 def linear_kind(monkeypatch):
     """The `toy_linear` kind, registered for one test; the table is restored afterwards."""
     monkeypatch.setattr(ROUTER_KINDS, "_entries", dict(ROUTER_KINDS._entries))
-    ROUTER_KINDS.register("toy_linear", LinearKind())
+    ROUTER_KINDS.register(LinearKind())
     yield "toy_linear"
 
 

@@ -561,7 +561,8 @@ def test_search_settings_are_validated_once_naming_the_field():
     manifest = {"name": "m", "num_layers": 4, "chat_template": False}
     settings = SearchSettings.from_dict({"mcts": {"simulations": 7}, "formats": {"cloze": {"normalize": "none"}}},
                                         manifest)
-    assert settings.mcts_config().simulations == 7 and settings.mcts_config() is settings.mcts_config()
+    # search.mcts is the mcts labeler's block (the default labeler): its settings object, built once
+    assert settings.labeler_settings().simulations == 7 and settings.labeler_settings() is settings.labeler_settings()
     assert settings.chat_template is False and settings.prefix_cache == 8 and settings.reward_config().kind == "binary"
     assert json.loads(settings.to_json())["mcts"] == {"simulations": 7}  # search_config records the keys given
     assert SearchSettings.from_dict({"chat_template": True}, manifest).chat_template is True
@@ -643,7 +644,7 @@ def test_seed_check_searches_again_with_a_second_seed(expansion):
     mcts = {"simulations": 12, "early_stop": False, "expansion": expansion, "tie_break": "canonical"}
 
     def settings(seed_check):
-        return SearchSettings(model="tiny", num_layers=6, mcts=mcts, seed=0, chat_template=False,
+        return SearchSettings(model="tiny", num_layers=6, labelers={"mcts": mcts}, seed=0, chat_template=False,
                               seed_check=seed_check)
 
     checked = seed_check_ids(prompts, 3)

@@ -210,20 +210,20 @@ def test_dry_run_plans_the_frontier_and_calibrated_cells(tmp_path):
             assert "" not in args, line  # an absent input passes no flag, not an empty argument
             given = dict(zip(args, args[1:]))
             assert given["--data"] == f"resources/data/{cell[0]}/test.parquet"
-            commands[cell] = {flag: given.get(f"--{flag}", "")
-                              for flag in ("routers", "router-cell", "influence", "calibration")}
+            # each artifact the method declares, as --artifact <name>=<path>
+            commands[cell] = dict(value.split("=", 1) for flag, value in zip(args, args[1:]) if flag == "--artifact")
     swept = ["router@-0.25", "router@0.25", "static@2", "static@3", "random@2"]
     assert set(commands) == {(b, m) for b in ("arc_easy", "squad") for m in methods + swept}
     router_dir, eval_dir = "results/routers/smollm2-135m-instruct", "results/eval/smollm2-135m-instruct"
     # fixed budgets need no router cell; static@k still reads the block influence; the matched baselines keep both
-    assert commands["arc_easy", "static@2"] == {"routers": "", "router-cell": "", "calibration": "",
-                                                "influence": f"{eval_dir}/block_influence.parquet"}
-    assert commands["squad", "random@2"] == {"routers": "", "router-cell": "", "influence": "", "calibration": ""}
-    assert commands["arc_easy", "static"]["router-cell"] == f"{eval_dir}/arc_easy/router.parquet"
-    assert commands["arc_easy", "random"]["router-cell"] == f"{eval_dir}/arc_easy/router.parquet"
-    assert commands["squad", "router@calibrated"] == {"routers": router_dir, "router-cell": "", "influence": "",
+    assert commands["arc_easy", "static@2"] == {"influence": f"{eval_dir}/block_influence.parquet"}
+    assert commands["squad", "random@2"] == {}
+    assert commands["arc_easy", "static"] == {"influence": f"{eval_dir}/block_influence.parquet",
+                                              "router_cell": f"{eval_dir}/arc_easy/router.parquet"}
+    assert commands["arc_easy", "random"] == {"router_cell": f"{eval_dir}/arc_easy/router.parquet"}
+    assert commands["squad", "router@calibrated"] == {"routers": f"{router_dir}/routers.safetensors",
                                                       "calibration": f"{router_dir}/calibration.json"}
-    assert commands["squad", "router@-0.25"]["calibration"] == ""
+    assert commands["squad", "router@-0.25"] == {"routers": f"{router_dir}/routers.safetensors"}
     # the frontier's panels: the evaluated entries on a benchmark some (enabled) search task trained on
     default, tiny = (yaml.safe_load((work / "config" / name).read_text()) for name in ("config.yaml", "tiny.yaml"))
     tasks = {name: {**block, **tiny["search"].get("tasks", {}).get(name, {})}
@@ -529,8 +529,12 @@ def test_confidence_routers_train_and_evaluate_through_the_dag(tiny_run):
 @pytest.mark.slow
 def test_plugin_reward_labeler_router_kind_and_method_run_through_the_dag(tiny_run):
     """config `plugins:` names a module (tests/plugins/toy_plugins.py) that registers a toy of each extension
-    point; the config names them and every stage that looks one up finds it: the search labels with the toy labeler
-    under the toy reward, the routers train as the toy kind, and the toy method's cell reads what it declares."""
+    point, each with settings of its own; the config names them, and sets each one's block beside the key that
+    chooses it. Every stage that looks one up finds it and its settings: the search labels with the toy labeler
+    (judging its last `blocks` blocks) under the toy reward (its `k` in the shards' reward), the routers train as
+    the toy kind (its `gain` kept in router_config.json), and the toy method's cells read what it declares (the
+    search summary, which no built-in method reads) at its `scale`. Nothing outside the module and the overlay
+    names them."""
     import os
 
     import polars as pl
@@ -542,27 +546,38 @@ def test_plugin_reward_labeler_router_kind_and_method_run_through_the_dag(tiny_r
         "results": {"run": "toys"},
         "plugins": ["toy_plugins"],
         # test time: one search prompt (ARC-Challenge), two epochs
-        "search": {"reward": {"kind": "top2"}, "labeler": "last_safe", "tasks": {"arc_easy": {"samples": 0}}},
-        "train": {"router_kind": "linear", "standardize": False, "prior_init": False, "epochs": 2},
-        "eval": {"select": ["arc_easy"], "methods": ["base", "router", "unsafest@2"], "knobs": [], "static_k": [],
-                 "random_k": []},
+        "search": {"reward": {"kind": "in_top", "in_top": {"k": 3}}, "labeler": "last_safe",
+                   "last_safe": {"blocks": 3}, "tasks": {"arc_easy": {"samples": 0}}},
+        "train": {"router_kind": "linear", "linear": {"gain": 0.5}, "standardize": False, "prior_init": False,
+                  "epochs": 2},
+        "eval": {"select": ["arc_easy"], "methods": ["base", "router", "unsafest", "unsafest@2"], "knobs": [],
+                 "static_k": [], "random_k": [], "unsafest": {"scale": 2}},
     }
     (work / "toys.yaml").write_text(yaml.safe_dump(overlay))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR),
                                                                       os.environ.get("PYTHONPATH")]))}
     tree = work / "results" / "toys"
-    model = manifest["name"]
-    cells = [f"results/toys/eval/{model}/arc_easy/{method}.parquet" for method in ("router", "unsafest@2")]
+    model, layers = manifest["name"], manifest["num_layers"]
+    cells = [f"results/toys/eval/{model}/arc_easy/{method}.parquet" for method in ("router", "unsafest", "unsafest@2")]
     snakemake("--cores", "2", *cells, *configs, "toys.yaml", cwd=work, env=env)
     shards = pl.read_parquet(tree / "search" / model / "*" / "shard-*.parquet")
-    assert set(shards["labeler"]) == {"last_safe"} and set(shards["reward"]) == {"top2(margin=0.02,epsilon=0.2,min_f1=0.5)"}
-    assert all(len(row) == manifest["num_layers"] for row in shards["layer_safety"])
+    assert set(shards["labeler"]) == {"last_safe"}
+    assert set(shards["reward"]) == {"in_top(margin=0.02,epsilon=0.2,min_f1=0.5,k=3)"}
+    assert all(len(row) == layers for row in shards["layer_safety"])
+    assert all(len(evaluated) == 1 + 3 for evaluated in shards["evaluated"])  # the default path, the last 3 blocks
     assert all(saved in (0, 1) for saved in shards["layers_saved"])  # the toy label skips at most one block
     router_config = json.loads((tree / "routers" / model / "router_config.json").read_text())
-    assert router_config["kind"] == "linear"
-    unsafest = pl.read_parquet(tree / "eval" / model / "arc_easy" / "unsafest@2.parquet")
-    assert set(unsafest["path_length"]) == {manifest["num_layers"] - 2}
-    assert pl.read_parquet(tree / "eval" / model / "arc_easy" / "router.parquet").height == 3
+    assert router_config["kind"] == "linear" and router_config["kind_settings"] == {"gain": 0.5}
+    assert router_config["training"]["linear"] == {"gain": 0.5}
+    cell = lambda method: pl.read_parquet(tree / "eval" / model / "arc_easy" / f"{method}.parquet")  # noqa: E731
+    assert set(cell("unsafest@2")["path_length"]) == {layers - 2}
+    summary = pl.read_parquet(tree / "search" / model / "summary.parquet").filter(pl.col("task") == "all")
+    assert set(cell("unsafest")["path_length"]) == {layers - round(2 * summary["mean_layers_saved"].item())}
+    assert cell("router").height == 3
+    # a block named after no method is refused when the Snakefile loads, naming it
+    (work / "typo.yaml").write_text(yaml.safe_dump({"eval": {"unsafe": {"scale": 2}}}))
+    typo = snakemake("-n", *cells, *configs, "toys.yaml", "typo.yaml", cwd=work, env=env, check=False)
+    assert typo.returncode != 0 and "config eval: unknown key(s) ['unsafe']" in typo.stdout + typo.stderr
     # without the plugin module the config's names are unknown, and the error names the key
     bad = snakemake("-n", *cells, *configs, "toys.yaml", cwd=work, check=False)
     assert bad.returncode != 0 and "toy_plugins" in bad.stdout + bad.stderr

@@ -71,7 +71,8 @@ def properties(schema: dict, node: dict) -> dict:
 
 def keys(schema: dict, node: dict, path: tuple[str, ...], parent: dict | None = None):
     """(path, rule, parent block) of every key below `node`; a mapping of user-chosen names appears once as
-    `<name>`."""
+    `<name>`, and an extension point's settings block beside a block's own keys once as `<entry>`, named by the
+    schema's `x-entry` (`search.reward.<kind>`: additionalProperties with no keys of its own)."""
     node = resolve(schema, node)
     named = properties(schema, node)
     extra = node.get("additionalProperties")
@@ -84,6 +85,8 @@ def keys(schema: dict, node: dict, path: tuple[str, ...], parent: dict | None = 
         yield from keys(schema, child, path + (key,), node)
     if isinstance(extra, dict) and properties(schema, resolve(schema, extra)):
         yield from keys(schema, extra, path + ("<name>",), node)
+    elif isinstance(extra, dict) and "x-entry" in extra:
+        yield path + (f"<{extra['x-entry']}>",), extra, node
 
 
 def inline(value) -> str:
@@ -144,6 +147,8 @@ def shipped_value(shipped: dict, path: tuple[str, ...]) -> str:
     for key in path:
         if key == "<name>":
             return "per entry"
+        if key.startswith("<"):  # an extension point's block: none is shipped
+            return "—"
         if not isinstance(node, dict) or key not in node:
             return "—"
         node = node[key]

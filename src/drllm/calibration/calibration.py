@@ -29,6 +29,7 @@ import numpy as np
 from drllm.core.artifacts import ArtifactError, read_json
 from drllm.data.entries import EvalEntry
 from drllm.calibration.certify import CertifyConfig, certify, upper_bound
+from drllm.routing.threshold import check_threshold
 
 BASE_KNOB = 0.5  # p = 0.5 executes every block: the base model
 KNOB, THRESHOLD = "knob", "threshold"  # the two axes of operating points
@@ -117,10 +118,8 @@ def read_calibration(path, which: str = CALIBRATED) -> tuple[float | None, float
     knob, threshold = value.get("knob"), value.get("threshold")
     if knob is not None and (isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -1.0 <= knob <= 1.0):
         raise ArtifactError(f"router calibration file {path}: 'knob' must be a number in [-1, 1], got {knob!r}")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0.0 <= threshold <= 1.0):
-        raise ArtifactError(f"router calibration file {path}: 'threshold' must be a number in [0, 1], "
-                            f"got {threshold!r}")
+    if threshold is not None:
+        threshold = check_threshold(threshold, f"router calibration file {path}: 'threshold'", ArtifactError)
     if (knob is None) == (threshold is None):
         raise ArtifactError(f"router calibration file {path}: exactly one of 'knob' and 'threshold' must be set "
                             f"({which}), got knob {knob!r}, threshold {threshold!r}")

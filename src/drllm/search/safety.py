@@ -50,7 +50,7 @@ class SafetyConfig:
 
 @dataclass
 class SafetyResult:
-    """What the sweep found for one prompt; the attributes the shard row reads match `mcts.SearchResult`'s."""
+    """What the sweep found for one prompt (the safety labeler returns it as a drllm.search.labelers.LabelResult)."""
 
     default_correct: bool                      # the reward's verdict on the default path
     best_path: LayerPath                       # skips the jointly kept set (the default path if it is empty)

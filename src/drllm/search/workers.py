@@ -27,7 +27,7 @@ from drllm.core.plugins import PLUGINS_ENV, plugin_modules
 from drllm.core.executor import PathExecutor
 from drllm.core.paths import LayerPath
 from drllm.core.seeds import derived_seed, text_digest
-from drllm.search.labelers import LABELERS
+from drllm.search.labelers import LABELERS, LabelResult
 from drllm.search.mcts import run_searches
 from drllm.search.prompts import encode_prompt_row
 from drllm.search.rewards import PathRewarder, RewardConfig, rewards_together
@@ -52,7 +52,7 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
     sweep's, is repeated without a second run). The row's cost columns count the first search only."""
     started = time.perf_counter()
     reward = settings.reward_config()
-    labeler = LABELERS.get(settings.labeler)
+    labeler, options = LABELERS.get(settings.labeler), settings.labeler_settings()
     prompts = []
     for row in rows:
         answer_format, encoded = encode_prompt_row(row, tokenizer, settings.formats, settings.chat_template)
@@ -61,10 +61,14 @@ def search_prompts(executor: PathExecutor, tokenizer, rows: list[dict], settings
         prompts.append((row, encoded, rewarder, derived_seed(settings.seed, row["task"], row["id"])))
     def start(item):  # one labelling run of (rewarder, seed)
         rewarder, seed = item
-        return labeler.start(executor.num_layers, settings, rewarder, seed if labeler.seeded else None)
+        return labeler.start(executor.num_layers, options, rewarder, seed if labeler.seeded else None)
 
     results = run_searches(lambda batch: rewards_together([(prompts[index][2], path) for index, path in batch]),
                            [start((rewarder, seed)) for _, _, rewarder, seed in prompts])
+    for result in results:
+        if not isinstance(result, LabelResult):
+            raise TypeError(f"search.labeler {settings.labeler!r} returned {type(result).__name__}, not a "
+                            "drllm.search.labelers.LabelResult")
     stats = [dataclasses.replace(rewarder.stats) for _, _, rewarder, _ in prompts]  # before the seed check
     if labeler.seeded:
         checks = seed_check_labels(start, [
@@ -92,7 +96,7 @@ def seed_check_labels(second, items: list) -> list:
 
 
 def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, encoded, rewarder: PathRewarder,
-               result, seed: int, reward: RewardConfig, seconds: float, stats, check) -> dict:
+               result: LabelResult, seed: int, reward: RewardConfig, seconds: float, stats, check) -> dict:
     """One shard row; `stats`: the rewarder's counts after the first search; `check`: the seed check's label."""
     # the built-in labelers evaluate the default path first; a plugin's that did not gets it evaluated here
     default = rewarder.outcome(LayerPath.default(executor.num_layers))
@@ -122,7 +126,7 @@ def _shard_row(executor: PathExecutor, settings: SearchSettings, row: dict, enco
         "max_fanout": result.max_fanout, "max_depth": result.max_depth,
         "reward": reward.describe(),
         "labeler": settings.labeler,
-        "layer_safety": getattr(result, "layer_safety", None),
+        "layer_safety": result.layer_safety,
         "wall_seconds": seconds, "seed": seed,
         "search_config": settings.to_json(),
     }

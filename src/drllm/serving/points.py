@@ -15,8 +15,8 @@ from pathlib import Path
 
 from drllm.core.paths import LayerPath
 from drllm.evaluation.cells import CellContext
-from drllm.evaluation.methods import FILE_POINTS, METHODS, method_name, parse_method
-from drllm.evaluation.policies import MethodInputs, build_policy, router_model, router_point
+from drllm.evaluation.methods import FILE_POINTS, METHODS, cell_artifacts, describe_artifact, method_name, parse_method
+from drllm.evaluation.policies import build_policy, router_model, router_point
 from drllm.evaluation.settings import EvalSettings
 from drllm.routing.inference import RoutedModel
 from drllm.routing.router import CALIBRATION_FILE
@@ -77,11 +77,11 @@ def build_point(name: str, executor, tokenizer, model_name: str, routers=None, r
     if method.param == "budget" and param is None:
         raise ValueError(f"operating point {name!r}: give the number of removed layers ({kind}@<k>); without k "
                          f"it is matched to a router evaluation cell, which a server does not have")
-    if method.influence is not None and not influence:
-        what = {"block_influence": "block influence (results/eval/<model>/block_influence.parquet)",
-                "layer_safety": "layer safety of a search (results/search/<model>/layer_safety.parquet)"}
-        raise ValueError(f"operating point {name!r} needs serve.influence: the {what[method.influence]} file")
-    ctx = CellContext(None, canonical, model_name, executor, tokenizer, None)
-    policy = build_policy(kind, param, ctx, EvalSettings(), MethodInputs(routers, "", influence or ""))
+    reads = cell_artifacts(canonical)
+    if "influence" in reads and not influence:
+        raise ValueError(f"operating point {name!r} needs serve.influence: the {describe_artifact(reads['influence'])} "
+                         "file")
+    ctx = CellContext(None, canonical, model_name, executor, tokenizer, None, routers=routers)
+    policy = build_policy(kind, param, ctx, EvalSettings(), {"influence": influence} if influence else {})
     path = executor.as_path(policy(0, None, None))
     return OperatingPoint(canonical, path, None)

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from drllm.core.artifacts import write_text
+from drllm.core.models import portable_origin
 from drllm.routing.decision import CLASSES
+from drllm.routing.kinds import ROUTER_KINDS
 from drllm.routing.router import CARD_FILE
 from drllm.routing.router_config import RouterConfig
 
 EVALUATION_HEADING = "## Evaluation"
+# what the routers learned, by train.target (the labeler that made the labels is named in the release card's search
+# section, drllm.release.card)
+TARGETS = {"path": "the search's label paths (each block's skip / execute / repeat count)",
+           "safety": "the search's per-block safety targets (whether skipping a block alone kept the answer)"}
 
 
 def render_card(config: RouterConfig, manifest: dict[str, Any], labels: Sequence[Sequence[int]],
@@ -30,9 +36,10 @@ def render_card(config: RouterConfig, manifest: dict[str, Any], labels: Sequence
     source = manifest.get("path") if manifest.get("source") == "hub" else None
     front = ["---", "library_name: drllm", "tags: [dr-llm, layer-routing]"] + \
         ([f"base_model: {source}"] if source else []) + ["---", ""]
-    rows = [("name", config.base_model), ("source", manifest.get("source")), ("path / hub id", manifest.get("path")),
+    rows = [("name", config.base_model), ("source", manifest.get("source")), portable_origin(manifest),
             ("revision", config.base_model_revision), ("weights sha256", config.base_model_sha256),
             ("architecture", manifest.get("architecture")), ("layers", layers), ("hidden size", config.hidden_size)]
+    target = TARGETS.get(config.training.get("target", "path"), "the search's labels")
     fit = ""
     if selected:
         number = lambda key: "n/a" if selected.get(key) is None else f"{selected[key]:.3f}"  # noqa: E731
@@ -42,8 +49,7 @@ def render_card(config: RouterConfig, manifest: dict[str, Any], labels: Sequence
     return "\n".join(front + [
         f"# Dr.LLM routers for {config.base_model}",
         "",
-        f"{layers} per-block routers (window mean pooling over {config.windows} windows, MLP d -> {config.hidden} "
-        "-> 3: skip / execute / repeat) trained by drllm on MCTS layer-path labels. "
+        f"{layers} per-block routers ({ROUTER_KINDS.get(config.kind).describe(config)}) trained by drllm on {target}. "
         "The base model's weights are unchanged; routing is decided once per prompt.",
         "",
         "## Base model",

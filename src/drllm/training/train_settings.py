@@ -11,6 +11,7 @@ from drllm.core.settings import check_fields, from_block, setting
 from drllm.routing.decision import CLASSES
 from drllm.training.features import CACHE_DTYPES
 from drllm.routing.kinds import ROUTER_KINDS
+from drllm.routing.threshold import threshold_setting
 
 CLASS_WEIGHT_MODES = ("none", "effective", "fixed")
 SELECT_EPOCH = ("val_macro_f1", "val_loss", "last")
@@ -61,7 +62,7 @@ class TrainConfig:
     # (drllm.training.training.matched_threshold), the tau at which the routers skip on the validation prompts as
     # many blocks as those prompts' labels jointly kept skipped. A fixed 0.5 is one block's chance of being safe
     # alone: most blocks pass it, and the demo's router skipped 28 of 30 layers
-    threshold: float | None = setting(None, "number", low=0, high=1, nullable=True)
+    threshold: float | None = threshold_setting(None, nullable=True)
     pool_exclude_first: bool = setting(False, "bool")  # pooling leaves each prompt's first token (a constant state) out
     router_kind: str = setting("mlp", "str")  # what a router is (drllm.routing.kinds; a plugin's kind by name)
     # the kind's own settings, config block train.<router_kind> (e.g. train.confidence.read_layer)
@@ -98,7 +99,8 @@ class TrainConfig:
         for name, method in (("standardize", "fold_standardization"), ("prior_init", "init_at_prior")):
             if getattr(self, name) and not kind.supports(method):  # refused now, not after the epochs
                 raise ValueError(f"train.{name} needs the router kind to provide {method}, and "
-                                 f"{self.router_kind!r} does not; set {name} to false")
+                                 f"{self.router_kind!r} does not; turn it off: `train: {{{name}: false}}` in your "
+                                 "config (config/config.yaml turns it on)")
 
     @property
     def effective_batch(self) -> int:

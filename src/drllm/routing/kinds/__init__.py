@@ -9,7 +9,7 @@ give the same logits.
 The contract and the table are in drllm.routing.kinds.base; this package imports both and registers the built-in
 `mlp` (drllm.routing.kinds.mlp, the paper's router) and `confidence` (drllm.routing.kinds.confidence: the MLP plus
 the model's confidence read at a layer R). A plugin module registers more with
-`ROUTER_KINDS.register(name, kind)` (docs/extending.md#a-router-kind).
+`ROUTER_KINDS.register(kind)` (the kind's `name` names it) (docs/extending.md#a-router-kind).
 """
 from __future__ import annotations
 

@@ -3,12 +3,13 @@ the lookup table of kinds (`ROUTER_KINDS`), filled by drllm.routing.kinds.mlp an
 drllm.routing.kinds, is what callers import: it registers the built-in kind."""
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 import torch
 from torch import nn
 
-from drllm.core.plugins import Table
+from drllm.core.plugins import Table, entry_settings
 from drllm.routing.pooling import window_assignment
 from drllm.routing.router_config import RouterConfig
 
@@ -42,8 +43,11 @@ class RouterKind:
       from the hidden states it is given;
     * `build_stack`: the stack's modules, when the blocks' routers are not all alike;
     * `prepare`: what the routers take from the frozen model before training (the train stage calls it);
-    * `read_cost`: what the routing pass costs beyond the blocks, in block-equivalents (counted in every cell)."""
+    * `read_cost`: what the routing pass costs beyond the blocks, in block-equivalents (counted in every cell).
 
+    `name` (a class attribute) is the name the table registers it under and `train.router_kind` chooses."""
+
+    name: str = ""
     settings: type | None = None
     reads_last_token: bool = False
 
@@ -53,14 +57,13 @@ class RouterKind:
 
     def settings_from(self, block, name: str):
         """The kind's settings from its config block `train.<name>` (None, or refused, for a kind without)."""
-        if self.settings is None:
-            if block:
-                raise ValueError(f"train.{name}: router kind {name!r} has no settings of its own, "
-                                 f"got {sorted(block)}")
-            return None
-        from drllm.core.settings import from_block
+        return entry_settings(self.settings, block, f"train.{name}", f"router kind {name!r}")
 
-        return from_block(self.settings, block, f"train.{name}")
+    def describe(self, config: RouterConfig) -> str:
+        """What one block's router is, in a few words, for the model card (drllm.training.card). Default: the kind
+        by name, with its own settings."""
+        settings = f", settings {json.dumps(config.kind_settings, sort_keys=True)}" if config.kind_settings else ""
+        return f"router kind `{self.name}`{settings}"
 
     def build_stack(self, config: RouterConfig, generator: torch.Generator | None) -> nn.ModuleList:
         """Every block's router, in order (default: `build` once per block)."""

@@ -96,6 +96,7 @@ class ConfidenceKind(MLPKind):
     """The MLP router with the read added at blocks >= R (standardisation folding and the prior initialisation
     are the MLP's: the read's weights start and stay out of both)."""
 
+    name = "confidence"
     settings = ConfidenceSettings
     reads_last_token = True
 
@@ -105,6 +106,10 @@ class ConfidenceKind(MLPKind):
             raise ValueError(f"train.confidence.read_layer must be < the model's {config.num_layers} layers, "
                              f"got {read_layer}")
         return read_layer
+
+    def describe(self, config: RouterConfig) -> str:
+        return (f"{super().describe(config)}; from block {self.read_layer(config)} on, plus the model's confidence "
+                "read there (router kind `confidence`)")
 
     def build(self, config: RouterConfig, generator: torch.Generator | None) -> ConfidenceRouter:
         return ConfidenceRouter(config.hidden_size, config.hidden, generator, holds_lens=False)
@@ -195,4 +200,4 @@ class ConfidencePrompt:
         return steps.routers[layer](torch.bmm(self.assign, hidden.float()), self.window_mask, read)
 
 
-CONFIDENCE = ROUTER_KINDS.register("confidence", ConfidenceKind())
+CONFIDENCE = ROUTER_KINDS.register(ConfidenceKind())

@@ -48,8 +48,14 @@ class Router(nn.Module):
 class MLPKind(RouterKind):
     """The paper's router: one `Router` per block (saved as routers.<layer>.fc1 / .fc2)."""
 
+    name = "mlp"
+
     def build(self, config: RouterConfig, generator: torch.Generator | None) -> Router:
         return Router(config.hidden_size, config.hidden, generator)
+
+    def describe(self, config: RouterConfig) -> str:
+        return (f"window mean pooling over {config.windows} windows, MLP d -> {config.hidden} -> 3: skip / execute / "
+                "repeat")
 
     def forward(self, routers: nn.ModuleList, window_means: torch.Tensor,
                 window_mask: torch.Tensor | None) -> torch.Tensor:
@@ -85,7 +91,7 @@ class MLPKind(RouterKind):
                 router.fc2.bias.copy_(log_probs[layer])
 
 
-MLP = ROUTER_KINDS.register("mlp", MLPKind())
+MLP = ROUTER_KINDS.register(MLPKind())
 
 
 class PackedRouters:
