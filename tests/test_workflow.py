@@ -511,6 +511,7 @@ def test_confidence_routers_train_and_evaluate_through_the_dag(tiny_run):
 
     work, configs, manifest = tiny_run
     overlay = {"results": {"run": "confidence"},
+               "search": {"tasks": {"arc_easy": {"samples": 0}}},  # test time: one search prompt (ARC-Challenge)
                "train": {"router_kind": "confidence", "confidence": {"read_layer": 12, "lens_top_k": 4},
                          "epochs": 2},
                "eval": {"select": ["arc_easy"], "methods": ["base", "router"], "knobs": [], "static_k": [],
