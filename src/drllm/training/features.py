@@ -36,10 +36,10 @@ def _path_chunks(samples: Sequence[TrainingSample], batch_size: int) -> Iterator
 
 
 def _iter_features(executor, samples: Sequence[TrainingSample], windows: int, batch_size: int,
-                   exclude_first: bool = False
-                   ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (indices, window means [b, L, windows, d] float32, window mask [b, windows], last real token's state
-    entering each block [b, L, d] float32) per forward pass."""
+                   exclude_first: bool = False, last_states: bool = False
+                   ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Yield (indices, window means [b, L, windows, d] float32, window mask [b, windows], and with `last_states`
+    the last real token's state entering each block [b, L, d] float32, else None) per forward pass."""
     num_layers = executor.num_layers
     for chunk in _path_chunks(samples, batch_size):
         rows = [samples[i] for i in chunk]
@@ -61,9 +61,11 @@ def _iter_features(executor, samples: Sequence[TrainingSample], windows: int, ba
             means[:, layer, :assign.shape[1]] = torch.bmm(assign, hidden.float())
         full_mask = torch.zeros((len(rows), windows), dtype=torch.bool, device=executor.device)
         full_mask[:, :window_mask.shape[1]] = window_mask
-        last = torch.as_tensor([len(sample.input_ids) - 1 for sample in rows], device=executor.device)
-        states = torch.stack([hidden[torch.arange(len(rows), device=executor.device), last].float()
-                              for hidden in layer_inputs], 1)
+        states = None
+        if last_states:
+            last = torch.as_tensor([len(sample.input_ids) - 1 for sample in rows], device=executor.device)
+            states = torch.stack([hidden[torch.arange(len(rows), device=executor.device), last].float()
+                                  for hidden in layer_inputs], 1)
         yield chunk, means, full_mask, states
 
 
@@ -196,7 +198,7 @@ def build_feature_cache(executor, samples: Sequence[TrainingSample], windows: in
     window_mask = torch.zeros((len(samples), windows), dtype=torch.bool, device=device)
     states = (torch.zeros((len(samples), executor.num_layers, hidden_size), dtype=torch.float32, device=device)
               if last_states else None)
-    chunks = _iter_features(executor, samples, windows, batch_size, exclude_first)
+    chunks = _iter_features(executor, samples, windows, batch_size, exclude_first, last_states)
     if progress:
         from tqdm import tqdm
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from drllm.core.plugins import split_blocks
 from drllm.core.settings import check_fields, from_block, setting
 from drllm.routing.decision import CLASSES
 from drllm.training.features import CACHE_DTYPES
@@ -108,16 +109,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, block: dict[str, Any] | None) -> "TrainConfig":
-        block = dict(block or {})
+        """The train block; `train.<kind>` beside the keys is that router kind's settings (as the other tables'
+        entry blocks are split off, drllm.core.plugins.split_blocks)."""
+        own = [f.name for f in dataclasses.fields(cls) if f.name != "kind_settings"]
+        block, kinds = split_blocks(dict(block or {}), own, ROUTER_KINDS, "train")
         kind = block.get("router_kind", "mlp")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if isinstance(kind, str) and kind not in fields and kind in block:  # train.<kind>: that kind's settings
-            if "kind_settings" in block:
-                raise ValueError(f"train: give the router kind's settings as train.{kind}, not kind_settings")
-            block["kind_settings"] = block.pop(kind)
-        for name in [key for key in block if key not in fields and key != kind and key in ROUTER_KINDS]:
-            raise ValueError(f"train.{name}: settings of router kind {name!r}, but train.router_kind is {kind!r}")
-        return from_block(cls, block, "train")
+        other = next((name for name in kinds if name != kind), None)
+        if other is not None:
+            raise ValueError(f"train.{other}: settings of router kind {other!r}, but train.router_kind is {kind!r}")
+        return from_block(cls, {**block, "kind_settings": kinds.get(kind, {})}, "train")
 
     def to_dict(self) -> dict[str, Any]:
         block = dataclasses.asdict(self)
