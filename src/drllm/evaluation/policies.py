@@ -79,7 +79,7 @@ def router_policy(ctx: CellContext, settings: EvalSettings, inputs: dict[str, st
         raise ValueError(f"method {ctx.method!r} needs --artifact routers=<{describe_artifact(ROUTERS)}>")
     routed = router_model(ctx.executor, ctx.routers, knob, threshold, ctx.tokenizer)
     stack = ctx.routers
-    if not stack.kind.reads_last_token:
+    if not stack.kind.supports("read_cost"):  # nothing read beyond the blocks: rows keep read_blocks null
         return lambda index, example, encoded: routed.route_ids([encoded.prompt_ids])[0]
 
     def reading_policy(index, example, encoded):  # the row records what the routers' read cost

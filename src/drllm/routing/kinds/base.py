@@ -105,7 +105,7 @@ class RouterKind:
         raise NotImplementedError(f"{type(self).__name__}.init_at_prior")
 
     def supports(self, method: str) -> bool:
-        """Whether this kind provides an optional method (`fold_standardization`, `init_at_prior`)."""
+        """Whether this kind provides an optional method (`fold_standardization`, `init_at_prior`, `read_cost`)."""
         return getattr(type(self), method) is not getattr(RouterKind, method)
 
 
