@@ -8,6 +8,9 @@ ARC next to the base model and to `safest` matched to that router's own saving, 
     python bench/confidence_router.py eval   --out results/study4c --influence <layer_safety.parquet>
     python bench/confidence_router.py report --out results/study4c
 
+`--format listed` evaluates in the listed format (the options in the context; study 4d, whose routers were trained
+on a `listed` search): each cell, the base model's included, then scores that format.
+
 Arms (`--arms`): `mlp` (the paper's router, study 3's settings) and `confidence@R` (the same plus the confidence
 read at layer R). What is compared:
 * the validation safety loss against the per-layer prior (the routers' `train_summary.json`): the share of the
@@ -67,7 +70,7 @@ def evaluate_cell(args, bench: str, samples: int, method: str, out: Path, extra:
 
     if out.is_file():
         return
-    entry = {"name": bench, "benchmark": bench, "split": "test_eval", "format": "cloze", "samples": samples}
+    entry = {"name": bench, "benchmark": bench, "split": "test_eval", "format": args.format, "samples": samples}
     code = evaluate.main(["--model-dir", args.model_dir, "--data", f"resources/data/{bench}/test_eval.parquet",
                           "--entry-json", json.dumps(entry), "--method", method, "--settings-json",
                           json.dumps(SETTINGS), "--no-progress", "--out", str(out), *extra])
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-json", help="train: the shared train block, JSON or a JSON file")
     parser.add_argument("--influence", help="eval: the search's layer_safety.parquet (safest's block order)")
     parser.add_argument("--benchmarks", default="arc_easy:500,arc_challenge:500")
+    parser.add_argument("--format", default="cloze", choices=["cloze", "listed"],
+                        help="eval: the held-out items' format (the routers' search should have used it)")
     args = parser.parse_args(argv)
     {"train": train, "eval": run_eval, "report": report}[args.command](args)
     return 0
