@@ -569,7 +569,7 @@ def report(out: Path, epsilon: float, delta: float) -> None:
     lines.append("")
     (out / "study4.md").write_text("\n".join(lines) + "\n")
     (out / "study4.json").write_text(json.dumps({"rows": rows, "ranking": ranking}, indent=1))
-    figure(out, results, chosen)
+    figure(out, results, chosen, certificates, epsilon)
     print("\n".join(lines))
 
 
@@ -613,7 +613,8 @@ def ood_section(ood: list[dict], chosen: dict, certificates: dict, covered: set[
     return lines
 
 
-def figure(out: Path, results: dict, chosen: dict) -> None:
+def figure(out: Path, results: dict, chosen: dict, certificates: dict, epsilon: float) -> None:
+    """Agreement against net layers saved on the held-out prompts, each certified allocation's point starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -630,6 +631,13 @@ def figure(out: Path, results: dict, chosen: dict) -> None:
         xs, ys = zip(*points)
         style = ":" if line.startswith("ceiling") else "-"
         ax.plot(xs, ys, style, marker="o", label=line + (" (upper bound)" if line.startswith("ceiling") else ""))
+    for (layer, lens), certificate in certificates.items():
+        if certificate.parameter is None:
+            continue
+        r = results[("eval", f"sure-{lens}(R={layer})@{certificate.parameter:g}")]
+        ax.plot([r["saved"]], [r["agree"].mean()], "*", color="black", markersize=14, zorder=5,
+                label=f"certified: sure-{lens}(R={layer})@{certificate.parameter:g} "
+                      f"(drop <= {100 * epsilon:g} pt)")
     ax.set_xlabel("layers saved per prompt (net of the read)")
     ax.set_ylabel("agreement with the full model")
     ax.set_title("ARC test (held out), SmolLM2-135M, cloze")
