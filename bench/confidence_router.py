@@ -103,15 +103,32 @@ def paired_interval(gains: np.ndarray, seed: int = 0, draws: int = 10000) -> tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def cell_stats(rows: dict[str, dict], base: dict[str, dict]) -> dict:
+def cell_stats(rows: dict[str, dict], base: dict[str, dict]) -> dict[str, np.ndarray]:
+    """Per item of the base cell: agreement with the base prediction, net layers saved, score change."""
     ids = sorted(base)
-    agree = np.array([rows[i]["prediction"] == base[i]["prediction"] for i in ids], dtype=float)
-    saved = np.array([rows[i]["num_layers"] - rows[i]["path_length"] - (rows[i]["read_blocks"] or 0.0) for i in ids])
-    delta = np.array([rows[i]["score"] - base[i]["score"] for i in ids])
-    return {"agree": agree, "saved": float(saved.mean()), "delta": float(delta.mean()) * 100}
+    return {"agree": np.array([rows[i]["prediction"] == base[i]["prediction"] for i in ids], dtype=float),
+            "saved": np.array([rows[i]["num_layers"] - rows[i]["path_length"] - (rows[i]["read_blocks"] or 0.0)
+                               for i in ids]),
+            "delta": np.array([rows[i]["score"] - base[i]["score"] for i in ids])}
+
+
+def pooled(stats: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([part[key] for part in stats]) for key in stats[0]}
+
+
+def report_row(arm: str, prior: float, val: float, bench: str, router: dict, safest: dict) -> str:
+    gain = router["agree"] - safest["agree"]
+    low, high = paired_interval(gain)
+    return (f"| {arm} | {prior:.4f} / {val:.4f} | {100 * (prior - val) / prior:+.1f}% | {bench} (n = "
+            f"{len(gain)}) | {router['saved'].mean():.2f} / {safest['saved'].mean():.2f} | "
+            f"{router['agree'].mean():.3f} / {safest['agree'].mean():.3f} | {100 * gain.mean():+.1f} "
+            f"({100 * low:+.1f}, {100 * high:+.1f}) | {100 * router['delta'].mean():+.1f} / "
+            f"{100 * safest['delta'].mean():+.1f} |")
 
 
 def report(args) -> None:
+    """One row per arm and benchmark, and with several benchmarks one row over all their items (`safest` stays
+    matched per benchmark)."""
     root = Path(args.out)
     lines = ["| arm | validation loss: prior / routers | gain over the prior | benchmark | net layers saved "
              "(router / safest) | agreement: router / safest | gain (paired 95% CI) | accuracy change: "
@@ -119,17 +136,15 @@ def report(args) -> None:
     for arm in args.arms.split(","):
         summary = json.loads((root / "routers" / arm / "train_summary.json").read_text())
         prior, val = summary["prior_val_loss"], summary["selected"]["val_loss"]
+        routers, safests = [], []
         for bench, _ in benchmarks(args.benchmarks):
             cells = root / "eval" / bench
             base = rows_by_id(cells / "base.parquet")
-            router = cell_stats(rows_by_id(cells / f"router-{arm}.parquet"), base)
-            safest = cell_stats(rows_by_id(cells / f"safest-{arm}.parquet"), base)
-            gain = router["agree"] - safest["agree"]
-            low, high = paired_interval(gain)
-            lines.append(f"| {arm} | {prior:.4f} / {val:.4f} | {100 * (prior - val) / prior:+.1f}% | {bench} (n = "
-                         f"{len(base)}) | {router['saved']:.2f} / {safest['saved']:.2f} | "
-                         f"{router['agree'].mean():.3f} / {safest['agree'].mean():.3f} | {100 * gain.mean():+.1f} "
-                         f"({100 * low:+.1f}, {100 * high:+.1f}) | {router['delta']:+.1f} / {safest['delta']:+.1f} |")
+            routers.append(cell_stats(rows_by_id(cells / f"router-{arm}.parquet"), base))
+            safests.append(cell_stats(rows_by_id(cells / f"safest-{arm}.parquet"), base))
+            lines.append(report_row(arm, prior, val, bench, routers[-1], safests[-1]))
+        if len(routers) > 1:
+            lines.append(report_row(arm, prior, val, "all", pooled(routers), pooled(safests)))
     print("\n".join(lines))
 
 

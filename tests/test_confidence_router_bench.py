@@ -44,3 +44,23 @@ def test_report_nets_the_read_and_pairs_the_agreement(tmp_path, capsys):
     assert row.startswith("| confidence@12 | 0.5000 / 0.4000 | +20.0% | arc_easy (n = 4) | 1.50 / 2.00 | "
                           "0.750 / 0.250 | +50.0 (")
     assert row.endswith("| +0.0 / -25.0 |")
+
+
+def test_report_pools_the_benchmarks(tmp_path, capsys):
+    routers = tmp_path / "routers" / "mlp"
+    routers.mkdir(parents=True)
+    (routers / "train_summary.json").write_text(json.dumps({"prior_val_loss": 0.5, "selected": {"val_loss": 0.5}}))
+    for bench, router_predictions in (("arc_easy", ["a", "b"]), ("arc_challenge", ["x", "x"])):
+        cells = tmp_path / "eval" / bench
+        cells.mkdir(parents=True)
+        cell(cells / "base.parquet", ["a", "b"], [1.0, 0.0], [30] * 2)
+        cell(cells / "router-mlp.parquet", router_predictions, [1.0, 0.0] if bench == "arc_easy" else [0.0, 0.0],
+             [26, 28])
+        cell(cells / "safest-mlp.parquet", ["a", "x"], [1.0, 0.0], [27] * 2)
+    study.main(["report", "--out", str(tmp_path), "--arms", "mlp", "--benchmarks", "arc_easy:2,arc_challenge:2"])
+    rows = capsys.readouterr().out.splitlines()[-3:]
+    assert [row.split(" | ")[3] for row in rows] == ["arc_easy (n = 2)", "arc_challenge (n = 2)", "all (n = 4)"]
+    # over the 4 items: saved 3 / 3; agreement 2/4 vs 2/4, per-item gains 0, +1, -1, 0; accuracy -25 vs 0 points
+    fields = rows[-1].strip("| ").split(" | ")
+    assert fields[4:6] == ["3.00 / 3.00", "0.500 / 0.500"] and fields[6].startswith("+0.0 (-")
+    assert fields[7] == "-25.0 / +0.0"
