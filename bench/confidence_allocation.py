@@ -434,6 +434,41 @@ def merge_rereads(out: Path, records: list[dict]) -> None:
                                        "vocabulary_size": read["vocabulary"]}
 
 
+def flips(records: list[dict], choose) -> dict:
+    """What an accuracy drop nets: the share of prompts a policy turns from right to wrong (losses) and from wrong
+    to right (gains), and the full model's accuracy on the prompts it skips against the rest."""
+    skipped, kept, losses, gains = [], [], 0, 0
+    for record in records:
+        name, _, _ = choose(record)
+        base, outcome = record["base"], policy_outcome(record, name)
+        (skipped if name else kept).append(value(base))
+        losses += value(base) > value(outcome)
+        gains += value(base) < value(outcome)
+    n = max(1, len(records))
+    return {"losses": losses / n, "gains": gains / n, "skipped": len(skipped) / n,
+            "skipped_accuracy": float(np.mean(skipped)) if skipped else float("nan"),
+            "kept_accuracy": float(np.mean(kept)) if kept else float("nan")}
+
+
+def flip_lines(sets: dict[str, list[dict]], chosen: dict) -> list[str]:
+    """The flips table: the allocation (each read layer, options lens) and, held out, the ceiling and safest@k."""
+    lines = ["## What the accuracy drop nets: right-to-wrong minus wrong-to-right (share of prompts, points)", "",
+             "| prompts | policy | skipped share | full model's accuracy: skipped / the rest | right -> wrong | "
+             "wrong -> right | drop |", "|---|---|---|---|---|---|---|"]
+    for set_name, records in sets.items():
+        names = [name for name in chosen if name.startswith("sure-options")]
+        if set_name == "eval":  # every candidate path was run on the held-out prompts only
+            names += [name for name in chosen if name.startswith(("ceiling", "safest@"))]
+        for name in names:
+            f = flips(records, chosen[name])
+            rest = "–" if math.isnan(f["kept_accuracy"]) else f"{100 * f['kept_accuracy']:.1f}"
+            lines.append(f"| {set_name} (n={len(records)}) | {name} | {f['skipped']:.2f} | "
+                         f"{100 * f['skipped_accuracy']:.1f} / {rest} | "
+                         f"{100 * f['losses']:.2f} | {100 * f['gains']:.2f} | "
+                         f"{100 * (f['losses'] - f['gains']):+.2f} |")
+    return lines + [""]
+
+
 def spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
@@ -556,6 +591,7 @@ def report(out: Path, epsilon: float, delta: float) -> None:
                              f"{100 * (rb['base_correct'].mean() - rb['correct'].mean()):+.2f} points, net "
                              f"{rb['saved']:.2f} layers saved")
     lines.append("")
+    lines += flip_lines({"calib": calib, "eval": held}, chosen)
     if ood:
         lines += ood_section(ood, chosen, certificates, {record_kind(r) for r in calib})
     lines.append("")

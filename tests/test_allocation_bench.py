@@ -106,3 +106,13 @@ def test_listed_against_cloze_on_constructed_records():
     assert result["cloze_accuracy"] == 0.75 and result["listed_accuracy"] == 0.75
     assert result["cloze_spearman_R8"] == pytest.approx(1.0) and result["listed_spearman_R8"] == pytest.approx(-1.0)
     assert np.isfinite(result["listed_spearman_R8"])
+
+
+def test_flips_net_the_accuracy_drop_and_split_the_full_models_accuracy():
+    right, wrong = outcome(0, [0.0, -1.0], True), outcome(1, [-1.0, 0.0], False)
+    records = [{"base": right, "paths": {"k": wrong}}, {"base": wrong, "paths": {"k": right}},
+               {"base": right, "paths": {"k": right}}, {"base": wrong, "paths": {}}]
+    skip_first_three = lambda r: ("k", 2, 0.0) if r["paths"] else (None, 0, 0.0)  # noqa: E731
+    f = study.flips(records, skip_first_three)
+    assert (f["losses"], f["gains"], f["skipped"]) == (0.25, 0.25, 0.75)
+    assert f["skipped_accuracy"] == pytest.approx(2 / 3) and f["kept_accuracy"] == 0.0
