@@ -651,18 +651,18 @@ def test_study3_config_plans_the_safety_study():
 
 
 def test_study4d_config_is_study3s_validation_search_in_the_listed_format():
-    """config/study4d.yaml (RESULTS.md study 4d, issue 30): study 3's 300 validation prompts, reward and train block,
+    """config/study4d.yaml (RESULTS.md study 4d, issue 30): study 3's 770 labelled prompts, reward and train block,
     with the options listed in the context, in a run tree of its own."""
     study3 = yaml.safe_load((REPO / "config" / "study3.yaml").read_text())
     study4d = yaml.safe_load((REPO / "config" / "study4d.yaml").read_text())
     assert study4d["train"] == study3["train"] and study4d["search"]["reward"] == study3["search"]["reward"]
     searched = {name: block for name, block in study4d["search"]["tasks"].items() if block["samples"] > 0}
     assert searched == {name: {**study3["search"]["tasks"][name], "format": "listed"}
-                        for name in ("arc_easy", "arc_challenge")}
+                        for name in ("arc_easy", "arc_challenge", "arc_easy_test")}
     target = "results/study4d/routers/smollm2-135m-instruct/router_config.json"
     result = snakemake("-n", "--forceall", target, "--configfile", "config/study4d.yaml")
     out = result.stdout + result.stderr
-    assert planned_jobs(result)["search_shard"] == 2 and out.count("--format listed") == 2
+    assert planned_jobs(result)["search_shard"] == 3 and out.count("--format listed") == 3
 
 
 def test_labeler_comparison_configs_swap_only_the_labels():
