@@ -11,6 +11,10 @@ ARC next to the base model and to `safest` matched to that router's own saving, 
 `--format listed` evaluates in the listed format (the options in the context; study 4d, whose routers were trained
 on a `listed` search): each cell, the base model's included, then scores that format.
 
+Cells run in this process, one after another. To run two drivers side by side (one per benchmark) on 2 cores, give
+each `OMP_NUM_THREADS=1`, as Snakemake does for its jobs: with torch's default threads in both, a listed base cell
+took 8-12 s an item on this project's VM, against 0.3-0.7 s with one thread each (study 4d).
+
 Arms (`--arms`): `mlp` (the paper's router, study 3's settings) and `confidence@R` (the same plus the confidence
 read at layer R). What is compared:
 * the validation safety loss against the per-layer prior (the routers' `train_summary.json`): the share of the
