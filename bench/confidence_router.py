@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drllm.evaluation.metrics import paired_bootstrap_delta
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 MODEL_DIR = "resources/models/smollm2-135m-instruct"
@@ -101,12 +103,6 @@ def rows_by_id(path: Path) -> dict[str, dict]:
     return {row["example_id"]: row for row in pl.read_parquet(path).to_dicts()}
 
 
-def paired_interval(gains: np.ndarray, seed: int = 0, draws: int = 10000) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = gains[rng.integers(0, len(gains), (draws, len(gains)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def cell_stats(rows: dict[str, dict], base: dict[str, dict]) -> dict[str, np.ndarray]:
     """Per item of the base cell: agreement with the base prediction, net layers saved, score change."""
     ids = sorted(base)
@@ -122,7 +118,7 @@ def pooled(stats: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def report_row(arm: str, prior: float, val: float, bench: str, router: dict, safest: dict) -> str:
     gain = router["agree"] - safest["agree"]
-    low, high = paired_interval(gain)
+    _, low, high = paired_bootstrap_delta(router["agree"], safest["agree"], seed=0, resamples=10000)
     return (f"| {arm} | {prior:.4f} / {val:.4f} | {100 * (prior - val) / prior:+.1f}% | {bench} (n = "
             f"{len(gain)}) | {router['saved'].mean():.2f} / {safest['saved'].mean():.2f} | "
             f"{router['agree'].mean():.3f} / {safest['agree'].mean():.3f} | {100 * gain.mean():+.1f} "

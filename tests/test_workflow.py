@@ -650,7 +650,7 @@ def test_study3_config_plans_the_safety_study():
     assert "calibrate_routers" in out and '"samples": null' in out
 
 
-def test_study4d_config_is_study3s_validation_search_in_the_listed_format():
+def test_study4d_config_is_study3s_search_in_the_listed_format():
     """config/study4d.yaml (RESULTS.md study 4d, issue 30): study 3's 770 labelled prompts, reward and train block,
     with the options listed in the context, in a run tree of its own."""
     study3 = yaml.safe_load((REPO / "config" / "study3.yaml").read_text())
